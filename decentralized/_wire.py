@@ -1,0 +1,107 @@
+"""Conversions between protobuf messages and domain objects. The only place that knows both.
+
+Everything that arrives from a peer is validated here before any other code sees it: dtype from
+a fixed list, shape non-negative and bounded, byte length equal to prod(shape) * itemsize. No
+pickle anywhere: tensors are raw little-endian bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+
+import numpy as np
+import torch
+
+from decentralized.errors import InvalidRequest
+from decentralized.v1 import common_pb2
+
+# Each wire dtype name -> (torch dtype, bytes per element).
+_DTYPES: dict[str, tuple[torch.dtype, int]] = {
+    "float32": (torch.float32, 4),
+    "float16": (torch.float16, 2),
+    "bfloat16": (torch.bfloat16, 2),
+    "int64": (torch.int64, 8),
+    "int32": (torch.int32, 4),
+    "bool": (torch.bool, 1),
+}
+_NAMES = {dtype: name for name, (dtype, _) in _DTYPES.items()}
+MAX_DIMS = 8  # no model here needs more
+MAX_TENSOR_BYTES = 256 * 1024 * 1024  # 256 MiB per tensor, streamed in chunks
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+    raise ImportError("secure-infer's wire format assumes a little-endian host")
+
+
+def tensor_to_proto(t: torch.Tensor) -> common_pb2.Tensor:
+    """A torch tensor -> Tensor message (a copy of its bytes, C-contiguous)."""
+    if t.dtype not in _NAMES:
+        raise InvalidRequest(f"dtype {t.dtype} cannot travel; allowed: {', '.join(_DTYPES)}")
+    t = t.detach().to("cpu").contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return common_pb2.Tensor(data=data, dtype=_NAMES[t.dtype], shape=list(t.shape))
+
+
+def tensor_header_nbytes(msg: common_pb2.Tensor, what: str) -> int:
+    """Validate dtype and shape of a Tensor message; the byte length its data must have."""
+    if msg.dtype not in _DTYPES:
+        raise InvalidRequest(
+            f"{what}: unknown dtype {msg.dtype!r}; allowed: {', '.join(_DTYPES)}"
+        )
+    shape = list(msg.shape)
+    if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+        raise InvalidRequest(f"{what}: invalid shape {shape}")
+    nbytes = math.prod(shape) * _DTYPES[msg.dtype][1]
+    if nbytes > MAX_TENSOR_BYTES:
+        raise InvalidRequest(f"{what}: {nbytes} bytes exceeds the {MAX_TENSOR_BYTES}-byte limit")
+    return nbytes
+
+
+def tensor_from_proto(msg: common_pb2.Tensor, what: str = "tensor") -> torch.Tensor:
+    """A Tensor message -> torch tensor; raises InvalidRequest on any inconsistency."""
+    nbytes = tensor_header_nbytes(msg, what)
+    if len(msg.data) != nbytes:
+        raise InvalidRequest(
+            f"{what}: dtype {msg.dtype} and shape {list(msg.shape)} need {nbytes} bytes, "
+            f"got {len(msg.data)} (truncated or oversized)"
+        )
+    dtype, _ = _DTYPES[msg.dtype]
+    shape = tuple(msg.shape)
+    if nbytes == 0:
+        return torch.empty(shape, dtype=dtype)
+    raw = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8)
+    return raw.view(dtype).reshape(shape)
+
+
+def check_hidden(t: torch.Tensor, hidden_size: int, what: str = "hidden") -> None:
+    """Hidden states must be float (B, T, hidden_size) with B, T >= 1 and finite values."""
+    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise InvalidRequest(f"{what}: expected a float dtype, got {_NAMES.get(t.dtype)}")
+    if t.dim() != 3 or t.shape[0] < 1 or t.shape[1] < 1 or t.shape[2] != hidden_size:
+        raise InvalidRequest(
+            f"{what}: expected shape (batch, tokens, {hidden_size}), got {list(t.shape)}"
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise InvalidRequest(f"{what}: contains NaN or infinite values")
+
+
+def check_mask(mask: torch.Tensor, hidden: torch.Tensor) -> None:
+    """An attention mask must be int64/int32/bool (B, T) of 0/1 matching the hidden states."""
+    if mask.dtype not in (torch.int64, torch.int32, torch.bool):
+        raise InvalidRequest(f"attention_mask: expected an integer dtype, got {mask.dtype}")
+    if tuple(mask.shape) != tuple(hidden.shape[:2]):
+        raise InvalidRequest(
+            f"attention_mask: expected shape {list(hidden.shape[:2])}, got {list(mask.shape)}"
+        )
+    values = mask.to(torch.int64)
+    if bool(((values != 0) & (values != 1)).any()):
+        raise InvalidRequest("attention_mask: values must be 0 or 1")
+    if bool((values.sum(dim=1) == 0).any()):
+        raise InvalidRequest("attention_mask: every row needs at least one attended token")
+
+
+def numpy_view(t: torch.Tensor) -> np.ndarray:
+    """A read-only numpy view of a CPU tensor, for callers that want numpy."""
+    return t.detach().to("cpu").numpy()

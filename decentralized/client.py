@@ -1,0 +1,326 @@
+"""The client side of the mesh: peer discovery, route planning, and forwarding with fail-over.
+
+`MeshClient.chain(model)` returns a `Chain`: hops covering all layers of the model. `Chain.step`
+sends hidden states through the hops in order (the client relays between nodes). When a node
+dies, stalls past its deadline, refuses, or answers with invalid data, the client bans it,
+plans a new route for the remaining layers over other live nodes, and for generation sessions
+rebuilds the replacement nodes' KV caches by replaying the inputs it kept for that layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from decentralized import _wire
+from decentralized.errors import (
+    ERRORS_BY_CODE,
+    InvalidRequest,
+    MeshError,
+    NoRoute,
+    PeerMisbehaved,
+    PeerUnavailable,
+)
+from decentralized.identity import verify_record
+from decentralized.models import get_spec
+from decentralized.routing import Hop, plan_route
+from decentralized.transport import STREAM_CHUNK_BYTES, Credentials, sync_channel
+from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+# Codes after which the client retries elsewhere; anything else is the caller's fault.
+_FAILOVER_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DATA_LOSS,
+}
+
+
+def error_from_rpc(exc: grpc.RpcError, where: str) -> MeshError:
+    """Map a gRPC error to the domain error of the same status (one table, both ways)."""
+    code = exc.code()  # type: ignore[attr-defined]
+    details = exc.details()  # type: ignore[attr-defined]
+    cls = ERRORS_BY_CODE.get(code, MeshError)
+    err = cls(f"{where}: {code.name}: {details}")
+    err.code = code
+    return err
+
+
+@dataclass(slots=True)
+class HopState:
+    """A hop of a chain plus what the client keeps to rebuild it."""
+
+    hop: Hop
+    session_id: str  # "" for stateless (encoder) chains
+    past: int = 0  # tokens this hop's cache holds
+    inputs: list[torch.Tensor] = field(default_factory=list)  # inputs sent, for rebuilds
+    compute_s: float = 0.0
+    calls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverEvent:
+    hop: Hop
+    reason: str
+    rebuilt_tokens: int
+
+
+class MeshClient:
+    """Discovers nodes from seeds and opens forward chains over them."""
+
+    def __init__(
+        self,
+        seeds: list[str],
+        creds: Credentials,
+        *,
+        hop_timeout_s: float = 30.0,
+        refresh_s: float = 5.0,
+        ban_s: float = 60.0,
+        max_failovers: int = 6,
+    ) -> None:
+        if not seeds:
+            raise ValueError("at least one seed address is needed")
+        self.seeds = list(seeds)
+        self.creds = creds
+        self.hop_timeout_s = hop_timeout_s
+        self.refresh_s = refresh_s
+        self.ban_s = ban_s
+        self.max_failovers = max_failovers
+        self._channels: dict[str, grpc.Channel] = {}
+        self._records: dict[str, common_pb2.NodeRecord] = {}
+        self._rtt: dict[str, float] = {}
+        self._banned: dict[str, float] = {}
+        self._refreshed = 0.0
+
+    # -- channels and discovery ------------------------------------------------------------
+    def channel(self, address: str) -> grpc.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = sync_channel(address, self.creds)
+        return channel
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def ban(self, node_id: str) -> None:
+        self._banned[node_id] = time.monotonic() + self.ban_s
+
+    def banned(self) -> set[str]:
+        now = time.monotonic()
+        return {n for n, until in self._banned.items() if until > now}
+
+    def refresh(self, force: bool = False) -> list[common_pb2.NodeRecord]:
+        """Live node records, from the first seed or known node that answers ListPeers."""
+        if not force and self._records and time.monotonic() - self._refreshed < self.refresh_s:
+            return list(self._records.values())
+        candidates = self.seeds + [r.address for r in self._records.values()]
+        last_error: Exception | None = None
+        for address in dict.fromkeys(candidates):
+            try:
+                reply = mesh_pb2_grpc.MeshStub(self.channel(address)).ListPeers(
+                    mesh_pb2.ListPeersRequest(), timeout=5.0
+                )
+            except grpc.RpcError as exc:
+                last_error = error_from_rpc(exc, f"ListPeers at {address}")
+                continue
+            records: dict[str, common_pb2.NodeRecord] = {}
+            for signed in reply.records:
+                try:
+                    rec = verify_record(signed)
+                except PeerMisbehaved as exc:
+                    logger.warning("ignoring invalid record from %s: %s", address, exc)
+                    continue
+                records[rec.node_id] = rec
+            self._records = records
+            self._refreshed = time.monotonic()
+            self._measure_rtt()
+            return list(records.values())
+        raise PeerUnavailable(f"no seed answered ({', '.join(self.seeds)}): {last_error}")
+
+    def _measure_rtt(self) -> None:
+        for rec in self._records.values():
+            if rec.node_id in self._rtt:
+                continue
+            t0 = time.perf_counter()
+            try:
+                health_pb2_grpc.HealthStub(self.channel(rec.address)).Check(
+                    health_pb2.HealthCheckRequest(service="decentralized.v1.Shard"), timeout=2.0
+                )
+            except grpc.RpcError:
+                continue
+            self._rtt[rec.node_id] = time.perf_counter() - t0
+
+    def plan(self, model: str, start: int = 0) -> list[Hop]:
+        spec = get_spec(model)
+        records = self.refresh()
+        try:
+            return plan_route(model, spec.num_layers, records, exclude=self.banned(),
+                              rtt_s=self._rtt, start=start)
+        except NoRoute:
+            records = self.refresh(force=True)
+            return plan_route(model, spec.num_layers, records, exclude=self.banned(),
+                              rtt_s=self._rtt, start=start)
+
+    def chain(self, model: str, *, stateful: bool) -> Chain:
+        return Chain(self, model, stateful=stateful)
+
+    # -- one forward call ------------------------------------------------------------------
+    def forward(
+        self,
+        hop: Hop,
+        model: str,
+        hidden: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        session_id: str = "",
+        past_length: int = 0,
+        timeout_s: float | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """Run one hop; returns (output, node compute seconds). Validates the reply."""
+        tensor = _wire.tensor_to_proto(hidden)
+        request = shard_pb2.ForwardRequest(
+            model=model, start=hop.start, end=hop.end, session_id=session_id,
+            past_length=past_length, total_bytes=len(tensor.data),
+        )
+        if attention_mask is not None:
+            request.attention_mask.CopyFrom(_wire.tensor_to_proto(attention_mask))
+        stub = shard_pb2_grpc.ShardStub(self.channel(hop.address))
+        timeout = timeout_s or self.hop_timeout_s
+        try:
+            if len(tensor.data) <= STREAM_CHUNK_BYTES:
+                request.hidden.CopyFrom(tensor)
+                reply = stub.Forward(request, timeout=timeout)
+            else:
+                reply = stub.ForwardStream(_chunks(request, tensor), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"{hop.name} ({hop.address}) layers [{hop.start}, {hop.end})") from None
+        try:
+            out = _wire.tensor_from_proto(reply.hidden, "reply hidden")
+        except InvalidRequest as exc:
+            raise PeerMisbehaved(f"{hop.name}: {exc}") from None
+        if out.shape != hidden.shape or out.dtype != hidden.dtype:
+            raise PeerMisbehaved(
+                f"{hop.name} answered shape {list(out.shape)} {out.dtype}, expected "
+                f"{list(hidden.shape)} {hidden.dtype}"
+            )
+        if not bool(torch.isfinite(out).all()):
+            raise PeerMisbehaved(f"{hop.name} answered NaN or infinite values")
+        if reply.node_id and reply.node_id != hop.node_id:
+            raise PeerMisbehaved(f"{hop.address} answered as node {reply.node_id[:8]}, expected {hop.node_id[:8]}")
+        return out, reply.compute_s
+
+    def end_session(self, hop: Hop, session_id: str) -> None:
+        try:
+            shard_pb2_grpc.ShardStub(self.channel(hop.address)).EndSession(
+                shard_pb2.EndSessionRequest(session_id=session_id), timeout=2.0
+            )
+        except grpc.RpcError:
+            pass  # best effort: the node drops idle sessions on its own
+
+
+def _chunks(
+    header: shard_pb2.ForwardRequest, tensor: common_pb2.Tensor
+) -> Iterator[shard_pb2.ForwardRequest]:
+    data = tensor.data
+    first = shard_pb2.ForwardRequest()
+    first.CopyFrom(header)
+    first.hidden.CopyFrom(common_pb2.Tensor(dtype=tensor.dtype, shape=tensor.shape,
+                                            data=data[:STREAM_CHUNK_BYTES]))
+    yield first
+    for offset in range(STREAM_CHUNK_BYTES, len(data), STREAM_CHUNK_BYTES):
+        yield shard_pb2.ForwardRequest(
+            hidden=common_pb2.Tensor(data=data[offset : offset + STREAM_CHUNK_BYTES])
+        )
+
+
+class Chain:
+    """A route through all layers of a model, kept across the steps of one request."""
+
+    def __init__(self, client: MeshClient, model: str, *, stateful: bool) -> None:
+        self.client = client
+        self.model = model
+        self.stateful = stateful
+        self.num_layers = get_spec(model).num_layers
+        self.states = [self._state(h) for h in client.plan(model)]
+        self.failovers: list[FailoverEvent] = []
+        self.retired: list[HopState] = []  # hops replaced by fail-over, kept for the report
+
+    def _state(self, hop: Hop) -> HopState:
+        return HopState(hop=hop, session_id=secrets.token_urlsafe(18) if self.stateful else "")
+
+    def step(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Send (B, T, H) hidden states through every hop; returns the last hop's output."""
+        x = hidden
+        step_tokens = hidden.shape[1]
+        i = 0
+        while i < len(self.states):
+            st = self.states[i]
+            try:
+                y, compute_s = self.client.forward(
+                    st.hop, self.model, x, attention_mask=attention_mask,
+                    session_id=st.session_id, past_length=st.past,
+                    timeout_s=self.client.hop_timeout_s * max(1.0, x.shape[1] / 256),
+                )
+            except MeshError as exc:
+                if isinstance(exc, InvalidRequest) or exc.code not in _FAILOVER_CODES | {
+                    grpc.StatusCode.DATA_LOSS
+                }:
+                    raise
+                x = self._fail_over(i, x, exc)
+                continue
+            st.compute_s += compute_s
+            st.calls += 1
+            if self.stateful:
+                st.inputs.append(x)
+                st.past += x.shape[1]
+            x = y
+            i += 1
+        # After a rebuild the chain ran the whole history; the caller wants this step only.
+        return x[:, -step_tokens:]
+
+    def _fail_over(self, i: int, x: torch.Tensor, exc: MeshError) -> torch.Tensor:
+        failed = self.states[i]
+        logger.warning("fail-over: %s layers [%d, %d): %s", failed.hop.name,
+                       failed.hop.start, failed.hop.end, exc)
+        if len(self.failovers) >= self.client.max_failovers:
+            raise PeerUnavailable(
+                f"gave up after {len(self.failovers)} fail-overs; last: {exc}"
+            ) from None
+        self.client.ban(failed.hop.node_id)
+        # Everything that entered layer `start` so far, plus this step: the replay input.
+        history = torch.cat([*failed.inputs, x], dim=1) if failed.inputs else x
+        self.failovers.append(FailoverEvent(failed.hop, str(exc), failed.past))
+        for st in self.states[i:]:
+            if st.session_id and st is not failed:
+                self.client.end_session(st.hop, st.session_id)
+        self.retired.extend(self.states[i:])
+        try:
+            new_hops = self.client.plan(self.model, start=failed.hop.start)
+        except NoRoute as no_route:
+            raise NoRoute(f"{no_route} (after {failed.hop.name} failed: {exc})") from None
+        self.states[i:] = [self._state(h) for h in new_hops]
+        return history
+
+    def close(self) -> None:
+        for st in self.states:
+            if st.session_id:
+                self.client.end_session(st.hop, st.session_id)
+
+    def hop_states(self) -> list[HopState]:
+        return self.retired + self.states

@@ -1,0 +1,86 @@
+"""Errors of the mesh layer, and the one table that maps them to gRPC status codes.
+
+Tree::
+
+    MeshError
+    ├── InvalidRequest      malformed tensor, wrong shape/dtype, bad field      INVALID_ARGUMENT
+    ├── UnknownModel        model or span the node does not serve               NOT_FOUND
+    ├── SessionMismatch     KV-cache session missing or out of step             FAILED_PRECONDITION
+    ├── Overloaded          too many sessions / requests                        RESOURCE_EXHAUSTED
+    ├── Draining            the node is shutting down                           UNAVAILABLE
+    ├── PeerUnavailable     a peer died, stalled past its deadline, or refused  (client side)
+    ├── PeerMisbehaved      a peer returned something that fails validation     (client side)
+    └── NoRoute             no live nodes cover the requested layers            (client side)
+
+Messages say what was expected and what arrived; they never carry tensor contents or keys.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class MeshError(Exception):
+    """Root of every error raised by the mesh layer."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidRequest(MeshError):
+    """The request is malformed: wrong dtype, shape, size or field value."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class UnknownModel(MeshError):
+    """The node does not serve the requested model or layer range."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class SessionMismatch(MeshError):
+    """A generation session is unknown, expired, or out of step with the client."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Overloaded(MeshError):
+    """The node refuses work it has no capacity for."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Draining(MeshError):
+    """The node is shutting down and accepts no new work."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class PeerUnavailable(MeshError):
+    """A peer could not be reached, died, or missed its deadline."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class PeerMisbehaved(MeshError):
+    """A peer answered with data that fails validation (bad signature, shape, values)."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class NoRoute(MeshError):
+    """No combination of live nodes covers the requested layers."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+# Status codes a client maps back to a domain error (the reverse of `MeshError.code`).
+ERRORS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: UnknownModel,
+    grpc.StatusCode.FAILED_PRECONDITION: SessionMismatch,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.UNAVAILABLE: PeerUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: PeerUnavailable,
+    grpc.StatusCode.DATA_LOSS: PeerMisbehaved,
+}

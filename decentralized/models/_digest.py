@@ -1,0 +1,24 @@
+"""Weight digests: a SHA-256 commitment to exactly which weights a span runs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import torch
+
+
+def weight_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over (name, dtype, shape, raw bytes) of each tensor, in name order.
+
+    Names are the ones in the model's published weight file, so a digest computed by a node
+    for its span can be checked against one computed from the file by anybody.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(b"\0" + str(t.dtype).encode() + b"\0")
+        h.update(",".join(str(d) for d in t.shape).encode() + b"\0")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,194 @@
+"""A mesh node: gRPC server (Mesh, Shard, grpc.health.v1), gossip, and its compute thread.
+
+`Node.start()` loads the spans, measures throughput, binds the port and starts gossip;
+`Node.stop(grace_s)` marks the node NOT_SERVING and draining (new work gets UNAVAILABLE so the
+client fails over), waits for in-flight RPCs up to `grace_s`, then closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc.aio
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from decentralized.identity import Identity
+from decentralized.membership import Gossip, PeerTable
+from decentralized.metrics import NodeMetrics
+from decentralized.service import MeshServicer, ShardServicer
+from decentralized.shards import ShardHost
+from decentralized.transport import Credentials, add_port, new_server
+from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSettings:
+    """Everything a node needs to run; built from TOML + flags by `secure_infer.config`."""
+
+    name: str  # human-readable name, also the CN of the node certificate
+    listen: str  # "host:port" to bind; port 0 picks a free one
+    advertise: str = ""  # "host:port" peers dial; defaults to listen with the bound port
+    seeds: tuple[str, ...] = ()  # addresses of nodes to join through
+    spans: tuple[tuple[str, int, int], ...] = ()  # (model, start, end) served
+    device: str = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:N"
+    heartbeat_s: float = 2.0  # seconds between gossip rounds
+    dead_after_s: float = 8.0  # a peer whose newest record is older than this is dead
+    max_sessions: int = 64  # KV-cache sessions held at once
+    session_idle_s: float = 300.0  # idle seconds after which a session's cache is dropped
+    max_tokens: int = 2048  # tokens per request / per session
+    version: str = "0"  # software version advertised in the record
+    extra: dict[str, str] = field(default_factory=dict)  # free-form, not on the wire
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    return torch.device(device)
+
+
+class Node:
+    def __init__(self, settings: NodeSettings, identity: Identity, creds: Credentials) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.creds = creds
+        self.metrics = NodeMetrics()
+        self.device = pick_device(settings.device)
+        self.peers = PeerTable(identity.node_id, dead_after_s=settings.dead_after_s)
+        self.draining = False
+        self.load = 0
+        self.started = time.time()
+        self.layers_per_s = 0.0
+        self.address = settings.advertise or settings.listen
+        self.host: ShardHost | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._gossip: Gossip | None = None
+        self._gossip_task: asyncio.Task[None] | None = None
+
+    # -- records -------------------------------------------------------------------------
+    def record(self) -> common_pb2.NodeRecord:
+        host = self.host
+        spans = [
+            common_pb2.Span(model=m, start=s, end=e, weight_digest=d)
+            for m, s, e, d in (host.spans() if host else [])
+        ]
+        return common_pb2.NodeRecord(
+            address=self.address,
+            name=self.settings.name,
+            spans=spans,
+            device=str(self.device),
+            load=self.load,
+            layers_per_s=self.layers_per_s,
+            timestamp_ms=int(time.time() * 1000),
+            version=self.settings.version,
+            insecure_dev=self.creds.insecure_dev,
+        )
+
+    def signed_record(self) -> common_pb2.SignedNodeRecord:
+        return self.identity.sign(self.record())
+
+    def peer_list(self) -> mesh_pb2.PeerList:
+        records = [self.signed_record()] + [p.signed for p in self.peers.live()]
+        return mesh_pb2.PeerList(records=records)
+
+    def info(self) -> mesh_pb2.NodeInfo:
+        return mesh_pb2.NodeInfo(
+            record=self.signed_record(),
+            uptime_s=time.time() - self.started,
+            peers=len(self.peers.live()),
+            requests_total=int(sum(
+                s.value for m in self.metrics.requests.collect() for s in m.samples
+                if s.name.endswith("_total")
+            )),
+            errors_total=int(sum(
+                s.value for m in self.metrics.errors.collect() for s in m.samples
+                if s.name.endswith("_total")
+            )),
+            sessions=self.host.session_count if self.host else 0,
+            draining=self.draining,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> int:
+        """Load spans, bind, start gossip. Returns the bound port."""
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        self.host = await loop.run_in_executor(
+            self._executor,
+            lambda: ShardHost(
+                list(s.spans), self.device, max_sessions=s.max_sessions,
+                session_idle_s=s.session_idle_s, max_tokens=s.max_tokens,
+            ),
+        )
+        assert self.host is not None  # noqa: S101
+        self.layers_per_s = await loop.run_in_executor(self._executor, self.host.benchmark)
+        server = new_server()
+        mesh_pb2_grpc.add_MeshServicer_to_server(MeshServicer(self, self.peer_list), server)
+        shard_pb2_grpc.add_ShardServicer_to_server(
+            ShardServicer(self, self.host, self._executor), server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        self._health = health_servicer
+        port = add_port(server, s.listen, self.creds)
+        if port == 0:
+            raise OSError(f"could not bind {s.listen}")
+        if not s.advertise:
+            self.address = f"{s.listen.rsplit(':', 1)[0]}:{port}"
+        await server.start()
+        self._server = server
+        for service in ("", "decentralized.v1.Mesh", "decentralized.v1.Shard"):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._gossip = Gossip(
+            self.peers, self.signed_record, list(s.seeds), self.creds,
+            heartbeat_s=s.heartbeat_s, own_address=self.address,
+        )
+        await self._gossip.round()  # join through the seeds before announcing readiness
+        self._gossip_task = asyncio.create_task(self._gossip.run())
+        self._peer_gauge_task = asyncio.create_task(self._update_gauges())
+        logger.info(
+            "node %s (%s) serving on %s, device %s, spans %s, %.0f layers/s",
+            s.name, self.identity.node_id[:8], self.address, self.device,
+            [f"{m}[{a},{b})" for m, a, b in s.spans], self.layers_per_s,
+        )
+        return port
+
+    async def _update_gauges(self) -> None:
+        while True:
+            self.metrics.peers.set(len(self.peers.live()))
+            await asyncio.sleep(1.0)
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Drain: refuse new work, finish in-flight RPCs (up to grace_s), then close."""
+        if self._server is None:
+            return
+        self.draining = True
+        logger.info("draining: finishing in-flight work (up to %.0f s)", grace_s)
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        deadline = time.monotonic() + grace_s
+        while self.load > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in (self._gossip_task, getattr(self, "_peer_gauge_task", None)):
+            if task is not None:
+                task.cancel()
+        if self._gossip is not None:
+            await self._gossip.close()
+        await self._server.stop(max(0.0, deadline - time.monotonic()))
+        self._executor.shutdown(wait=True, cancel_futures=False)
+        self._server = None
+        logger.info("stopped")

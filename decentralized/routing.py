@@ -1,0 +1,91 @@
+"""Client-side route planning over live nodes, as Petals does it.
+
+The layers of a model are the points 0..L; a node serving span [s, e) is an edge s -> e whose
+cost is the measured round-trip time to the node plus the span's compute time estimated from
+the node's advertised throughput, inflated by its current load. The route is the cheapest path
+0 -> L (Dijkstra). Nodes the client has seen fail are excluded for `ban_s` seconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+
+from decentralized.errors import NoRoute
+from decentralized.v1 import common_pb2
+
+_DEFAULT_RTT_S = 0.002  # assumed round trip to a node not yet measured
+_DEFAULT_LAYERS_PER_S = 100.0  # assumed throughput of a node that reports none
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One step of a route: layers [start, end) of a model on one node."""
+
+    node_id: str
+    name: str
+    address: str
+    start: int
+    end: int
+    weight_digest: str
+
+
+def hop_cost(record: common_pb2.NodeRecord, layers: int, rtt_s: float | None) -> float:
+    rate = record.layers_per_s if record.layers_per_s > 0 else _DEFAULT_LAYERS_PER_S
+    compute = layers / rate * (1 + record.load)
+    return (rtt_s if rtt_s is not None else _DEFAULT_RTT_S) + compute
+
+
+def plan_route(
+    model: str,
+    num_layers: int,
+    records: list[common_pb2.NodeRecord],
+    *,
+    exclude: set[str] = frozenset(),  # type: ignore[assignment]
+    rtt_s: dict[str, float] | None = None,
+    start: int = 0,
+    end: int | None = None,
+) -> list[Hop]:
+    """Cheapest chain of served spans covering layers [start, end) of model."""
+    end = num_layers if end is None else end
+    rtt_s = rtt_s or {}
+    edges: dict[int, list[tuple[float, Hop]]] = {}
+    for rec in records:
+        if rec.node_id in exclude:
+            continue
+        for span in rec.spans:
+            if span.model != model or span.start < start or span.end > end:
+                continue
+            hop = Hop(rec.node_id, rec.name, rec.address, span.start, span.end, span.weight_digest)
+            cost = hop_cost(rec, span.end - span.start, rtt_s.get(rec.node_id))
+            edges.setdefault(span.start, []).append((cost, hop))
+    counter = itertools.count()  # tie-breaker so heapq never compares hops
+    best: dict[int, float] = {start: 0.0}
+    previous: dict[int, Hop] = {}
+    queue: list[tuple[float, int, int]] = [(0.0, next(counter), start)]
+    while queue:
+        cost, _, layer = heapq.heappop(queue)
+        if layer == end:
+            break
+        if cost > best.get(layer, float("inf")):
+            continue
+        for edge_cost, hop in edges.get(layer, []):
+            total = cost + edge_cost
+            if total < best.get(hop.end, float("inf")):
+                best[hop.end] = total
+                previous[hop.end] = hop
+                heapq.heappush(queue, (total, next(counter), hop.end))
+    if end not in previous and end != start:
+        covered = sorted({(h.start, h.end) for hs in edges.values() for _, h in hs})
+        raise NoRoute(
+            f"no live nodes cover {model} layers [{start}, {end}); live spans: "
+            f"{', '.join(f'[{a}, {b})' for a, b in covered) or 'none'}"
+        )
+    route: list[Hop] = []
+    layer = end
+    while layer != start:
+        hop = previous[layer]
+        route.append(hop)
+        layer = hop.start
+    return route[::-1]

@@ -1,0 +1,204 @@
+"""gRPC servicers: thin wire <-> domain adapters. No model math, no policy, no pickle.
+
+Every handler goes through `_serving`, which counts the RPC, times it, and maps domain errors
+to status codes through the single table in `decentralized.errors`. Unexpected exceptions
+become INTERNAL with a generic message: tracebacks never go to peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING
+
+import grpc
+import grpc.aio
+
+from decentralized import _wire
+from decentralized.errors import Draining, InvalidRequest, MeshError
+from decentralized.shards import ForwardJob, ShardHost
+from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
+
+if TYPE_CHECKING:
+    from decentralized.metrics import NodeMetrics
+    from decentralized.node import Node
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    method: str, context: grpc.aio.ServicerContext, metrics: NodeMetrics
+) -> AsyncIterator[None]:
+    t0 = time.perf_counter()
+    code = grpc.StatusCode.OK
+    metrics.in_flight.inc()
+    try:
+        yield
+    except MeshError as exc:
+        code = exc.code
+        logger.info("%s -> %s: %s", method, code.name, exc)
+        await context.abort(code, str(exc))
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except grpc.aio.AbortError:
+        code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+        raise
+    except Exception:
+        code = grpc.StatusCode.INTERNAL
+        logger.exception("%s failed", method)
+        await context.abort(code, f"internal error in {method}")
+    finally:
+        metrics.in_flight.dec()
+        metrics.requests.labels(method, code.name).inc()
+        metrics.latency.labels(method).observe(time.perf_counter() - t0)
+        if code != grpc.StatusCode.OK:
+            metrics.errors.labels(method).inc()
+
+
+def _job_from_header(request: shard_pb2.ForwardRequest, hidden: common_pb2.Tensor) -> ForwardJob:
+    if not request.HasField("hidden") and not hidden.dtype:
+        raise InvalidRequest("hidden: missing")
+    hidden_t = _wire.tensor_from_proto(hidden, "hidden")
+    mask_t = (
+        _wire.tensor_from_proto(request.attention_mask, "attention_mask")
+        if request.HasField("attention_mask")
+        else None
+    )
+    return ForwardJob(
+        model=request.model,
+        start=request.start,
+        end=request.end,
+        hidden=hidden_t,
+        attention_mask=mask_t,
+        session_id=request.session_id,
+        past_length=request.past_length,
+    )
+
+
+class ShardServicer(shard_pb2_grpc.ShardServicer):
+    """Forward, ForwardStream and EndSession over a `ShardHost`."""
+
+    def __init__(self, node: Node, host: ShardHost, executor: Executor) -> None:
+        self._node = node
+        self._host = host
+        self._executor = executor
+
+    async def _run(self, job: ForwardJob) -> shard_pb2.ForwardReply:
+        if self._node.draining:
+            raise Draining("node is shutting down; retry on another node")
+        self._host.validate(job)  # cheap checks before queueing for compute
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        self._node.load += 1
+        try:
+            out = await loop.run_in_executor(self._executor, self._host.forward, job)
+        finally:
+            self._node.load -= 1
+        reply = shard_pb2.ForwardReply(
+            hidden=_wire.tensor_to_proto(out),
+            compute_s=time.perf_counter() - t0,
+            node_id=self._node.identity.node_id,
+            device=str(self._host.device),
+        )
+        metrics = self._node.metrics
+        metrics.bytes_in.inc(job.hidden.numel() * job.hidden.element_size())
+        metrics.bytes_out.inc(len(reply.hidden.data))
+        metrics.sessions.set(self._host.session_count)
+        return reply
+
+    async def Forward(
+        self, request: shard_pb2.ForwardRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ForwardReply:
+        async with _serving("Forward", context, self._node.metrics):
+            return await self._run(_job_from_header(request, request.hidden))
+        raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+    async def ForwardStream(
+        self,
+        request_iterator: AsyncIterator[shard_pb2.ForwardRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> shard_pb2.ForwardReply:
+        async with _serving("ForwardStream", context, self._node.metrics):
+            header: shard_pb2.ForwardRequest | None = None
+            chunks: list[bytes] = []
+            received = 0
+            limit = _wire.MAX_TENSOR_BYTES
+            async for chunk in request_iterator:
+                if header is None:
+                    header = chunk
+                    limit = _wire.tensor_header_nbytes(chunk.hidden, "hidden")
+                    if chunk.total_bytes != limit:
+                        raise InvalidRequest(
+                            f"hidden: header announces {chunk.total_bytes} bytes but dtype and "
+                            f"shape need {limit}"
+                        )
+                received += len(chunk.hidden.data)
+                if received > limit:
+                    raise InvalidRequest(f"hidden: stream carries more than {limit} bytes")
+                chunks.append(chunk.hidden.data)
+            if header is None:
+                raise InvalidRequest("empty ForwardStream: no header chunk")
+            if received != limit:
+                raise InvalidRequest(
+                    f"hidden: stream ended after {received} of {limit} bytes (truncated)"
+                )
+            hidden = common_pb2.Tensor(
+                data=b"".join(chunks), dtype=header.hidden.dtype, shape=header.hidden.shape
+            )
+            return await self._run(_job_from_header(header, hidden))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def EndSession(
+        self, request: shard_pb2.EndSessionRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.EndSessionReply:
+        async with _serving("EndSession", context, self._node.metrics):
+            existed = self._host.end_session(request.session_id)
+            self._node.metrics.sessions.set(self._host.session_count)
+            return shard_pb2.EndSessionReply(existed=existed)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class MeshServicer(mesh_pb2_grpc.MeshServicer):
+    """GetInfo, Join, Heartbeat, ListPeers over the node's peer table."""
+
+    def __init__(self, node: Node, peer_list: Callable[[], mesh_pb2.PeerList]) -> None:
+        self._node = node
+        self._peer_list = peer_list
+
+    async def GetInfo(
+        self, request: mesh_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> mesh_pb2.NodeInfo:
+        async with _serving("GetInfo", context, self._node.metrics):
+            return self._node.info()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _accept(self, request: mesh_pb2.JoinRequest) -> mesh_pb2.PeerList:
+        self._node.peers.update(request.record)  # verifies; raises PeerMisbehaved
+        return self._peer_list()
+
+    async def Join(
+        self, request: mesh_pb2.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> mesh_pb2.PeerList:
+        async with _serving("Join", context, self._node.metrics):
+            return await self._accept(request)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def Heartbeat(
+        self, request: mesh_pb2.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> mesh_pb2.PeerList:
+        async with _serving("Heartbeat", context, self._node.metrics):
+            return await self._accept(request)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def ListPeers(
+        self, request: mesh_pb2.ListPeersRequest, context: grpc.aio.ServicerContext
+    ) -> mesh_pb2.PeerList:
+        async with _serving("ListPeers", context, self._node.metrics):
+            return self._peer_list()
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,117 @@
+"""gRPC channels and server ports: mutual TLS by default, plaintext only on loopback.
+
+Every channel between nodes, and between clients and nodes, is mTLS with certificates issued
+by the mesh CA (`secure-infer certs`). Plaintext exists only behind an explicit
+`insecure_dev=True` (`--insecure-dev`), and only for loopback addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # per gRPC message; larger tensors are streamed
+STREAM_CHUNK_BYTES = 4 * 1024 * 1024  # tensor bytes per ForwardStream chunk
+_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_SERVER_OPTIONS = [
+    *_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class InsecureNotAllowed(ValueError):
+    """Plaintext was requested for an address that is not loopback."""
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a "host:port" address names this machine's loopback interface."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credentials:
+    """PEM material for one party of the mesh, or none with insecure_dev on loopback."""
+
+    root_ca: bytes | None = None  # PEM of the mesh CA
+    private_key: bytes | None = None  # PEM of this party's key
+    certificate: bytes | None = None  # PEM of this party's certificate
+    insecure_dev: bool = False  # plaintext channels; loopback only
+
+    def __post_init__(self) -> None:
+        if not self.insecure_dev and not (self.root_ca and self.private_key and self.certificate):
+            raise ValueError(
+                "mTLS needs the mesh CA, a key and a certificate (secure-infer certs issue); "
+                "use insecure_dev only for loopback development"
+            )
+
+    def check_address(self, address: str) -> None:
+        if self.insecure_dev and not is_loopback(address):
+            raise InsecureNotAllowed(
+                f"--insecure-dev allows plaintext only on loopback, not {address}"
+            )
+
+
+def add_port(server: grpc.aio.Server, address: str, creds: Credentials) -> int:
+    """Bind the server; returns the port actually bound (address may end in ":0")."""
+    creds.check_address(address)
+    if creds.insecure_dev:
+        logger.warning("INSECURE: serving plaintext gRPC on %s (--insecure-dev)", address)
+        return server.add_insecure_port(address)
+    assert creds.private_key and creds.certificate  # noqa: S101 - checked in __post_init__
+    server_creds = grpc.ssl_server_credentials(
+        [(creds.private_key, creds.certificate)],
+        root_certificates=creds.root_ca,
+        require_client_auth=True,
+    )
+    return server.add_secure_port(address, server_creds)
+
+
+def new_server() -> grpc.aio.Server:
+    return grpc.aio.server(options=_SERVER_OPTIONS)
+
+
+def _channel_args(address: str, creds: Credentials) -> grpc.ChannelCredentials | None:
+    creds.check_address(address)
+    if creds.insecure_dev:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=creds.root_ca,
+        private_key=creds.private_key,
+        certificate_chain=creds.certificate,
+    )
+
+
+def aio_channel(address: str, creds: Credentials) -> grpc.aio.Channel:
+    """An asyncio channel to a peer (used inside node daemons)."""
+    channel_creds = _channel_args(address, creds)
+    if channel_creds is None:
+        return grpc.aio.insecure_channel(address, options=_OPTIONS)
+    return grpc.aio.secure_channel(address, channel_creds, options=_OPTIONS)
+
+
+def sync_channel(address: str, creds: Credentials) -> grpc.Channel:
+    """A blocking channel to a node (used by the client SDK and the CLI)."""
+    channel_creds = _channel_args(address, creds)
+    if channel_creds is None:
+        return grpc.insecure_channel(address, options=_OPTIONS)
+    return grpc.secure_channel(address, channel_creds, options=_OPTIONS)

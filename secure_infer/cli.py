@@ -1,0 +1,282 @@
+"""The `secure-infer` command line: node run|status, certs init|issue, infer, demo.
+
+Thin: parse, build config, call the SDK or daemon. Expected errors print
+`ErrorType: message` on stderr without a traceback and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+_EXIT_ERROR = 1
+_EXIT_USAGE = 2
+
+
+def _tls_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("credentials")
+    g.add_argument("--certs", type=Path, help="directory with ca.crt and NAME.crt/NAME.key")
+    g.add_argument("--identity", default="client", help="certificate NAME inside --certs")
+    g.add_argument("--ca", type=Path, help="mesh CA certificate (PEM)")
+    g.add_argument("--cert", type=Path, help="this party's certificate (PEM)")
+    g.add_argument("--key", type=Path, help="this party's private key (PEM)")
+    g.add_argument("--insecure-dev", action="store_true",
+                   help="plaintext gRPC, loopback only, for development")
+
+
+def _tls(args: argparse.Namespace) -> Any:
+    from secure_infer.certs import TLSMaterial, material
+
+    if args.insecure_dev:
+        return None
+    if args.ca and args.cert and args.key:
+        return TLSMaterial(ca_cert=args.ca, cert=args.cert, key=args.key)
+    if args.certs:
+        return material(args.certs, args.identity)
+    raise SystemExit(
+        "error: give --certs DIR (with --identity NAME), or --ca/--cert/--key, "
+        "or --insecure-dev for a loopback development mesh"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="secure-infer", description=__doc__.splitlines()[0],
+                                     formatter_class=fmt)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    node = sub.add_parser("node", help="run or inspect a mesh node", formatter_class=fmt)
+    node_sub = node.add_subparsers(dest="node_command", required=True)
+    run = node_sub.add_parser("run", help="run a node daemon", formatter_class=fmt)
+    run.add_argument("--config", type=Path, help="node TOML file (flags override it)")
+    run.add_argument("--name")
+    run.add_argument("--listen", help="host:port to bind")
+    run.add_argument("--advertise", help="host:port peers dial (default: listen address)")
+    run.add_argument("--seeds", help="comma-separated host:port of nodes to join through")
+    run.add_argument("--span", action="append", metavar="MODEL:START:END",
+                     help="layer span to serve (repeatable; replaces the config's spans)")
+    run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--data-dir", help="directory of the node identity key")
+    run.add_argument("--metrics", help="host:port of the Prometheus endpoint")
+    run.add_argument("--ca", help="mesh CA certificate (PEM)")
+    run.add_argument("--cert", help="node certificate (PEM)")
+    run.add_argument("--key", help="node private key (PEM)")
+    run.add_argument("--insecure-dev", action="store_true", default=None,
+                     help="plaintext gRPC on loopback only, for development")
+    run.add_argument("--log-format", choices=["json", "text"])
+    run.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    run.add_argument("--ready-file", help=argparse.SUPPRESS)
+    status = node_sub.add_parser("status", help="show a live node", formatter_class=fmt)
+    status.add_argument("address", help="host:port of the node")
+    status.add_argument("--json", action="store_true")
+    _tls_flags(status)
+
+    certs = sub.add_parser("certs", help="mesh PKI: a CA and node/client certificates",
+                           formatter_class=fmt)
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_sub.add_parser("init", help="create the mesh CA", formatter_class=fmt)
+    init.add_argument("--dir", type=Path, default=Path("certs"))
+    init.add_argument("--force", action="store_true", help="overwrite an existing CA")
+    issue = certs_sub.add_parser("issue", help="issue a node or client certificate",
+                                 formatter_class=fmt)
+    issue.add_argument("name")
+    issue.add_argument("--dir", type=Path, default=Path("certs"))
+    issue.add_argument("--role", choices=["node", "client"], default="node")
+    issue.add_argument("--host", action="append",
+                       help="SAN host (IP or DNS; repeatable; default 127.0.0.1, localhost, ::1)")
+    issue.add_argument("--days", type=int, default=365)
+    issue.add_argument("--force", action="store_true")
+
+    infer = sub.add_parser("infer", help="one-shot embedding or generation through the mesh",
+                           formatter_class=fmt)
+    infer.add_argument("--seeds", required=True, help="comma-separated host:port")
+    infer.add_argument("--model", required=True)
+    infer.add_argument("--text", action="append", help="text to embed (repeatable)")
+    infer.add_argument("--prompt", help="prompt to generate from")
+    infer.add_argument("--max-new-tokens", type=int, default=64)
+    infer.add_argument("--timeout", type=float, default=30.0, help="seconds per hop")
+    infer.add_argument("--json", action="store_true")
+    _tls_flags(infer)
+
+    demo = sub.add_parser("demo", help="three local nodes, two models, end to end",
+                          formatter_class=fmt)
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument("--workdir", type=Path, help="keep certs, configs and logs here")
+    return parser
+
+
+def _node_run(args: argparse.Namespace) -> int:
+    from secure_infer import config as cfg
+    from secure_infer import daemon, logs
+
+    overrides = {
+        "name": args.name, "listen": args.listen, "advertise": args.advertise,
+        "seeds": args.seeds, "device": args.device, "data_dir": args.data_dir,
+        "metrics": args.metrics, "insecure_dev": args.insecure_dev,
+        "ca": args.ca, "cert": args.cert, "key": args.key, "log_format": args.log_format,
+        "spans": [cfg.parse_span(s) for s in args.span] if args.span else None,
+    }
+    config = cfg.load(args.config, overrides)
+    logs.configure(config.settings.name, config.log_format)
+    asyncio.run(daemon.serve(config, grace_s=args.grace, ready_file=args.ready_file))
+    return 0
+
+
+def _node_status(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from decentralized.client import error_from_rpc
+    from decentralized.identity import verify_record
+    from decentralized.transport import sync_channel
+    from decentralized.v1 import mesh_pb2, mesh_pb2_grpc
+    from secure_infer.client import credentials
+
+    creds = credentials(_tls(args), args.insecure_dev)
+    with sync_channel(args.address, creds) as channel:
+        try:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5.0)
+            info = mesh_pb2_grpc.MeshStub(channel).GetInfo(mesh_pb2.GetInfoRequest(), timeout=5.0)
+            peers = mesh_pb2_grpc.MeshStub(channel).ListPeers(
+                mesh_pb2.ListPeersRequest(), timeout=5.0)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, args.address) from None
+    rec = verify_record(info.record)
+    peer_recs = [verify_record(r) for r in peers.records]
+    doc = {
+        "address": rec.address, "name": rec.name, "node_id": rec.node_id,
+        "health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status),
+        "device": rec.device, "version": rec.version, "uptime_s": round(info.uptime_s, 1),
+        "load": rec.load, "layers_per_s": round(rec.layers_per_s, 1),
+        "requests_total": info.requests_total, "errors_total": info.errors_total,
+        "sessions": info.sessions, "draining": info.draining, "insecure_dev": rec.insecure_dev,
+        "spans": [{"model": s.model, "start": s.start, "end": s.end,
+                   "weight_digest": s.weight_digest} for s in rec.spans],
+        "peers": [{"name": p.name, "node_id": p.node_id, "address": p.address,
+                   "spans": [f"{s.model}[{s.start},{s.end})" for s in p.spans]}
+                  for p in peer_recs if p.node_id != rec.node_id],
+    }
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    out = [
+        f"node      {doc['name']} ({rec.node_id})",
+        f"address   {doc['address']}   health {doc['health']}   device {doc['device']}",
+        f"uptime    {doc['uptime_s']} s   requests {doc['requests_total']}   "
+        f"errors {doc['errors_total']}   sessions {doc['sessions']}   load {doc['load']}",
+        f"version   {doc['version']}" + ("   INSECURE-DEV" if rec.insecure_dev else ""),
+        "spans:",
+    ]
+    out += [f"  {s['model']} [{s['start']}, {s['end']})  sha256 {s['weight_digest'][:16]}..."
+            for s in doc["spans"]]
+    out.append(f"peers ({len(doc['peers'])}):")
+    out += [f"  {p['name']:<10} {p['address']:<22} {', '.join(p['spans'])}" for p in doc["peers"]]
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from secure_infer import certs
+
+    if args.certs_command == "init":
+        path = certs.init_ca(args.dir, overwrite=args.force)
+        sys.stdout.write(f"created mesh CA {path} (keep {args.dir / 'ca.key'} private)\n")
+        return 0
+    hosts = tuple(args.host) if args.host else ("127.0.0.1", "localhost", "::1")
+    mat = certs.issue(args.dir, args.name, role=args.role, hosts=hosts,
+                      valid_days=args.days, overwrite=args.force)
+    sys.stdout.write(f"issued {args.role} certificate {mat.cert} and key {mat.key}\n")
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from decentralized.models import get_spec
+    from secure_infer import logs
+    from secure_infer.client import Client
+
+    logs.configure("client", "text", level=30)
+    spec = get_spec(args.model)
+    seeds = [s for s in args.seeds.split(",") if s]
+    with Client(seeds, tls=_tls(args), insecure_dev=args.insecure_dev,
+                hop_timeout_s=args.timeout) as client:
+        if spec.task == "embed":
+            if not args.text:
+                raise SystemExit("error: --text is required for an embedding model")
+            res = client.embed(args.model, args.text)
+            doc: dict[str, Any] = {"model": args.model, "embeddings": res.embeddings.tolist(),
+                                   "timings": res.timings}
+            route, privacy = res.route, res.privacy
+        else:
+            if not args.prompt:
+                raise SystemExit("error: --prompt is required for a generation model")
+            if not args.json:
+                for ev in client.generate_stream(args.model, args.prompt,
+                                                 max_new_tokens=args.max_new_tokens):
+                    sys.stdout.write(ev.text)
+                    sys.stdout.flush()
+                    if ev.result is not None:
+                        gen = ev.result
+                sys.stdout.write("\n")
+            else:
+                gen = client.generate(args.model, args.prompt, max_new_tokens=args.max_new_tokens)
+            doc = {"model": args.model, "text": gen.text, "token_ids": list(gen.token_ids),
+                   "timings": gen.timings, "finish_reason": gen.finish_reason}
+            route, privacy = gen.route, gen.privacy
+    doc["route"] = [{"node": h.name, "node_id": h.node_id, "layers": [h.start, h.end],
+                     "weight_digest": h.weight_digest} for h in route]
+    doc["privacy"] = {"mode": privacy.mode, "channel": privacy.channel,
+                      "node_views": list(privacy.node_views), "caveats": list(privacy.caveats)}
+    if args.json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+    else:
+        if spec.task == "embed":
+            for text, vec in zip(args.text, doc["embeddings"], strict=True):
+                sys.stdout.write(f"{text[:40]!r:<44} [{', '.join(f'{v:+.4f}' for v in vec[:6])}, ...]\n")
+        sys.stdout.write(str(privacy) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from secure_infer import __version__
+
+        sys.stdout.write(f"secure-infer {__version__}\n")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return _EXIT_USAGE
+    from secure_infer.errors import CertError, ConfigError, MeshError
+
+    try:
+        if args.command == "node" and args.node_command == "run":
+            return _node_run(args)
+        if args.command == "node":
+            return _node_status(args)
+        if args.command == "certs":
+            return _certs(args)
+        if args.command == "infer":
+            return _infer(args)
+        if args.command == "demo":
+            from secure_infer.demo import run_demo
+
+            return run_demo(json_output=args.json, workdir=args.workdir)
+    except (MeshError, CertError, ConfigError, ValueError, OSError) as exc:
+        sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
+        return _EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    parser.print_help()
+    return _EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""The client SDK: run models hosted on the mesh, keeping token ids and outputs local.
+
+Example::
+
+    from secure_infer import Client, TLSMaterial
+
+    tls = TLSMaterial(ca_cert=Path("certs/ca.crt"), cert=Path("certs/me.crt"),
+                      key=Path("certs/me.key"))
+    with Client(["127.0.0.1:7001"], tls=tls) as client:
+        emb = client.embed("all-MiniLM-L6-v2", ["hello world"])
+        print(emb.embeddings.shape, emb.privacy)
+        for event in client.generate_stream("SmolLM2-135M-Instruct", "Hi!"):
+            print(event.text, end="")
+
+The split mode runs the embedding layer and the head on the client (U-shaped split) and the
+transformer layers on mesh nodes; each node sees the plaintext activations of its layers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from decentralized.client import Chain, MeshClient
+from decentralized.errors import InvalidRequest
+from decentralized.models import get_spec, load_client_parts
+from decentralized.transport import Credentials
+from secure_infer.certs import TLSMaterial
+from secure_infer.results import (
+    EmbedResult,
+    Failover,
+    GenerateResult,
+    HopRecord,
+    Privacy,
+    TokenEvent,
+)
+
+_MAX_TEXTS = 1024  # texts per embed call
+_MAX_NEW_TOKENS = 1024  # tokens per generate call
+
+
+def credentials(tls: TLSMaterial | None, insecure_dev: bool) -> Credentials:
+    """mTLS credentials from PEM files, or plaintext for loopback development."""
+    if tls is None:
+        if not insecure_dev:
+            raise ValueError("pass tls=TLSMaterial(...) or insecure_dev=True (loopback only)")
+        return Credentials(insecure_dev=True)
+    ca, key, cert = tls.read()
+    return Credentials(root_ca=ca, private_key=key, certificate=cert)
+
+
+class Client:
+    """A connection to the mesh through one or more seed nodes."""
+
+    def __init__(
+        self,
+        seeds: Sequence[str],
+        *,
+        tls: TLSMaterial | None = None,
+        insecure_dev: bool = False,
+        hop_timeout_s: float = 30.0,
+        max_failovers: int = 6,
+    ) -> None:
+        self._creds = credentials(tls, insecure_dev)
+        self._mesh = MeshClient(
+            list(seeds), self._creds, hop_timeout_s=hop_timeout_s, max_failovers=max_failovers
+        )
+        self._parts: dict[str, Any] = {}
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._mesh.close()
+
+    # -- discovery -------------------------------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        """Live nodes: id, name, address, device, load, throughput and spans."""
+        return [
+            {
+                "node_id": r.node_id, "name": r.name, "address": r.address, "device": r.device,
+                "load": r.load, "layers_per_s": r.layers_per_s,
+                "spans": [(s.model, s.start, s.end) for s in r.spans],
+                "insecure_dev": r.insecure_dev,
+            }
+            for r in self._mesh.refresh(force=True)
+        ]
+
+    def parts(self, model: str) -> Any:
+        """The client-side parts of a model (tokenizer, embedding, head), loaded once."""
+        if model not in self._parts:
+            get_spec(model)
+            self._parts[model] = load_client_parts(model)
+        return self._parts[model]
+
+    # -- embeddings ------------------------------------------------------------------------
+    def embed(self, model: str, texts: Sequence[str], *, max_tokens: int = 256) -> EmbedResult:
+        """Sentence embeddings (B, hidden), unit-norm, computed through the mesh."""
+        spec = get_spec(model)
+        if spec.task != "embed":
+            raise InvalidRequest(f"{model} is a {spec.task} model; use generate()")
+        if isinstance(texts, str) or not texts or len(texts) > _MAX_TEXTS:
+            raise InvalidRequest(f"texts must be a list of 1..{_MAX_TEXTS} strings")
+        t0 = time.perf_counter()
+        parts = self.parts(model)
+        ids, mask = parts.tokenize(list(texts), max_tokens=max_tokens)
+        hidden = parts.embed(ids)
+        t_client = time.perf_counter() - t0
+        chain = self._mesh.chain(model, stateful=False)
+        t1 = time.perf_counter()
+        out = chain.step(hidden, attention_mask=mask)
+        t_mesh = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        emb = parts.head(out, mask)
+        t_client += time.perf_counter() - t2
+        route = _route(chain)
+        compute = sum(h.compute_s for h in route)
+        return EmbedResult(
+            model=model,
+            embeddings=emb.numpy().astype(np.float32),
+            route=route,
+            timings={"total_s": time.perf_counter() - t0, "client_s": t_client,
+                     "mesh_s": t_mesh, "compute_s": compute, "network_s": t_mesh - compute},
+            privacy=self._privacy(model, route, "token ids, attention mask and embeddings"),
+            failovers=_failovers(chain),
+        )
+
+    # -- generation ------------------------------------------------------------------------
+    def generate(
+        self,
+        model: str,
+        prompt: str | list[dict[str, str]],
+        *,
+        max_new_tokens: int = 64,
+        chat: bool = True,
+    ) -> GenerateResult:
+        """Greedy generation through the mesh; see `generate_stream` for token streaming."""
+        result = None
+        for event in self.generate_stream(model, prompt, max_new_tokens=max_new_tokens, chat=chat):
+            result = event.result
+        if result is None:  # pragma: no cover - the stream always ends with a result
+            raise RuntimeError("generation ended without a result")
+        return result
+
+    def generate_stream(
+        self,
+        model: str,
+        prompt: str | list[dict[str, str]],
+        *,
+        max_new_tokens: int = 64,
+        chat: bool = True,
+    ) -> Iterator[TokenEvent]:
+        """Yield one TokenEvent per generated token (greedy); the last carries the result.
+
+        The client embeds the prompt, sends it through the chain once (prefill), then one token
+        at a time; each node keeps its span's KV cache for the session.
+        """
+        spec = get_spec(model)
+        if spec.task != "generate":
+            raise InvalidRequest(f"{model} is an {spec.task} model; use embed()")
+        if not 1 <= max_new_tokens <= _MAX_NEW_TOKENS:
+            raise InvalidRequest(f"max_new_tokens must be in [1, {_MAX_NEW_TOKENS}]")
+        if not prompt:
+            raise InvalidRequest("prompt is empty")
+        t0 = time.perf_counter()
+        parts = self.parts(model)
+        ids = parts.encode(prompt, chat=chat)
+        chain = self._mesh.chain(model, stateful=True)
+        generated: list[int] = []
+        text = ""
+        finish = "length"
+        t_prefill = 0.0
+        try:
+            x = parts.embed(ids)
+            for index in range(max_new_tokens):
+                hidden = chain.step(x)
+                token = int(parts.head(hidden[:, -1:])[0, -1].argmax())
+                if index == 0:
+                    t_prefill = time.perf_counter() - t0
+                generated.append(token)
+                new_text = parts.decode(generated)
+                delta, text = new_text[len(text):], new_text
+                done = token in parts.stop_ids or index == max_new_tokens - 1
+                if token in parts.stop_ids:
+                    finish = "stop"
+                if done:
+                    total = time.perf_counter() - t0
+                    decode_s = total - t_prefill
+                    route = _route(chain)
+                    result = GenerateResult(
+                        model=model, text=text, token_ids=tuple(generated),
+                        prompt_tokens=int(ids.shape[1]), route=route,
+                        timings={
+                            "total_s": total, "prefill_s": t_prefill, "decode_s": decode_s,
+                            "tokens_per_s": len(generated) / total if total > 0 else 0.0,
+                            "decode_tokens_per_s": (len(generated) - 1) / decode_s
+                            if decode_s > 0 and len(generated) > 1 else 0.0,
+                        },
+                        privacy=self._privacy(model, route, "token ids, prompt text and logits"),
+                        failovers=_failovers(chain), finish_reason=finish,
+                    )
+                    yield TokenEvent(token_id=token, text=delta, index=index, result=result)
+                    return
+                yield TokenEvent(token_id=token, text=delta, index=index)
+                x = parts.embed(torch.tensor([[token]]))
+        finally:
+            chain.close()
+
+    # -- privacy statement -----------------------------------------------------------------
+    def _privacy(self, model: str, route: tuple[HopRecord, ...], keeps: str) -> Privacy:
+        channel = (
+            "INSECURE plaintext gRPC (--insecure-dev, loopback only)"
+            if self._creds.insecure_dev else "mTLS (mesh CA)"
+        )
+        views = tuple(
+            f"node {h.name} ({h.node_id[:8]}) saw plaintext activations of {model} "
+            f"layers {h.start}..{h.end - 1}"
+            + (" (failed mid-request; it may have seen them)" if h.calls == 0 else "")
+            for h in route
+        )
+        return Privacy(
+            mode="split",
+            channel=channel,
+            client_keeps=f"{keeps} (embedding layer and head run locally)",
+            node_views=views,
+            caveats=(
+                "activations are not encrypted: a node that knows the weights can largely "
+                "invert the activations it sees back to the input tokens",
+                "nodes are not verified: a node can return wrong activations (see verify modes)",
+            ),
+        )
+
+
+def _route(chain: Chain) -> tuple[HopRecord, ...]:
+    return tuple(
+        HopRecord(
+            node_id=st.hop.node_id, name=st.hop.name, address=st.hop.address,
+            start=st.hop.start, end=st.hop.end, weight_digest=st.hop.weight_digest,
+            compute_s=st.compute_s, calls=st.calls,
+        )
+        for st in chain.hop_states()
+    )
+
+
+def _failovers(chain: Chain) -> tuple[Failover, ...]:
+    return tuple(
+        Failover(node_id=f.hop.node_id, name=f.hop.name, start=f.hop.start, end=f.hop.end,
+                 reason=f.reason, rebuilt_tokens=f.rebuilt_tokens)
+        for f in chain.failovers
+    )

@@ -1,0 +1,150 @@
+"""Node configuration: a TOML file, overridden by command-line flags.
+
+Example ``node.toml``::
+
+    [node]
+    name = "node-a"                 # also the CN of the node's certificate
+    listen = "127.0.0.1:7001"       # host:port to bind (port 0 = any free port)
+    seeds = ["127.0.0.1:7002"]      # nodes to join through
+    device = "auto"                 # auto | cpu | cuda | cuda:N
+    data_dir = "node-a"             # identity key (Ed25519) is created here on first start
+    metrics = "127.0.0.1:9101"      # Prometheus endpoint; "" disables it
+
+    [tls]
+    ca = "certs/ca.crt"
+    cert = "certs/node-a.crt"
+    key = "certs/node-a.key"
+
+    [[spans]]
+    model = "all-MiniLM-L6-v2"
+    start = 0
+    end = 3
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from decentralized.models import get_spec
+from decentralized.node import NodeSettings
+from decentralized.transport import is_loopback
+from secure_infer.certs import TLSMaterial
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    settings: NodeSettings  # what the node runs
+    data_dir: Path  # where the identity key lives
+    tls: TLSMaterial | None  # None only with insecure_dev
+    insecure_dev: bool  # plaintext gRPC on loopback, for development
+    metrics: str  # "host:port" of the Prometheus endpoint, "" for none
+    log_format: str  # "json" or "text"
+
+
+def parse_span(text: str) -> tuple[str, int, int]:
+    """"MODEL:START:END" -> (model, start, end)."""
+    try:
+        model, start, end = text.rsplit(":", 2)
+        return model, int(start), int(end)
+    except ValueError:
+        raise ConfigError(f"span {text!r}: expected MODEL:START:END, e.g. all-MiniLM-L6-v2:0:3") from None
+
+
+def _check_span(model: str, start: int, end: int) -> tuple[str, int, int]:
+    try:
+        spec = get_spec(model)
+    except Exception as exc:
+        raise ConfigError(str(exc)) from None
+    if not 0 <= start < end <= spec.num_layers:
+        raise ConfigError(f"span {model}:{start}:{end} outside layers [0, {spec.num_layers})")
+    return model, start, end
+
+
+def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
+    """Read TOML (if given), apply non-None overrides, validate."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    base = path.parent if path is not None else Path.cwd()
+    node = dict(doc.get("node", {}))
+    tls = dict(doc.get("tls", {}))
+    spans_doc = doc.get("spans", [])
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("ca", "cert", "key"):
+            tls[key] = value
+        elif key == "spans":
+            spans_doc = [{"model": m, "start": s, "end": e} for m, s, e in value]
+        else:
+            node[key] = value
+    unknown = set(node) - {
+        "name", "listen", "advertise", "seeds", "device", "data_dir", "metrics", "insecure_dev",
+        "heartbeat_s", "dead_after_s", "max_sessions", "session_idle_s", "max_tokens",
+        "log_format",
+    }
+    if unknown:
+        raise ConfigError(f"unknown [node] keys: {', '.join(sorted(unknown))}")
+    name = str(node.get("name", "node"))
+    listen = str(node.get("listen", "127.0.0.1:0"))
+    insecure = bool(node.get("insecure_dev", False))
+    if insecure and not is_loopback(listen):
+        raise ConfigError(f"insecure_dev is allowed only on loopback, not {listen}")
+    try:
+        spans = tuple(_check_span(str(s["model"]), int(s["start"]), int(s["end"])) for s in spans_doc)
+    except KeyError as exc:
+        raise ConfigError(f"[[spans]] entry lacks {exc}") from None
+    if not spans:
+        raise ConfigError("the node serves no spans: add [[spans]] or --span MODEL:START:END")
+    material = None
+    if not insecure:
+        missing = [k for k in ("ca", "cert", "key") if k not in tls]
+        if missing:
+            raise ConfigError(
+                f"[tls] lacks {', '.join(missing)} (create them with `secure-infer certs`), "
+                "or run with --insecure-dev on loopback"
+            )
+        material = TLSMaterial(
+            ca_cert=base / tls["ca"], cert=base / tls["cert"], key=base / tls["key"]
+        )
+    seeds = node.get("seeds", [])
+    if isinstance(seeds, str):
+        seeds = [s for s in seeds.split(",") if s]
+    from secure_infer import __version__
+
+    try:
+        settings = NodeSettings(
+            name=name, listen=listen, advertise=str(node.get("advertise", "")),
+            seeds=tuple(str(s) for s in seeds), spans=spans,
+            device=str(node.get("device", "auto")),
+            heartbeat_s=float(node.get("heartbeat_s", 2.0)),
+            dead_after_s=float(node.get("dead_after_s", 8.0)),
+            max_sessions=int(node.get("max_sessions", 64)),
+            session_idle_s=float(node.get("session_idle_s", 300.0)),
+            max_tokens=int(node.get("max_tokens", 2048)),
+            version=f"secure-infer {__version__}",
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid [node] value: {exc}") from None
+    if settings.heartbeat_s <= 0 or settings.dead_after_s <= settings.heartbeat_s:
+        raise ConfigError("need 0 < heartbeat_s < dead_after_s")
+    return NodeConfig(
+        settings=settings,
+        data_dir=base / str(node.get("data_dir", name)),
+        tls=material,
+        insecure_dev=insecure,
+        metrics=str(node.get("metrics", "")),
+        log_format=str(node.get("log_format", "json")),
+    )

@@ -1,0 +1,52 @@
+"""The node daemon: `secure-infer node run`. Joins the mesh and serves its spans until signalled.
+
+SIGTERM and SIGINT drain the node: it stops taking new work (clients fail over), finishes what
+is in flight for up to `grace_s`, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import torch
+from prometheus_client import start_http_server
+
+from decentralized.identity import Identity
+from decentralized.node import Node
+from secure_infer.client import credentials
+from secure_infer.config import NodeConfig
+
+logger = logging.getLogger(__name__)
+
+
+async def serve(config: NodeConfig, *, grace_s: float = 10.0, ready_file: str | None = None) -> None:
+    if config.insecure_dev:
+        logger.warning(
+            "INSECURE DEVELOPMENT MODE: plaintext gRPC on loopback, no peer authentication"
+        )
+    threads = int(os.environ.get("SECURE_INFER_THREADS", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    identity = Identity.load_or_create(config.data_dir / "identity.key")
+    creds = credentials(config.tls, config.insecure_dev)
+    node = Node(config.settings, identity, creds)
+    port = await node.start()
+    if config.metrics:
+        host, mport = config.metrics.rsplit(":", 1)
+        _, thread = start_http_server(int(mport), addr=host, registry=node.metrics.registry)
+        logger.info("metrics on http://%s/metrics", config.metrics)
+    if ready_file:
+        tmp = f"{ready_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{node.address}\n{identity.node_id}\n{port}\n")
+        os.replace(tmp, ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("signal received: shutting down")
+    await node.stop(grace_s)

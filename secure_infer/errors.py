@@ -1,0 +1,45 @@
+"""Every exception the SDK and CLI raise, in one tree::
+
+    Exception
+    ├── MeshError                    (decentralized.errors; gRPC status in parentheses)
+    │   ├── InvalidRequest           bad tensor, shape, dtype, field        (INVALID_ARGUMENT)
+    │   ├── UnknownModel             model or span not served               (NOT_FOUND)
+    │   ├── SessionMismatch          KV-cache session lost or out of step   (FAILED_PRECONDITION)
+    │   ├── Overloaded               node at capacity                       (RESOURCE_EXHAUSTED)
+    │   ├── Draining                 node shutting down                     (UNAVAILABLE)
+    │   ├── PeerUnavailable          node died, stalled or refused          (UNAVAILABLE, DEADLINE_EXCEEDED)
+    │   ├── PeerMisbehaved           invalid answer or record               (DATA_LOSS)
+    │   └── NoRoute                  no live nodes cover the layers
+    ├── CertError                    mesh PKI files missing or invalid
+    └── ConfigError (ValueError)     invalid node configuration
+"""
+
+from __future__ import annotations
+
+from decentralized.errors import (
+    Draining,
+    InvalidRequest,
+    MeshError,
+    NoRoute,
+    Overloaded,
+    PeerMisbehaved,
+    PeerUnavailable,
+    SessionMismatch,
+    UnknownModel,
+)
+from secure_infer.certs import CertError
+from secure_infer.config import ConfigError
+
+__all__ = [
+    "CertError",
+    "ConfigError",
+    "Draining",
+    "InvalidRequest",
+    "MeshError",
+    "NoRoute",
+    "Overloaded",
+    "PeerMisbehaved",
+    "PeerUnavailable",
+    "SessionMismatch",
+    "UnknownModel",
+]
