@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--insecure-dev", action="store_true", default=None,
                      help="plaintext gRPC on loopback only, for development")
     run.add_argument("--log-format", choices=["json", "text"])
+    run.add_argument("--heartbeat", type=float, dest="heartbeat_s", help="seconds between gossip rounds")
+    run.add_argument("--dead-after", type=float, dest="dead_after_s",
+                     help="seconds without a fresh record after which a peer is dead")
     run.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
     run.add_argument("--ready-file", help=argparse.SUPPRESS)
     status = node_sub.add_parser("status", help="show a live node", formatter_class=fmt)
@@ -118,6 +121,7 @@ def _node_run(args: argparse.Namespace) -> int:
         "name": args.name, "listen": args.listen, "advertise": args.advertise,
         "seeds": args.seeds, "device": args.device, "data_dir": args.data_dir,
         "metrics": args.metrics, "insecure_dev": args.insecure_dev,
+        "heartbeat_s": args.heartbeat_s, "dead_after_s": args.dead_after_s,
         "ca": args.ca, "cert": args.cert, "key": args.key, "log_format": args.log_format,
         "spans": [cfg.parse_span(s) for s in args.span] if args.span else None,
     }

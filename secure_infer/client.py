@@ -108,8 +108,8 @@ class Client:
             raise InvalidRequest(f"{model} is a {spec.task} model; use generate()")
         if isinstance(texts, str) or not texts or len(texts) > _MAX_TEXTS:
             raise InvalidRequest(f"texts must be a list of 1..{_MAX_TEXTS} strings")
-        t0 = time.perf_counter()
         parts = self.parts(model)
+        t0 = time.perf_counter()
         ids, mask = parts.tokenize(list(texts), max_tokens=max_tokens)
         hidden = parts.embed(ids)
         t_client = time.perf_counter() - t0
@@ -169,8 +169,8 @@ class Client:
             raise InvalidRequest(f"max_new_tokens must be in [1, {_MAX_NEW_TOKENS}]")
         if not prompt:
             raise InvalidRequest("prompt is empty")
-        t0 = time.perf_counter()
         parts = self.parts(model)
+        t0 = time.perf_counter()
         ids = parts.encode(prompt, chat=chat)
         chain = self._mesh.chain(model, stateful=True)
         generated: list[int] = []
@@ -206,9 +206,10 @@ class Client:
                         privacy=self._privacy(model, route, "token ids, prompt text and logits"),
                         failovers=_failovers(chain), finish_reason=finish,
                     )
-                    yield TokenEvent(token_id=token, text=delta, index=index, result=result)
+                    yield TokenEvent(token_id=token, text=delta, index=index,
+                                     route=_names(chain), result=result)
                     return
-                yield TokenEvent(token_id=token, text=delta, index=index)
+                yield TokenEvent(token_id=token, text=delta, index=index, route=_names(chain))
                 x = parts.embed(torch.tensor([[token]]))
         finally:
             chain.close()
@@ -236,6 +237,10 @@ class Client:
                 "nodes are not verified: a node can return wrong activations (see verify modes)",
             ),
         )
+
+
+def _names(chain: Chain) -> tuple[str, ...]:
+    return tuple(st.hop.name for st in chain.states)
 
 
 def _route(chain: Chain) -> tuple[HopRecord, ...]:

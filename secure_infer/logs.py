@@ -40,3 +40,9 @@ def configure(node: str = "", fmt: str = "json", level: int = logging.INFO) -> N
     root.setLevel(level)
     for noisy in ("transformers", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass

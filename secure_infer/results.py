@@ -80,4 +80,5 @@ class TokenEvent:
     token_id: int
     text: str  # the text this token added (may be "" for partial UTF-8 or special tokens)
     index: int  # 0-based position in the completion
+    route: tuple[str, ...] = ()  # names of the nodes in the chain when this token was made
     result: GenerateResult | None = field(default=None)
