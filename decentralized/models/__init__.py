@@ -17,8 +17,8 @@ from decentralized.models._registry import (
 )
 
 __all__ = [
-    "MODELS",
     "ClientParts",
+    "MODELS",
     "ModelSpec",
     "SpanRuntime",
     "get_spec",

@@ -1,0 +1,48 @@
+"""Shared fixtures: real node meshes on 127.0.0.1, and a CUDA gate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from secure_infer.localmesh import LocalMesh, NodeSpec
+
+MINILM = "all-MiniLM-L6-v2"
+SMOL = "SmolLM2-135M-Instruct"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def start_mesh(workdir: Path, nodes: list[NodeSpec], **kwargs: object) -> LocalMesh:
+    mesh = LocalMesh(workdir, nodes, **kwargs)  # type: ignore[arg-type]
+    try:
+        mesh.start()
+    except BaseException:
+        mesh.stop()
+        raise
+    return mesh
+
+
+@pytest.fixture(scope="session")
+def minilm_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    """Three nodes serving MiniLM: a [0,3); b and c both [3,6). Tests must not kill them."""
+    mesh = start_mesh(
+        tmp_path_factory.mktemp("minilm-mesh"),
+        [
+            NodeSpec(name="node-a", spans=((MINILM, 0, 3),)),
+            NodeSpec(name="node-b", spans=((MINILM, 3, 6),)),
+            NodeSpec(name="node-c", spans=((MINILM, 3, 6),)),
+        ],
+    )
+    yield mesh
+    mesh.stop()

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decentralized import _wire
+from decentralized.errors import InvalidRequest
+from decentralized.v1 import common_pb2
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool]
+)
+def test_round_trip_every_dtype(dtype: torch.dtype) -> None:
+    t = (torch.randn(2, 3, 5) * 10).to(dtype)
+    back = _wire.tensor_from_proto(_wire.tensor_to_proto(t))
+    assert back.dtype == dtype
+    assert torch.equal(back, t)
+
+
+def test_round_trip_non_contiguous_and_empty() -> None:
+    t = torch.randn(4, 6).t()
+    assert torch.equal(_wire.tensor_from_proto(_wire.tensor_to_proto(t)), t)
+    e = torch.empty(0, 3)
+    assert _wire.tensor_from_proto(_wire.tensor_to_proto(e)).shape == (0, 3)
+
+
+def test_raw_little_endian_bytes_not_pickle() -> None:
+    msg = _wire.tensor_to_proto(torch.tensor([1.0, 2.0], dtype=torch.float32))
+    assert msg.data == b"\x00\x00\x80?\x00\x00\x00@"
+    assert msg.dtype == "float32"
+    assert list(msg.shape) == [2]
+
+
+def test_truncated_data_is_rejected() -> None:
+    msg = _wire.tensor_to_proto(torch.randn(2, 3))
+    msg.data = msg.data[:-1]
+    with pytest.raises(InvalidRequest, match="need 24 bytes, got 23"):
+        _wire.tensor_from_proto(msg)
+
+
+def test_oversized_data_is_rejected() -> None:
+    msg = _wire.tensor_to_proto(torch.randn(2, 3))
+    msg.data += b"\0" * 4
+    with pytest.raises(InvalidRequest, match="truncated or oversized"):
+        _wire.tensor_from_proto(msg)
+
+
+def test_unknown_dtype_and_bad_shapes() -> None:
+    with pytest.raises(InvalidRequest, match="unknown dtype 'complex64'"):
+        _wire.tensor_from_proto(common_pb2.Tensor(data=b"", dtype="complex64", shape=[0]))
+    with pytest.raises(InvalidRequest, match="invalid shape"):
+        _wire.tensor_from_proto(common_pb2.Tensor(data=b"", dtype="float32", shape=[-1, 2]))
+    with pytest.raises(InvalidRequest, match="invalid shape"):
+        _wire.tensor_from_proto(common_pb2.Tensor(data=b"", dtype="float32", shape=[1] * 9))
+    with pytest.raises(InvalidRequest, match="exceeds"):
+        _wire.tensor_from_proto(common_pb2.Tensor(data=b"", dtype="float32", shape=[1 << 30]))
+
+
+def test_check_hidden() -> None:
+    _wire.check_hidden(torch.zeros(1, 2, 8), 8)
+    with pytest.raises(InvalidRequest, match=r"expected shape \(batch, tokens, 8\)"):
+        _wire.check_hidden(torch.zeros(1, 2, 7), 8)
+    with pytest.raises(InvalidRequest, match="float dtype"):
+        _wire.check_hidden(torch.zeros(1, 2, 8, dtype=torch.int64), 8)
+    with pytest.raises(InvalidRequest, match="NaN"):
+        _wire.check_hidden(torch.full((1, 2, 8), float("nan")), 8)
+    with pytest.raises(InvalidRequest, match="expected shape"):
+        _wire.check_hidden(torch.zeros(0, 2, 8), 8)
+
+
+def test_check_mask() -> None:
+    hidden = torch.zeros(2, 3, 4)
+    _wire.check_mask(torch.tensor([[1, 1, 0], [1, 0, 0]]), hidden)
+    with pytest.raises(InvalidRequest, match="expected shape"):
+        _wire.check_mask(torch.ones(2, 4, dtype=torch.int64), hidden)
+    with pytest.raises(InvalidRequest, match="0 or 1"):
+        _wire.check_mask(torch.tensor([[1, 2, 0], [1, 0, 0]]), hidden)
+    with pytest.raises(InvalidRequest, match="at least one"):
+        _wire.check_mask(torch.tensor([[1, 1, 0], [0, 0, 0]]), hidden)
+    with pytest.raises(InvalidRequest, match="integer dtype"):
+        _wire.check_mask(torch.ones(2, 3), hidden)
