@@ -28,7 +28,9 @@ _DTYPES: dict[str, tuple[torch.dtype, int]] = {
 }
 _NAMES = {dtype: name for name, (dtype, _) in _DTYPES.items()}
 MAX_DIMS = 8  # no model here needs more
-MAX_TENSOR_BYTES = 256 * 1024 * 1024  # 256 MiB per tensor, streamed in chunks
+MAX_TENSOR_BYTES = (
+    60 * 1024 * 1024
+)  # per tensor: requests stream in chunks, replies fit one message
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
@@ -47,9 +49,7 @@ def tensor_to_proto(t: torch.Tensor) -> common_pb2.Tensor:
 def tensor_header_nbytes(msg: common_pb2.Tensor, what: str) -> int:
     """Validate dtype and shape of a Tensor message; the byte length its data must have."""
     if msg.dtype not in _DTYPES:
-        raise InvalidRequest(
-            f"{what}: unknown dtype {msg.dtype!r}; allowed: {', '.join(_DTYPES)}"
-        )
+        raise InvalidRequest(f"{what}: unknown dtype {msg.dtype!r}; allowed: {', '.join(_DTYPES)}")
     shape = list(msg.shape)
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
         raise InvalidRequest(f"{what}: invalid shape {shape}")

@@ -9,6 +9,7 @@ rebuilds the replacement nodes' KV caches by replaying the inputs it kept for th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -36,8 +37,11 @@ from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, sha
 
 logger = logging.getLogger(__name__)
 
-# Codes after which the client retries elsewhere; anything else is the caller's fault.
+# Codes after which the client retries elsewhere. The client validates what it sends before
+# sending it, so INVALID_ARGUMENT from a node means a node that lies or runs another version:
+# it is failed over too (bounded by max_failovers) instead of letting one node abort requests.
 _FAILOVER_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
@@ -170,12 +174,14 @@ class MeshClient:
         spec = get_spec(model)
         records = self.refresh()
         try:
-            return plan_route(model, spec.num_layers, records, exclude=self.banned(),
-                              rtt_s=self._rtt, start=start)
+            return plan_route(
+                model, spec.num_layers, records, exclude=self.banned(), rtt_s=self._rtt, start=start
+            )
         except NoRoute:
             records = self.refresh(force=True)
-            return plan_route(model, spec.num_layers, records, exclude=self.banned(),
-                              rtt_s=self._rtt, start=start)
+            return plan_route(
+                model, spec.num_layers, records, exclude=self.banned(), rtt_s=self._rtt, start=start
+            )
 
     def chain(self, model: str, *, stateful: bool) -> Chain:
         return Chain(self, model, stateful=stateful)
@@ -195,8 +201,12 @@ class MeshClient:
         """Run one hop; returns (output, node compute seconds). Validates the reply."""
         tensor = _wire.tensor_to_proto(hidden)
         request = shard_pb2.ForwardRequest(
-            model=model, start=hop.start, end=hop.end, session_id=session_id,
-            past_length=past_length, total_bytes=len(tensor.data),
+            model=model,
+            start=hop.start,
+            end=hop.end,
+            session_id=session_id,
+            past_length=past_length,
+            total_bytes=len(tensor.data),
         )
         if attention_mask is not None:
             request.attention_mask.CopyFrom(_wire.tensor_to_proto(attention_mask))
@@ -209,7 +219,9 @@ class MeshClient:
             else:
                 reply = stub.ForwardStream(_chunks(request, tensor), timeout=timeout)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"{hop.name} ({hop.address}) layers [{hop.start}, {hop.end})") from None
+            raise error_from_rpc(
+                exc, f"{hop.name} ({hop.address}) layers [{hop.start}, {hop.end})"
+            ) from None
         try:
             out = _wire.tensor_from_proto(reply.hidden, "reply hidden")
         except InvalidRequest as exc:
@@ -221,17 +233,18 @@ class MeshClient:
             )
         if not bool(torch.isfinite(out).all()):
             raise PeerMisbehaved(f"{hop.name} answered NaN or infinite values")
-        if reply.node_id and reply.node_id != hop.node_id:
-            raise PeerMisbehaved(f"{hop.address} answered as node {reply.node_id[:8]}, expected {hop.node_id[:8]}")
+        if reply.node_id != hop.node_id:
+            raise PeerMisbehaved(
+                f"{hop.address} answered as node {reply.node_id[:8]}, expected {hop.node_id[:8]}"
+            )
         return out, reply.compute_s
 
     def end_session(self, hop: Hop, session_id: str) -> None:
-        try:
+        # Best effort: the node drops idle sessions on its own.
+        with contextlib.suppress(grpc.RpcError):
             shard_pb2_grpc.ShardStub(self.channel(hop.address)).EndSession(
                 shard_pb2.EndSessionRequest(session_id=session_id), timeout=2.0
             )
-        except grpc.RpcError:
-            pass  # best effort: the node drops idle sessions on its own
 
 
 def _chunks(
@@ -240,8 +253,9 @@ def _chunks(
     data = tensor.data
     first = shard_pb2.ForwardRequest()
     first.CopyFrom(header)
-    first.hidden.CopyFrom(common_pb2.Tensor(dtype=tensor.dtype, shape=tensor.shape,
-                                            data=data[:STREAM_CHUNK_BYTES]))
+    first.hidden.CopyFrom(
+        common_pb2.Tensor(dtype=tensor.dtype, shape=tensor.shape, data=data[:STREAM_CHUNK_BYTES])
+    )
     yield first
     for offset in range(STREAM_CHUNK_BYTES, len(data), STREAM_CHUNK_BYTES):
         yield shard_pb2.ForwardRequest(
@@ -264,8 +278,14 @@ class Chain:
     def _state(self, hop: Hop) -> HopState:
         return HopState(hop=hop, session_id=secrets.token_urlsafe(18) if self.stateful else "")
 
-    def step(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Send (B, T, H) hidden states through every hop; returns the last hop's output."""
+        spec = get_spec(self.model)
+        _wire.check_hidden(hidden, spec.hidden_size)  # our own input: fail here, not remotely
+        if attention_mask is not None:
+            _wire.check_mask(attention_mask, hidden)
         x = hidden
         step_tokens = hidden.shape[1]
         i = 0
@@ -273,14 +293,16 @@ class Chain:
             st = self.states[i]
             try:
                 y, compute_s = self.client.forward(
-                    st.hop, self.model, x, attention_mask=attention_mask,
-                    session_id=st.session_id, past_length=st.past,
+                    st.hop,
+                    self.model,
+                    x,
+                    attention_mask=attention_mask,
+                    session_id=st.session_id,
+                    past_length=st.past,
                     timeout_s=self.client.hop_timeout_s * max(1.0, x.shape[1] / 256),
                 )
             except MeshError as exc:
-                if isinstance(exc, InvalidRequest) or exc.code not in _FAILOVER_CODES | {
-                    grpc.StatusCode.DATA_LOSS
-                }:
+                if exc.code not in _FAILOVER_CODES:
                     raise
                 x = self._fail_over(i, x, exc)
                 continue
@@ -296,8 +318,13 @@ class Chain:
 
     def _fail_over(self, i: int, x: torch.Tensor, exc: MeshError) -> torch.Tensor:
         failed = self.states[i]
-        logger.warning("fail-over: %s layers [%d, %d): %s", failed.hop.name,
-                       failed.hop.start, failed.hop.end, exc)
+        logger.warning(
+            "fail-over: %s layers [%d, %d): %s",
+            failed.hop.name,
+            failed.hop.start,
+            failed.hop.end,
+            exc,
+        )
         if len(self.failovers) >= self.client.max_failovers:
             raise PeerUnavailable(
                 f"gave up after {len(self.failovers)} fail-overs; last: {exc}"

@@ -8,6 +8,7 @@ Tree::
     ├── SessionMismatch     KV-cache session missing or out of step             FAILED_PRECONDITION
     ├── Overloaded          too many sessions / requests                        RESOURCE_EXHAUSTED
     ├── Draining            the node is shutting down                           UNAVAILABLE
+    ├── NotANode            record announced without that node's certificate    PERMISSION_DENIED
     ├── PeerUnavailable     a peer died, stalled past its deadline, or refused  (client side)
     ├── PeerMisbehaved      a peer returned something that fails validation     (client side)
     └── NoRoute             no live nodes cover the requested layers            (client side)
@@ -56,6 +57,12 @@ class Draining(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class NotANode(MeshError):
+    """A record was announced by a caller whose certificate is not that node's."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class PeerUnavailable(MeshError):
     """A peer could not be reached, died, or missed its deadline."""
 
@@ -83,4 +90,5 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
     grpc.StatusCode.UNAVAILABLE: PeerUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: PeerUnavailable,
     grpc.StatusCode.DATA_LOSS: PeerMisbehaved,
+    grpc.StatusCode.PERMISSION_DENIED: NotANode,
 }

@@ -51,7 +51,9 @@ class PeerTable:
         if known is not None and known.record.timestamp_ms >= record.timestamp_ms:
             return False
         if known is None:
-            logger.info("peer joined: %s (%s) at %s", record.name, record.node_id[:8], record.address)
+            logger.info(
+                "peer joined: %s (%s) at %s", record.name, record.node_id[:8], record.address
+            )
         self._peers[record.node_id] = Peer(record=record, signed=signed)
         return True
 
@@ -78,7 +80,9 @@ class PeerTable:
         if peer is not None:
             peer.failures += 1
             if peer.failures == self.suspect_after:
-                logger.warning("peer %s (%s) is unreachable: marked dead", peer.record.name, node_id[:8])
+                logger.warning(
+                    "peer %s (%s) is unreachable: marked dead", peer.record.name, node_id[:8]
+                )
 
     def mark_success(self, node_id: str) -> None:
         peer = self._peers.get(node_id)
@@ -119,7 +123,9 @@ class Gossip:
             channel = self._channels[address] = aio_channel(address, self.creds)
         return mesh_pb2_grpc.MeshStub(channel)
 
-    async def _beat(self, address: str, node_id: str | None, own: common_pb2.SignedNodeRecord) -> None:
+    async def _beat(
+        self, address: str, node_id: str | None, own: common_pb2.SignedNodeRecord
+    ) -> None:
         try:
             reply = await self._stub(address).Heartbeat(
                 mesh_pb2.JoinRequest(record=own), timeout=max(1.0, self.heartbeat_s)

@@ -106,14 +106,22 @@ class Node:
             record=self.signed_record(),
             uptime_s=time.time() - self.started,
             peers=len(self.peers.live()),
-            requests_total=int(sum(
-                s.value for m in self.metrics.requests.collect() for s in m.samples
-                if s.name.endswith("_total")
-            )),
-            errors_total=int(sum(
-                s.value for m in self.metrics.errors.collect() for s in m.samples
-                if s.name.endswith("_total")
-            )),
+            requests_total=int(
+                sum(
+                    s.value
+                    for m in self.metrics.requests.collect()
+                    for s in m.samples
+                    if s.name.endswith("_total")
+                )
+            ),
+            errors_total=int(
+                sum(
+                    s.value
+                    for m in self.metrics.errors.collect()
+                    for s in m.samples
+                    if s.name.endswith("_total")
+                )
+            ),
             sessions=self.host.session_count if self.host else 0,
             draining=self.draining,
         )
@@ -126,8 +134,11 @@ class Node:
         self.host = await loop.run_in_executor(
             self._executor,
             lambda: ShardHost(
-                list(s.spans), self.device, max_sessions=s.max_sessions,
-                session_idle_s=s.session_idle_s, max_tokens=s.max_tokens,
+                list(s.spans),
+                self.device,
+                max_sessions=s.max_sessions,
+                session_idle_s=s.session_idle_s,
+                max_tokens=s.max_tokens,
             ),
         )
         assert self.host is not None  # noqa: S101
@@ -150,16 +161,24 @@ class Node:
         for service in ("", "decentralized.v1.Mesh", "decentralized.v1.Shard"):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._gossip = Gossip(
-            self.peers, self.signed_record, list(s.seeds), self.creds,
-            heartbeat_s=s.heartbeat_s, own_address=self.address,
+            self.peers,
+            self.signed_record,
+            list(s.seeds),
+            self.creds,
+            heartbeat_s=s.heartbeat_s,
+            own_address=self.address,
         )
         await self._gossip.round()  # join through the seeds before announcing readiness
         self._gossip_task = asyncio.create_task(self._gossip.run())
         self._peer_gauge_task = asyncio.create_task(self._update_gauges())
         logger.info(
             "node %s (%s) serving on %s, device %s, spans %s, %.0f layers/s",
-            s.name, self.identity.node_id[:8], self.address, self.device,
-            [f"{m}[{a},{b})" for m, a, b in s.spans], self.layers_per_s,
+            s.name,
+            self.identity.node_id[:8],
+            self.address,
+            self.device,
+            [f"{m}[{a},{b})" for m, a, b in s.spans],
+            self.layers_per_s,
         )
         return port
 

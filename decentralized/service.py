@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from decentralized import _wire
-from decentralized.errors import Draining, InvalidRequest, MeshError
+from decentralized.errors import Draining, InvalidRequest, MeshError, NotANode
+from decentralized.identity import verify_record
 from decentralized.shards import ForwardJob, ShardHost
 from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
 
@@ -164,6 +167,28 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _check_caller_is_node(context: grpc.aio.ServicerContext, name: str) -> None:
+    """Only a node certificate (serverAuth) may announce a record, and only under its own CN.
+
+    Client certificates of the mesh CA can call every read RPC, but cannot inject records; a
+    node cannot announce a record under another node's name.
+    """
+    auth = context.auth_context()
+    pems = auth.get("x509_pem_cert") or []
+    if not pems:
+        raise NotANode("announcing a record needs a node certificate of the mesh CA")
+    cert = x509.load_pem_x509_certificate(pems[0])
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = x509.ExtendedKeyUsage([])
+    if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+        raise NotANode("a client certificate cannot announce a node record")
+    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if name not in cns:
+        raise NotANode(f"record names node {name!r} but the caller's certificate is {cns}")
+
+
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     """GetInfo, Join, Heartbeat, ListPeers over the node's peer table."""
 
@@ -178,22 +203,27 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             return self._node.info()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _accept(self, request: mesh_pb2.JoinRequest) -> mesh_pb2.PeerList:
-        self._node.peers.update(request.record)  # verifies; raises PeerMisbehaved
+    async def _accept(
+        self, request: mesh_pb2.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> mesh_pb2.PeerList:
+        record = verify_record(request.record)  # raises PeerMisbehaved
+        if not self._node.creds.insecure_dev:
+            _check_caller_is_node(context, record.name)
+        self._node.peers.update(request.record)
         return self._peer_list()
 
     async def Join(
         self, request: mesh_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> mesh_pb2.PeerList:
         async with _serving("Join", context, self._node.metrics):
-            return await self._accept(request)
+            return await self._accept(request, context)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def Heartbeat(
         self, request: mesh_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> mesh_pb2.PeerList:
         async with _serving("Heartbeat", context, self._node.metrics):
-            return await self._accept(request)
+            return await self._accept(request, context)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def ListPeers(

@@ -154,7 +154,9 @@ class ShardHost:
 
     def _expire_locked(self) -> None:
         now = time.monotonic()
-        for sid in [s for s, v in self._sessions.items() if now - v.last_used > self.session_idle_s]:
+        for sid in [
+            s for s, v in self._sessions.items() if now - v.last_used > self.session_idle_s
+        ]:
             del self._sessions[sid]
             logger.info("session %s... expired after %.0f s idle", sid[:8], self.session_idle_s)
 

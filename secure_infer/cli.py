@@ -24,8 +24,9 @@ def _tls_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ca", type=Path, help="mesh CA certificate (PEM)")
     g.add_argument("--cert", type=Path, help="this party's certificate (PEM)")
     g.add_argument("--key", type=Path, help="this party's private key (PEM)")
-    g.add_argument("--insecure-dev", action="store_true",
-                   help="plaintext gRPC, loopback only, for development")
+    g.add_argument(
+        "--insecure-dev", action="store_true", help="plaintext gRPC, loopback only, for development"
+    )
 
 
 def _tls(args: argparse.Namespace) -> Any:
@@ -45,8 +46,9 @@ def _tls(args: argparse.Namespace) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="secure-infer", description=__doc__.splitlines()[0],
-                                     formatter_class=fmt)
+    parser = argparse.ArgumentParser(
+        prog="secure-infer", description=__doc__.splitlines()[0], formatter_class=fmt
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
 
@@ -58,20 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help="host:port to bind")
     run.add_argument("--advertise", help="host:port peers dial (default: listen address)")
     run.add_argument("--seeds", help="comma-separated host:port of nodes to join through")
-    run.add_argument("--span", action="append", metavar="MODEL:START:END",
-                     help="layer span to serve (repeatable; replaces the config's spans)")
+    run.add_argument(
+        "--span",
+        action="append",
+        metavar="MODEL:START:END",
+        help="layer span to serve (repeatable; replaces the config's spans)",
+    )
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     run.add_argument("--data-dir", help="directory of the node identity key")
     run.add_argument("--metrics", help="host:port of the Prometheus endpoint")
     run.add_argument("--ca", help="mesh CA certificate (PEM)")
     run.add_argument("--cert", help="node certificate (PEM)")
     run.add_argument("--key", help="node private key (PEM)")
-    run.add_argument("--insecure-dev", action="store_true", default=None,
-                     help="plaintext gRPC on loopback only, for development")
+    run.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        default=None,
+        help="plaintext gRPC on loopback only, for development",
+    )
     run.add_argument("--log-format", choices=["json", "text"])
-    run.add_argument("--heartbeat", type=float, dest="heartbeat_s", help="seconds between gossip rounds")
-    run.add_argument("--dead-after", type=float, dest="dead_after_s",
-                     help="seconds without a fresh record after which a peer is dead")
+    run.add_argument(
+        "--heartbeat", type=float, dest="heartbeat_s", help="seconds between gossip rounds"
+    )
+    run.add_argument(
+        "--dead-after",
+        type=float,
+        dest="dead_after_s",
+        help="seconds without a fresh record after which a peer is dead",
+    )
     run.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
     run.add_argument("--ready-file", help=argparse.SUPPRESS)
     status = node_sub.add_parser("status", help="show a live node", formatter_class=fmt)
@@ -79,24 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     _tls_flags(status)
 
-    certs = sub.add_parser("certs", help="mesh PKI: a CA and node/client certificates",
-                           formatter_class=fmt)
+    certs = sub.add_parser(
+        "certs", help="mesh PKI: a CA and node/client certificates", formatter_class=fmt
+    )
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_sub.add_parser("init", help="create the mesh CA", formatter_class=fmt)
     init.add_argument("--dir", type=Path, default=Path("certs"))
     init.add_argument("--force", action="store_true", help="overwrite an existing CA")
-    issue = certs_sub.add_parser("issue", help="issue a node or client certificate",
-                                 formatter_class=fmt)
+    issue = certs_sub.add_parser(
+        "issue", help="issue a node or client certificate", formatter_class=fmt
+    )
     issue.add_argument("name")
     issue.add_argument("--dir", type=Path, default=Path("certs"))
     issue.add_argument("--role", choices=["node", "client"], default="node")
-    issue.add_argument("--host", action="append",
-                       help="SAN host (IP or DNS; repeatable; default 127.0.0.1, localhost, ::1)")
+    issue.add_argument(
+        "--host",
+        action="append",
+        help="SAN host (IP or DNS; repeatable; default 127.0.0.1, localhost, ::1)",
+    )
     issue.add_argument("--days", type=int, default=365)
     issue.add_argument("--force", action="store_true")
 
-    infer = sub.add_parser("infer", help="one-shot embedding or generation through the mesh",
-                           formatter_class=fmt)
+    infer = sub.add_parser(
+        "infer", help="one-shot embedding or generation through the mesh", formatter_class=fmt
+    )
     infer.add_argument("--seeds", required=True, help="comma-separated host:port")
     infer.add_argument("--model", required=True)
     infer.add_argument("--text", action="append", help="text to embed (repeatable)")
@@ -106,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--json", action="store_true")
     _tls_flags(infer)
 
-    demo = sub.add_parser("demo", help="three local nodes, two models, end to end",
-                          formatter_class=fmt)
+    demo = sub.add_parser(
+        "demo", help="three local nodes, two models, end to end", formatter_class=fmt
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--workdir", type=Path, help="keep certs, configs and logs here")
     return parser
@@ -118,11 +141,20 @@ def _node_run(args: argparse.Namespace) -> int:
     from secure_infer import daemon, logs
 
     overrides = {
-        "name": args.name, "listen": args.listen, "advertise": args.advertise,
-        "seeds": args.seeds, "device": args.device, "data_dir": args.data_dir,
-        "metrics": args.metrics, "insecure_dev": args.insecure_dev,
-        "heartbeat_s": args.heartbeat_s, "dead_after_s": args.dead_after_s,
-        "ca": args.ca, "cert": args.cert, "key": args.key, "log_format": args.log_format,
+        "name": args.name,
+        "listen": args.listen,
+        "advertise": args.advertise,
+        "seeds": args.seeds,
+        "device": args.device,
+        "data_dir": args.data_dir,
+        "metrics": args.metrics,
+        "insecure_dev": args.insecure_dev,
+        "heartbeat_s": args.heartbeat_s,
+        "dead_after_s": args.dead_after_s,
+        "ca": args.ca,
+        "cert": args.cert,
+        "key": args.key,
+        "log_format": args.log_format,
         "spans": [cfg.parse_span(s) for s in args.span] if args.span else None,
     }
     config = cfg.load(args.config, overrides)
@@ -145,26 +177,45 @@ def _node_status(args: argparse.Namespace) -> int:
     with sync_channel(args.address, creds) as channel:
         try:
             health = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=5.0)
+                health_pb2.HealthCheckRequest(service=""), timeout=5.0
+            )
             info = mesh_pb2_grpc.MeshStub(channel).GetInfo(mesh_pb2.GetInfoRequest(), timeout=5.0)
             peers = mesh_pb2_grpc.MeshStub(channel).ListPeers(
-                mesh_pb2.ListPeersRequest(), timeout=5.0)
+                mesh_pb2.ListPeersRequest(), timeout=5.0
+            )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, args.address) from None
     rec = verify_record(info.record)
     peer_recs = [verify_record(r) for r in peers.records]
     doc = {
-        "address": rec.address, "name": rec.name, "node_id": rec.node_id,
+        "address": rec.address,
+        "name": rec.name,
+        "node_id": rec.node_id,
         "health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status),
-        "device": rec.device, "version": rec.version, "uptime_s": round(info.uptime_s, 1),
-        "load": rec.load, "layers_per_s": round(rec.layers_per_s, 1),
-        "requests_total": info.requests_total, "errors_total": info.errors_total,
-        "sessions": info.sessions, "draining": info.draining, "insecure_dev": rec.insecure_dev,
-        "spans": [{"model": s.model, "start": s.start, "end": s.end,
-                   "weight_digest": s.weight_digest} for s in rec.spans],
-        "peers": [{"name": p.name, "node_id": p.node_id, "address": p.address,
-                   "spans": [f"{s.model}[{s.start},{s.end})" for s in p.spans]}
-                  for p in peer_recs if p.node_id != rec.node_id],
+        "device": rec.device,
+        "version": rec.version,
+        "uptime_s": round(info.uptime_s, 1),
+        "load": rec.load,
+        "layers_per_s": round(rec.layers_per_s, 1),
+        "requests_total": info.requests_total,
+        "errors_total": info.errors_total,
+        "sessions": info.sessions,
+        "draining": info.draining,
+        "insecure_dev": rec.insecure_dev,
+        "spans": [
+            {"model": s.model, "start": s.start, "end": s.end, "weight_digest": s.weight_digest}
+            for s in rec.spans
+        ],
+        "peers": [
+            {
+                "name": p.name,
+                "node_id": p.node_id,
+                "address": p.address,
+                "spans": [f"{s.model}[{s.start},{s.end})" for s in p.spans],
+            }
+            for p in peer_recs
+            if p.node_id != rec.node_id
+        ],
     }
     if args.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -177,8 +228,10 @@ def _node_status(args: argparse.Namespace) -> int:
         f"version   {doc['version']}" + ("   INSECURE-DEV" if rec.insecure_dev else ""),
         "spans:",
     ]
-    out += [f"  {s['model']} [{s['start']}, {s['end']})  sha256 {s['weight_digest'][:16]}..."
-            for s in doc["spans"]]
+    out += [
+        f"  {s['model']} [{s['start']}, {s['end']})  sha256 {s['weight_digest'][:16]}..."
+        for s in doc["spans"]
+    ]
     out.append(f"peers ({len(doc['peers'])}):")
     out += [f"  {p['name']:<10} {p['address']:<22} {', '.join(p['spans'])}" for p in doc["peers"]]
     sys.stdout.write("\n".join(out) + "\n")
@@ -193,8 +246,9 @@ def _certs(args: argparse.Namespace) -> int:
         sys.stdout.write(f"created mesh CA {path} (keep {args.dir / 'ca.key'} private)\n")
         return 0
     hosts = tuple(args.host) if args.host else ("127.0.0.1", "localhost", "::1")
-    mat = certs.issue(args.dir, args.name, role=args.role, hosts=hosts,
-                      valid_days=args.days, overwrite=args.force)
+    mat = certs.issue(
+        args.dir, args.name, role=args.role, hosts=hosts, valid_days=args.days, overwrite=args.force
+    )
     sys.stdout.write(f"issued {args.role} certificate {mat.cert} and key {mat.key}\n")
     return 0
 
@@ -207,21 +261,26 @@ def _infer(args: argparse.Namespace) -> int:
     logs.configure("client", "text", level=30)
     spec = get_spec(args.model)
     seeds = [s for s in args.seeds.split(",") if s]
-    with Client(seeds, tls=_tls(args), insecure_dev=args.insecure_dev,
-                hop_timeout_s=args.timeout) as client:
+    with Client(
+        seeds, tls=_tls(args), insecure_dev=args.insecure_dev, hop_timeout_s=args.timeout
+    ) as client:
         if spec.task == "embed":
             if not args.text:
                 raise SystemExit("error: --text is required for an embedding model")
             res = client.embed(args.model, args.text)
-            doc: dict[str, Any] = {"model": args.model, "embeddings": res.embeddings.tolist(),
-                                   "timings": res.timings}
+            doc: dict[str, Any] = {
+                "model": args.model,
+                "embeddings": res.embeddings.tolist(),
+                "timings": res.timings,
+            }
             route, privacy = res.route, res.privacy
         else:
             if not args.prompt:
                 raise SystemExit("error: --prompt is required for a generation model")
             if not args.json:
-                for ev in client.generate_stream(args.model, args.prompt,
-                                                 max_new_tokens=args.max_new_tokens):
+                for ev in client.generate_stream(
+                    args.model, args.prompt, max_new_tokens=args.max_new_tokens
+                ):
                     sys.stdout.write(ev.text)
                     sys.stdout.flush()
                     if ev.result is not None:
@@ -229,19 +288,37 @@ def _infer(args: argparse.Namespace) -> int:
                 sys.stdout.write("\n")
             else:
                 gen = client.generate(args.model, args.prompt, max_new_tokens=args.max_new_tokens)
-            doc = {"model": args.model, "text": gen.text, "token_ids": list(gen.token_ids),
-                   "timings": gen.timings, "finish_reason": gen.finish_reason}
+            doc = {
+                "model": args.model,
+                "text": gen.text,
+                "token_ids": list(gen.token_ids),
+                "timings": gen.timings,
+                "finish_reason": gen.finish_reason,
+            }
             route, privacy = gen.route, gen.privacy
-    doc["route"] = [{"node": h.name, "node_id": h.node_id, "layers": [h.start, h.end],
-                     "weight_digest": h.weight_digest} for h in route]
-    doc["privacy"] = {"mode": privacy.mode, "channel": privacy.channel,
-                      "node_views": list(privacy.node_views), "caveats": list(privacy.caveats)}
+    doc["route"] = [
+        {
+            "node": h.name,
+            "node_id": h.node_id,
+            "layers": [h.start, h.end],
+            "weight_digest": h.weight_digest,
+        }
+        for h in route
+    ]
+    doc["privacy"] = {
+        "mode": privacy.mode,
+        "channel": privacy.channel,
+        "node_views": list(privacy.node_views),
+        "caveats": list(privacy.caveats),
+    }
     if args.json:
         sys.stdout.write(json.dumps(doc) + "\n")
     else:
         if spec.task == "embed":
             for text, vec in zip(args.text, doc["embeddings"], strict=True):
-                sys.stdout.write(f"{text[:40]!r:<44} [{', '.join(f'{v:+.4f}' for v in vec[:6])}, ...]\n")
+                sys.stdout.write(
+                    f"{text[:40]!r:<44} [{', '.join(f'{v:+.4f}' for v in vec[:6])}, ...]\n"
+                )
         sys.stdout.write(str(privacy) + "\n")
     return 0
 

@@ -41,6 +41,7 @@ from secure_infer.results import (
 
 _MAX_TEXTS = 1024  # texts per embed call
 _MAX_NEW_TOKENS = 1024  # tokens per generate call
+_MICROBATCH_BYTES = 16 * 1024 * 1024  # activation bytes per forward call; larger batches split
 
 
 def credentials(tls: TLSMaterial | None, insecure_dev: bool) -> Credentials:
@@ -85,8 +86,12 @@ class Client:
         """Live nodes: id, name, address, device, load, throughput and spans."""
         return [
             {
-                "node_id": r.node_id, "name": r.name, "address": r.address, "device": r.device,
-                "load": r.load, "layers_per_s": r.layers_per_s,
+                "node_id": r.node_id,
+                "name": r.name,
+                "address": r.address,
+                "device": r.device,
+                "load": r.load,
+                "layers_per_s": r.layers_per_s,
                 "spans": [(s.model, s.start, s.end) for s in r.spans],
                 "insecure_dev": r.insecure_dev,
             }
@@ -115,7 +120,14 @@ class Client:
         t_client = time.perf_counter() - t0
         chain = self._mesh.chain(model, stateful=False)
         t1 = time.perf_counter()
-        out = chain.step(hidden, attention_mask=mask)
+        per_row = hidden[0].numel() * hidden.element_size()
+        rows = max(1, _MICROBATCH_BYTES // per_row)
+        out = torch.cat(
+            [
+                chain.step(hidden[i : i + rows], attention_mask=mask[i : i + rows])
+                for i in range(0, hidden.shape[0], rows)
+            ]
+        )
         t_mesh = time.perf_counter() - t1
         t2 = time.perf_counter()
         emb = parts.head(out, mask)
@@ -126,8 +138,13 @@ class Client:
             model=model,
             embeddings=emb.numpy().astype(np.float32),
             route=route,
-            timings={"total_s": time.perf_counter() - t0, "client_s": t_client,
-                     "mesh_s": t_mesh, "compute_s": compute, "network_s": t_mesh - compute},
+            timings={
+                "total_s": time.perf_counter() - t0,
+                "client_s": t_client,
+                "mesh_s": t_mesh,
+                "compute_s": compute,
+                "network_s": t_mesh - compute,
+            },
             privacy=self._privacy(model, route, "token ids, attention mask and embeddings"),
             failovers=_failovers(chain),
         )
@@ -186,7 +203,7 @@ class Client:
                     t_prefill = time.perf_counter() - t0
                 generated.append(token)
                 new_text = parts.decode(generated)
-                delta, text = new_text[len(text):], new_text
+                delta, text = new_text[len(text) :], new_text
                 done = token in parts.stop_ids or index == max_new_tokens - 1
                 if token in parts.stop_ids:
                     finish = "stop"
@@ -195,19 +212,27 @@ class Client:
                     decode_s = total - t_prefill
                     route = _route(chain)
                     result = GenerateResult(
-                        model=model, text=text, token_ids=tuple(generated),
-                        prompt_tokens=int(ids.shape[1]), route=route,
+                        model=model,
+                        text=text,
+                        token_ids=tuple(generated),
+                        prompt_tokens=int(ids.shape[1]),
+                        route=route,
                         timings={
-                            "total_s": total, "prefill_s": t_prefill, "decode_s": decode_s,
+                            "total_s": total,
+                            "prefill_s": t_prefill,
+                            "decode_s": decode_s,
                             "tokens_per_s": len(generated) / total if total > 0 else 0.0,
                             "decode_tokens_per_s": (len(generated) - 1) / decode_s
-                            if decode_s > 0 and len(generated) > 1 else 0.0,
+                            if decode_s > 0 and len(generated) > 1
+                            else 0.0,
                         },
                         privacy=self._privacy(model, route, "token ids, prompt text and logits"),
-                        failovers=_failovers(chain), finish_reason=finish,
+                        failovers=_failovers(chain),
+                        finish_reason=finish,
                     )
-                    yield TokenEvent(token_id=token, text=delta, index=index,
-                                     route=_names(chain), result=result)
+                    yield TokenEvent(
+                        token_id=token, text=delta, index=index, route=_names(chain), result=result
+                    )
                     return
                 yield TokenEvent(token_id=token, text=delta, index=index, route=_names(chain))
                 x = parts.embed(torch.tensor([[token]]))
@@ -218,7 +243,8 @@ class Client:
     def _privacy(self, model: str, route: tuple[HopRecord, ...], keeps: str) -> Privacy:
         channel = (
             "INSECURE plaintext gRPC (--insecure-dev, loopback only)"
-            if self._creds.insecure_dev else "mTLS (mesh CA)"
+            if self._creds.insecure_dev
+            else "mTLS (mesh CA)"
         )
         views = tuple(
             f"node {h.name} ({h.node_id[:8]}) saw plaintext activations of {model} "
@@ -246,9 +272,14 @@ def _names(chain: Chain) -> tuple[str, ...]:
 def _route(chain: Chain) -> tuple[HopRecord, ...]:
     return tuple(
         HopRecord(
-            node_id=st.hop.node_id, name=st.hop.name, address=st.hop.address,
-            start=st.hop.start, end=st.hop.end, weight_digest=st.hop.weight_digest,
-            compute_s=st.compute_s, calls=st.calls,
+            node_id=st.hop.node_id,
+            name=st.hop.name,
+            address=st.hop.address,
+            start=st.hop.start,
+            end=st.hop.end,
+            weight_digest=st.hop.weight_digest,
+            compute_s=st.compute_s,
+            calls=st.calls,
         )
         for st in chain.hop_states()
     )
@@ -256,7 +287,13 @@ def _route(chain: Chain) -> tuple[HopRecord, ...]:
 
 def _failovers(chain: Chain) -> tuple[Failover, ...]:
     return tuple(
-        Failover(node_id=f.hop.node_id, name=f.hop.name, start=f.hop.start, end=f.hop.end,
-                 reason=f.reason, rebuilt_tokens=f.rebuilt_tokens)
+        Failover(
+            node_id=f.hop.node_id,
+            name=f.hop.name,
+            start=f.hop.start,
+            end=f.hop.end,
+            reason=f.reason,
+            rebuilt_tokens=f.rebuilt_tokens,
+        )
         for f in chain.failovers
     )

@@ -49,12 +49,14 @@ class NodeConfig:
 
 
 def parse_span(text: str) -> tuple[str, int, int]:
-    """"MODEL:START:END" -> (model, start, end)."""
+    """ "MODEL:START:END" -> (model, start, end)."""
     try:
         model, start, end = text.rsplit(":", 2)
         return model, int(start), int(end)
     except ValueError:
-        raise ConfigError(f"span {text!r}: expected MODEL:START:END, e.g. all-MiniLM-L6-v2:0:3") from None
+        raise ConfigError(
+            f"span {text!r}: expected MODEL:START:END, e.g. all-MiniLM-L6-v2:0:3"
+        ) from None
 
 
 def _check_span(model: str, start: int, end: int) -> tuple[str, int, int]:
@@ -91,8 +93,19 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
         else:
             node[key] = value
     unknown = set(node) - {
-        "name", "listen", "advertise", "seeds", "device", "data_dir", "metrics", "insecure_dev",
-        "heartbeat_s", "dead_after_s", "max_sessions", "session_idle_s", "max_tokens",
+        "name",
+        "listen",
+        "advertise",
+        "seeds",
+        "device",
+        "data_dir",
+        "metrics",
+        "insecure_dev",
+        "heartbeat_s",
+        "dead_after_s",
+        "max_sessions",
+        "session_idle_s",
+        "max_tokens",
         "log_format",
     }
     if unknown:
@@ -103,7 +116,9 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
     if insecure and not is_loopback(listen):
         raise ConfigError(f"insecure_dev is allowed only on loopback, not {listen}")
     try:
-        spans = tuple(_check_span(str(s["model"]), int(s["start"]), int(s["end"])) for s in spans_doc)
+        spans = tuple(
+            _check_span(str(s["model"]), int(s["start"]), int(s["end"])) for s in spans_doc
+        )
     except KeyError as exc:
         raise ConfigError(f"[[spans]] entry lacks {exc}") from None
     if not spans:
@@ -126,8 +141,11 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
 
     try:
         settings = NodeSettings(
-            name=name, listen=listen, advertise=str(node.get("advertise", "")),
-            seeds=tuple(str(s) for s in seeds), spans=spans,
+            name=name,
+            listen=listen,
+            advertise=str(node.get("advertise", "")),
+            seeds=tuple(str(s) for s in seeds),
+            spans=spans,
             device=str(node.get("device", "auto")),
             heartbeat_s=float(node.get("heartbeat_s", 2.0)),
             dead_after_s=float(node.get("dead_after_s", 8.0)),

@@ -12,17 +12,41 @@ import os
 import signal
 
 import torch
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import start_http_server
 
 from decentralized.identity import Identity
 from decentralized.node import Node
+from secure_infer.certs import CertError, verify_leaf
 from secure_infer.client import credentials
 from secure_infer.config import NodeConfig
 
 logger = logging.getLogger(__name__)
 
 
-async def serve(config: NodeConfig, *, grace_s: float = 10.0, ready_file: str | None = None) -> None:
+def _check_certificate(config: NodeConfig) -> None:
+    """Refuse to start with a certificate that peers would reject: wrong CA, expired, wrong
+    key, a client certificate, or a CN other than the node's name (records are bound to it)."""
+    assert config.tls is not None  # noqa: S101 - caller checks
+    leaf = verify_leaf(config.tls)
+    cns = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if config.settings.name not in cns:
+        raise CertError(
+            f"node name {config.settings.name!r} must equal the CN of {config.tls.cert} ({cns}): "
+            "peers accept a node's record only from the certificate with its name"
+        )
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = x509.ExtendedKeyUsage([])
+    if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+        raise CertError(f"{config.tls.cert} is not a node certificate (no serverAuth usage)")
+
+
+async def serve(
+    config: NodeConfig, *, grace_s: float = 10.0, ready_file: str | None = None
+) -> None:
     if config.insecure_dev:
         logger.warning(
             "INSECURE DEVELOPMENT MODE: plaintext gRPC on loopback, no peer authentication"
@@ -30,6 +54,8 @@ async def serve(config: NodeConfig, *, grace_s: float = 10.0, ready_file: str | 
     threads = int(os.environ.get("SECURE_INFER_THREADS", "0"))
     if threads > 0:
         torch.set_num_threads(threads)
+    if config.tls is not None:
+        _check_certificate(config)
     identity = Identity.load_or_create(config.data_dir / "identity.key")
     creds = credentials(config.tls, config.insecure_dev)
     node = Node(config.settings, identity, creds)

@@ -87,10 +87,16 @@ class _LocalLM:
         )["input_ids"]
         t0 = time.perf_counter()
         with self.torch.inference_mode():
-            out = self.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                      top_p=None, top_k=None, temperature=None)
+            out = self.model.generate(
+                ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                top_p=None,
+                top_k=None,
+                temperature=None,
+            )
         dt = time.perf_counter() - t0
-        return out[0, ids.shape[1]:].tolist(), dt
+        return out[0, ids.shape[1] :].tolist(), dt
 
 
 def run_demo(*, json_output: bool = False, workdir: Path | None = None) -> int:
@@ -124,14 +130,21 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None) -> int:
         mesh.stop()
         if tmp is not None:
             tmp.cleanup()
-    ok = (report["embed"]["cosine_min"] >= 0.9999 and report["generate"]["matches_local"]
-          and report["failover"]["completed"])
+    ok = (
+        report["embed"]["cosine_min"] >= 0.9999
+        and report["generate"]["matches_local"]
+        and report["failover"]["completed"]
+    )
     if json_output:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
         _table(report)
-        sys.stdout.write(("PASS" if ok else "FAIL") + ": mesh results "
-                         + ("match" if ok else "do not match") + " local plaintext\n")
+        sys.stdout.write(
+            ("PASS" if ok else "FAIL")
+            + ": mesh results "
+            + ("match" if ok else "do not match")
+            + " local plaintext\n"
+        )
     return 0 if ok else 1
 
 
@@ -141,10 +154,15 @@ def _embed(client: Any, say: _Progress) -> dict[str, Any]:
     res = client.embed(MINILM, SENTENCES)
     ref, local_s = _local_embed(SENTENCES)
     cos = (res.embeddings * ref).sum(axis=1) / (
-        np.linalg.norm(res.embeddings, axis=1) * np.linalg.norm(ref, axis=1))
+        np.linalg.norm(res.embeddings, axis=1) * np.linalg.norm(ref, axis=1)
+    )
     say("  route: " + " -> ".join(f"{h.name}[{h.start},{h.end})" for h in res.route))
-    return {"cosine_min": float(cos.min()), "latency_s": res.timings["total_s"],
-            "local_latency_s": local_s, "route": [h.name for h in res.route]}
+    return {
+        "cosine_min": float(cos.min()),
+        "latency_s": res.timings["total_s"],
+        "local_latency_s": local_s,
+        "route": [h.name for h in res.route],
+    }
 
 
 def _generate(client: Any, local: _LocalLM, say: _Progress) -> dict[str, Any]:
@@ -182,8 +200,10 @@ def _failover(client: Any, local: _LocalLM, mesh: LocalMesh, say: _Progress) -> 
     completed = result is not None and list(result.token_ids) == ref_ids
     if result is not None:
         for f in result.failovers:
-            say(f"  failed over from {f.name}[{f.start},{f.end}) rebuilding "
-                f"{f.rebuilt_tokens} cached tokens")
+            say(
+                f"  failed over from {f.name}[{f.start},{f.end}) rebuilding "
+                f"{f.rebuilt_tokens} cached tokens"
+            )
         say(f"  mesh:  {result.text!r}")
     return {
         "killed_node": killed,
@@ -198,11 +218,17 @@ def _table(report: dict[str, Any]) -> None:
     rows = [
         ("nodes", str(report["nodes"]), ""),
         ("embed cosine min (mesh vs local)", f"{e['cosine_min']:.6f}", ">= 0.9999"),
-        ("embed latency mesh / local", f"{e['latency_s']:.3f} s / {e['local_latency_s']:.3f} s",
-         " -> ".join(e["route"])),
+        (
+            "embed latency mesh / local",
+            f"{e['latency_s']:.3f} s / {e['local_latency_s']:.3f} s",
+            " -> ".join(e["route"]),
+        ),
         ("generate matches local greedy", str(g["matches_local"]), repr(g["text"])[:48]),
-        ("generate tokens/s mesh / local",
-         f"{g['tokens_per_s']:.1f} / {g['local_tokens_per_s']:.1f}", " -> ".join(g["route"])),
+        (
+            "generate tokens/s mesh / local",
+            f"{g['tokens_per_s']:.1f} / {g['local_tokens_per_s']:.1f}",
+            " -> ".join(g["route"]),
+        ),
         ("fail-over: killed node", f["killed_node"], f"{f['rebuilt_tokens']} tokens rebuilt"),
         ("fail-over: completed, same tokens", str(f["completed"]), ""),
     ]

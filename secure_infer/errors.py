@@ -1,17 +1,18 @@
-"""Every exception the SDK and CLI raise, in one tree::
+"""Every exception the SDK and CLI raise, in one tree (gRPC status in parentheses)::
 
-    Exception
-    ├── MeshError                    (decentralized.errors; gRPC status in parentheses)
-    │   ├── InvalidRequest           bad tensor, shape, dtype, field        (INVALID_ARGUMENT)
-    │   ├── UnknownModel             model or span not served               (NOT_FOUND)
-    │   ├── SessionMismatch          KV-cache session lost or out of step   (FAILED_PRECONDITION)
-    │   ├── Overloaded               node at capacity                       (RESOURCE_EXHAUSTED)
-    │   ├── Draining                 node shutting down                     (UNAVAILABLE)
-    │   ├── PeerUnavailable          node died, stalled or refused          (UNAVAILABLE, DEADLINE_EXCEEDED)
-    │   ├── PeerMisbehaved           invalid answer or record               (DATA_LOSS)
-    │   └── NoRoute                  no live nodes cover the layers
-    ├── CertError                    mesh PKI files missing or invalid
-    └── ConfigError (ValueError)     invalid node configuration
+Exception
+├── MeshError                 decentralized.errors
+│   ├── InvalidRequest        bad tensor, shape, dtype, field      (INVALID_ARGUMENT)
+│   ├── UnknownModel          model or span not served             (NOT_FOUND)
+│   ├── SessionMismatch       KV-cache session lost or out of step (FAILED_PRECONDITION)
+│   ├── Overloaded            node at capacity                     (RESOURCE_EXHAUSTED)
+│   ├── Draining              node shutting down                   (UNAVAILABLE)
+│   ├── NotANode              record not sent by that node         (PERMISSION_DENIED)
+│   ├── PeerUnavailable       node died, stalled, or refused       (UNAVAILABLE, DEADLINE)
+│   ├── PeerMisbehaved        invalid answer or record             (DATA_LOSS)
+│   └── NoRoute               no live nodes cover the layers
+├── CertError                 mesh PKI files missing or invalid
+└── ConfigError (ValueError)  invalid node configuration
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from decentralized.errors import (
     InvalidRequest,
     MeshError,
     NoRoute,
+    NotANode,
     Overloaded,
     PeerMisbehaved,
     PeerUnavailable,
@@ -37,6 +39,7 @@ __all__ = [
     "InvalidRequest",
     "MeshError",
     "NoRoute",
+    "NotANode",
     "Overloaded",
     "PeerMisbehaved",
     "PeerUnavailable",

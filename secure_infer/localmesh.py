@@ -84,10 +84,21 @@ class LocalMesh:
     # -- processes ---------------------------------------------------------------------------
     def _command(self, spec: NodeSpec, seeds: list[str], ready: Path) -> list[str]:
         cmd = [
-            sys.executable, "-m", "secure_infer.cli", "node", "run",
-            "--name", spec.name, "--listen", "127.0.0.1:0",
-            "--data-dir", str(self.workdir / spec.name), "--ready-file", str(ready),
-            "--log-format", "json",
+            sys.executable,
+            "-m",
+            "secure_infer.cli",
+            "node",
+            "run",
+            "--name",
+            spec.name,
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(self.workdir / spec.name),
+            "--ready-file",
+            str(ready),
+            "--log-format",
+            "json",
         ]
         if seeds:
             cmd += ["--seeds", ",".join(seeds)]
@@ -97,9 +108,12 @@ class LocalMesh:
             cmd += ["--insecure-dev"]
         else:
             cmd += [
-                "--ca", str(self.certs_dir / "ca.crt"),
-                "--cert", str(self.certs_dir / f"{spec.name}.crt"),
-                "--key", str(self.certs_dir / f"{spec.name}.key"),
+                "--ca",
+                str(self.certs_dir / "ca.crt"),
+                "--cert",
+                str(self.certs_dir / f"{spec.name}.crt"),
+                "--key",
+                str(self.certs_dir / f"{spec.name}.key"),
             ]
         return cmd
 

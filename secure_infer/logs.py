@@ -34,7 +34,9 @@ def configure(node: str = "", fmt: str = "json", level: int = logging.INFO) -> N
         handler.setFormatter(_JSONFormatter(node))
     else:
         prefix = f"[{node}] " if node else ""
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

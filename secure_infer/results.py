@@ -32,7 +32,10 @@ class Privacy:
     caveats: tuple[str, ...]  # what the mode does not protect against
 
     def __str__(self) -> str:
-        lines = [f"privacy mode: {self.mode} over {self.channel}", f"client keeps: {self.client_keeps}"]
+        lines = [
+            f"privacy mode: {self.mode} over {self.channel}",
+            f"client keeps: {self.client_keeps}",
+        ]
         lines += [f"  {v}" for v in self.node_views]
         lines += [f"caveat: {c}" for c in self.caveats]
         return "\n".join(lines)

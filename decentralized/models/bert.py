@@ -87,7 +87,9 @@ class BertClientParts:
         self.embeddings.load_state_dict(state, strict=False)
         self.embeddings.eval()
 
-    def tokenize(self, texts: list[str], max_tokens: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(
+        self, texts: list[str], max_tokens: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> (input_ids (B, T) int64, attention_mask (B, T) int64)."""
         enc = self.tokenizer(
             texts,

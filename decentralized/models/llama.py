@@ -115,7 +115,10 @@ class LlamaClientParts:
         self.lm_head.weight.data.copy_(head)
         self.stop_ids = {
             int(t)
-            for t in (self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+            for t in (
+                self.tokenizer.eos_token_id,
+                self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            )
             if t is not None and int(t) >= 0
         }
 

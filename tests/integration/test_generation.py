@@ -51,20 +51,31 @@ def local_tokens() -> list[int]:
     path = str(smollm2_dir())
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": PROMPT}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     with torch.inference_mode():
-        out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, top_p=None,
-                             top_k=None, temperature=None)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids,
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            top_p=None,
+            top_k=None,
+            temperature=None,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def _client(mesh: LocalMesh, **kw: float) -> Client:
     return Client(mesh.seeds, tls=mesh.client_tls(), **kw)  # type: ignore[arg-type]
 
 
-def test_generation_matches_local_greedy_and_streams(mesh: LocalMesh,
-                                                     local_tokens: list[int]) -> None:
+def test_generation_matches_local_greedy_and_streams(
+    mesh: LocalMesh, local_tokens: list[int]
+) -> None:
     with _client(mesh) as client:
         events = list(client.generate_stream(SMOL, PROMPT, max_new_tokens=NEW_TOKENS))
     result = events[-1].result
@@ -81,16 +92,22 @@ def _session_stub(mesh: LocalMesh) -> tuple[grpc.Channel, shard_pb2_grpc.ShardSt
     tls = mesh.client_tls()
     assert tls is not None
     ca, key, cert = tls.read()
-    channel = sync_channel(mesh.nodes["node-a"].address,
-                           Credentials(root_ca=ca, private_key=key, certificate=cert))
+    channel = sync_channel(
+        mesh.nodes["node-a"].address, Credentials(root_ca=ca, private_key=key, certificate=cert)
+    )
     return channel, shard_pb2_grpc.ShardStub(channel)
 
 
 def test_sessions_refuse_steps_out_of_order(mesh: LocalMesh) -> None:
     channel, stub = _session_stub(mesh)
     with channel:
-        req = shard_pb2.ForwardRequest(model=SMOL, start=0, end=15, session_id="s" * 20,
-                                       hidden=_wire.tensor_to_proto(torch.randn(1, 3, 576)))
+        req = shard_pb2.ForwardRequest(
+            model=SMOL,
+            start=0,
+            end=15,
+            session_id="s" * 20,
+            hidden=_wire.tensor_to_proto(torch.randn(1, 3, 576)),
+        )
         stub.Forward(req, timeout=30)
         req.past_length = 0  # the node holds 3 tokens now: a replayed step
         with pytest.raises(grpc.RpcError) as info:
@@ -116,8 +133,9 @@ def _replica_on_route(events_route: tuple[str, ...]) -> str:
     return on_route[0]
 
 
-def test_stalled_node_is_failed_over_within_the_deadline(mesh: LocalMesh,
-                                                         local_tokens: list[int]) -> None:
+def test_stalled_node_is_failed_over_within_the_deadline(
+    mesh: LocalMesh, local_tokens: list[int]
+) -> None:
     stalled = ""
     t_stall = 0.0
     with _client(mesh, hop_timeout_s=3.0) as client:

@@ -22,8 +22,11 @@ from secure_infer.localmesh import LocalMesh
 
 pytestmark = pytest.mark.grpc
 MINILM = "all-MiniLM-L6-v2"
-SENTENCES = ["The cat sat on the mat.", "Mesh inference splits a model across nodes.",
-             "Quarterly revenue grew by eight percent."]
+SENTENCES = [
+    "The cat sat on the mat.",
+    "Mesh inference splits a model across nodes.",
+    "Quarterly revenue grew by eight percent.",
+]
 
 
 def _creds(mesh: LocalMesh) -> Credentials:
@@ -39,10 +42,12 @@ def stub_a(minilm_mesh: LocalMesh) -> Iterator[shard_pb2_grpc.ShardStub]:
         yield shard_pb2_grpc.ShardStub(channel)
 
 
-def _request(hidden: torch.Tensor, mask: torch.Tensor | None = None, **kw: object
-             ) -> shard_pb2.ForwardRequest:
-    req = shard_pb2.ForwardRequest(model=MINILM, start=0, end=3,
-                                   hidden=_wire.tensor_to_proto(hidden), **kw)
+def _request(
+    hidden: torch.Tensor, mask: torch.Tensor | None = None, **kw: object
+) -> shard_pb2.ForwardRequest:
+    req = shard_pb2.ForwardRequest(
+        model=MINILM, start=0, end=3, hidden=_wire.tensor_to_proto(hidden), **kw
+    )
     if mask is not None:
         req.attention_mask.CopyFrom(_wire.tensor_to_proto(mask))
     return req
@@ -79,8 +84,9 @@ def test_embeddings_through_the_mesh_match_local(minilm_mesh: LocalMesh) -> None
     assert res.failovers == ()
 
 
-def test_large_batches_stream_in_chunks(minilm_mesh: LocalMesh, stub_a: shard_pb2_grpc.ShardStub
-                                        ) -> None:
+def test_large_batches_stream_in_chunks(
+    minilm_mesh: LocalMesh, stub_a: shard_pb2_grpc.ShardStub
+) -> None:
     texts = [f"Sentence number {i} is about {'mesh ' * (i % 40)}" for i in range(96)]
     with Client(minilm_mesh.seeds, tls=minilm_mesh.client_tls()) as client:
         res = client.embed(MINILM, texts, max_tokens=128)
@@ -93,20 +99,47 @@ def test_large_batches_stream_in_chunks(minilm_mesh: LocalMesh, stub_a: shard_pb
     [
         (lambda r: setattr(r, "model", "gpt-9"), grpc.StatusCode.NOT_FOUND, "unknown model"),
         (lambda r: setattr(r, "end", 2), grpc.StatusCode.NOT_FOUND, r"does not serve .* \[0, 2\)"),
-        (lambda r: r.hidden.CopyFrom(_wire.tensor_to_proto(torch.zeros(1, 4, 384, dtype=torch.int64))),
-         grpc.StatusCode.INVALID_ARGUMENT, "expected a float dtype"),
-        (lambda r: r.hidden.CopyFrom(_wire.tensor_to_proto(torch.zeros(1, 4, 100))),
-         grpc.StatusCode.INVALID_ARGUMENT, r"expected shape \(batch, tokens, 384\)"),
-        (lambda r: setattr(r.hidden, "data", r.hidden.data[:-3]),
-         grpc.StatusCode.INVALID_ARGUMENT, "truncated or oversized"),
-        (lambda r: setattr(r.hidden, "dtype", "float128"), grpc.StatusCode.INVALID_ARGUMENT,
-         "unknown dtype"),
-        (lambda r: r.hidden.CopyFrom(_wire.tensor_to_proto(torch.full((1, 4, 384), float("nan")))),
-         grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
-        (lambda r: r.attention_mask.CopyFrom(_wire.tensor_to_proto(torch.ones(1, 5, dtype=torch.int64))),
-         grpc.StatusCode.INVALID_ARGUMENT, "attention_mask: expected shape"),
-        (lambda r: setattr(r, "session_id", "x" * 20), grpc.StatusCode.INVALID_ARGUMENT,
-         "encoder: it takes no session_id"),
+        (
+            lambda r: r.hidden.CopyFrom(
+                _wire.tensor_to_proto(torch.zeros(1, 4, 384, dtype=torch.int64))
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expected a float dtype",
+        ),
+        (
+            lambda r: r.hidden.CopyFrom(_wire.tensor_to_proto(torch.zeros(1, 4, 100))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            r"expected shape \(batch, tokens, 384\)",
+        ),
+        (
+            lambda r: setattr(r.hidden, "data", r.hidden.data[:-3]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "truncated or oversized",
+        ),
+        (
+            lambda r: setattr(r.hidden, "dtype", "float128"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown dtype",
+        ),
+        (
+            lambda r: r.hidden.CopyFrom(
+                _wire.tensor_to_proto(torch.full((1, 4, 384), float("nan")))
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NaN",
+        ),
+        (
+            lambda r: r.attention_mask.CopyFrom(
+                _wire.tensor_to_proto(torch.ones(1, 5, dtype=torch.int64))
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "attention_mask: expected shape",
+        ),
+        (
+            lambda r: setattr(r, "session_id", "x" * 20),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "encoder: it takes no session_id",
+        ),
         (lambda r: r.ClearField("hidden"), grpc.StatusCode.INVALID_ARGUMENT, "hidden"),
     ],
 )
@@ -133,9 +166,13 @@ def test_oversized_message_is_refused(stub_a: shard_pb2_grpc.ShardStub) -> None:
 
 def test_truncated_stream_is_refused(stub_a: shard_pb2_grpc.ShardStub) -> None:
     tensor = _wire.tensor_to_proto(torch.randn(2, 8, 384))
-    header = shard_pb2.ForwardRequest(model=MINILM, start=0, end=3, total_bytes=len(tensor.data),
-                                      hidden=common_pb2.Tensor(dtype="float32", shape=[2, 8, 384],
-                                                               data=tensor.data[:1000]))
+    header = shard_pb2.ForwardRequest(
+        model=MINILM,
+        start=0,
+        end=3,
+        total_bytes=len(tensor.data),
+        hidden=common_pb2.Tensor(dtype="float32", shape=[2, 8, 384], data=tensor.data[:1000]),
+    )
     with pytest.raises(grpc.RpcError) as info:
         stub_a.ForwardStream(iter([header]), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -152,9 +189,15 @@ def test_stream_of_a_real_tensor_round_trips(stub_a: shard_pb2_grpc.ShardStub) -
     tensor = _wire.tensor_to_proto(hidden)
     half = len(tensor.data) // 2
     chunks = [
-        shard_pb2.ForwardRequest(model=MINILM, start=0, end=3, total_bytes=len(tensor.data),
-                                 hidden=common_pb2.Tensor(dtype="float32", shape=[16, 256, 384],
-                                                          data=tensor.data[:half])),
+        shard_pb2.ForwardRequest(
+            model=MINILM,
+            start=0,
+            end=3,
+            total_bytes=len(tensor.data),
+            hidden=common_pb2.Tensor(
+                dtype="float32", shape=[16, 256, 384], data=tensor.data[:half]
+            ),
+        ),
         shard_pb2.ForwardRequest(hidden=common_pb2.Tensor(data=tensor.data[half:])),
     ]
     reply = stub_a.ForwardStream(iter(chunks), timeout=60)
@@ -168,17 +211,23 @@ def _foreign_client(tmp_path: Path) -> Credentials:
     return Credentials(root_ca=ca, private_key=key, certificate=cert)
 
 
-def test_clients_without_a_valid_certificate_are_refused(minilm_mesh: LocalMesh,
-                                                         tmp_path: Path) -> None:
+def test_clients_without_a_valid_certificate_are_refused(
+    minilm_mesh: LocalMesh, tmp_path: Path
+) -> None:
     address = minilm_mesh.nodes["node-a"].address
     good = _creds(minilm_mesh)
     foreign = _foreign_client(tmp_path)
     # A certificate from another CA, presented with our CA as trust root.
-    mixed = Credentials(root_ca=good.root_ca, private_key=foreign.private_key,
-                        certificate=foreign.certificate)
+    mixed = Credentials(
+        root_ca=good.root_ca, private_key=foreign.private_key, certificate=foreign.certificate
+    )
     no_cert = grpc.ssl_channel_credentials(root_certificates=good.root_ca)
-    channels = [sync_channel(address, mixed), sync_channel(address, foreign),
-                grpc.secure_channel(address, no_cert), grpc.insecure_channel(address)]
+    channels = [
+        sync_channel(address, mixed),
+        sync_channel(address, foreign),
+        grpc.secure_channel(address, no_cert),
+        grpc.insecure_channel(address),
+    ]
     for channel in channels:
         with channel, pytest.raises(grpc.RpcError) as info:
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -190,9 +239,21 @@ def test_clients_without_a_valid_certificate_are_refused(minilm_mesh: LocalMesh,
 
 def test_node_status_cli(minilm_mesh: LocalMesh) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "secure_infer.cli", "node", "status",
-         minilm_mesh.nodes["node-b"].address, "--certs", str(minilm_mesh.certs_dir), "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "secure_infer.cli",
+            "node",
+            "status",
+            minilm_mesh.nodes["node-b"].address,
+            "--certs",
+            str(minilm_mesh.certs_dir),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     doc = json.loads(out.stdout)
     assert doc["name"] == "node-b" and doc["health"] == "SERVING"
@@ -202,10 +263,55 @@ def test_node_status_cli(minilm_mesh: LocalMesh) -> None:
 
 def test_cli_errors_are_one_line_and_non_zero(minilm_mesh: LocalMesh) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "secure_infer.cli", "infer", "--seeds", minilm_mesh.seeds[0],
-         "--certs", str(minilm_mesh.certs_dir), "--model", "gpt-9", "--text", "hi"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "secure_infer.cli",
+            "infer",
+            "--seeds",
+            minilm_mesh.seeds[0],
+            "--certs",
+            str(minilm_mesh.certs_dir),
+            "--model",
+            "gpt-9",
+            "--text",
+            "hi",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 1
     assert out.stderr.strip().startswith("UnknownModel: unknown model 'gpt-9'")
     assert "Traceback" not in out.stderr
+
+
+def test_only_nodes_announce_records_under_their_own_name(
+    minilm_mesh: LocalMesh, tmp_path: Path
+) -> None:
+    from decentralized.identity import Identity
+    from decentralized.v1 import mesh_pb2, mesh_pb2_grpc
+
+    ident = Identity.load_or_create(tmp_path / "k")
+    fake = ident.sign(
+        common_pb2.NodeRecord(
+            name="node-a",
+            address="127.0.0.1:1",
+            timestamp_ms=int(__import__("time").time() * 1000),
+            spans=[common_pb2.Span(model=MINILM, start=0, end=6)],
+        )
+    )
+    address = minilm_mesh.nodes["node-b"].address
+    with sync_channel(address, _creds(minilm_mesh)) as channel:  # a client certificate
+        with pytest.raises(grpc.RpcError) as info:
+            mesh_pb2_grpc.MeshStub(channel).Heartbeat(mesh_pb2.JoinRequest(record=fake), timeout=5)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "client certificate cannot announce" in info.value.details()
+    ca, key, cert = certs.material(minilm_mesh.certs_dir, "node-c").read()
+    node_c = Credentials(root_ca=ca, private_key=key, certificate=cert)
+    with sync_channel(address, node_c) as channel:  # node-c claiming to be node-a
+        with pytest.raises(grpc.RpcError) as info:
+            mesh_pb2_grpc.MeshStub(channel).Join(mesh_pb2.JoinRequest(record=fake), timeout=5)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with Client([address], tls=minilm_mesh.client_tls()) as client:
+        assert {n["name"] for n in client.nodes()} == {"node-a", "node-b", "node-c"}

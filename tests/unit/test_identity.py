@@ -12,8 +12,11 @@ from decentralized.v1 import common_pb2
 
 def _record(**kw: object) -> common_pb2.NodeRecord:
     return common_pb2.NodeRecord(
-        address="127.0.0.1:1", name="n", timestamp_ms=int(time.time() * 1000),
-        spans=[common_pb2.Span(model="m", start=0, end=3, weight_digest="ab")], **kw,
+        address="127.0.0.1:1",
+        name="n",
+        timestamp_ms=int(time.time() * 1000),
+        spans=[common_pb2.Span(model="m", start=0, end=3, weight_digest="ab")],
+        **kw,
     )
 
 

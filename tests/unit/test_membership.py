@@ -8,7 +8,9 @@ from decentralized.membership import PeerTable
 from decentralized.v1 import common_pb2
 
 
-def _signed(ident: Identity, ts_ms: int, address: str = "127.0.0.1:1") -> common_pb2.SignedNodeRecord:
+def _signed(
+    ident: Identity, ts_ms: int, address: str = "127.0.0.1:1"
+) -> common_pb2.SignedNodeRecord:
     return ident.sign(common_pb2.NodeRecord(address=address, name="p", timestamp_ms=ts_ms))
 
 

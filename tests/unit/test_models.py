@@ -39,11 +39,16 @@ def test_minilm_split_matches_sentence_transformers() -> None:
 def test_span_digest_commits_to_the_published_weights() -> None:
     span = load_span("all-MiniLM-L6-v2", 2, 4, CPU)
     with safe_open(str(minilm_dir() / "model.safetensors"), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()  # noqa: SIM118
-                   if k.startswith(("encoder.layer.2.", "encoder.layer.3."))}
+        tensors = {
+            k: f.get_tensor(k)
+            for k in f.keys()  # noqa: SIM118
+            if k.startswith(("encoder.layer.2.", "encoder.layer.3."))
+        }
     assert span.weight_digest == weight_digest(tensors)
     assert span.weight_digest != load_span("all-MiniLM-L6-v2", 0, 2, CPU).weight_digest
-    tensors["encoder.layer.2.output.dense.bias"] = tensors["encoder.layer.2.output.dense.bias"] + 1e-6
+    tensors["encoder.layer.2.output.dense.bias"] = (
+        tensors["encoder.layer.2.output.dense.bias"] + 1e-6
+    )
     assert span.weight_digest != weight_digest(tensors)
 
 

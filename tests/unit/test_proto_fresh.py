@@ -13,9 +13,16 @@ def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
     protos = sorted((ROOT / "proto" / "decentralized" / "v1").glob("*.proto"))
     assert protos
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}",
-         f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}",
-         *[str(p) for p in protos]],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'proto'}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            *[str(p) for p in protos],
+        ],
         check=True,
     )
     generated = sorted(p.relative_to(tmp_path) for p in (tmp_path / "decentralized/v1").glob("*"))

@@ -7,10 +7,15 @@ from decentralized.routing import plan_route
 from decentralized.v1 import common_pb2
 
 
-def _rec(node_id: str, spans: list[tuple[int, int]], rate: float = 100.0, load: int = 0,
-         model: str = "m") -> common_pb2.NodeRecord:
+def _rec(
+    node_id: str, spans: list[tuple[int, int]], rate: float = 100.0, load: int = 0, model: str = "m"
+) -> common_pb2.NodeRecord:
     return common_pb2.NodeRecord(
-        node_id=node_id, name=node_id, address=f"{node_id}:1", layers_per_s=rate, load=load,
+        node_id=node_id,
+        name=node_id,
+        address=f"{node_id}:1",
+        layers_per_s=rate,
+        load=load,
         spans=[common_pb2.Span(model=model, start=s, end=e) for s, e in spans],
     )
 

@@ -1,0 +1,157 @@
+"""The node daemon as a user runs it: config checks, metrics, status, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from secure_infer import certs
+
+pytestmark = pytest.mark.grpc
+CLI = [sys.executable, "-m", "secure_infer.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout)
+
+
+def test_refuses_a_certificate_peers_would_reject(tmp_path: Path) -> None:
+    certs.init_ca(tmp_path)
+    certs.issue(tmp_path, "node-a", role="node")
+    certs.issue(tmp_path, "alice", role="client")
+    base = [
+        "node",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--span",
+        "all-MiniLM-L6-v2:0:6",
+        "--ca",
+        str(tmp_path / "ca.crt"),
+    ]
+    out = _run(
+        base
+        + [
+            "--name",
+            "node-b",
+            "--cert",
+            str(tmp_path / "node-a.crt"),
+            "--key",
+            str(tmp_path / "node-a.key"),
+        ]
+    )
+    assert out.returncode == 1
+    assert "CertError: node name 'node-b' must equal the CN" in out.stderr
+    out = _run(
+        base
+        + [
+            "--name",
+            "alice",
+            "--cert",
+            str(tmp_path / "alice.crt"),
+            "--key",
+            str(tmp_path / "alice.key"),
+        ]
+    )
+    assert out.returncode == 1
+    assert "not a node certificate" in out.stderr
+
+
+def test_plaintext_only_on_loopback_and_bad_spans() -> None:
+    out = _run(
+        [
+            "node",
+            "run",
+            "--insecure-dev",
+            "--listen",
+            "0.0.0.0:7001",
+            "--span",
+            "all-MiniLM-L6-v2:0:6",
+        ]
+    )
+    assert out.returncode == 1
+    assert "ConfigError: insecure_dev is allowed only on loopback" in out.stderr
+    out = _run(["node", "run", "--insecure-dev", "--span", "all-MiniLM-L6-v2:2:9"])
+    assert out.returncode == 1
+    assert "outside layers [0, 6)" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_metrics_status_and_graceful_sigterm(tmp_path: Path) -> None:
+    port, mport = _free_port(), _free_port()
+    ready = tmp_path / "ready"
+    log = tmp_path / "node.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            CLI
+            + [
+                "node",
+                "run",
+                "--insecure-dev",
+                "--name",
+                "solo",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--metrics",
+                f"127.0.0.1:{mport}",
+                "--span",
+                "all-MiniLM-L6-v2:0:6",
+                "--data-dir",
+                str(tmp_path / "solo"),
+                "--ready-file",
+                str(ready),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        infer = _run(
+            [
+                "infer",
+                "--insecure-dev",
+                "--seeds",
+                f"127.0.0.1:{port}",
+                "--model",
+                "all-MiniLM-L6-v2",
+                "--text",
+                "hello",
+                "--json",
+            ]
+        )
+        assert infer.returncode == 0, infer.stderr
+        assert '"INSECURE plaintext gRPC' in infer.stdout
+        status = _run(["node", "status", f"127.0.0.1:{port}", "--insecure-dev"])
+        assert status.returncode == 0, status.stderr
+        assert "INSECURE-DEV" in status.stdout
+        assert "all-MiniLM-L6-v2 [0, 6)" in status.stdout
+        body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read()
+        text = body.decode()
+        assert 'secure_infer_requests_total{code="OK",method="Forward"} 1.0' in text
+        assert "secure_infer_request_seconds_bucket" in text
+        assert "secure_infer_tensor_bytes_received_total" in text
+        # The identity key is created once and kept.
+        assert (tmp_path / "solo" / "identity.key").stat().st_mode & 0o777 == 0o600
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    text = log.read_text()
+    assert "INSECURE" in text
+    assert "draining" in text
