@@ -104,17 +104,19 @@ class MeshClient:
         self.refresh_s = refresh_s
         self.ban_s = ban_s
         self.max_failovers = max_failovers
-        self._channels: dict[str, grpc.Channel] = {}
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._records: dict[str, common_pb2.NodeRecord] = {}
         self._rtt: dict[str, float] = {}
         self._banned: dict[str, float] = {}
         self._refreshed = 0.0
 
     # -- channels and discovery ------------------------------------------------------------
-    def channel(self, address: str) -> grpc.Channel:
-        channel = self._channels.get(address)
+    def channel(self, address: str, name: str = "") -> grpc.Channel:
+        """A cached channel; with a node name, TLS requires the server to be that node."""
+        key = (address, name)
+        channel = self._channels.get(key)
         if channel is None:
-            channel = self._channels[address] = sync_channel(address, self.creds)
+            channel = self._channels[key] = sync_channel(address, self.creds, expect_name=name)
         return channel
 
     def close(self) -> None:
@@ -163,7 +165,7 @@ class MeshClient:
                 continue
             t0 = time.perf_counter()
             try:
-                health_pb2_grpc.HealthStub(self.channel(rec.address)).Check(
+                health_pb2_grpc.HealthStub(self.channel(rec.address, rec.name)).Check(
                     health_pb2.HealthCheckRequest(service="decentralized.v1.Shard"), timeout=2.0
                 )
             except grpc.RpcError:
@@ -210,7 +212,7 @@ class MeshClient:
         )
         if attention_mask is not None:
             request.attention_mask.CopyFrom(_wire.tensor_to_proto(attention_mask))
-        stub = shard_pb2_grpc.ShardStub(self.channel(hop.address))
+        stub = shard_pb2_grpc.ShardStub(self.channel(hop.address, hop.name))
         timeout = timeout_s or self.hop_timeout_s
         try:
             if len(tensor.data) <= STREAM_CHUNK_BYTES:
@@ -242,7 +244,7 @@ class MeshClient:
     def end_session(self, hop: Hop, session_id: str) -> None:
         # Best effort: the node drops idle sessions on its own.
         with contextlib.suppress(grpc.RpcError):
-            shard_pb2_grpc.ShardStub(self.channel(hop.address)).EndSession(
+            shard_pb2_grpc.ShardStub(self.channel(hop.address, hop.name)).EndSession(
                 shard_pb2.EndSessionRequest(session_id=session_id), timeout=2.0
             )
 

@@ -126,14 +126,27 @@ class Gossip:
     async def _beat(
         self, address: str, node_id: str | None, own: common_pb2.SignedNodeRecord
     ) -> None:
+        """Send our record to one node; Join for a seed not met yet, Heartbeat after."""
+        stub = self._stub(address)
+        call = stub.Join if node_id is None else stub.Heartbeat
         try:
-            reply = await self._stub(address).Heartbeat(
-                mesh_pb2.JoinRequest(record=own), timeout=max(1.0, self.heartbeat_s)
-            )
+            reply = await call(mesh_pb2.JoinRequest(record=own), timeout=max(1.0, self.heartbeat_s))
         except grpc.aio.AioRpcError as exc:
             if node_id is not None:
                 self.table.mark_failure(node_id)
-            logger.debug("heartbeat to %s failed: %s", address, exc.code())
+            level = (
+                logging.WARNING
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED
+                else logging.DEBUG
+            )
+            logger.log(
+                level,
+                "%s to %s failed: %s %s",
+                "Join" if node_id is None else "Heartbeat",
+                address,
+                exc.code().name,
+                exc.details(),
+            )
             return
         self.table.merge(list(reply.records))
         if node_id is not None:

@@ -109,9 +109,17 @@ def aio_channel(address: str, creds: Credentials) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, channel_creds, options=_OPTIONS)
 
 
-def sync_channel(address: str, creds: Credentials) -> grpc.Channel:
-    """A blocking channel to a node (used by the client SDK and the CLI)."""
+def sync_channel(address: str, creds: Credentials, expect_name: str = "") -> grpc.Channel:
+    """A blocking channel to a node (used by the client SDK and the CLI).
+
+    With ``expect_name`` the TLS handshake succeeds only if the server's certificate carries
+    that node name as a SAN (node certificates do): the client then knows it reached the node
+    whose record it planned with, not whatever answers at the address.
+    """
     channel_creds = _channel_args(address, creds)
     if channel_creds is None:
         return grpc.insecure_channel(address, options=_OPTIONS)
-    return grpc.secure_channel(address, channel_creds, options=_OPTIONS)
+    options = list(_OPTIONS)
+    if expect_name:
+        options.append(("grpc.ssl_target_name_override", expect_name))
+    return grpc.secure_channel(address, channel_creds, options=options)

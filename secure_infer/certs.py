@@ -208,8 +208,10 @@ def issue(
 
     The certificate has CN ``name`` and one subject alternative name (SAN) per
     entry of ``hosts``: an ``IPAddress`` if the entry parses as an IP address,
-    else a ``DNSName``. ``name`` itself is not added as a SAN unless it is in
-    ``hosts``. If ``hosts`` is empty, the certificate has no SAN extension.
+    else a ``DNSName``. A node certificate also carries ``DNSName(name)``, so a
+    client can require that the server it reaches is the node it planned to
+    reach (gRPC's target-name override). A client certificate carries only
+    ``hosts``; if ``hosts`` is empty it has no SAN extension.
 
     Other extensions: ``BasicConstraints(ca=False)`` (critical),
     ``KeyUsage(digital_signature, key_agreement)`` (critical),
@@ -248,6 +250,8 @@ def issue(
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     else:
         raise CertError(f"expected role 'node' or 'client', found {role!r}")
+    if role == "node" and not isinstance(hosts, str) and name not in hosts:
+        hosts = [name, *hosts]
     sans = _subject_alt_names(hosts)
 
     out = TLSMaterial(

@@ -315,3 +315,16 @@ def test_only_nodes_announce_records_under_their_own_name(
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with Client([address], tls=minilm_mesh.client_tls()) as client:
         assert {n["name"] for n in client.nodes()} == {"node-a", "node-b", "node-c"}
+
+
+def test_client_reaches_only_the_node_it_planned(minilm_mesh: LocalMesh) -> None:
+    address = minilm_mesh.nodes["node-c"].address
+    with sync_channel(address, _creds(minilm_mesh), expect_name="node-b") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    with sync_channel(address, _creds(minilm_mesh), expect_name="node-c") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING

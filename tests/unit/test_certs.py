@@ -133,7 +133,10 @@ def test_sans(pki: Path) -> None:
     dns = san.get_values_for_type(x509.DNSName)
     assert ipaddress.ip_address("127.0.0.1") in ips
     assert ipaddress.ip_address("::1") in ips
-    assert dns == ["localhost"]  # the name itself is not added
+    assert dns == ["node-1", "localhost"]  # a node's name is a SAN: clients check it
+    client = verify_leaf(issue(pki, "client-9", role="client"))
+    san = client.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
 
     leaf = verify_leaf(
         issue(pki, "node-2", role="node", hosts=["node-2", "10.0.0.7", "node-2.mesh"])
