@@ -205,7 +205,7 @@ def bench_embed(client: Any, local: LocalEmbedder, repeats: int) -> dict[str, An
     local_s: list[float] = []
     parts: dict[str, list[float]] = {}
     cosines: list[float] = []
-    route: list[str] = []
+    route: list[dict[str, Any]] = []
     for i in range(repeats):
         res, dt = timed(client.embed, MINILM, texts)
         mesh_s.append(dt)
@@ -217,7 +217,7 @@ def bench_embed(client: Any, local: LocalEmbedder, repeats: int) -> dict[str, An
             np.linalg.norm(res.embeddings, axis=1) * np.linalg.norm(ref, axis=1)
         )
         cosines.append(float(cos.min()))
-        route = [f"{h.name}[{h.start},{h.end})" for h in res.route]
+        route = [{"node": h.name, "start": h.start, "end": h.end} for h in res.route]
         say(
             f"  embed {i + 1}/{repeats}: mesh {dt:.3f} s, local {dt_local:.3f} s, "
             f"cos min {cos.min():.6f}"
@@ -254,7 +254,7 @@ def bench_generate(client: Any, local: LocalLM, repeats: int, tokens: int) -> di
     matches: list[bool] = []
     mesh_counts: list[int] = []
     local_counts: list[int] = []
-    route: list[str] = []
+    route: list[dict[str, Any]] = []
     text = ""
     prompt_tokens = 0
     for i in range(repeats):
@@ -270,7 +270,7 @@ def bench_generate(client: Any, local: LocalLM, repeats: int, tokens: int) -> di
         prefill.append(res.timings["prefill_s"])
         decode_rate.append(res.timings["decode_tokens_per_s"])
         matches.append(list(res.token_ids) == ref)
-        route = [f"{h.name}[{h.start},{h.end})" for h in res.route]
+        route = [{"node": h.name, "start": h.start, "end": h.end} for h in res.route]
         text = res.text
         prompt_tokens = res.prompt_tokens
         say(
@@ -292,6 +292,8 @@ def bench_generate(client: Any, local: LocalLM, repeats: int, tokens: int) -> di
         "target_ratio_min": GENERATE_TARGET_RATIO_MIN,
         "target_met": mesh / loc >= GENERATE_TARGET_RATIO_MIN,
         "matches_local": all(matches),
+        "mesh_tokens_per_s_all": mesh_rate,
+        "local_tokens_per_s_all": local_rate,
         "mesh_wall_s_median": median(mesh_s),
         "local_wall_s_median": median(local_s),
         "mesh_prefill_s_median": median(prefill),
@@ -336,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         help="SECURE_INFER_THREADS for the nodes (default: torch default)",
     )
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.tokens < 1:
-        parser.error("--repeats and --tokens must be >= 1")
+    if args.repeats < 1 or not 1 <= args.tokens <= 1024:
+        parser.error("--repeats must be >= 1 and --tokens in [1, 1024]")
 
     import logging
 
@@ -377,12 +379,11 @@ def main(argv: list[str] | None = None) -> int:
             tmp.cleanup()
     report["nodes"] = len(NODES)
     report["channel"] = channel
-    report["route"] = {
-        MINILM: report["embed"].pop("route"),
-        SMOL: report["generate"].pop("route"),
-    }
-    for model, hops in report["route"].items():
-        if len({h.split("[")[0] for h in hops}) != len(NODES):
+    report["route"] = []
+    for model, section in ((MINILM, report["embed"]), (SMOL, report["generate"])):
+        hops = section.pop("route")
+        report["route"] += [{"model": model, **hop} for hop in hops]
+        if len({hop["node"] for hop in hops}) != len(NODES):
             say(f"WARNING: {model} route {hops} does not cross all {len(NODES)} nodes")
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
