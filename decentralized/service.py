@@ -95,12 +95,12 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def _run(self, job: ForwardJob) -> shard_pb2.ForwardReply:
         if self._node.draining:
             raise Draining("node is shutting down; retry on another node")
-        self._host.validate(job)  # cheap checks before queueing for compute
+        span = self._host.validate(job)  # cheap checks before queueing for compute
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         self._node.load += 1
         try:
-            out = await loop.run_in_executor(self._executor, self._host.forward, job)
+            out = await loop.run_in_executor(self._executor, self._host.forward, job, span)
         finally:
             self._node.load -= 1
         reply = shard_pb2.ForwardReply(

@@ -108,9 +108,10 @@ class ShardHost:
                 raise InvalidRequest("generation sessions take batch size 1")
         return span
 
-    def forward(self, job: ForwardJob) -> torch.Tensor:
-        """Validate and run a job; with a session, extend its KV cache."""
-        span = self.validate(job)
+    def forward(self, job: ForwardJob, span: SpanRuntime | None = None) -> torch.Tensor:
+        """Run a job (validating it unless `span` comes from `validate`); with a session,
+        extend its KV cache."""
+        span = span if span is not None else self.validate(job)
         if not job.session_id:
             return span.forward(job.hidden, job.attention_mask, None)
         session = self._session(job, span)
