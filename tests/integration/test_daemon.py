@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from secure_infer import certs
+from secure_infer import Client, certs
+from secure_infer.localmesh import LocalMesh
 
 pytestmark = pytest.mark.grpc
 CLI = [sys.executable, "-m", "secure_infer.cli"]
@@ -155,3 +156,56 @@ def test_metrics_status_and_graceful_sigterm(tmp_path: Path) -> None:
     text = log.read_text()
     assert "INSECURE" in text
     assert "draining" in text
+
+
+def test_a_node_with_a_foreign_certificate_cannot_join(
+    minilm_mesh: LocalMesh, tmp_path: Path
+) -> None:
+    certs.init_ca(tmp_path / "evil")
+    bad = certs.issue(tmp_path / "evil", "intruder", role="node")
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(
+        CLI
+        + [
+            "node",
+            "run",
+            "--name",
+            "intruder",
+            "--listen",
+            "127.0.0.1:0",
+            "--seeds",
+            ",".join(minilm_mesh.seeds),
+            "--span",
+            "all-MiniLM-L6-v2:0:6",
+            "--ca",
+            str(bad.ca_cert),
+            "--cert",
+            str(bad.cert),
+            "--key",
+            str(bad.key),
+            "--data-dir",
+            str(tmp_path / "intruder"),
+            "--ready-file",
+            str(ready),
+            "--heartbeat",
+            "0.5",
+            "--dead-after",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(3)  # several heartbeat rounds: every one fails the TLS handshake
+        with Client(minilm_mesh.seeds, tls=minilm_mesh.client_tls()) as client:
+            names = {n["name"] for n in client.nodes()}
+        assert "intruder" not in names
+        assert names == {"node-a", "node-b", "node-c"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
