@@ -1,0 +1,1 @@
+"""PUMA-style approximations of non-linear functions on secret shares, one family per module."""

@@ -1,0 +1,1 @@
+"""Engines that run the secret-shared arithmetic. Only `crypten.py` imports CrypTen."""
