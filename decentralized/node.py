@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import grpc.aio
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import Counter
 
 from decentralized.identity import Identity
 from decentralized.membership import Gossip, PeerTable
@@ -53,6 +54,13 @@ def pick_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here")
     return torch.device(device)
+
+
+def _total(counter: Counter) -> int:
+    """Sum of a labelled Prometheus counter over all its label values."""
+    return int(
+        sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+    )
 
 
 class Node:
@@ -106,22 +114,8 @@ class Node:
             record=self.signed_record(),
             uptime_s=time.time() - self.started,
             peers=len(self.peers.live()),
-            requests_total=int(
-                sum(
-                    s.value
-                    for m in self.metrics.requests.collect()
-                    for s in m.samples
-                    if s.name.endswith("_total")
-                )
-            ),
-            errors_total=int(
-                sum(
-                    s.value
-                    for m in self.metrics.errors.collect()
-                    for s in m.samples
-                    if s.name.endswith("_total")
-                )
-            ),
+            requests_total=_total(self.metrics.requests),
+            errors_total=_total(self.metrics.errors),
             sessions=self.host.session_count if self.host else 0,
             draining=self.draining,
         )

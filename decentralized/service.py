@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from decentralized import _wire
 from decentralized.errors import Draining, InvalidRequest, MeshError, NotANode
 from decentralized.identity import verify_record
 from decentralized.shards import ForwardJob, ShardHost
+from decentralized.transport import node_names
 from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 if TYPE_CHECKING:
@@ -177,14 +177,9 @@ def _check_caller_is_node(context: grpc.aio.ServicerContext, name: str) -> None:
     pems = auth.get("x509_pem_cert") or []
     if not pems:
         raise NotANode("announcing a record needs a node certificate of the mesh CA")
-    cert = x509.load_pem_x509_certificate(pems[0])
-    try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        usages = x509.ExtendedKeyUsage([])
-    if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+    cns = node_names(x509.load_pem_x509_certificate(pems[0]))
+    if not cns:
         raise NotANode("a client certificate cannot announce a node record")
-    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if name not in cns:
         raise NotANode(f"record names node {name!r} but the caller's certificate is {cns}")
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,17 @@ _SERVER_OPTIONS = [
 
 class InsecureNotAllowed(ValueError):
     """Plaintext was requested for an address that is not loopback."""
+
+
+def node_names(cert: x509.Certificate) -> list[str]:
+    """The CNs of a certificate if it is a node certificate (serverAuth usage), else []."""
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return []
+    if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+        return []
+    return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
 
 
 def is_loopback(address: str) -> bool:

@@ -12,12 +12,11 @@ import os
 import signal
 
 import torch
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import start_http_server
 
 from decentralized.identity import Identity
 from decentralized.node import Node
+from decentralized.transport import node_names
 from secure_infer.certs import CertError, verify_leaf
 from secure_infer.client import credentials
 from secure_infer.config import NodeConfig
@@ -29,19 +28,14 @@ def _check_certificate(config: NodeConfig) -> None:
     """Refuse to start with a certificate that peers would reject: wrong CA, expired, wrong
     key, a client certificate, or a CN other than the node's name (records are bound to it)."""
     assert config.tls is not None  # noqa: S101 - caller checks
-    leaf = verify_leaf(config.tls)
-    cns = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if config.settings.name not in cns:
-        raise CertError(
-            f"node name {config.settings.name!r} must equal the CN of {config.tls.cert} ({cns}): "
-            "peers accept a node's record only from the certificate with its name"
-        )
-    try:
-        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        usages = x509.ExtendedKeyUsage([])
-    if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+    names = node_names(verify_leaf(config.tls))
+    if not names:
         raise CertError(f"{config.tls.cert} is not a node certificate (no serverAuth usage)")
+    if config.settings.name not in names:
+        raise CertError(
+            f"node name {config.settings.name!r} must equal the CN of {config.tls.cert} "
+            f"({names}): peers accept a node's record only from the certificate with its name"
+        )
 
 
 async def serve(
