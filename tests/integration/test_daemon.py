@@ -209,3 +209,46 @@ def test_a_node_with_a_foreign_certificate_cannot_join(
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_sigterm_mid_request_finishes_the_work(tmp_path: Path) -> None:
+    """A node told to stop while computing finishes the request in flight; nothing is lost."""
+    import threading
+
+    import numpy as np
+
+    from secure_infer.localmesh import NodeSpec
+    from tests.conftest import start_mesh
+
+    mesh = start_mesh(
+        tmp_path,
+        [
+            NodeSpec(name="solo-a", spans=(("all-MiniLM-L6-v2", 0, 6),)),
+            NodeSpec(name="solo-b", spans=(("all-MiniLM-L6-v2", 0, 6),)),
+        ],
+    )
+    texts = [f"Sentence {i}: " + "a fairly long text about meshes " * 12 for i in range(64)]
+    results: dict[str, object] = {}
+    try:
+        with Client(mesh.seeds, tls=mesh.client_tls()) as client:
+            reference = client.embed("all-MiniLM-L6-v2", texts[:2]).embeddings
+            target = client.embed("all-MiniLM-L6-v2", texts[:1]).route[0].name
+
+            def run() -> None:
+                results["res"] = client.embed("all-MiniLM-L6-v2", texts)
+
+            worker = threading.Thread(target=run)
+            worker.start()
+            time.sleep(0.3)  # the batch takes seconds of compute: the node is mid-forward
+            mesh.kill(target, signal.SIGTERM)
+            worker.join(timeout=120)
+        res = results["res"]
+        assert res.embeddings.shape == (64, 384)  # type: ignore[attr-defined]
+        assert np.allclose(res.embeddings[:2], reference, atol=1e-5)  # type: ignore[attr-defined]
+        node = mesh.nodes[target]
+        assert node.process.returncode == 0
+        log = node.log.read_text()
+        assert "draining" in log
+        assert '"stopped"' in log
+    finally:
+        mesh.stop()
