@@ -12,17 +12,31 @@ omegaconf, onnx); this module applies the smallest fixes that make it import and
    exporter (which ignores CrypTen's custom symbolics): the TorchScript exporter is selected
    with `dynamo=False`.
 
+3. Randomness (`install_csprng`, run by `load()`): every draw CrypTen makes for shares, PRSS
+   masks and TTP triples comes from `mpc.prg.AESCTRGenerator` (AES-128-CTR) keyed with 128-bit
+   seeds from `secrets`, instead of `torch.Generator` (Mersenne Twister) seeded with 8 bytes.
+   See `install_csprng` for the list of call sites it replaces and the one it leaves alone.
+
 Nothing else in the project imports `crypten`: use `load()`.
 """
 
 from __future__ import annotations
 
 import importlib
+import secrets
 import sys
 import threading
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
-_LOCK = threading.Lock()
+import numpy as np
+import torch
+
+from mpc.errors import InsecureRandomness
+from mpc.prg import SEED_BYTES, AESCTRGenerator, ShapeLike
+
+_LOCK = threading.RLock()
 _CRYPTEN: ModuleType | None = None
 CRYPTEN_VERSION = "0.4.1"
 
@@ -103,5 +117,283 @@ def load() -> ModuleType:
                 f"these compatibility fixes target CrypTen {CRYPTEN_VERSION}, found {version}"
             )
         _torchscript_onnx_export()
+        _install_csprng(crypten)
         _CRYPTEN = crypten
         return crypten
+
+
+# Fix 3: CrypTen's randomness from a CSPRNG (see `install_csprng` for what is replaced).
+
+_RNG_MODULES = (  # every CrypTen module that binds the rng helpers by name
+    "crypten.common.rng",
+    "crypten.mpc.primitives.arithmetic",
+    "crypten.mpc.primitives.binary",
+    "crypten.mpc.provider.ttp_provider",
+    "crypten.mpc.provider.tfp_provider",
+)
+_PAIR_LABEL = "crypten/prss/pair"  # the seed rank i sends rank i+1: "next" at i, "prev" at i+1
+_GLOBAL_LABEL = "crypten/prss/global"  # rank 0's seed, broadcast to every party
+_TTP_LABEL = "crypten/ttp"  # the seed the TTP server sends each party
+_RING_SIZE = 2**64
+
+
+def install_csprng() -> None:
+    """Route every random draw CrypTen makes for MPC through `mpc.prg.AESCTRGenerator`.
+
+    Idempotent and thread-safe. `load()` calls it, so every CrypTen use in the project gets it;
+    it must take effect before `crypten.init()` (it raises `InsecureRandomness` otherwise).
+
+    What it replaces, and why:
+
+    - `crypten.common.rng.generate_random_ring_element` and `generate_kbit_random_tensor`, the
+      two helpers every share, mask and triple is drawn through (`torch.randint` on a
+      `torch.Generator`). Other modules import them by name, so the names are rebound wherever
+      they are bound: `crypten.mpc.primitives.arithmetic` (PRZS, PRSS: input shares and zero
+      sharings), `crypten.mpc.primitives.binary` (PRZS, `rand`), `crypten.mpc.provider.
+      ttp_provider` (triples, squares, wraps and B2A, on the parties and on the TTP server) and
+      `crypten.mpc.provider.tfp_provider` (trusted-first-party triples). The replacements draw
+      from an `AESCTRGenerator` and raise `InsecureRandomness` when given anything else (such
+      as a `torch.Generator`), so a path this patch misses fails instead of silently using MT.
+      They are uniform over all of Z_2^64 (CrypTen's `randint` bound excluded 2^63 - 1).
+    - `crypten._setup_prng` (run by `crypten.init` and `init_thread`), which exchanged 8-byte
+      `os.urandom` seeds and seeded the `torch.Generator`s in `crypten.generators`. Now each
+      party sends a 16-byte `secrets` seed to the next rank and rank 0 broadcasts a 16-byte
+      global seed; `crypten.generators[role][device]` hold `AESCTRGenerator`s: "next" and "prev"
+      from the seeds sent and received, "global" from the broadcast seed, "local" from a fresh
+      local seed. One instance per role serves every device key, so no stream is replayed on a
+      second device.
+    - `crypten.manual_seed` (64-bit seeds, debug mode only): refused with `InsecureRandomness`.
+    - `_setup_generators` of `TTPClient` and `TTPServer`: the server drew one 64-bit seed per
+      party with `torch.randint` from torch's global Mersenne Twister and both ends seeded
+      `torch.Generator`s. Now the server sends each party a 16-byte `secrets` seed and both ends
+      derive an `AESCTRGenerator` from it. The seed message changed shape (int64[2] instead of
+      an int64 scalar), so both ends must run this patch: `mpc.launch` does.
+    - `torch.rand(..., generator=crypten.generators["global"])` in `crypten.gradients` (dropout
+      masks, training only): `crypten.gradients.torch` becomes a view of torch whose `rand`
+      draws from the `AESCTRGenerator` it is given.
+
+    Not replaced: `crypten.nn.privacy.dp_split` draws plaintext DP noise with `torch.randn` and
+    `Tensor.bernoulli` from torch's global generator. It is a training-time label-DP feature,
+    not part of an MPC protocol, and a narrow patch is not possible; do not use it.
+
+    Raises:
+        InsecureRandomness: `crypten.init()` already ran with torch generators.
+    """
+    crypten = load()  # load() installs; this call only makes the contract explicit
+    with _LOCK:
+        _install_csprng(crypten)
+
+
+def _install_csprng(crypten: ModuleType) -> None:
+    if getattr(crypten, "_secure_infer_csprng", False):
+        return
+    for role, by_device in crypten.generators.items():
+        for gen in by_device.values():
+            if not isinstance(gen, AESCTRGenerator):
+                raise InsecureRandomness(
+                    f"crypten.generators[{role!r}] already holds a {type(gen).__name__}: "
+                    "crypten.init() ran before the CSPRNG was installed; import CrypTen only "
+                    "through mpc.backends.crypten.load()"
+                )
+    modules = [importlib.import_module(name) for name in _RNG_MODULES]
+    rng = modules[0]
+    replacements: dict[str, Callable[..., object]] = {
+        "generate_random_ring_element": _generate_random_ring_element,
+        "generate_kbit_random_tensor": _generate_kbit_random_tensor,
+    }
+    originals = {name: getattr(rng, name) for name in replacements}
+    loaded = [mod for name, mod in sys.modules.items() if name.split(".")[0] == "crypten"]
+    for mod in loaded:
+        for name, new in replacements.items():
+            if getattr(mod, name, None) is originals[name]:
+                setattr(mod, name, new)
+    for mod in modules:
+        for name, new in replacements.items():
+            if getattr(mod, name, new) is not new:
+                raise InsecureRandomness(f"{mod.__name__}.{name} could not be replaced")
+
+    crypten._setup_prng = _setup_prng  # type: ignore[attr-defined]
+    crypten.manual_seed = _refuse_manual_seed  # type: ignore[attr-defined]
+    ttp = importlib.import_module("crypten.mpc.provider.ttp_provider")
+    ttp.TTPClient._TTPClient__TTPClient._setup_generators = _ttp_client_setup_generators
+    ttp.TTPServer._setup_generators = _ttp_server_setup_generators
+    gradients = importlib.import_module("crypten.gradients")
+    gradients.torch = _TorchWithCSPRNGRand(torch)  # type: ignore[attr-defined]
+    crypten._secure_infer_csprng = True  # type: ignore[attr-defined]
+
+
+def _seed_to_tensor(seed: bytes) -> torch.Tensor:
+    """16 seed bytes as an int64[2] tensor (little-endian), for torch.distributed messages."""
+    return torch.from_numpy(np.frombuffer(seed, dtype="<i8").astype(np.int64))
+
+
+def _tensor_to_seed(tensor: torch.Tensor) -> bytes:
+    return tensor.numpy().astype("<i8").tobytes()
+
+
+_Device = torch.device | str | int | None
+
+
+def _resolve_generator(generator: object, device: _Device) -> AESCTRGenerator:
+    """The generator a draw uses: the one given, else this party's "local" generator."""
+    if generator is None:
+        local = sys.modules["crypten"].generators["local"]
+        key = torch.device("cpu") if device is None else torch.device(device)
+        generator = local.get(key, local.get(torch.device("cpu")))
+        if generator is None:
+            raise InsecureRandomness("no CSPRNG is set up yet: call crypten.init() first")
+    if not isinstance(generator, AESCTRGenerator):
+        raise InsecureRandomness(
+            f"refusing to draw CrypTen randomness from a {type(generator).__name__}: "
+            "expected an mpc.prg.AESCTRGenerator"
+        )
+    return generator
+
+
+def _place(tensor: torch.Tensor, device: _Device) -> torch.Tensor:
+    """Move a CPU draw to `device`, wrapping CUDA tensors the way CrypTen expects."""
+    if device is None or torch.device(device).type == "cpu":
+        return tensor
+    moved = tensor.to(device)
+    if moved.is_cuda:
+        wrapped: torch.Tensor = importlib.import_module("crypten.cuda").CUDALongTensor(moved)
+        return wrapped
+    return moved
+
+
+def _generate_random_ring_element(
+    size: ShapeLike, ring_size: int = _RING_SIZE, generator: object = None, **kwargs: Any
+) -> torch.Tensor:
+    """Replaces `crypten.common.rng.generate_random_ring_element`: uniform over Z_2^64."""
+    device: _Device = kwargs.pop("device", None)
+    if kwargs:
+        raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+    if ring_size != _RING_SIZE:
+        raise InsecureRandomness(f"only ring_size 2**64 is supported, got {ring_size}")
+    gen = _resolve_generator(generator, device)
+    return _place(gen.random_ring(size), device)
+
+
+def _generate_kbit_random_tensor(
+    size: ShapeLike, bitlength: int | None = None, generator: object = None, **kwargs: Any
+) -> torch.Tensor:
+    """Replaces `crypten.common.rng.generate_kbit_random_tensor`: uniform in [0, 2^bitlength)."""
+    device: _Device = kwargs.pop("device", None)
+    if kwargs:
+        raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+    gen = _resolve_generator(generator, device)
+    bits = 64 if bitlength is None else bitlength
+    return _place(gen.random_bits(size, bits), device)
+
+
+def _devices() -> list[torch.device]:
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+        devices.extend(torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count()))
+    return devices
+
+
+def _setup_prng() -> None:
+    """Replaces `crypten._setup_prng`: 16-byte `secrets` seeds, `AESCTRGenerator` streams.
+
+    Rank i sends its "next" seed to rank i+1, where it becomes "prev"; rank 0 broadcasts the
+    "global" seed; "local" never leaves the process. PRZS adds prev - next (or prev ^ next),
+    which sums (xors) to zero over all parties.
+    """
+    crypten = sys.modules["crypten"]
+    comm = importlib.import_module("crypten.communicator").get()
+    world_size, rank = comm.get_world_size(), comm.get_rank()
+    next_seed = secrets.token_bytes(SEED_BYTES)
+    if world_size >= 2:
+        received = torch.zeros(SEED_BYTES // 8, dtype=torch.int64)
+        send = comm.isend(_seed_to_tensor(next_seed), (rank + 1) % world_size)
+        recv = comm.irecv(received, src=(rank - 1) % world_size)
+        send.wait()
+        recv.wait()
+        prev_seed = _tensor_to_seed(received)
+    else:
+        prev_seed = next_seed
+    global_seed = _tensor_to_seed(
+        comm.broadcast(_seed_to_tensor(secrets.token_bytes(SEED_BYTES)), 0)
+    )
+    streams = {
+        "prev": AESCTRGenerator.from_shared_seed(prev_seed, _PAIR_LABEL),
+        "next": AESCTRGenerator.from_shared_seed(next_seed, _PAIR_LABEL),
+        "local": AESCTRGenerator(),
+        "global": AESCTRGenerator.from_shared_seed(global_seed, _GLOBAL_LABEL),
+    }
+    for role, gen in streams.items():
+        by_device = crypten.generators[role]  # mutate in place: modules hold this dict
+        by_device.clear()
+        for device in _devices():
+            by_device[device] = gen
+
+
+def _refuse_manual_seed(*args: object, **kwargs: object) -> None:
+    """Replaces `crypten.manual_seed`, which would key the PRSS streams with 64-bit seeds."""
+    raise InsecureRandomness(
+        "crypten.manual_seed is disabled: CrypTen's generators are AES-CTR CSPRNGs with fresh "
+        "128-bit seeds; tests that need a fixed stream can build mpc.prg.AESCTRGenerator(seed)"
+    )
+
+
+def _ttp_client_setup_generators(self: object) -> None:
+    """Replaces `TTPClient.__TTPClient._setup_generators`: receive a 16-byte seed from the TTP."""
+    import torch.distributed as dist
+
+    comm = importlib.import_module("crypten.communicator").get()
+    received = torch.zeros(SEED_BYTES // 8, dtype=torch.int64)
+    group = self.ttp_group  # type: ignore[attr-defined]
+    request = dist.irecv(tensor=received, src=comm.get_ttp_rank(), group=group)
+    if request is not None:  # None only if this rank is outside the group
+        request.wait()
+    dist.barrier(group=group)
+    gen = AESCTRGenerator.from_shared_seed(_tensor_to_seed(received), _TTP_LABEL)
+    self.generator = gen  # type: ignore[attr-defined]
+    self.generator_cuda = gen if torch.cuda.is_available() else None  # type: ignore[attr-defined]
+
+
+def _ttp_server_setup_generators(self: object) -> None:
+    """Replaces `TTPServer._setup_generators`: one fresh 16-byte seed per party."""
+    import torch.distributed as dist
+
+    comm = importlib.import_module("crypten.communicator").get()
+    group = self.ttp_group  # type: ignore[attr-defined]
+    seeds = [secrets.token_bytes(SEED_BYTES) for _ in range(comm.get_world_size())]
+    messages = [_seed_to_tensor(seed) for seed in seeds]
+    requests = [
+        dist.isend(tensor=message, dst=rank, group=group) for rank, message in enumerate(messages)
+    ]
+    gens = [AESCTRGenerator.from_shared_seed(seed, _TTP_LABEL) for seed in seeds]
+    self.generators = gens  # type: ignore[attr-defined]
+    cuda = torch.cuda.is_available()
+    self.generators_cuda = list(gens) if cuda else [None] * len(gens)  # type: ignore[attr-defined]
+    for request in requests:
+        if request is not None:
+            request.wait()
+    dist.barrier(group=group)
+
+
+class _TorchWithCSPRNGRand:
+    """A view of the torch module whose `rand` draws from the `AESCTRGenerator` it is given."""
+
+    def __init__(self, torch_module: ModuleType) -> None:
+        self._torch = torch_module
+
+    def rand(
+        self,
+        *size: Any,
+        generator: object = None,
+        device: _Device = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        gen = _resolve_generator(generator, device) if generator is not None else None
+        if gen is None:
+            raise InsecureRandomness("crypten.gradients drew from torch.rand without a generator")
+        shape = size[0] if len(size) == 1 and not isinstance(size[0], int) else size
+        out = gen.random_uniform(shape, dtype or self._torch.get_default_dtype())
+        return out if device is None else out.to(device)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._torch, name)
