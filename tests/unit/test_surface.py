@@ -39,3 +39,9 @@ def test_decentralized_never_imports_the_sdk() -> None:
 def test_no_pickle_on_the_wire() -> None:
     for package in ("decentralized", "secure_infer"):
         assert "pickle" not in _imports(package)
+
+
+def test_mpc_is_a_bottom_package_without_grpc() -> None:
+    assert _imports("mpc").isdisjoint(
+        {"grpc", "grpc_health", "decentralized", "secure_infer", "tee", "verification"}
+    )
