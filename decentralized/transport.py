@@ -84,7 +84,7 @@ class Credentials:
             )
 
 
-def add_port(server: grpc.aio.Server, address: str, creds: Credentials) -> int:
+def add_port(server: grpc.aio.Server | grpc.Server, address: str, creds: Credentials) -> int:
     """Bind the server; returns the port actually bound (address may end in ":0")."""
     creds.check_address(address)
     if creds.insecure_dev:
@@ -97,6 +97,18 @@ def add_port(server: grpc.aio.Server, address: str, creds: Credentials) -> int:
         require_client_auth=True,
     )
     return server.add_secure_port(address, server_creds)
+
+
+def new_sync_server(workers: int = 4) -> grpc.Server:
+    """A blocking gRPC server with the mesh's message-size limits."""
+    from concurrent import futures
+
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=_SERVER_OPTIONS)
+
+
+def add_sync_port(server: grpc.Server, address: str, creds: Credentials) -> int:
+    """`add_port` for a blocking (thread-pool) server."""
+    return add_port(server, address, creds)  # type: ignore[arg-type]
 
 
 def new_server() -> grpc.aio.Server:

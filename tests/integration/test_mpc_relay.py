@@ -1,0 +1,145 @@
+"""MPC session transport over mTLS gRPC: ordering, fragments, deadlines, authentication."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from decentralized.errors import InvalidRequest, PeerUnavailable
+from decentralized.mpc_relay import RelayTimeout, RelayTransport
+from decentralized.transport import Credentials
+from decentralized.v1 import mpc_pb2, mpc_pb2_grpc
+from secure_infer import certs
+
+pytestmark = pytest.mark.grpc
+SESSION = "session-0123456789ab"
+NAMES = {0: "party-0", 1: "party-1", 2: "dealer"}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    certs.init_ca(d)
+    for name in [*NAMES.values(), "outsider"]:
+        certs.issue(d, name, role="node")
+    return d
+
+
+def _creds(pki: Path, name: str) -> Credentials:
+    ca, key, cert = certs.material(pki, name).read()
+    return Credentials(root_ca=ca, private_key=key, certificate=cert)
+
+
+@pytest.fixture
+def relays(pki: Path) -> Iterator[list[RelayTransport]]:
+    parties = [
+        RelayTransport(SESSION, r, 3, _creds(pki, NAMES[r]), expect_names=NAMES, send_timeout_s=5)
+        for r in range(3)
+    ]
+    for p in parties:
+        p.connect({q.rank: q.address for q in parties})
+    yield parties
+    for p in parties:
+        p.close()
+
+
+def test_messages_arrive_in_order_per_tag_and_are_counted(relays: list[RelayTransport]) -> None:
+    a, b, dealer = relays
+    for i in range(5):
+        a.send(1, "p2p", bytes([i]) * (i + 1))
+    dealer.send(1, "triples", b"T")
+    assert b.recv(2, "triples", timeout_s=5) == b"T"
+    assert [b.recv(0, "p2p", timeout_s=5) for _ in range(5)] == [
+        bytes([i]) * (i + 1) for i in range(5)
+    ]
+    assert a.bytes_sent == 15
+    assert a.messages_sent == 5
+    assert b.bytes_received == 16
+    assert b.messages_received == 6
+
+
+def test_large_payloads_are_fragmented_and_joined(relays: list[RelayTransport]) -> None:
+    payload = os.urandom(10 * 1024 * 1024 + 7)
+    relays[0].send(2, "big", payload)
+    assert relays[2].recv(0, "big", timeout_s=10) == payload
+    relays[0].send(2, "empty", b"")
+    assert relays[2].recv(0, "empty", timeout_s=5) == b""
+
+
+def test_concurrent_senders(relays: list[RelayTransport]) -> None:
+    a, b, dealer = relays
+    threads = [
+        threading.Thread(target=lambda s=s: [s.send(1, "x", b"m") for _ in range(20)])
+        for s in (a, dealer)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [b.recv(0, "x", 5) for _ in range(20)] == [b"m"] * 20
+    assert [b.recv(2, "x", 5) for _ in range(20)] == [b"m"] * 20
+
+
+def test_a_silent_party_aborts_within_the_deadline(relays: list[RelayTransport]) -> None:
+    with pytest.raises(RelayTimeout, match="rank 2 sent nothing on 'late' within 0.3 s"):
+        relays[0].recv(2, "late", timeout_s=0.3)
+
+
+def test_a_dead_party_is_an_error_not_a_hang(relays: list[RelayTransport]) -> None:
+    relays[1].close()
+    with pytest.raises(PeerUnavailable, match="rank 1"):
+        relays[0].send(1, "p2p", b"hello")
+
+
+def test_replayed_and_misaddressed_messages_are_refused(
+    relays: list[RelayTransport], pki: Path
+) -> None:
+    from decentralized.transport import sync_channel
+
+    relays[0].send(1, "p2p", b"first")
+    with sync_channel(relays[1].address, _creds(pki, "party-0"), "party-1") as channel:
+        stub = mpc_pb2_grpc.MPCRelayStub(channel)
+        replay = mpc_pb2.MPCMessage(
+            session_id=SESSION, src=0, dst=1, tag="p2p", payload=b"x", seq=0
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Deliver(iter([replay]), timeout=5)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "lost or replayed" in info.value.details()
+        other = mpc_pb2.MPCMessage(session_id="x" * 20, src=0, dst=1, tag="p2p", seq=1)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Deliver(iter([other]), timeout=5)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        wrong = mpc_pb2.MPCMessage(session_id=SESSION, src=0, dst=2, tag="p2p", seq=1)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Deliver(iter([wrong]), timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert relays[1].recv(0, "p2p", 5) == b"first"
+
+
+def test_only_the_expected_node_speaks_for_a_rank(relays: list[RelayTransport], pki: Path) -> None:
+    from decentralized.transport import sync_channel
+
+    msg = mpc_pb2.MPCMessage(session_id=SESSION, src=0, dst=1, tag="p2p", payload=b"evil", seq=0)
+    with sync_channel(relays[1].address, _creds(pki, "outsider"), "party-1") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            mpc_pb2_grpc.MPCRelayStub(channel).Deliver(iter([msg]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with grpc.insecure_channel(relays[1].address) as channel:  # no TLS: refused at handshake
+        with pytest.raises(grpc.RpcError) as info:
+            mpc_pb2_grpc.MPCRelayStub(channel).Deliver(iter([msg]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(RelayTimeout):
+        relays[1].recv(0, "p2p", 0.2)  # nothing was accepted
+
+
+def test_invalid_construction() -> None:
+    with pytest.raises(InvalidRequest, match="session_id"):
+        RelayTransport("short", 0, 2, Credentials(insecure_dev=True))
+    with pytest.raises(InvalidRequest, match="rank 3 outside"):
+        RelayTransport(SESSION, 3, 2, Credentials(insecure_dev=True))
