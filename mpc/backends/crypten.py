@@ -167,7 +167,10 @@ def install_csprng() -> None:
       party with `torch.randint` from torch's global Mersenne Twister and both ends seeded
       `torch.Generator`s. Now the server sends each party a 16-byte `secrets` seed and both ends
       derive an `AESCTRGenerator` from it. The seed message changed shape (int64[2] instead of
-      an int64 scalar), so both ends must run this patch: `mpc.launch` does.
+      an int64 scalar), so both ends must run this patch: `mpc.launch` does. Both ends use
+      `torch.distributed` directly, as CrypTen does, unless the communicator sets
+      `ROUTES_TTP_TRAFFIC` (`mpc.backends.crypten_comm.TransportCommunicator`): then the seeds
+      and the barrier go through its group-aware `send`/`recv`/`barrier`.
     - `torch.rand(..., generator=crypten.generators["global"])` in `crypten.gradients` (dropout
       masks, training only): `crypten.gradients.torch` becomes a view of torch whose `rand`
       draws from the `AESCTRGenerator` it is given.
@@ -345,13 +348,33 @@ def _ttp_client_setup_generators(self: object) -> None:
     comm = importlib.import_module("crypten.communicator").get()
     received = torch.zeros(SEED_BYTES // 8, dtype=torch.int64)
     group = self.ttp_group  # type: ignore[attr-defined]
+    if _routes_ttp_traffic(comm):
+        received = comm.recv(received, src=comm.get_ttp_rank(), group=group)
+        comm.barrier(group=group)
+        _set_client_generator(self, received)
+        return
     request = dist.irecv(tensor=received, src=comm.get_ttp_rank(), group=group)
     if request is not None:  # None only if this rank is outside the group
         request.wait()
     dist.barrier(group=group)
+    _set_client_generator(self, received)
+
+
+def _set_client_generator(self: object, received: torch.Tensor) -> None:
     gen = AESCTRGenerator.from_shared_seed(_tensor_to_seed(received), _TTP_LABEL)
     self.generator = gen  # type: ignore[attr-defined]
     self.generator_cuda = gen if torch.cuda.is_available() else None  # type: ignore[attr-defined]
+
+
+def _routes_ttp_traffic(comm: object) -> bool:
+    """Whether `comm` carries the TTP seed exchange itself (`crypten_comm.TransportCommunicator`).
+
+    CrypTen's TTP client and server exchange seeds with direct `torch.distributed` calls on
+    `ttp_group`; a communicator that sets `ROUTES_TTP_TRAFFIC` offers group-aware `send`,
+    `recv` and `barrier` instead, so no byte bypasses it. `DistributedCommunicator` keeps the
+    `torch.distributed` path unchanged.
+    """
+    return getattr(comm, "ROUTES_TTP_TRAFFIC", False) is True
 
 
 def _ttp_server_setup_generators(self: object) -> None:
@@ -362,17 +385,27 @@ def _ttp_server_setup_generators(self: object) -> None:
     group = self.ttp_group  # type: ignore[attr-defined]
     seeds = [secrets.token_bytes(SEED_BYTES) for _ in range(comm.get_world_size())]
     messages = [_seed_to_tensor(seed) for seed in seeds]
+    if _routes_ttp_traffic(comm):
+        for rank, message in enumerate(messages):
+            comm.send(message, rank, group=group)
+        _set_server_generators(self, seeds)
+        comm.barrier(group=group)
+        return
     requests = [
         dist.isend(tensor=message, dst=rank, group=group) for rank, message in enumerate(messages)
     ]
-    gens = [AESCTRGenerator.from_shared_seed(seed, _TTP_LABEL) for seed in seeds]
-    self.generators = gens  # type: ignore[attr-defined]
-    cuda = torch.cuda.is_available()
-    self.generators_cuda = list(gens) if cuda else [None] * len(gens)  # type: ignore[attr-defined]
+    _set_server_generators(self, seeds)
     for request in requests:
         if request is not None:
             request.wait()
     dist.barrier(group=group)
+
+
+def _set_server_generators(self: object, seeds: list[bytes]) -> None:
+    gens = [AESCTRGenerator.from_shared_seed(seed, _TTP_LABEL) for seed in seeds]
+    self.generators = gens  # type: ignore[attr-defined]
+    cuda = torch.cuda.is_available()
+    self.generators_cuda = list(gens) if cuda else [None] * len(gens)  # type: ignore[attr-defined]
 
 
 class _TorchWithCSPRNGRand:
