@@ -27,7 +27,7 @@ import grpc
 from cryptography import x509
 
 from decentralized import _wire
-from decentralized.errors import InvalidRequest, MeshError, PeerUnavailable, SessionMismatch
+from decentralized.errors import InvalidRequest, MeshError, SessionMismatch
 from decentralized.transport import (
     Credentials,
     add_sync_port,
@@ -36,15 +36,12 @@ from decentralized.transport import (
     sync_channel,
 )
 from decentralized.v1 import mpc_pb2, mpc_pb2_grpc
+from mpc.comm import PeerDisconnected, PeerTimeout, Transport
 
 logger = logging.getLogger(__name__)
 
 FRAGMENT_BYTES = 4 * 1024 * 1024
 MAX_PAYLOAD_BYTES = _wire.MAX_TENSOR_BYTES
-
-
-class RelayTimeout(PeerUnavailable):
-    """A party did not send what the session expected within the deadline."""
 
 
 class _Mailbox:
@@ -57,8 +54,6 @@ class _Mailbox:
         )
         self._next_seq: dict[tuple[int, str], int] = collections.defaultdict(int)
         self._partial: dict[tuple[int, str], list[bytes]] = collections.defaultdict(list)
-        self.bytes_received = 0
-        self.messages_received = 0
 
     def put(self, msg: mpc_pb2.MPCMessage) -> None:
         key = (msg.src, msg.tag)
@@ -74,12 +69,10 @@ class _Mailbox:
             parts.append(msg.payload)
             if sum(len(p) for p in parts) > MAX_PAYLOAD_BYTES:
                 raise InvalidRequest(f"payload from rank {msg.src} exceeds {MAX_PAYLOAD_BYTES}")
-            self.bytes_received += len(msg.payload)
             if msg.more:
                 return
             self._queues[key].append(b"".join(parts))
             parts.clear()
-            self.messages_received += 1
             self._cond.notify_all()
 
     def get(self, src: int, tag: str, timeout_s: float) -> bytes:
@@ -89,9 +82,12 @@ class _Mailbox:
             while not self._queues[key]:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise RelayTimeout(
-                        f"rank {src} sent nothing on {tag!r} within {timeout_s:.1f} s "
-                        "(party dead or stalled): session aborted"
+                    raise PeerTimeout(
+                        f"rank {src} sent nothing on {tag!r} within {timeout_s:g} s "
+                        "(party dead or stalled): session aborted",
+                        rank=src,
+                        tag=tag,
+                        timeout_s=timeout_s,
                     )
                 self._cond.wait(left)
             return self._queues[key].popleft()
@@ -115,8 +111,10 @@ class _RelayServicer(mpc_pb2_grpc.MPCRelayServicer):
         return mpc_pb2.DeliverReply(accepted=accepted)
 
 
-class RelayTransport:
-    """Point-to-point byte messages between the ranks of one MPC session, over mTLS gRPC."""
+class RelayTransport(Transport):
+    """An `mpc.comm.Transport` over mTLS gRPC: ordered, tagged byte messages between the
+    ranks of one MPC session. `send` returns once the receiver's mailbox holds the message
+    (it never waits for the receiver's `recv`)."""
 
     def __init__(
         self,
@@ -133,9 +131,8 @@ class RelayTransport:
             raise InvalidRequest("session_id must be 16-64 characters of [A-Za-z0-9_-]")
         if not 0 <= rank < world_size:
             raise InvalidRequest(f"rank {rank} outside [0, {world_size})")
+        super().__init__(rank, world_size)
         self.session_id = session_id
-        self.rank = rank
-        self.world_size = world_size
         self.creds = creds
         self.expect_names = expect_names or {}
         self.send_timeout_s = send_timeout_s
@@ -144,8 +141,6 @@ class RelayTransport:
         self._send_lock = threading.Lock()
         self._peers: dict[int, str] = {}
         self._channels: dict[int, grpc.Channel] = {}
-        self.bytes_sent = 0
-        self.messages_sent = 0
         self._server = new_sync_server()
         mpc_pb2_grpc.add_MPCRelayServicer_to_server(_RelayServicer(self), self._server)
         port = add_sync_port(self._server, listen, creds)
@@ -180,9 +175,9 @@ class RelayTransport:
             if want not in names:
                 raise _Forbidden(f"rank {msg.src} must be node {want!r}, caller is {names}")
 
-    # -- the transport -----------------------------------------------------------------------
-    def send(self, dst: int, tag: str, payload: bytes) -> None:
-        """Deliver `payload` to rank `dst` on `tag`; returns when the receiver has it."""
+    # -- the transport hooks -------------------------------------------------------------------
+    def _deliver(self, dst: int, tag: str, payload: bytes) -> None:
+        """Deliver `payload` to rank `dst` on `tag`; returns when the receiver's mailbox has it."""
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise InvalidRequest(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
         with self._send_lock:
@@ -208,25 +203,15 @@ class RelayTransport:
             try:
                 self._stub(dst).Deliver(iter(messages), timeout=self.send_timeout_s)
             except grpc.RpcError as exc:
-                raise PeerUnavailable(
-                    f"rank {dst} ({self._peers.get(dst)}): {exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+                code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+                raise PeerDisconnected(
+                    f"rank {dst} ({self._peers.get(dst)}): {code.name}: {details}", rank=dst
                 ) from None
-            self.bytes_sent += len(payload)
-            self.messages_sent += 1
 
-    def recv(self, src: int, tag: str, timeout_s: float) -> bytes:
-        """The next payload from rank `src` on `tag`; RelayTimeout after `timeout_s`."""
+    def _receive(self, src: int, tag: str, timeout_s: float) -> bytes:
         return self._mailbox.get(src, tag, timeout_s)
 
-    @property
-    def bytes_received(self) -> int:
-        return self._mailbox.bytes_received
-
-    @property
-    def messages_received(self) -> int:
-        return self._mailbox.messages_received
-
-    def close(self) -> None:
+    def _shutdown(self) -> None:
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()

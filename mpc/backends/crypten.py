@@ -16,6 +16,9 @@ omegaconf, onnx); this module applies the smallest fixes that make it import and
    masks and TTP triples comes from `mpc.prg.AESCTRGenerator` (AES-128-CTR) keyed with 128-bit
    seeds from `secrets`, instead of `torch.Generator` (Mersenne Twister) seeded with 8 bytes.
    See `install_csprng` for the list of call sites it replaces and the one it leaves alone.
+4. Decoding: `FixedPointEncoder.decode` divides negative values by `scale - 1` and returns
+   values just above a negative integer off by exactly -1 (e.g. -3.99999 -> -4.99999). It is
+   replaced by the exact decode: floor(v / scale) + (v mod scale) / scale.
 
 Nothing else in the project imports `crypten`: use `load()`.
 """
@@ -117,9 +120,33 @@ def load() -> ModuleType:
                 f"these compatibility fixes target CrypTen {CRYPTEN_VERSION}, found {version}"
             )
         _torchscript_onnx_export()
+        _exact_decode(crypten)
         _install_csprng(crypten)
         _CRYPTEN = crypten
         return crypten
+
+
+# Fix 4: exact fixed-point decoding.
+
+
+def _exact_decode(crypten: ModuleType) -> None:
+    encoder_cls = crypten.encoder.FixedPointEncoder
+    if getattr(encoder_cls.decode, "_secure_infer_exact", False):
+        return
+    original = encoder_cls.decode
+
+    def decode(self: Any, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """v (int64, scaled by 2^f) -> floor(v / scale) + (v mod scale) / scale, exactly."""
+        if tensor is None or self._scale <= 1:
+            return original(self, tensor)  # type: ignore[no-any-return]
+        if tensor.dtype != torch.int64:
+            raise TypeError(f"decode expects an int64 tensor, got {tensor.dtype}")
+        whole = torch.div(tensor, self._scale, rounding_mode="floor")
+        frac = tensor - whole * self._scale  # in [0, scale)
+        return (whole.float() + frac.float() / self._scale).data
+
+    decode._secure_infer_exact = True  # type: ignore[attr-defined]
+    encoder_cls.decode = decode
 
 
 # Fix 3: CrypTen's randomness from a CSPRNG (see `install_csprng` for what is replaced).

@@ -10,10 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from decentralized.errors import InvalidRequest, PeerUnavailable
-from decentralized.mpc_relay import RelayTimeout, RelayTransport
+from decentralized.errors import InvalidRequest
+from decentralized.mpc_relay import RelayTransport
 from decentralized.transport import Credentials
 from decentralized.v1 import mpc_pb2, mpc_pb2_grpc
+from mpc.comm import PeerDisconnected, PeerTimeout
 from secure_infer import certs
 
 pytestmark = pytest.mark.grpc
@@ -57,10 +58,10 @@ def test_messages_arrive_in_order_per_tag_and_are_counted(relays: list[RelayTran
     assert [b.recv(0, "p2p", timeout_s=5) for _ in range(5)] == [
         bytes([i]) * (i + 1) for i in range(5)
     ]
-    assert a.bytes_sent == 15
-    assert a.messages_sent == 5
-    assert b.bytes_received == 16
-    assert b.messages_received == 6
+    assert a.stats.bytes_sent == 15
+    assert a.stats.messages_sent == 5
+    assert b.stats.bytes_received == 16
+    assert b.stats.messages_received == 6
 
 
 def test_large_payloads_are_fragmented_and_joined(relays: list[RelayTransport]) -> None:
@@ -86,13 +87,13 @@ def test_concurrent_senders(relays: list[RelayTransport]) -> None:
 
 
 def test_a_silent_party_aborts_within_the_deadline(relays: list[RelayTransport]) -> None:
-    with pytest.raises(RelayTimeout, match="rank 2 sent nothing on 'late' within 0.3 s"):
+    with pytest.raises(PeerTimeout, match="rank 2 sent nothing on 'late' within 0.3 s"):
         relays[0].recv(2, "late", timeout_s=0.3)
 
 
 def test_a_dead_party_is_an_error_not_a_hang(relays: list[RelayTransport]) -> None:
     relays[1].close()
-    with pytest.raises(PeerUnavailable, match="rank 1"):
+    with pytest.raises(PeerDisconnected, match="rank 1"):
         relays[0].send(1, "p2p", b"hello")
 
 
@@ -134,7 +135,7 @@ def test_only_the_expected_node_speaks_for_a_rank(relays: list[RelayTransport], 
         with pytest.raises(grpc.RpcError) as info:
             mpc_pb2_grpc.MPCRelayStub(channel).Deliver(iter([msg]), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    with pytest.raises(RelayTimeout):
+    with pytest.raises(PeerTimeout):
         relays[1].recv(0, "p2p", 0.2)  # nothing was accepted
 
 
