@@ -20,6 +20,9 @@ omegaconf, onnx); this module applies the smallest fixes that make it import and
    values just above a negative integer off by exactly -1 (e.g. -3.99999 -> -4.99999). It is
    replaced by the exact decode: floor(v / scale) + (v mod scale) / scale.
 
+5. Dealer batching (`mpc.backends.crypten_dealer`): the TTP can deal a whole computation's
+   correlated randomness in one round trip ahead of time instead of one per triple.
+
 Nothing else in the project imports `crypten`: use `load()`.
 """
 
@@ -122,6 +125,9 @@ def load() -> ModuleType:
         _torchscript_onnx_export()
         _exact_decode(crypten)
         _install_csprng(crypten)
+        from mpc.backends import crypten_dealer
+
+        crypten_dealer.install(crypten)
         _CRYPTEN = crypten
         return crypten
 
