@@ -1,0 +1,25 @@
+"""Whole-model secure forwards built from `mpc.approx` on CrypTen shares (hazmat layer)."""
+
+from __future__ import annotations
+
+from mpc.models.bert import (
+    DEFAULT_EXP_ITERATIONS,
+    LAYER_KEYS,
+    MASK_VALUE,
+    SecureBertEncoder,
+    ThreatModel,
+    additive_mask,
+    secure_embed,
+    share_one_hot,
+)
+
+__all__ = [
+    "DEFAULT_EXP_ITERATIONS",
+    "LAYER_KEYS",
+    "MASK_VALUE",
+    "SecureBertEncoder",
+    "ThreatModel",
+    "additive_mask",
+    "secure_embed",
+    "share_one_hot",
+]
