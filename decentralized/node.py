@@ -82,6 +82,7 @@ class Node:
         self._health: health.aio.HealthServicer | None = None
         self._gossip: Gossip | None = None
         self._gossip_task: asyncio.Task[None] | None = None
+        self._peer_gauge_task: asyncio.Task[None] | None = None
 
     # -- records -------------------------------------------------------------------------
     def record(self) -> common_pb2.NodeRecord:
@@ -196,7 +197,7 @@ class Node:
         deadline = time.monotonic() + grace_s
         while self.load > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for task in (self._gossip_task, getattr(self, "_peer_gauge_task", None)):
+        for task in (self._gossip_task, self._peer_gauge_task):
             if task is not None:
                 task.cancel()
         if self._gossip is not None:
