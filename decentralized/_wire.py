@@ -11,7 +11,6 @@ import math
 import re
 import sys
 
-import numpy as np
 import torch
 
 from decentralized.errors import InvalidRequest
@@ -100,8 +99,3 @@ def check_mask(mask: torch.Tensor, hidden: torch.Tensor) -> None:
         raise InvalidRequest("attention_mask: values must be 0 or 1")
     if bool((values.sum(dim=1) == 0).any()):
         raise InvalidRequest("attention_mask: every row needs at least one attended token")
-
-
-def numpy_view(t: torch.Tensor) -> np.ndarray:
-    """A read-only numpy view of a CPU tensor, for callers that want numpy."""
-    return t.detach().to("cpu").numpy()

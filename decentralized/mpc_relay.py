@@ -27,7 +27,7 @@ import grpc
 from cryptography import x509
 
 from decentralized import _wire
-from decentralized.errors import InvalidRequest, MeshError, SessionMismatch
+from decentralized.errors import InvalidRequest, MeshError, NotANode, SessionMismatch
 from decentralized.transport import (
     Credentials,
     add_sync_port,
@@ -173,7 +173,7 @@ class RelayTransport(Transport):
             pems = context.auth_context().get("x509_pem_cert") or []
             names = node_names(x509.load_pem_x509_certificate(pems[0])) if pems else []
             if want not in names:
-                raise _Forbidden(f"rank {msg.src} must be node {want!r}, caller is {names}")
+                raise NotANode(f"rank {msg.src} must be node {want!r}, caller is {names}")
 
     # -- the transport hooks -------------------------------------------------------------------
     def _deliver(self, dst: int, tag: str, payload: bytes) -> None:
@@ -216,7 +216,3 @@ class RelayTransport(Transport):
             channel.close()
         self._channels.clear()
         self._server.stop(grace=1.0)
-
-
-class _Forbidden(MeshError):
-    code = grpc.StatusCode.PERMISSION_DENIED

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc.aio
 import torch
@@ -45,7 +45,6 @@ class NodeSettings:
     session_idle_s: float = 300.0  # idle seconds after which a session's cache is dropped
     max_tokens: int = 2048  # tokens per request / per session
     version: str = "0"  # software version advertised in the record
-    extra: dict[str, str] = field(default_factory=dict)  # free-form, not on the wire
 
 
 def pick_device(device: str) -> torch.device:
