@@ -13,6 +13,7 @@ Messages say what was expected and what arrived; they never contain seeds, keys 
 from __future__ import annotations
 
 __all__ = [
+    "GarbageOutput",
     "InsecureRandomness",
     "InvalidPRGArgument",
     "MPCError",
@@ -36,6 +37,15 @@ class PRGExhausted(MPCError):
 
 class InvalidPRGArgument(MPCError, ValueError):
     """A seed, shape or bit width given to the CSPRNG is malformed."""
+
+
+class GarbageOutput(MPCError):
+    """A revealed output is out of the range the model can produce (non-finite or too large).
+
+    The secure models check every output against a bound derived from the weights (e.g. a
+    LayerNorm's output cannot exceed max|gamma| * sqrt(C) + max|beta|); a value beyond it means
+    the computation overflowed the ring and the output must not be used.
+    """
 
 
 class PartyFailed(MPCError):

@@ -22,6 +22,9 @@ omegaconf, onnx); this module applies the smallest fixes that make it import and
 
 5. Dealer batching (`mpc.backends.crypten_dealer`): the TTP can deal a whole computation's
    correlated randomness in one round trip ahead of time instead of one per triple.
+6. Exact truncation (`mpc.backends.crypten_trunc`): two-party divisions by a public integer use
+   a dealer-made truncation pair with the mask's top bit instead of CrypTen's local truncation,
+   which silently returns values off by ~2^48 when the shares wrap around.
 
 Nothing else in the project imports `crypten`: use `load()`.
 """
@@ -125,8 +128,9 @@ def load() -> ModuleType:
         _torchscript_onnx_export()
         _exact_decode(crypten)
         _install_csprng(crypten)
-        from mpc.backends import crypten_dealer
+        from mpc.backends import crypten_dealer, crypten_trunc
 
+        crypten_trunc.install(crypten)
         crypten_dealer.install(crypten)
         _CRYPTEN = crypten
         return crypten

@@ -40,7 +40,7 @@ import torch
 from mpc.errors import MPCError
 
 BATCH_FUNCTION = "secure_infer_batch"
-_DEALT = ("additive", "square", "binary", "wraps", "B2A")  # CrypTen's TTP functions
+_DEALT = ("additive", "square", "binary", "wraps", "B2A", "trunc_pair")  # what the TTP deals
 
 PlanEntry = tuple[str, str | None, tuple[Any, ...], dict[str, Any]]
 

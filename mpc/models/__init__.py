@@ -9,6 +9,8 @@ from mpc.models.bert import (
     SecureBertEncoder,
     ThreatModel,
     additive_mask,
+    check_output,
+    layer_norm_bound,
     secure_embed,
     share_one_hot,
 )
@@ -20,6 +22,8 @@ __all__ = [
     "SecureBertEncoder",
     "ThreatModel",
     "additive_mask",
+    "check_output",
+    "layer_norm_bound",
     "secure_embed",
     "share_one_hot",
 ]

@@ -20,18 +20,13 @@ Leaks:   shapes (batch B, sequence length T, hidden size, number of layers and h
          attention mask (which positions are padding: public metadata, and so is each sentence's
          length), segment ids given to `secure_embed`, and, in INPUT_PRIVATE, the weights
          themselves to every compute party. Not leaked: the hidden states and token ids.
-Failure: two-party CrypTen truncates each share locally (SecureML): truncating a ring value v
-         (scale 2^32 after a product) fails with probability |v| / 2^64 and is then off by
-         ~2^32 in real units, which wrecks the whole forward (cosine ~0.1). The largest
-         non-cancelled values are softmax's exp squarings, z <= 2^n (`mpc.approx.exp` carries a
-         2^n factor), p = 2^(2n - 32) per element per squaring. Faithful single-process
-         simulation of the share split, 1 sentence of 16 tokens, 60 forwards each: n = 6 (the
-         `mpc.approx` default) 5 garbage forwards, n = 4 none. 2 real parties + TTP: n = 6
-         2 garbage in 13 forwards, n = 4 none in 22. Cosines are the same at n = 4 (0.9997), so
-         the encoder uses `DEFAULT_EXP_ITERATIONS` = 4 (expected harmful failures ~16x fewer).
-         Failures inside values later multiplied by an exact 0 bit (masked scores, unused GeLU
-         pieces) are harmless. With 3+ parties CrypTen truncates through the dealer (`wraps`)
-         instead (not measured here).
+Failure: two-party CrypTen truncated each share locally (SecureML), which is off by ~2^48
+         whenever the shares wrap (probability |v| / 2^63 per element): 2 of 13 forwards at 16
+         tokens were garbage. `mpc.backends.crypten_trunc` replaces it with an exact
+         dealer-assisted truncation (within 2 ulp for every |v| < 2^62), so no forward fails
+         that way any more; `check_output` still checks every revealed output against the
+         bound the last LayerNorm imposes (`SecureBertEncoder.output_bound`) and raises
+         `GarbageOutput` beyond it (a ring overflow of the computation itself).
 Cost:    per layer (B sequences of T tokens, C = 384, H = 12 heads, F = 1536), WEIGHTS_PRIVATE:
          6 matmuls with triples: QKV (B T, C) x (C, 3C) fused, scores (B H, T, d) x (d, T),
          probs x v, output (C, C), FFN (C, F) and (F, C); INPUT_PRIVATE: only scores and
@@ -59,6 +54,7 @@ import torch
 from mpc.approx import gelu, layer_norm, softmax
 from mpc.approx._mpc import CrypTensor
 from mpc.backends.crypten import load
+from mpc.errors import GarbageOutput
 
 __all__ = [
     "DEFAULT_EXP_ITERATIONS",
@@ -67,12 +63,14 @@ __all__ = [
     "SecureBertEncoder",
     "ThreatModel",
     "additive_mask",
+    "check_output",
+    "layer_norm_bound",
     "secure_embed",
     "share_one_hot",
 ]
 
-# softmax's exp: (1 + x / 2^4)^(2^4) at order 2; 4 rather than `mpc.approx.exp`'s 6 to cut the
-# two-party truncation failure rate 16x (module docstring, "Failure"), at no cosine cost.
+# softmax's exp: (1 + x / 2^4)^(2^4); 4 rather than `mpc.approx.exp`'s 6 saves two rounds per
+# layer at no measured cosine cost (0.9997 at 16 tokens with either).
 DEFAULT_EXP_ITERATIONS = 4
 
 # Added to the scores of padding keys (as the original BERT did). exp then sees x - max <= -14
@@ -208,6 +206,10 @@ class SecureBertEncoder:
         self.eps = eps
         self.exp_iterations = exp_iterations
         prepared = [_prepare_layer(state, num_heads) for state in layers]
+        last = layers[-1]
+        self.output_bound = layer_norm_bound(
+            last["output.LayerNorm.weight"], last["output.LayerNorm.bias"]
+        )
         if threat_model is ThreatModel.WEIGHTS_PRIVATE:
             crypten = load()
             self.layers: list[dict[str, Weight]] = [
@@ -285,6 +287,40 @@ class SecureBertEncoder:
         return x
 
     __call__ = forward
+
+
+def layer_norm_bound(weight: torch.Tensor, bias: torch.Tensor) -> float:
+    """The largest |value| a LayerNorm with these parameters can output (over C features).
+
+    A normalized vector has zero mean and unit variance over C entries, so no entry exceeds
+    sqrt(C - 1) in magnitude; the affine step scales by at most max|w| and shifts by max|b|.
+    In WEIGHTS_PRIVATE the weights' owner computes it (it reveals one number about them).
+    """
+    features = weight.numel()
+    return float(weight.abs().max()) * math.sqrt(max(features - 1, 1)) + float(bias.abs().max())
+
+
+# The approximations (rsqrt, reciprocal) may overshoot the exact bound a little.
+_BOUND_SLACK = 1.05
+_BOUND_ATOL = 0.05
+
+
+def check_output(values: torch.Tensor, bound: float) -> torch.Tensor:
+    """Return `values` if every one is finite and within `bound` (with slack), else raise.
+
+    Raises:
+        GarbageOutput: non-finite values or values beyond the bound: the secure computation
+            overflowed and this output is wrong.
+    """
+    if not bool(torch.isfinite(values).all()):
+        raise GarbageOutput("the revealed output has non-finite values")
+    worst = float(values.abs().max()) if values.numel() else 0.0
+    if worst > bound * _BOUND_SLACK + _BOUND_ATOL:
+        raise GarbageOutput(
+            f"the revealed output reaches {worst:.4g}, beyond the model's bound {bound:.4g}: "
+            "the secure computation overflowed; discard it"
+        )
+    return values
 
 
 def share_one_hot(input_ids: torch.Tensor, vocab_size: int, *, src: int = 0) -> CrypTensor:

@@ -27,6 +27,8 @@ from mpc.models import (
     SecureBertEncoder,
     ThreatModel,
     additive_mask,
+    check_output,
+    layer_norm_bound,
     secure_embed,
     share_one_hot,
 )
@@ -187,9 +189,6 @@ def test_input_validation() -> None:
     assert mask[0, 0, 0].tolist() == [0.0, 0.0, -1e4]
 
 
-GARBAGE_ABS = 100.0  # MiniLM's hidden states stay far below this; a failed truncation is ~2^31
-
-
 def _party_forward(
     rank: int,
     layers: list[dict[str, torch.Tensor]],
@@ -218,34 +217,44 @@ def _party_forward(
 @pytest.mark.multiparty
 @pytest.mark.parametrize("threat_model", list(ThreatModel))
 def test_two_parties_and_ttp(minilm: Any, threat_model: ThreatModel) -> None:
-    """2 parties + TTP, 1 sentence of 16 tokens, all 6 layers: cosine >= 0.999.
+    """2 parties + TTP, 1 sentence of 16 tokens, all 6 layers: cosine >= 0.999, one run.
 
-    Two-party CrypTen truncates shares locally, and a failed truncation (probability about
-    1 % per forward at this size) shows as hidden states off by ~2^31 or more. Until exact
-    truncation lands (issue 3), the output is checked for that garbage and the forward is run
-    once more if it is found, as a client would; two failures in a row fail the test.
+    The truncation is exact (`mpc.backends.crypten_trunc`), so there is no retry: the output
+    must pass the garbage check and the cosine bound the first time.
     """
     input_ids, attention_mask = _tokenize(SENTENCES[1:2], PARTY_TOKENS)
     embedded, reference = _plaintext(minilm, input_ids, attention_mask)
     layers = [layer.state_dict() for layer in minilm.encoder.layer]
-    worst_seen = []
-    for _attempt in range(2):
-        results = run_parties(
-            _party_forward,
-            world_size=2,
-            ttp=True,
-            timeout_s=PARTY_TIMEOUT_S,
-            args=(layers, embedded, attention_mask, threat_model),
-        )
-        hidden = results[0]["hidden"]  # (B, T, C) float64
-        worst = hidden.abs().max().item()
-        worst_seen.append(worst)
-        if worst < GARBAGE_ABS:
-            break
+    results = run_parties(
+        _party_forward,
+        world_size=2,
+        ttp=True,
+        timeout_s=PARTY_TIMEOUT_S,
+        args=(layers, embedded, attention_mask, threat_model),
+    )
+    hidden = results[0]["hidden"]  # (B, T, C) float64
     assert torch.equal(hidden, results[1]["hidden"])
-    assert worst < GARBAGE_ABS, f"truncation failed twice: |hidden| reached {worst_seen}"
+    check_output(hidden, SecureBertEncoder(layers[-1:]).output_bound)
     cosines = (_pool(hidden, attention_mask) * reference).sum(1)
-    assert cosines.min().item() >= MIN_COSINE, (cosines.tolist(), worst_seen)
+    assert cosines.min().item() >= MIN_COSINE, cosines.tolist()
     for result in results:
         assert result["rounds"] > 0
         assert result["bytes"] > 0
+
+
+def test_output_check_refuses_garbage_and_passes_real_outputs(minilm: Any) -> None:
+    from mpc.errors import GarbageOutput
+
+    last = minilm.encoder.layer[-1].output.LayerNorm
+    bound = layer_norm_bound(last.weight.detach(), last.bias.detach())
+    input_ids, attention_mask = _tokenize(SENTENCES, PARTY_TOKENS)
+    with torch.no_grad():
+        hidden = minilm(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    assert float(hidden.abs().max()) <= bound  # the bound holds for the real model
+    check_output(hidden, bound)
+    wrapped = hidden.clone()
+    wrapped[0, 3, 7] += 2.0**31  # what one wrapped truncation does to a hidden state
+    with pytest.raises(GarbageOutput, match="beyond the model's bound"):
+        check_output(wrapped, bound)
+    with pytest.raises(GarbageOutput, match="non-finite"):
+        check_output(torch.full((2, 3), float("nan")), bound)
