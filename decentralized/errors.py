@@ -81,6 +81,12 @@ class NoRoute(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class SessionAborted(MeshError):
+    """An MPC session ended early: a party died, stalled or misbehaved. Retry elsewhere."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 # Status codes a client maps back to a domain error (the reverse of `MeshError.code`).
 ERRORS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
@@ -91,4 +97,5 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: PeerUnavailable,
     grpc.StatusCode.DATA_LOSS: PeerMisbehaved,
     grpc.StatusCode.PERMISSION_DENIED: NotANode,
+    grpc.StatusCode.ABORTED: SessionAborted,
 }

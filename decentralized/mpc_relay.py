@@ -41,6 +41,7 @@ from mpc.comm import PeerDisconnected, PeerTimeout, Transport
 logger = logging.getLogger(__name__)
 
 FRAGMENT_BYTES = 4 * 1024 * 1024
+_STOP_GRACE_S = 2.0
 MAX_PAYLOAD_BYTES = _wire.MAX_TENSOR_BYTES
 
 
@@ -215,4 +216,6 @@ class RelayTransport(Transport):
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
-        self._server.stop(grace=1.0)
+        # Let in-flight Deliver calls (e.g. the message that ended the session) be answered
+        # before the process can exit; without the wait their senders see a reset.
+        self._server.stop(grace=_STOP_GRACE_S).wait(_STOP_GRACE_S + 1.0)

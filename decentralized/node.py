@@ -21,10 +21,11 @@ from prometheus_client import Counter
 from decentralized.identity import Identity
 from decentralized.membership import Gossip, PeerTable
 from decentralized.metrics import NodeMetrics
+from decentralized.mpc_service import MPCHost, MPCSessionServicer
 from decentralized.service import MeshServicer, ShardServicer
 from decentralized.shards import ShardHost
 from decentralized.transport import Credentials, add_port, new_server
-from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2_grpc
+from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, mpc_pb2_grpc, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class NodeSettings:
     max_sessions: int = 64  # KV-cache sessions held at once
     session_idle_s: float = 300.0  # idle seconds after which a session's cache is dropped
     max_tokens: int = 2048  # tokens per request / per session
+    mpc_models: tuple[str, ...] = ()  # models run whole as an MPC party or dealer (MPCSession)
+    mpc_max_sessions: int = 2  # MPC session ranks (one process each) at once
     version: str = "0"  # software version advertised in the record
 
 
@@ -82,6 +85,7 @@ class Node:
         self._gossip: Gossip | None = None
         self._gossip_task: asyncio.Task[None] | None = None
         self._peer_gauge_task: asyncio.Task[None] | None = None
+        self._mpc: MPCHost | None = None
 
     # -- records -------------------------------------------------------------------------
     def record(self) -> common_pb2.NodeRecord:
@@ -100,6 +104,7 @@ class Node:
             timestamp_ms=int(time.time() * 1000),
             version=self.settings.version,
             insecure_dev=self.creds.insecure_dev,
+            mpc_models=list(self.settings.mpc_models),
         )
 
     def signed_record(self) -> common_pb2.SignedNodeRecord:
@@ -142,6 +147,17 @@ class Node:
         shard_pb2_grpc.add_ShardServicer_to_server(
             ShardServicer(self, self.host, self._executor), server
         )
+        if s.mpc_models:
+            self._mpc = MPCHost(
+                s.name,
+                s.mpc_models,
+                self.creds,
+                s.listen.rsplit(":", 1)[0],
+                max_sessions=s.mpc_max_sessions,
+            )
+            mpc_pb2_grpc.add_MPCSessionServicer_to_server(
+                MPCSessionServicer(self._mpc, self.metrics), server
+            )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         self._health = health_servicer
@@ -202,6 +218,8 @@ class Node:
         if self._gossip is not None:
             await self._gossip.close()
         await self._server.stop(max(0.0, deadline - time.monotonic()))
+        if self._mpc is not None:
+            self._mpc.close()
         self._executor.shutdown(wait=True, cancel_futures=False)
         self._server = None
         logger.info("stopped")

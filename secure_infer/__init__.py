@@ -7,12 +7,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from decentralized.mpc_client import MPCOptions
 from secure_infer.certs import TLSMaterial
 from secure_infer.client import Client
 from secure_infer.errors import (
     CertError,
     ConfigError,
     Draining,
+    GarbageOutput,
     InvalidRequest,
     MeshError,
     NoRoute,
@@ -20,6 +22,7 @@ from secure_infer.errors import (
     Overloaded,
     PeerMisbehaved,
     PeerUnavailable,
+    SessionAborted,
     SessionMismatch,
     UnknownModel,
 )
@@ -28,6 +31,8 @@ from secure_infer.results import (
     Failover,
     GenerateResult,
     HopRecord,
+    MPCParty,
+    MPCReport,
     Privacy,
     TokenEvent,
 )
@@ -39,9 +44,13 @@ __all__ = [
     "Draining",
     "EmbedResult",
     "Failover",
+    "GarbageOutput",
     "GenerateResult",
     "HopRecord",
     "InvalidRequest",
+    "MPCOptions",
+    "MPCParty",
+    "MPCReport",
     "MeshError",
     "NoRoute",
     "NotANode",
@@ -49,6 +58,7 @@ __all__ = [
     "PeerMisbehaved",
     "PeerUnavailable",
     "Privacy",
+    "SessionAborted",
     "SessionMismatch",
     "TLSMaterial",
     "TokenEvent",

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL:START:END",
         help="layer span to serve (repeatable; replaces the config's spans)",
     )
+    run.add_argument(
+        "--mpc-model",
+        action="append",
+        metavar="MODEL",
+        help="model to run whole as an MPC party or dealer (repeatable; replaces mpc_models)",
+    )
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     run.add_argument("--data-dir", help="directory of the node identity key")
     run.add_argument("--metrics", help="host:port of the Prometheus endpoint")
@@ -156,6 +162,7 @@ def _node_run(args: argparse.Namespace) -> int:
         "key": args.key,
         "log_format": args.log_format,
         "spans": [cfg.parse_span(s) for s in args.span] if args.span else None,
+        "mpc_models": args.mpc_model,
     }
     config = cfg.load(args.config, overrides)
     logs.configure(config.settings.name, config.log_format)

@@ -28,18 +28,23 @@ import torch
 from decentralized.client import Chain, MeshClient
 from decentralized.errors import InvalidRequest
 from decentralized.models import get_spec, load_client_parts
+from decentralized.mpc_client import MPCOptions, run_secure_encoder
 from decentralized.transport import Credentials
+from mpc.models import check_output
 from secure_infer.certs import TLSMaterial
 from secure_infer.results import (
     EmbedResult,
     Failover,
     GenerateResult,
     HopRecord,
+    MPCParty,
+    MPCReport,
     Privacy,
     TokenEvent,
 )
 
 _MAX_TEXTS = 1024  # texts per embed call
+_MPC_MAX_TEXTS = 16  # per privacy="mpc" call (a node's MPC batch limit)
 _MAX_NEW_TOKENS = 1024  # tokens per generate call
 _MICROBATCH_BYTES = 16 * 1024 * 1024  # activation bytes per forward call; larger batches split
 
@@ -106,13 +111,34 @@ class Client:
         return self._parts[model]
 
     # -- embeddings ------------------------------------------------------------------------
-    def embed(self, model: str, texts: Sequence[str], *, max_tokens: int = 256) -> EmbedResult:
-        """Sentence embeddings (B, hidden), unit-norm, computed through the mesh."""
+    def embed(
+        self,
+        model: str,
+        texts: Sequence[str],
+        *,
+        max_tokens: int = 256,
+        privacy: str = "split",
+        mpc: MPCOptions | None = None,
+    ) -> EmbedResult:
+        """Sentence embeddings (B, hidden), unit-norm, computed through the mesh.
+
+        Args:
+            privacy: "split" (layer spans on nodes that see plaintext activations) or "mpc"
+                (the input stays secret-shared between two nodes plus a dealer node; see
+                `docs/threat-model.md`).
+            mpc: under MPC, the threat model ("input_private": the parties know the public
+                weights; "weights_private": PUMA's setting, party 0 owns and shares them),
+                retries, pinned parties and timeouts; defaults to `MPCOptions()`.
+        """
         spec = get_spec(model)
         if spec.task != "embed":
             raise InvalidRequest(f"{model} is a {spec.task} model; use generate()")
         if isinstance(texts, str) or not texts or len(texts) > _MAX_TEXTS:
             raise InvalidRequest(f"texts must be a list of 1..{_MAX_TEXTS} strings")
+        if privacy not in ("split", "mpc"):
+            raise InvalidRequest(f"privacy must be 'split' or 'mpc', got {privacy!r}")
+        if privacy == "mpc":
+            return self._embed_mpc(model, list(texts), max_tokens, mpc or MPCOptions())
         parts = self.parts(model)
         t0 = time.perf_counter()
         ids, mask = parts.tokenize(list(texts), max_tokens=max_tokens)
@@ -147,6 +173,97 @@ class Client:
             },
             privacy=self._privacy(model, route, "token ids, attention mask and embeddings"),
             failovers=_failovers(chain),
+        )
+
+    def _embed_mpc(
+        self, model: str, texts: list[str], max_tokens: int, options: MPCOptions
+    ) -> EmbedResult:
+        if len(texts) > _MPC_MAX_TEXTS:
+            raise InvalidRequest(f"privacy='mpc' takes at most {_MPC_MAX_TEXTS} texts per call")
+        parts = self.parts(model)
+        t0 = time.perf_counter()
+        ids, mask = parts.tokenize(texts, max_tokens=max_tokens)
+        hidden = parts.embed(ids)  # (B, T, C): the client's own data, in the clear locally
+        outcome = run_secure_encoder(self._mesh, model, hidden, mask, options)
+        pooled = check_output(outcome.output, outcome.output_bound)  # GarbageOutput if not
+        emb = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        parties = tuple(
+            MPCParty(
+                role=r.role,
+                name=r.name,
+                node_id=r.node_id,
+                address=r.address,
+                bytes_sent=r.bytes_sent,
+                bytes_received=r.bytes_received,
+                rounds=r.rounds,
+                seconds=r.seconds,
+            )
+            for r in outcome.ranks
+        )
+        report = MPCReport(
+            threat_model=options.threat_model,
+            parties=parties,
+            trusted_dealer=True,
+            bytes_total=sum(p.bytes_sent for p in parties),
+            rounds=max(p.rounds for p in parties),
+            seconds=outcome.seconds,
+            failed_attempts=outcome.failed_attempts,
+            output_check=f"|output| <= {outcome.output_bound:.3f} (last LayerNorm's bound)",
+        )
+        total = time.perf_counter() - t0
+        return EmbedResult(
+            model=model,
+            embeddings=emb.numpy().astype(np.float32),
+            route=(),
+            timings={
+                "total_s": total,
+                "client_s": total - outcome.seconds,
+                "mesh_s": outcome.seconds,
+                "compute_s": max(p.seconds for p in parties),
+                "network_s": outcome.seconds - max(p.seconds for p in parties),
+            },
+            privacy=self._mpc_privacy(model, report),
+            mpc=report,
+        )
+
+    def _mpc_privacy(self, model: str, report: MPCReport) -> Privacy:
+        p0, p1, dealer = report.parties
+        weights = (
+            f"the weights of {model} are public to the parties"
+            if report.threat_model == "input_private"
+            else f"the encoder weights are secret-shared by {p0.name} (their owner)"
+        )
+        return Privacy(
+            mode="mpc",
+            channel=self._channel_name(),
+            client_keeps="token ids, embedding output and the final embeddings (reconstructed "
+            "locally from the two parties' output shares)",
+            node_views=(
+                f"party {p0.name} ({p0.node_id[:8]}) saw a uniformly random share of the input "
+                "and of the output",
+                f"party {p1.name} ({p1.node_id[:8]}) saw a uniformly random share of the input "
+                "and of the output",
+                f"dealer {dealer.name} ({dealer.node_id[:8]}) saw only its own correlated "
+                "randomness and the sequence of request shapes",
+                "every node saw: batch size, sequence lengths (the attention mask), the model "
+                f"and threat model; {weights}",
+            ),
+            caveats=(
+                "semi-honest security: a party that deviates from the protocol can corrupt the "
+                "output undetected (the client checks only that it is in the model's range)",
+                "the dealer is TRUSTED, not verified: a dealer colluding with either party "
+                "learns the input",
+                "the two parties must not collude: together they reconstruct the input",
+                "approximations (PUMA's GeLU, softmax, rsqrt) make the output differ from "
+                "plaintext by cosine ~1e-4",
+            ),
+        )
+
+    def _channel_name(self) -> str:
+        return (
+            "INSECURE plaintext gRPC (--insecure-dev, loopback only)"
+            if self._creds.insecure_dev
+            else "mTLS (mesh CA)"
         )
 
     # -- generation ------------------------------------------------------------------------
@@ -241,11 +358,7 @@ class Client:
 
     # -- privacy statement -----------------------------------------------------------------
     def _privacy(self, model: str, route: tuple[HopRecord, ...], keeps: str) -> Privacy:
-        channel = (
-            "INSECURE plaintext gRPC (--insecure-dev, loopback only)"
-            if self._creds.insecure_dev
-            else "mTLS (mesh CA)"
-        )
+        channel = self._channel_name()
         views = tuple(
             f"node {h.name} ({h.node_id[:8]}) saw plaintext activations of {model} "
             f"layers {h.start}..{h.end - 1}"

@@ -9,11 +9,13 @@ Example ``node.toml``::
     device = "auto"                 # auto | cpu | cuda | cuda:N
     data_dir = "node-a"             # identity key (Ed25519) is created here on first start
     metrics = "127.0.0.1:9101"      # Prometheus endpoint; "" disables it
+    mpc_models = ["all-MiniLM-L6-v2"]  # run whole as an MPC party or dealer (optional)
 
     [tls]
     ca = "certs/ca.crt"
     cert = "certs/node-a.crt"
     key = "certs/node-a.key"
+
 
     [[spans]]
     model = "all-MiniLM-L6-v2"
@@ -107,6 +109,8 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
         "session_idle_s",
         "max_tokens",
         "log_format",
+        "mpc_models",
+        "mpc_max_sessions",
     }
     if unknown:
         raise ConfigError(f"unknown [node] keys: {', '.join(sorted(unknown))}")
@@ -121,8 +125,21 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
         )
     except KeyError as exc:
         raise ConfigError(f"[[spans]] entry lacks {exc}") from None
-    if not spans:
-        raise ConfigError("the node serves no spans: add [[spans]] or --span MODEL:START:END")
+    mpc_models = node.get("mpc_models", [])
+    if isinstance(mpc_models, str):
+        mpc_models = [m for m in mpc_models.split(",") if m]
+    from decentralized.mpc_worker import MPC_MODELS
+
+    for model in mpc_models:
+        if model not in MPC_MODELS:
+            raise ConfigError(
+                f"mpc_models: {model!r} cannot run under MPC; supported: {', '.join(MPC_MODELS)}"
+            )
+    if not spans and not mpc_models:
+        raise ConfigError(
+            "the node serves nothing: add [[spans]] or --span MODEL:START:END, "
+            "or mpc_models / --mpc-model MODEL"
+        )
     material = None
     if not insecure:
         missing = [k for k in ("ca", "cert", "key") if k not in tls]
@@ -152,6 +169,8 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
             max_sessions=int(node.get("max_sessions", 64)),
             session_idle_s=float(node.get("session_idle_s", 300.0)),
             max_tokens=int(node.get("max_tokens", 2048)),
+            mpc_models=tuple(str(m) for m in mpc_models),
+            mpc_max_sessions=int(node.get("mpc_max_sessions", 2)),
             version=f"secure-infer {__version__}",
         )
     except (TypeError, ValueError) as exc:

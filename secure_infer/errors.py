@@ -10,7 +10,9 @@ Exception
 │   ├── NotANode              record not sent by that node         (PERMISSION_DENIED)
 │   ├── PeerUnavailable       node died, stalled, or refused       (UNAVAILABLE, DEADLINE)
 │   ├── PeerMisbehaved        invalid answer or record             (DATA_LOSS)
+│   ├── SessionAborted        an MPC party died, stalled or lied   (ABORTED)
 │   └── NoRoute               no live nodes cover the layers
+├── GarbageOutput             mpc.errors: an MPC output out of the model's range
 ├── CertError                 mesh PKI files missing or invalid
 └── ConfigError (ValueError)  invalid node configuration
 """
@@ -26,9 +28,11 @@ from decentralized.errors import (
     Overloaded,
     PeerMisbehaved,
     PeerUnavailable,
+    SessionAborted,
     SessionMismatch,
     UnknownModel,
 )
+from mpc.errors import GarbageOutput
 from secure_infer.certs import CertError
 from secure_infer.config import ConfigError
 
@@ -36,6 +40,7 @@ __all__ = [
     "CertError",
     "ConfigError",
     "Draining",
+    "GarbageOutput",
     "InvalidRequest",
     "MeshError",
     "NoRoute",
@@ -43,6 +48,7 @@ __all__ = [
     "Overloaded",
     "PeerMisbehaved",
     "PeerUnavailable",
+    "SessionAborted",
     "SessionMismatch",
     "UnknownModel",
 ]

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSpec:
     name: str  # node name and certificate CN
-    spans: tuple[tuple[str, int, int], ...]  # (model, start, end) served
+    spans: tuple[tuple[str, int, int], ...] = ()  # (model, start, end) served
+    mpc_models: tuple[str, ...] = ()  # models run whole as an MPC party or dealer
 
 
 @dataclass(slots=True)
@@ -104,6 +105,8 @@ class LocalMesh:
             cmd += ["--seeds", ",".join(seeds)]
         for model, start, end in spec.spans:
             cmd += ["--span", f"{model}:{start}:{end}"]
+        for model in spec.mpc_models:
+            cmd += ["--mpc-model", model]
         if self.insecure_dev:
             cmd += ["--insecure-dev"]
         else:

@@ -25,7 +25,7 @@ class HopRecord:
 class Privacy:
     """What each party could see, stated plainly. Split mode protects nothing cryptographically."""
 
-    mode: str  # "split"
+    mode: str  # "split" or "mpc"
     channel: str  # "mTLS" or "INSECURE plaintext (--insecure-dev, loopback only)"
     client_keeps: str  # what never leaves the client
     node_views: tuple[str, ...]  # one line per node: what it saw
@@ -54,13 +54,42 @@ class Failover:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MPCParty:
+    """One node of an MPC session and what it did."""
+
+    role: str  # "party 0" (owns the weights when they are private), "party 1", "dealer"
+    name: str
+    node_id: str
+    address: str
+    bytes_sent: int  # payload bytes this rank sent to the other ranks
+    bytes_received: int
+    rounds: int  # this rank's communication rounds (flights of messages)
+    seconds: float  # its compute wall time
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MPCReport:
+    """How a `privacy="mpc"` result was computed, and under which trust assumptions."""
+
+    threat_model: str  # "input_private" or "weights_private"
+    parties: tuple[MPCParty, ...]  # party 0, party 1, dealer
+    trusted_dealer: bool  # always True today: the dealer is ASSUMED honest, not verified
+    bytes_total: int  # bytes sent by all ranks together
+    rounds: int  # the most rounds any rank made
+    seconds: float  # wall time of the session, client side
+    failed_attempts: tuple[str, ...]  # sessions abandoned (and retried elsewhere) first
+    output_check: str  # the garbage check the reconstructed output passed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EmbedResult:
     model: str
     embeddings: np.ndarray  # (B, hidden) float32, unit L2 norm
-    route: tuple[HopRecord, ...]
+    route: tuple[HopRecord, ...]  # split mode's hops; empty under MPC
     timings: dict[str, float]  # "total_s", "client_s", "network_s", "compute_s"
     privacy: Privacy
     failovers: tuple[Failover, ...] = ()
+    mpc: MPCReport | None = None  # set for privacy="mpc"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

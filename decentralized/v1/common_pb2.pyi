@@ -29,7 +29,7 @@ class Span(_message.Message):
     def __init__(self, model: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., weight_digest: _Optional[str] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
-    __slots__ = ("node_id", "public_key", "address", "name", "spans", "device", "load", "layers_per_s", "timestamp_ms", "version", "insecure_dev")
+    __slots__ = ("node_id", "public_key", "address", "name", "spans", "device", "load", "layers_per_s", "timestamp_ms", "version", "insecure_dev", "mpc_models")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class NodeRecord(_message.Message):
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INSECURE_DEV_FIELD_NUMBER: _ClassVar[int]
+    MPC_MODELS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     public_key: bytes
     address: str
@@ -52,7 +53,8 @@ class NodeRecord(_message.Message):
     timestamp_ms: int
     version: str
     insecure_dev: bool
-    def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., device: _Optional[str] = ..., load: _Optional[int] = ..., layers_per_s: _Optional[float] = ..., timestamp_ms: _Optional[int] = ..., version: _Optional[str] = ..., insecure_dev: _Optional[bool] = ...) -> None: ...
+    mpc_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., device: _Optional[str] = ..., load: _Optional[int] = ..., layers_per_s: _Optional[float] = ..., timestamp_ms: _Optional[int] = ..., version: _Optional[str] = ..., insecure_dev: _Optional[bool] = ..., mpc_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SignedNodeRecord(_message.Message):
     __slots__ = ("record", "signature")

@@ -1,8 +1,61 @@
+from decentralized.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class OpenSession(_message.Message):
+    __slots__ = ("session_id", "rank", "model", "threat_model", "attention_mask", "rank_names", "peer_timeout_s")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    THREAT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
+    RANK_NAMES_FIELD_NUMBER: _ClassVar[int]
+    PEER_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    rank: int
+    model: str
+    threat_model: str
+    attention_mask: _common_pb2.Tensor
+    rank_names: _containers.RepeatedScalarFieldContainer[str]
+    peer_timeout_s: float
+    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., model: _Optional[str] = ..., threat_model: _Optional[str] = ..., attention_mask: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., rank_names: _Optional[_Iterable[str]] = ..., peer_timeout_s: _Optional[float] = ...) -> None: ...
+
+class SessionOpened(_message.Message):
+    __slots__ = ("relay_address",)
+    RELAY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    relay_address: str
+    def __init__(self, relay_address: _Optional[str] = ...) -> None: ...
+
+class RunChunk(_message.Message):
+    __slots__ = ("session_id", "relay_addresses", "share")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RELAY_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    relay_addresses: _containers.RepeatedScalarFieldContainer[str]
+    share: bytes
+    def __init__(self, session_id: _Optional[str] = ..., relay_addresses: _Optional[_Iterable[str]] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class RunResult(_message.Message):
+    __slots__ = ("output_share", "output_bound", "bytes_sent", "bytes_received", "rounds", "seconds")
+    OUTPUT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BOUND_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    output_share: _common_pb2.Tensor
+    output_bound: float
+    bytes_sent: int
+    bytes_received: int
+    rounds: int
+    seconds: float
+    def __init__(self, output_share: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., output_bound: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class MPCMessage(_message.Message):
     __slots__ = ("session_id", "src", "dst", "tag", "payload", "seq", "more")

@@ -25,6 +25,132 @@ if _version_not_supported:
     )
 
 
+class MPCSessionStub:
+    """Served by nodes that advertise `mpc_models` in their record.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Open = channel.unary_unary(
+                '/decentralized.v1.MPCSession/Open',
+                request_serializer=decentralized_dot_v1_dot_mpc__pb2.OpenSession.SerializeToString,
+                response_deserializer=decentralized_dot_v1_dot_mpc__pb2.SessionOpened.FromString,
+                _registered_method=True)
+        self.Run = channel.stream_unary(
+                '/decentralized.v1.MPCSession/Run',
+                request_serializer=decentralized_dot_v1_dot_mpc__pb2.RunChunk.SerializeToString,
+                response_deserializer=decentralized_dot_v1_dot_mpc__pb2.RunResult.FromString,
+                _registered_method=True)
+
+
+class MPCSessionServicer:
+    """Served by nodes that advertise `mpc_models` in their record.
+    """
+
+    def Open(self, request, context):
+        """Start this node's process for one rank of a session; returns its relay mailbox address.
+        NOT_FOUND: model not served under MPC here. INVALID_ARGUMENT: malformed request.
+        RESOURCE_EXHAUSTED: too many sessions at once. PERMISSION_DENIED: the rank's name is not
+        this node's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Run(self, request_iterator, context):
+        """First chunk: the relay addresses of every rank; then the input share bytes (party 1), the
+        16-byte share seed (party 0) or nothing (dealer). The reply is this rank's output share once
+        the computation ends. ABORTED: a peer died, stalled or misbehaved (the session is over);
+        DEADLINE_EXCEEDED: the session's deadline passed; FAILED_PRECONDITION: unknown session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MPCSessionServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Open': grpc.unary_unary_rpc_method_handler(
+                    servicer.Open,
+                    request_deserializer=decentralized_dot_v1_dot_mpc__pb2.OpenSession.FromString,
+                    response_serializer=decentralized_dot_v1_dot_mpc__pb2.SessionOpened.SerializeToString,
+            ),
+            'Run': grpc.stream_unary_rpc_method_handler(
+                    servicer.Run,
+                    request_deserializer=decentralized_dot_v1_dot_mpc__pb2.RunChunk.FromString,
+                    response_serializer=decentralized_dot_v1_dot_mpc__pb2.RunResult.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'decentralized.v1.MPCSession', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('decentralized.v1.MPCSession', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class MPCSession:
+    """Served by nodes that advertise `mpc_models` in their record.
+    """
+
+    @staticmethod
+    def Open(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decentralized.v1.MPCSession/Open',
+            decentralized_dot_v1_dot_mpc__pb2.OpenSession.SerializeToString,
+            decentralized_dot_v1_dot_mpc__pb2.SessionOpened.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Run(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/decentralized.v1.MPCSession/Run',
+            decentralized_dot_v1_dot_mpc__pb2.RunChunk.SerializeToString,
+            decentralized_dot_v1_dot_mpc__pb2.RunResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class MPCRelayStub:
     """Served by every process that takes part in an MPC session: its mailbox.
     """

@@ -11,6 +11,7 @@ from mpc.models.bert import (
     additive_mask,
     check_output,
     layer_norm_bound,
+    mean_pool,
     secure_embed,
     share_one_hot,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "additive_mask",
     "check_output",
     "layer_norm_bound",
+    "mean_pool",
     "secure_embed",
     "share_one_hot",
 ]

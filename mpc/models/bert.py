@@ -65,6 +65,7 @@ __all__ = [
     "additive_mask",
     "check_output",
     "layer_norm_bound",
+    "mean_pool",
     "secure_embed",
     "share_one_hot",
 ]
@@ -287,6 +288,17 @@ class SecureBertEncoder:
         return x
 
     __call__ = forward
+
+
+def mean_pool(hidden: CrypTensor, attention_mask: torch.Tensor) -> CrypTensor:
+    """Mean of each sequence's secret token states under a PUBLIC (B, T) 0/1 mask -> (B, C).
+
+    sentence-transformers' pooling for MiniLM; the L2 normalization that follows it is left to
+    whoever reconstructs the output (the client), since it needs no secret.
+    """
+    weights = attention_mask.to(torch.float32)
+    weights = weights / weights.sum(1, keepdim=True).clamp(min=1.0)  # (B, T) public
+    return (hidden * weights[:, :, None]).sum(1)  # (B, C)
 
 
 def layer_norm_bound(weight: torch.Tensor, bias: torch.Tensor) -> float:

@@ -1,0 +1,93 @@
+"""Trusted execution: enclaves, quotes and attestation verification (hazmat layer).
+
+Backends: `SimulatedEnclave` (INSECURE, its own process, a local software platform key: for
+development and tests) and `ConfigfsTsmEnclave` (AMD SEV-SNP / Intel TDX guests through Linux
+configfs-tsm). Verifiers: `verify_quote` for enclave quotes, and the platform verifiers
+`verify_snp_report` and `verify_tdx_quote` against pinned AMD and Intel roots. Errors are rooted
+at `TEEError` (tree in `tee.errors`). This package never imports gRPC or the other bottom packages
+(`mpc`, `verification`). See docs/attestation.md for the threat model.
+"""
+
+from __future__ import annotations
+
+from tee.configfs_tsm import TsmReport, get_report, tsm_available
+from tee.enclave import ConfigfsTsmEnclave, Enclave, SimulatedEnclave
+from tee.errors import (
+    AttestationError,
+    BadChain,
+    BadSignature,
+    BindingMismatch,
+    DebugNotAllowed,
+    EnclaveError,
+    Expired,
+    FreshnessError,
+    MalformedEvidence,
+    MeasurementNotAllowed,
+    NonceMismatch,
+    PolicyViolation,
+    QuoteTooOld,
+    ReplayedNonce,
+    Revoked,
+    SimulatedNotAllowed,
+    StaleNonce,
+    TCBTooLow,
+    TEEError,
+    UnsupportedPlatform,
+)
+from tee.measurement import CodeRef, code_digest, enclave_measurement, model_digest
+from tee.policy import NonceStore, Policy
+from tee.quote import AttestedResult, Platform, Quote
+from tee.simulated import SimulatedClaims, load_platform_key
+from tee.snp import SnpClaims, SnpTrust, verify_snp_report
+from tee.tcb import SnpTcb
+from tee.tdx import TdxClaims, verify_tdx_quote
+from tee.verifier import TrustAnchors, VerifiedQuote, verify_quote
+
+__all__ = [
+    "AttestationError",
+    "AttestedResult",
+    "BadChain",
+    "BadSignature",
+    "BindingMismatch",
+    "CodeRef",
+    "ConfigfsTsmEnclave",
+    "DebugNotAllowed",
+    "Enclave",
+    "EnclaveError",
+    "Expired",
+    "FreshnessError",
+    "MalformedEvidence",
+    "MeasurementNotAllowed",
+    "NonceMismatch",
+    "NonceStore",
+    "Platform",
+    "Policy",
+    "PolicyViolation",
+    "Quote",
+    "QuoteTooOld",
+    "ReplayedNonce",
+    "Revoked",
+    "SimulatedClaims",
+    "SimulatedEnclave",
+    "SimulatedNotAllowed",
+    "SnpClaims",
+    "SnpTcb",
+    "SnpTrust",
+    "StaleNonce",
+    "TCBTooLow",
+    "TEEError",
+    "TdxClaims",
+    "TrustAnchors",
+    "TsmReport",
+    "UnsupportedPlatform",
+    "VerifiedQuote",
+    "code_digest",
+    "enclave_measurement",
+    "get_report",
+    "load_platform_key",
+    "model_digest",
+    "tsm_available",
+    "verify_quote",
+    "verify_snp_report",
+    "verify_tdx_quote",
+]

@@ -1,0 +1,139 @@
+"""The enclave process: ``python -m tee._enclave_main {simulated|configfs-tsm}`` (internal).
+
+Protocol (one frame each way per request, see `tee._channel`):
+
+    child -> host  hello  {platform, provider}, [platform public key PEM (simulated) or b""]
+    host -> child  load   {entry: "pkg.mod:fn"}, [model bytes]
+    child -> host         {measurement, code_digest, model_digest as hex}
+    host -> child  run    {nonce: hex}, [input bytes]
+    child -> host         {provider, platform}, [output, evidence, auxblob]
+    host -> child  close
+
+What crosses the boundary: the entry-point string, the model bytes, input and output bytes, the
+nonce, and evidence. The enclave measures what it actually loaded (the imported module's source
+file and the model bytes it received), so the host cannot make it report another measurement.
+Errors go back as {error: type name, message}; tracebacks go to this process's stderr only.
+The loaded code's stdout is redirected to stderr so that it cannot corrupt the protocol.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tee._channel import read_frame, write_frame
+from tee.configfs_tsm import get_report, platform_for_provider
+from tee.errors import EnclaveError
+from tee.measurement import (
+    CodeRef,
+    code_digest,
+    enclave_measurement,
+    model_digest,
+    report_data,
+    result_digest,
+)
+from tee.quote import Platform
+from tee.simulated import SimulatedPlatform
+
+logger = logging.getLogger("tee.enclave")
+
+Handler = Callable[[bytes], bytes]
+
+
+class _Enclave:
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.simulated = SimulatedPlatform() if backend == "simulated" else None
+        self.handler: Handler | None = None
+        self.measurement = b""
+
+    def hello(self) -> tuple[dict[str, Any], list[bytes]]:
+        if self.simulated is not None:
+            header = {"platform": Platform.SIMULATED.value, "provider": "simulated"}
+            return header, [self.simulated.public_key_pem()]
+        return {"platform": "configfs-tsm", "provider": ""}, [b""]
+
+    def load(self, entry: str, model: bytes) -> dict[str, Any]:
+        if self.handler is not None:
+            raise EnclaveError("this enclave already loaded code; start a new one")
+        code = CodeRef.parse(entry)
+        module = importlib.import_module(code.module)
+        source = Path(module.__file__ or "").read_bytes()  # what was imported, not a lookup
+        factory = getattr(module, code.function)
+        handler = factory(model)
+        if not callable(handler):
+            raise EnclaveError(f"{entry} did not return a callable handler")
+        cd, md = code_digest(code, source), model_digest(model)
+        self.handler, self.measurement = handler, enclave_measurement(cd, md)
+        return {
+            "measurement": self.measurement.hex(),
+            "code_digest": cd.hex(),
+            "model_digest": md.hex(),
+        }
+
+    def run(self, nonce: bytes, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+        if self.handler is None:
+            raise EnclaveError("run before load")
+        output = self.handler(data)
+        if not isinstance(output, bytes | bytearray):
+            raise EnclaveError(f"handler returned {type(output).__name__}, not bytes")
+        output = bytes(output)
+        binding = report_data(nonce, self.measurement, result_digest(output))
+        if self.simulated is not None:
+            evidence = self.simulated.quote(binding, self.measurement)
+            return {"platform": Platform.SIMULATED.value, "provider": "simulated"}, [
+                output,
+                evidence,
+                b"",
+            ]
+        report = get_report(binding)
+        header = {
+            "platform": platform_for_provider(report.provider).value,
+            "provider": report.provider,
+        }
+        return header, [output, report.outblob, report.auxblob]
+
+
+def _serve(enclave: _Enclave, fd_in: int, fd_out: int) -> None:
+    header, blobs = enclave.hello()
+    write_frame(fd_out, header, *blobs)
+    while True:
+        request, blobs = read_frame(fd_in)
+        op = request.get("op")
+        try:
+            if op == "close":
+                return
+            if op == "load":
+                write_frame(fd_out, enclave.load(str(request["entry"]), blobs[0]))
+            elif op == "run":
+                reply, out = enclave.run(bytes.fromhex(str(request["nonce"])), blobs[0])
+                write_frame(fd_out, reply, *out)
+            else:
+                raise EnclaveError(f"unknown operation {op!r}")
+        except Exception as exc:  # noqa: BLE001 - reported to the host, which raises EnclaveError
+            logger.exception("enclave operation %r failed", op)
+            write_frame(fd_out, {"error": type(exc).__name__, "message": str(exc)})
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="[enclave %(process)d] %(levelname)s %(message)s"
+    )
+    fd_out = os.dup(1)
+    os.dup2(2, 1)  # the loaded code's prints go to stderr, never into the protocol stream
+    fd_in = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    backend = sys.argv[1] if len(sys.argv) > 1 else ""
+    if backend not in ("simulated", "configfs-tsm"):
+        sys.exit(f"unknown enclave backend {backend!r}")
+    _serve(_Enclave(backend), fd_in, fd_out)
+
+
+if __name__ == "__main__":
+    main()
