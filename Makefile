@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/secure-infer demo
+	$(VENV)/bin/secure-infer demo --mpc
 
 test: $(STAMP)
 	$(PY) -m pytest tests

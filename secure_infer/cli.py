@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="three local nodes, two models, end to end", formatter_class=fmt
     )
     demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument(
+        "--mpc", action="store_true", help="also embed under MPC (input secret-shared)"
+    )
     demo.add_argument("--workdir", type=Path, help="keep certs, configs and logs here")
     return parser
 
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from secure_infer.demo import run_demo
 
-            return run_demo(json_output=args.json, workdir=args.workdir)
+            return run_demo(json_output=args.json, workdir=args.workdir, mpc=args.mpc)
     except (MeshError, CertError, ConfigError, ValueError, OSError) as exc:
         sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
         return _EXIT_ERROR

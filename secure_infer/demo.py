@@ -4,7 +4,10 @@
 2. Places both models' spans across them; the second half of each model is on two nodes.
 3. Embeds sentences with all-MiniLM-L6-v2 through the mesh and compares with local
    sentence-transformers; generates greedily with SmolLM2 and compares with local transformers.
-4. Kills the node serving a replicated span in the middle of a generation and checks that the
+4. With `--mpc`: every node also runs MiniLM as an MPC party or dealer; the client embeds two
+   sentences with `privacy="mpc"` (its input secret-shared between two nodes, a third dealing
+   the correlated randomness) and compares with local sentence-transformers.
+5. Kills the node serving a replicated span in the middle of a generation and checks that the
    client fails over (rebuilding that span's KV cache) and still produces the local tokens.
 """
 
@@ -34,6 +37,7 @@ SENTENCES = [
     "Photosynthesis converts light energy into chemical energy.",
     "Two dogs are playing in the snow.",
 ]
+MPC_MIN_COSINE = 0.999
 PROMPT = "What is the capital of France?"
 FAILOVER_PROMPT = "Write one sentence about the sea."
 NODES = [
@@ -99,7 +103,12 @@ class _LocalLM:
         return out[0, ids.shape[1] :].tolist(), dt
 
 
-def run_demo(*, json_output: bool = False, workdir: Path | None = None) -> int:
+def _nodes(mpc: bool) -> list[NodeSpec]:
+    extra = (MINILM,) if mpc else ()
+    return [NodeSpec(name=n.name, spans=n.spans, mpc_models=extra) for n in NODES]
+
+
+def run_demo(*, json_output: bool = False, workdir: Path | None = None, mpc: bool = False) -> int:
     from decentralized.models._files import smollm2_dir
     from secure_infer import logs
     from secure_infer.client import Client
@@ -112,16 +121,20 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None) -> int:
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="secure-infer-demo-")
         workdir = Path(tmp.name)
-    mesh = LocalMesh(workdir, NODES)
+    mesh = LocalMesh(workdir, _nodes(mpc))
     say(f"starting 3 node daemons with mTLS on 127.0.0.1 (certs, logs in {workdir})")
     report: dict[str, Any] = {"nodes": len(NODES)}
     try:
         mesh.start()
         for node in mesh.nodes.values():
             spans = ", ".join(f"{m}[{a},{b})" for m, a, b in node.spec.spans)
+            if node.spec.mpc_models:
+                spans += "; MPC: " + ", ".join(node.spec.mpc_models)
             say(f"  {node.spec.name} {node.address} id {node.node_id[:8]}: {spans}")
         with Client(mesh.seeds, tls=mesh.client_tls(), hop_timeout_s=20.0) as client:
             report["embed"] = _embed(client, say)
+            if mpc:
+                report["mpc"] = _embed_mpc(client, say)
             local = _LocalLM()
             report["generate"] = _generate(client, local, say)
             report["failover"] = _failover(client, local, mesh, say)
@@ -134,6 +147,7 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None) -> int:
         report["embed"]["cosine_min"] >= 0.9999
         and report["generate"]["matches_local"]
         and report["failover"]["completed"]
+        and (not mpc or report["mpc"]["cosine_min"] >= MPC_MIN_COSINE)
     )
     if json_output:
         sys.stdout.write(json.dumps(report) + "\n")
@@ -162,6 +176,31 @@ def _embed(client: Any, say: _Progress) -> dict[str, Any]:
         "latency_s": res.timings["total_s"],
         "local_latency_s": local_s,
         "route": [h.name for h in res.route],
+    }
+
+
+def _embed_mpc(client: Any, say: _Progress) -> dict[str, Any]:
+    texts = SENTENCES[:2]
+    say(f"embedding {len(texts)} sentences with {MINILM} under MPC (input secret-shared)")
+    res = client.embed(MINILM, texts, privacy="mpc")
+    ref, _ = _local_embed(texts)
+    cos = (res.embeddings * ref).sum(axis=1)
+    report = res.mpc
+    for party in report.parties:
+        say(
+            f"  {party.role:<7} {party.name}: sent {party.bytes_sent / 1e6:.0f} MB, "
+            f"{party.rounds} rounds, {party.seconds:.1f} s"
+        )
+    for line in str(res.privacy).splitlines():
+        say(f"  {line}")
+    return {
+        "cosine_min": float(cos.min()),
+        "latency_s": res.timings["total_s"],
+        "threat_model": report.threat_model,
+        "parties": [p.name for p in report.parties],
+        "bytes_total": report.bytes_total,
+        "rounds": report.rounds,
+        "trusted_dealer": report.trusted_dealer,
     }
 
 
@@ -229,6 +268,7 @@ def _table(report: dict[str, Any]) -> None:
             f"{g['tokens_per_s']:.1f} / {g['local_tokens_per_s']:.1f}",
             " -> ".join(g["route"]),
         ),
+        *_mpc_rows(report.get("mpc")),
         ("fail-over: killed node", f["killed_node"], f"{f['rebuilt_tokens']} tokens rebuilt"),
         ("fail-over: completed, same tokens", str(f["completed"]), ""),
     ]
@@ -237,3 +277,16 @@ def _table(report: dict[str, Any]) -> None:
     for name, value, note in rows:
         sys.stdout.write(f"  {name:<{width}}  {value:<24} {note}\n")
     sys.stdout.write("\n")
+
+
+def _mpc_rows(m: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if m is None:
+        return []
+    return [
+        ("MPC embed cosine min (vs local)", f"{m['cosine_min']:.6f}", f">= {MPC_MIN_COSINE}"),
+        (
+            "MPC latency / bytes / rounds",
+            f"{m['latency_s']:.1f} s / {m['bytes_total'] / 1e6:.0f} MB / {m['rounds']}",
+            " + ".join(m["parties"]) + " (dealer last, TRUSTED)",
+        ),
+    ]
