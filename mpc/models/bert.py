@@ -46,7 +46,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,6 +58,8 @@ from mpc.backends.crypten import load
 from mpc.errors import GarbageOutput
 
 __all__ = [
+    "PUMA",
+    "Approximations",
     "DEFAULT_EXP_ITERATIONS",
     "LAYER_KEYS",
     "MASK_VALUE",
@@ -64,6 +67,7 @@ __all__ = [
     "ThreatModel",
     "additive_mask",
     "check_output",
+    "crypten_default",
     "layer_norm_bound",
     "mean_pool",
     "secure_embed",
@@ -167,6 +171,50 @@ def _linear(x: CrypTensor, weight: Weight, bias: Weight) -> CrypTensor:
     return x.matmul(weight) + bias  # (..., out)
 
 
+@dataclass(frozen=True, slots=True)
+class Approximations:
+    """The non-linear functions an encoder runs on shares (one suite per encoder).
+
+    `PUMA` (the default) is `mpc.approx`: accurate over the ranges MiniLM produces.
+    `crypten_default()` is CrypTen's own (softmax with 8-iteration exp, erf Taylor GeLU,
+    3-iteration inverse square root): kept as the benchmarks' reference, not for use; it is
+    inaccurate on real transformers (see the issue's measurements and docs/benchmarks.md).
+    """
+
+    name: str
+    softmax: Callable[[CrypTensor, int], CrypTensor]  # (scores, exp_iterations) -> probs
+    gelu: Callable[[CrypTensor], CrypTensor]
+    layer_norm: Callable[[CrypTensor, Weight, Weight, float], CrypTensor]  # x, w, b, eps
+
+
+PUMA = Approximations(
+    name="puma",
+    softmax=lambda x, n: softmax(x, dim=-1, exp_iterations=n),
+    gelu=gelu,
+    layer_norm=lambda x, w, b, eps: layer_norm(x, w, b, eps=eps),
+)
+
+
+def _crypten_layer_norm(x: CrypTensor, weight: Weight, bias: Weight, eps: float) -> CrypTensor:
+    d = x - x.mean(dim=-1, keepdim=True)
+    variance = (d * d).mean(dim=-1, keepdim=True)
+    return d * (variance + eps).inv_sqrt() * weight + bias
+
+
+def _crypten_gelu(x: CrypTensor) -> CrypTensor:
+    return x * ((x * (1.0 / math.sqrt(2.0))).erf() + 1.0) * 0.5
+
+
+def crypten_default() -> Approximations:
+    """CrypTen 0.4.1's built-in approximations, as `crypten.nn.from_pytorch` would use them."""
+    return Approximations(
+        name="crypten-default",
+        softmax=lambda x, _n: x.softmax(-1),
+        gelu=_crypten_gelu,
+        layer_norm=_crypten_layer_norm,
+    )
+
+
 class SecureBertEncoder:
     """The encoder layers of a BERT on secret hidden states (post-embedding, pre-pooling).
 
@@ -184,6 +232,7 @@ class SecureBertEncoder:
         eps: float = 1e-12,
         owner: int = 0,
         exp_iterations: int = DEFAULT_EXP_ITERATIONS,
+        approximations: Approximations = PUMA,
     ) -> None:
         """Prepare (and in WEIGHTS_PRIVATE, secret-share) the weights of each layer.
 
@@ -193,6 +242,7 @@ class SecureBertEncoder:
             threat_model: whether the weights are public to the parties or secret-shared.
             eps: LayerNorm epsilon (BERT's 1e-12 rounds to 0 in 16-bit fixed point).
             owner: rank that inputs the weights in WEIGHTS_PRIVATE.
+            approximations: the non-linear functions (`PUMA` unless benchmarking).
             exp_iterations: n of softmax's exp, see `mpc.approx.exp` (accuracy vs the
                 two-party truncation failure rate: see the module docstring).
 
@@ -206,6 +256,7 @@ class SecureBertEncoder:
         self.threat_model = threat_model
         self.eps = eps
         self.exp_iterations = exp_iterations
+        self.approximations = approximations
         prepared = [_prepare_layer(state, num_heads) for state in layers]
         last = layers[-1]
         self.output_bound = layer_norm_bound(
@@ -251,7 +302,7 @@ class SecureBertEncoder:
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, d) each
         scores = q.matmul(k.transpose(-2, -1))  # (B, H, T, T) secret x secret
         scores = scores + mask  # (B, H, T, T), public (B, 1, 1, T) broadcast
-        probs = softmax(scores, dim=-1, exp_iterations=self.exp_iterations)  # (B, H, T, T)
+        probs = self.approximations.softmax(scores, self.exp_iterations)  # (B, H, T, T)
         context = probs.matmul(v)  # (B, H, T, d) secret x secret
         context = context.transpose(1, 2).reshape(batch, tokens, channels)  # (B, T, C)
         return _linear(context, w["out_w"], w["out_b"])  # (B, T, C)
@@ -259,10 +310,11 @@ class SecureBertEncoder:
     def _layer(self, x: CrypTensor, mask: torch.Tensor, w: dict[str, Weight]) -> CrypTensor:
         """One post-LayerNorm BERT layer. x (B, T, C) -> (B, T, C)."""
         attended = self._attention(x, mask, w)  # (B, T, C)
-        x = layer_norm(x + attended, w["ln1_w"], w["ln1_b"], eps=self.eps)  # (B, T, C)
-        hidden = gelu(_linear(x, w["ffn_in_w"], w["ffn_in_b"]))  # (B, T, F)
+        fn = self.approximations
+        x = fn.layer_norm(x + attended, w["ln1_w"], w["ln1_b"], self.eps)  # (B, T, C)
+        hidden = fn.gelu(_linear(x, w["ffn_in_w"], w["ffn_in_b"]))  # (B, T, F)
         out = _linear(hidden, w["ffn_out_w"], w["ffn_out_b"])  # (B, T, C)
-        return layer_norm(x + out, w["ln2_w"], w["ln2_b"], eps=self.eps)  # (B, T, C)
+        return fn.layer_norm(x + out, w["ln2_w"], w["ln2_b"], self.eps)  # (B, T, C)
 
     def forward(self, hidden: CrypTensor, attention_mask: torch.Tensor) -> CrypTensor:
         """Run every layer on secret hidden states.
