@@ -18,6 +18,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter
 
+from decentralized.he_service import add_he_servicer
 from decentralized.identity import Identity
 from decentralized.membership import Gossip, PeerTable
 from decentralized.metrics import NodeMetrics
@@ -147,6 +148,7 @@ class Node:
         shard_pb2_grpc.add_ShardServicer_to_server(
             ShardServicer(self, self.host, self._executor), server
         )
+        he_health = add_he_servicer(server, self)  # HE heads: docs/he.md
         if s.mpc_models:
             self._mpc = MPCHost(
                 s.name,
@@ -168,7 +170,7 @@ class Node:
             self.address = f"{s.listen.rsplit(':', 1)[0]}:{port}"
         await server.start()
         self._server = server
-        for service in ("", "decentralized.v1.Mesh", "decentralized.v1.Shard"):
+        for service in ("", "decentralized.v1.Mesh", "decentralized.v1.Shard", he_health):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._gossip = Gossip(
             self.peers,

@@ -1,0 +1,296 @@
+"""gRPC servicer of the single-server HE mode: CKKS heads evaluated on a client's ciphertexts.
+
+Threat model (also in proto/decentralized/v1/he.proto and docs/he.md): the node is semi-honest
+and sees only ciphertexts and the client's public keys; it never receives the secret key
+(`mpc.he.params.load_public_context` refuses a context that carries one). The heads' weights
+are the node's, in plaintext here. The client learns the logits, which leak about the head.
+No integrity: a malicious node could return a wrong ciphertext and the client would not notice.
+
+Sessions hold one client's deserialized public context (tens of MB): bounded in number, dropped
+after `idle_s` without use, refused above `max_context_bytes`. Evaluation runs on one thread
+of its own (see `add_he_servicer`). Errors map through `decentralized.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc.aio
+
+from decentralized.errors import (
+    Draining,
+    InvalidRequest,
+    Overloaded,
+    SessionMismatch,
+    UnknownModel,
+)
+from decentralized.service import _serving
+from decentralized.v1 import he_pb2, he_pb2_grpc
+from mpc.he.engine import evaluate
+from mpc.he.errors import DepthExceeded, InvalidCiphertext, InvalidContext, InvalidHead
+from mpc.he.head import Head, list_heads, load_head, plan
+from mpc.he.params import DEFAULT_PARAMS, CKKSParams, load_public_context
+from mpc.he.paths import heads_dir
+
+if TYPE_CHECKING:
+    from decentralized.node import Node
+
+logger = logging.getLogger(__name__)
+HEALTH_NAME = "decentralized.v1.HE"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HELimits:
+    max_sessions: int = 4  # contexts held at once (each tens of MB in memory)
+    idle_s: float = 300.0  # a session unused this long is dropped
+    max_context_bytes: int = 128 * 1024 * 1024  # serialized public context
+    max_inputs_per_call: int = 32  # ciphertexts per Evaluate (~0.4 MB each in, <= 1.3 MB out)
+
+
+@dataclass(slots=True)
+class _Session:
+    context: Any  # tenseal.Context, public only
+    last_used: float
+
+
+class HESessions:
+    """Open sessions: id -> public context, bounded in count, expired when idle."""
+
+    def __init__(self, limits: HELimits) -> None:
+        self._limits = limits
+        self._sessions: dict[str, _Session] = {}
+        self._pending = 0  # uploads in progress
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def expire(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        idle = self._limits.idle_s
+        for sid in [s for s, v in self._sessions.items() if now - v.last_used > idle]:
+            del self._sessions[sid]
+            logger.info("HE session %s… expired after %.0f s idle", sid[:6], idle)
+
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[None]:
+        """Hold a place for a session being uploaded (tens of MB in memory) or refuse one."""
+        self.expire()
+        if len(self._sessions) + self._pending >= self._limits.max_sessions:
+            raise Overloaded(
+                f"node holds or is receiving {len(self._sessions) + self._pending} HE sessions "
+                f"(limit {self._limits.max_sessions}); close one or retry later"
+            )
+        self._pending += 1
+        try:
+            yield
+        finally:
+            self._pending -= 1
+
+    def add(self, context: Any) -> str:
+        """Register a session; call inside `reserve()`."""
+        sid = secrets.token_urlsafe(24)
+        self._sessions[sid] = _Session(context, time.monotonic())
+        return sid
+
+    def get(self, sid: str) -> Any:
+        self.expire()
+        session = self._sessions.get(sid)
+        if session is None:
+            raise SessionMismatch(
+                "unknown or expired HE session; open a new one (upload the context again)"
+            )
+        session.last_used = time.monotonic()
+        return session.context
+
+    def close(self, sid: str) -> bool:
+        return self._sessions.pop(sid, None) is not None
+
+
+class HEHeads:
+    """The heads found in a directory, loaded on first use and checked against the params."""
+
+    def __init__(self, directory: Path, params: CKKSParams) -> None:
+        self.directory = directory
+        self.params = params
+        self._loaded: dict[str, tuple[Head, tuple[str, ...]]] = {}
+
+    def get(self, name: str) -> tuple[Head, tuple[str, ...]]:
+        """(head, strategy per linear layer); UnknownModel if absent or unusable here."""
+        if name not in self._loaded:
+            try:
+                head = load_head(self.directory, name)
+                strategies = tuple(p.strategy for p in plan(head, self.params))
+            except FileNotFoundError:
+                raise UnknownModel(f"unknown HE head {name!r}; see ListHeads") from None
+            except (InvalidHead, DepthExceeded) as exc:
+                logger.warning("HE head %r is not served: %s", name, exc)
+                raise UnknownModel(f"HE head {name!r} is not usable on this node") from None
+            self._loaded[name] = (head, strategies)
+        return self._loaded[name]
+
+    def infos(self) -> list[he_pb2.HeadInfo]:
+        infos = []
+        for name in list_heads(self.directory):
+            try:
+                head, strategies = self.get(name)
+            except UnknownModel:
+                continue
+            infos.append(
+                he_pb2.HeadInfo(
+                    name=head.name,
+                    input_kind=head.input_kind,
+                    input_dim=head.input_dim,
+                    labels=list(head.labels),
+                    layers=head.describe_layers(),
+                    depth=head.depth,
+                    strategies=list(strategies),
+                    digest=head.digest(),
+                )
+            )
+        return infos
+
+
+class HEServicer(he_pb2_grpc.HEServicer):
+    """ListHeads, OpenSession, Evaluate, CloseSession over the node's heads directory."""
+
+    def __init__(
+        self,
+        node: Node,
+        executor: Executor,
+        heads_dir: Path,
+        *,
+        params: CKKSParams = DEFAULT_PARAMS,
+        limits: HELimits | None = None,
+    ) -> None:
+        self._node = node
+        self._executor = executor
+        self._params = params
+        self._limits = limits or HELimits()
+        self._heads = HEHeads(heads_dir, params)
+        self._sessions = HESessions(self._limits)
+
+    async def _compute(self, fn: Any, *args: Any) -> Any:
+        if self._node.draining:
+            raise Draining("node is shutting down; retry on another node")
+        self._node.load += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            self._node.load -= 1
+
+    async def ListHeads(  # noqa: N802 - gRPC method name
+        self, request: he_pb2.ListHeadsRequest, context: grpc.aio.ServicerContext
+    ) -> he_pb2.ListHeadsReply:
+        async with _serving("HE.ListHeads", context, self._node.metrics):
+            return he_pb2.ListHeadsReply(
+                heads=self._heads.infos(),
+                params_name=self._params.name,
+                params_description=self._params.describe(),
+                max_context_bytes=self._limits.max_context_bytes,
+                max_inputs_per_call=self._limits.max_inputs_per_call,
+                session_idle_s=self._limits.idle_s,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+    async def _receive_context(self, chunks: AsyncIterator[he_pb2.ContextChunk]) -> bytes:
+        total, parts, received = -1, [], 0
+        async for chunk in chunks:
+            if total < 0:
+                if chunk.params_name != self._params.name:
+                    raise InvalidRequest(
+                        f"context made for {chunk.params_name!r}; this node evaluates "
+                        f"{self._params.name!r} ({self._params.describe()})"
+                    )
+                total = chunk.total_bytes
+                if total > self._limits.max_context_bytes:
+                    raise Overloaded(
+                        f"context of {total} bytes exceeds the node's "
+                        f"{self._limits.max_context_bytes}-byte limit"
+                    )
+            received += len(chunk.data)
+            if received > total:
+                raise InvalidRequest(f"context stream carries more than the announced {total} B")
+            parts.append(chunk.data)
+        if total < 0:
+            raise InvalidRequest("empty OpenSession stream: no header chunk")
+        if received != total:
+            raise InvalidRequest(f"context stream ended after {received} of {total} bytes")
+        return b"".join(parts)
+
+    async def OpenSession(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[he_pb2.ContextChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> he_pb2.OpenSessionReply:
+        async with _serving("HE.OpenSession", context, self._node.metrics):
+            with self._sessions.reserve():
+                data = await self._receive_context(request_iterator)
+                self._node.metrics.bytes_in.inc(len(data))
+                try:
+                    ctx = await self._compute(load_public_context, data, self._params)
+                except InvalidContext as exc:
+                    raise InvalidRequest(str(exc)) from None
+                sid = self._sessions.add(ctx)
+            logger.info("HE session %s… opened (%d context bytes)", sid[:6], len(data))
+            return he_pb2.OpenSessionReply(
+                session_id=sid, idle_expiry_s=self._limits.idle_s, context_bytes=len(data)
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def Evaluate(  # noqa: N802 - gRPC method name
+        self, request: he_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
+    ) -> he_pb2.EvaluateReply:
+        async with _serving("HE.Evaluate", context, self._node.metrics):
+            ctx = self._sessions.get(request.session_id)
+            head, _ = self._heads.get(request.head)
+            n = len(request.inputs)
+            if n == 0:
+                raise InvalidRequest("no inputs")
+            if n > self._limits.max_inputs_per_call:
+                raise Overloaded(
+                    f"{n} inputs in one call; the limit is {self._limits.max_inputs_per_call}"
+                )
+            t0 = time.perf_counter()
+            try:
+                outputs = await self._compute(
+                    evaluate, head, self._params, ctx, list(request.inputs)
+                )
+            except InvalidCiphertext as exc:
+                raise InvalidRequest(str(exc)) from None
+            reply = he_pb2.EvaluateReply(
+                outputs=[he_pb2.EncryptedOutput(ciphertexts=o) for o in outputs],
+                compute_s=time.perf_counter() - t0,
+                node_id=self._node.identity.node_id,
+                head_digest=head.digest(),
+            )
+            self._node.metrics.bytes_in.inc(sum(len(x) for x in request.inputs))
+            self._node.metrics.bytes_out.inc(sum(len(c) for o in outputs for c in o))
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def CloseSession(  # noqa: N802 - gRPC method name
+        self, request: he_pb2.CloseSessionRequest, context: grpc.aio.ServicerContext
+    ) -> he_pb2.CloseSessionReply:
+        async with _serving("HE.CloseSession", context, self._node.metrics):
+            return he_pb2.CloseSessionReply(existed=self._sessions.close(request.session_id))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def add_he_servicer(server: grpc.aio.Server, node: Node) -> str:
+    """Serve the heads under `mpc.he.paths.heads_dir()` (trained by `python -m mpc.he.train`);
+    returns the service's health-check name.
+
+    HE evaluation gets its own single worker thread: one MNIST example takes seconds, and
+    sharing the node's compute thread would stall split-mode forwards behind it."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="he")
+    he_pb2_grpc.add_HEServicer_to_server(HEServicer(node, executor, heads_dir()), server)
+    return HEALTH_NAME

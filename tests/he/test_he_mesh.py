@@ -1,0 +1,215 @@
+"""The HE mode through a real node process over mTLS: classification, sessions, gRPC errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tenseal as ts
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from decentralized.errors import UnknownModel
+from decentralized.transport import Credentials, sync_channel
+from decentralized.v1 import he_pb2, he_pb2_grpc
+from mpc.he.data import mnist_split
+from mpc.he.engine import encrypt
+from mpc.he.errors import DepthExceeded
+from mpc.he.head import Head, Linear, Square, load_head
+from mpc.he.params import DEFAULT_PARAMS, CKKSParams
+from mpc.he.train import MNIST, train_mnist
+from secure_infer.he_client import HESession, classify_he, pick_he_node
+from secure_infer.localmesh import LocalMesh, NodeSpec
+from tests.conftest import start_mesh
+
+pytestmark = pytest.mark.grpc
+LINEAR = "mnist-linear"
+
+
+def _linear_head(directory: Path) -> None:
+    """A real cheap head (depth 1): logistic regression on the MNIST split, 784 -> 10."""
+    torch.manual_seed(0)
+    split = mnist_split(0)
+    lin = torch.nn.Linear(784, 10)
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
+    x, y = torch.from_numpy(split.x_train).float(), torch.from_numpy(split.y_train)
+    for _ in range(30):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(lin(x), y).backward()
+        opt.step()
+    w, b = lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy()
+    labels = tuple(str(d) for d in range(10))
+    Head(
+        name=LINEAR, input_kind="mnist-pixels", labels=labels, layers=(Linear(weight=w, bias=b),)
+    ).save(directory)
+    deep = (Linear(weight=w, bias=b), Square(), Linear(weight=np.eye(10), bias=np.zeros(10)))
+    deep += (Square(), Linear(weight=np.eye(10), bias=np.zeros(10)))
+    Head(name="too-deep", input_kind="mnist-pixels", labels=labels, layers=deep).save(directory)
+
+
+@pytest.fixture(scope="module")
+def he_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    """One node whose cache holds the MNIST MLP, a linear head and a head too deep to serve."""
+    cache = tmp_path_factory.mktemp("he-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SECURE_INFER_CACHE", str(cache))
+        heads = cache / "he" / "heads"
+        train_mnist(heads, epochs=5)
+        _linear_head(heads)
+        mesh = start_mesh(
+            tmp_path_factory.mktemp("he-mesh"),
+            [NodeSpec(name="he-node", spans=(("all-MiniLM-L6-v2", 0, 1),))],
+        )
+    mesh.heads_dir = heads  # type: ignore[attr-defined]
+    yield mesh
+    mesh.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(he_mesh: LocalMesh) -> Iterator[grpc.Channel]:
+    tls = he_mesh.client_tls()
+    assert tls is not None
+    ca, key, cert = tls.read()
+    creds = Credentials(root_ca=ca, private_key=key, certificate=cert)
+    with sync_channel(he_mesh.nodes["he-node"].address, creds, expect_name="he-node") as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def session(channel: grpc.Channel) -> Iterator[HESession]:
+    with HESession(channel) as sess:
+        sess.open()
+        yield sess
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    split = mnist_split(0)
+    return np.round(split.x_test[:3] * 255.0)  # pixels, as a client holds them
+
+
+def _code(call: object, *args: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, timeout=60)  # type: ignore[operator]
+    return info.value.code(), info.value.details()
+
+
+def test_linear_head_over_mtls_matches_the_plaintext_head(
+    he_mesh: LocalMesh, channel: grpc.Channel, session: HESession, images: np.ndarray
+) -> None:
+    res = classify_he(channel, LINEAR, images, session=session)
+    head = load_head(he_mesh.heads_dir, LINEAR)  # type: ignore[attr-defined]
+    want = head.forward(images / 255.0)
+    np.testing.assert_allclose(res.logits, want, atol=1e-3)  # depth 1
+    assert res.predictions.tolist() == want.argmax(1).tolist()
+    assert res.head_digest == head.digest() and res.node_id == he_mesh.nodes["he-node"].node_id
+    assert res.bytes_sent["context"] == 0  # the session fixture uploaded it already
+    assert res.bytes_sent["inputs"] > 3 * 100_000 and res.bytes_received["outputs"] > 100_000
+    assert res.privacy.mode == "he" and "secret key" in res.privacy.client_keeps
+    assert "no integrity" in res.threat_model and "128-bit" in res.params
+
+
+def test_a_session_streams_the_context_once_and_is_gone_once_closed(
+    channel: grpc.Channel, images: np.ndarray
+) -> None:
+    stub = he_pb2_grpc.HEStub(channel)
+    with HESession(channel) as sess:
+        first = classify_he(channel, LINEAR, images[:1], session=sess)
+        second = classify_he(channel, LINEAR, images[1:2], session=sess)
+        sid = sess.session_id
+        stub.CloseSession(he_pb2.CloseSessionRequest(session_id=sid), timeout=10)  # as if expired
+        third = classify_he(channel, LINEAR, images[2:3], session=sess)
+        reopened = sess.session_id
+        assert reopened != sid  # the client opened a new session with the same keys
+    assert first.bytes_sent["context"] > 25_000_000  # public, relinearization and Galois keys
+    assert first.timings["upload_s"] > 0 and second.bytes_sent["context"] == 0
+    assert third.bytes_sent["context"] == first.bytes_sent["context"]
+    request = he_pb2.EvaluateRequest(session_id=reopened, head=LINEAR, inputs=[b"x"])
+    got, details = _code(stub.Evaluate, request)
+    assert got == grpc.StatusCode.FAILED_PRECONDITION and "unknown or expired" in details  # closed
+
+
+def test_heads_list_states_depth_and_strategy_and_skips_unservable(
+    he_mesh: LocalMesh, session: HESession
+) -> None:
+    node = he_mesh.nodes["he-node"]
+    ca, key, cert = he_mesh.client_tls().read()  # type: ignore[union-attr]
+    creds = Credentials(root_ca=ca, private_key=key, certificate=cert)
+    assert pick_he_node([(node.address, "he-node")], creds, LINEAR) == (node.address, "he-node")
+    with pytest.raises(UnknownModel, match="no live node"):
+        pick_he_node([(node.address, "he-node")], creds, "gpt-9")
+    heads = session.heads()
+    assert set(heads) == {MNIST, LINEAR}  # "too-deep" is not served
+    assert list(heads[MNIST].strategies) == ["matmul", "dot"] and heads[MNIST].depth == 3
+    with pytest.raises(UnknownModel, match="too-deep"):
+        session.head("too-deep")
+
+
+def test_client_refuses_a_head_deeper_than_its_parameters_before_sending(
+    channel: grpc.Channel,
+) -> None:
+    shallow = CKKSParams(name="ckks-n8192-d1", coeff_mod_bit_sizes=(50, 35, 50))
+    sess = HESession(channel, params=shallow)
+    with pytest.raises(DepthExceeded, match="needs multiplicative depth 3.*supports 1"):
+        classify_he(channel, MNIST, np.zeros((1, 784)), session=sess)
+    assert sess.session_id == "" and sess.context_bytes == 0  # no keys made, nothing sent
+
+
+def _evaluate(session: HESession, head: str, inputs: list[bytes]) -> he_pb2.EvaluateRequest:
+    return he_pb2.EvaluateRequest(session_id=session.session_id, head=head, inputs=inputs)
+
+
+def test_grpc_errors_and_the_node_keeps_serving(channel: grpc.Channel, session: HESession) -> None:
+    stub = he_pb2_grpc.HEStub(channel)
+    bare = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[50, 35, 35, 35, 50])
+    bare.global_scale = 2.0**DEFAULT_PARAMS.scale_bits  # no Galois keys: cheap to make
+    good = encrypt(bare, np.zeros((1, 784)))  # another key: the node cannot tell
+    cases = [
+        (_evaluate(session, "gpt-9", good), grpc.StatusCode.NOT_FOUND, "unknown HE head"),
+        (
+            _evaluate(session, LINEAR, encrypt(bare, np.zeros((1, 100)))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "takes 784 features",
+        ),
+        (
+            _evaluate(session, LINEAR, [good[0][:5000]]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "does not deserialize",
+        ),
+        (_evaluate(session, LINEAR, good * 33), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit"),
+        (
+            he_pb2.EvaluateRequest(session_id="x" * 32, head=LINEAR, inputs=good),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "unknown or expired",
+        ),
+    ]
+    for request, code, message in cases:
+        got, details = _code(stub.Evaluate, request)
+        assert got == code and message in details, (got, details)
+
+    def stream(data: bytes, total: int | None = None) -> Iterator[he_pb2.ContextChunk]:
+        size = len(data) if total is None else total
+        yield he_pb2.ContextChunk(params_name=DEFAULT_PARAMS.name, total_bytes=size, data=data)
+
+    with_secret = bare.serialize(save_secret_key=True)
+    bare.make_context_public()
+    for chunks, code, message in [
+        (stream(bare.serialize()), grpc.StatusCode.INVALID_ARGUMENT, "Galois"),
+        (stream(with_secret), grpc.StatusCode.INVALID_ARGUMENT, "secret key"),
+        (stream(b"\x01" * 4096), grpc.StatusCode.INVALID_ARGUMENT, "does not deserialize"),
+        (stream(b"abc", total=10), grpc.StatusCode.INVALID_ARGUMENT, "ended after 3 of 10"),
+        (stream(b"abc", total=1 << 40), grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds"),
+    ]:
+        got, details = _code(stub.OpenSession, chunks)
+        assert got == code and message in details, (got, details)
+
+    # The node still serves: a valid call after all these errors.
+    reply = stub.Evaluate(_evaluate(session, LINEAR, good[:1]), timeout=60)
+    assert len(reply.outputs) == 1
+    health = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="decentralized.v1.HE"), timeout=5
+    )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
