@@ -26,6 +26,7 @@ from secure_infer.errors import (
     SessionMismatch,
     UnknownModel,
 )
+from secure_infer.he_client import HEClassifyResult as ClassifyResult
 from secure_infer.results import (
     EmbedResult,
     Failover,
@@ -39,6 +40,7 @@ from secure_infer.results import (
 
 __all__ = [
     "CertError",
+    "ClassifyResult",
     "Client",
     "ConfigError",
     "Draining",

@@ -32,6 +32,8 @@ from decentralized.mpc_client import MPCOptions, run_secure_encoder
 from decentralized.transport import Credentials
 from mpc.models import check_output
 from secure_infer.certs import TLSMaterial
+from secure_infer.he_client import HEClassifyResult as ClassifyResult
+from secure_infer.he_client import HESession, classify_he, pick_he_node
 from secure_infer.results import (
     EmbedResult,
     Failover,
@@ -76,6 +78,7 @@ class Client:
             list(seeds), self._creds, hop_timeout_s=hop_timeout_s, max_failovers=max_failovers
         )
         self._parts: dict[str, Any] = {}
+        self._he_sessions: dict[tuple[str, str], HESession] = {}  # (address, name) -> session
 
     def __enter__(self) -> Client:
         return self
@@ -84,6 +87,9 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        for session in self._he_sessions.values():
+            session.close()
+        self._he_sessions.clear()
         self._mesh.close()
 
     # -- discovery -------------------------------------------------------------------------
@@ -264,6 +270,38 @@ class Client:
             "INSECURE plaintext gRPC (--insecure-dev, loopback only)"
             if self._creds.insecure_dev
             else "mTLS (mesh CA)"
+        )
+
+    # -- classification ---------------------------------------------------------------------
+    def classify(
+        self, head: str, inputs: Sequence[str] | np.ndarray, *, privacy: str = "he"
+    ) -> ClassifyResult:
+        """Classify texts or images with a classification head served on the mesh.
+
+        Args:
+            head: the head's name (e.g. "sentiment-minilm", "mnist-mlp"; a node lists its heads
+                with the HE service's ListHeads).
+            inputs: texts for text heads, (B, 784) pixels in [0, 255] for image heads.
+            privacy: "he": the client runs the local layers, encrypts the features with CKKS
+                under its own keys and decrypts the logits; the node sees only ciphertexts and
+                public keys (docs/he.md). The keys and the uploaded evaluation context are
+                kept per node for the client's lifetime.
+        """
+        if privacy != "he":
+            raise InvalidRequest(f"classify supports privacy='he', got {privacy!r}")
+        live = [(r.address, r.name) for r in self._mesh.refresh(force=True)]
+        known = [key for key in self._he_sessions if key in live]
+        address, name = known[0] if known else pick_he_node(live, self._creds, head)
+        session = self._he_sessions.get((address, name))
+        if session is None:
+            channel = self._mesh.channel(address, name)
+            session = self._he_sessions[(address, name)] = HESession(channel)
+        return classify_he(
+            self._mesh.channel(address, name),
+            head,
+            inputs,
+            session=session,
+            channel_label=self._channel_name(),
         )
 
     # -- generation ------------------------------------------------------------------------

@@ -213,3 +213,20 @@ def test_grpc_errors_and_the_node_keeps_serving(channel: grpc.Channel, session: 
         health_pb2.HealthCheckRequest(service="decentralized.v1.HE"), timeout=5
     )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_sdk_client_classify_he_reuses_its_session(he_mesh: LocalMesh, images: np.ndarray) -> None:
+    """`Client.classify(head, inputs, privacy="he")`: the node is found through the mesh, and
+    the second call reuses the keys and the uploaded context."""
+    from secure_infer import Client, InvalidRequest
+
+    head = load_head(he_mesh.heads_dir, LINEAR)  # type: ignore[attr-defined]
+    want = head.forward(images / 255.0).argmax(1).tolist()
+    with Client(he_mesh.seeds, tls=he_mesh.client_tls()) as client:
+        first = client.classify(LINEAR, images[:2], privacy="he")
+        second = client.classify(LINEAR, images[2:], privacy="he")
+        with pytest.raises(InvalidRequest, match="privacy"):
+            client.classify(LINEAR, images[:1], privacy="split")
+    assert first.predictions.tolist() + second.predictions.tolist() == want
+    assert first.bytes_sent["context"] > 1_000_000 and second.bytes_sent["context"] == 0
+    assert first.privacy.mode == "he"
