@@ -1,4 +1,4 @@
-"""The `secure-infer` command line: node run|status, certs init|issue, infer, demo.
+"""The `secure-infer` command line: node run|status, certs init|issue, infer, demo, audit.
 
 Thin: parse, build config, call the SDK or daemon. Expected errors print
 `ErrorType: message` on stderr without a traceback and exit non-zero.
@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--mpc", action="store_true", help="also embed under MPC (input secret-shared)"
     )
     demo.add_argument("--workdir", type=Path, help="keep certs, configs and logs here")
+
+    from secure_infer.audit.cli import add_audit_parser
+
+    add_audit_parser(sub)
     return parser
 
 
@@ -359,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             from secure_infer.demo import run_demo
 
             return run_demo(json_output=args.json, workdir=args.workdir, mpc=args.mpc)
+        if args.command == "audit":
+            from secure_infer.audit.cli import run_audit
+
+            return run_audit(args)
     except (MeshError, CertError, ConfigError, ValueError, OSError) as exc:
         sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
         return _EXIT_ERROR

@@ -1,0 +1,1 @@
+"""Privacy audit: membership, subject-membership and distribution inference, with reports."""

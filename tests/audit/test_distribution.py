@@ -1,0 +1,81 @@
+"""Distribution inference on Adult (ratio of women): n_leaked, PIN invariance, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom
+
+from secure_infer.audit.distribution import PINMetaClassifier, n_leaked
+from secure_infer.audit.models import build_mlp
+from secure_infer.cli import main
+from tests.audit.conftest import validate_report
+
+
+def test_n_leaked_matches_the_binomial_ratio_test() -> None:
+    assert n_leaked(0.5, 0.2, 0.5) == 0.0 and n_leaked(0.4, 0.2, 0.5) == 0.0
+    n = n_leaked(0.9, 0.2, 0.5)
+    # Exact check of the definition: with round(n) samples, the best threshold on the count of
+    # women distinguishes 0.2 from 0.5 with about 90 % accuracy.
+    k = round(n)
+    acc = max((binom.cdf(t, k, 0.2) + binom.sf(t, k, 0.5)) / 2 for t in range(k + 1))
+    assert 0.87 < acc < 0.93, (n, acc)
+    assert n_leaked(0.95, 0.2, 0.5) > n > n_leaked(0.8, 0.2, 0.5)
+
+
+def test_pin_is_invariant_to_hidden_neuron_permutations() -> None:
+    torch.manual_seed(0)
+    mlp = build_mlp(10, 3, (8, 6))
+    meta = PINMetaClassifier(10, [8, 6], 3)
+
+    def flat(m: torch.nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in m.parameters()])[None]
+
+    before = meta(flat(mlp))
+    perm1, perm2 = torch.randperm(8), torch.randperm(6)
+    with torch.no_grad():
+        l1, l2, l3 = mlp[0], mlp[2], mlp[4]
+        l1.weight.copy_(l1.weight[perm1]), l1.bias.copy_(l1.bias[perm1])
+        l2.weight.copy_(l2.weight[perm2][:, perm1]), l2.bias.copy_(l2.bias[perm2])
+        l3.weight.copy_(l3.weight[:, perm2])
+    x = torch.randn(4, 10)
+    assert not torch.equal(flat(mlp), flat(build_mlp(10, 3, (8, 6))))
+    torch.testing.assert_close(meta(flat(mlp)), before, rtol=1e-5, atol=1e-5)
+    assert mlp(x).shape == (4, 3)
+
+
+def test_distribution_audit_on_adult(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "dist"
+    rc = main([
+        "audit", "distribution", "--data", "adult", "--workers", "2", "--no-progress",
+        "--out", str(out), "--set", "distribution.ratios=[0.0]",
+        "--set", "distribution.adv_models=8", "--set", "distribution.victim_models=4",
+        "--set", "distribution.train_size=300", "--set", "distribution.probe_size=200",
+        "--set", "distribution.bootstrap=200", "--set", "model.epochs=10",
+    ])  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert rc == 0 and "n_leaked" in stdout
+    report = json.loads((out / "report.json").read_text())
+    validate_report(report)
+    res = report["distribution"]["results"]
+    assert {r["attack"] for r in res} == {"loss_test", "threshold_test", "kl", "pin"}
+    for r in res:
+        lo, hi = r["accuracy_ci"]
+        assert lo <= r["accuracy"] <= hi and r["n_victims"] == 8
+        assert r["n_leaked_ci"][0] <= r["n_leaked"] <= r["n_leaked_ci"][1]
+    # 50 % vs 0 % women: the black-box attacks with adversary models tell them apart.
+    best = max(r["accuracy"] for r in res if r["attack"] in ("threshold_test", "kl"))
+    assert best >= 0.75
+    assert (out / "report.html").read_text().count("<svg") >= 1
+
+
+def test_distribution_attribute_must_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["audit", "distribution", "--data", "mnist1d", "--no-progress"])
+    assert rc == 1 and "not a boolean attribute of mnist1d" in capsys.readouterr().err
+    rc = main(["audit", "distribution", "--set", "distribution.ratios=[0.5]"])
+    assert rc == 1 and "must not contain base_ratio" in capsys.readouterr().err
+    assert np.isfinite(n_leaked(0.99, 0.0, 0.5))
