@@ -25,6 +25,10 @@ omegaconf, onnx); this module applies the smallest fixes that make it import and
 6. Exact truncation (`mpc.backends.crypten_trunc`): two-party divisions by a public integer use
    a dealer-made truncation pair with the mask's top bit instead of CrypTen's local truncation,
    which silently returns values off by ~2^48 when the shares wrap around.
+7. Attribute access: CrypTen wraps `CrypTensor.__getattribute__` in its debug validator, which
+   reads `cfg.debug.validation_mode` through omegaconf on every attribute access of every
+   tensor (about half of a decode step's time in profiles). Validation mode is a debugging aid
+   we never enable, so the wrapper is removed; `load()` refuses a config that enables it.
 
 Nothing else in the project imports `crypten`: use `load()`.
 """
@@ -132,8 +136,21 @@ def load() -> ModuleType:
 
         crypten_trunc.install(crypten)
         crypten_dealer.install(crypten)
+        _fast_attribute_access(crypten)
         _CRYPTEN = crypten
         return crypten
+
+
+# Fix 7: attribute access without the debug validator.
+
+
+def _fast_attribute_access(crypten: ModuleType) -> None:
+    if crypten.cfg.debug.validation_mode:
+        raise CrypTenUnavailable("CrypTen's debug validation_mode is not supported here")
+    cls = crypten.CrypTensor
+    wrapped = getattr(cls.__getattribute__, "__wrapped__", None)
+    if wrapped is not None:
+        cls.__getattribute__ = wrapped
 
 
 # Fix 4: exact fixed-point decoding.
