@@ -251,6 +251,8 @@ class MPCViT(nn.Module):
             ViT teacher). Ignored while `search` is on.
         search: hold learnable `alpha_attention` (depth, heads, 3) and `alpha_mlp` (depth, 2)
             and mix the variants (module docstring).
+        search_mlp: with `search`, also search the MLP kinds (MPCViT+); otherwise the MLPs
+            keep `architecture`'s kinds (MPCViT: attention only).
     """
 
     def __init__(
@@ -259,6 +261,7 @@ class MPCViT(nn.Module):
         architecture: Architecture | None = None,
         *,
         search: bool = False,
+        search_mlp: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
@@ -274,13 +277,17 @@ class MPCViT(nn.Module):
         self.norm = nn.LayerNorm(config.dim, eps=config.ln_eps)
         self.head = nn.Linear(config.dim, config.num_classes)
         self.search = search
+        self.search_mlp = search and search_mlp
         if search:
             shape = (config.depth, config.heads, len(ATTENTION_KINDS))
             self.alpha_attention = nn.Parameter(torch.zeros(shape))
+        if self.search_mlp:
             self.alpha_mlp = nn.Parameter(torch.zeros(config.depth, len(MLP_KINDS)))
 
     def architecture_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha_attention, self.alpha_mlp] if self.search else []
+        if not self.search:
+            return []
+        return [self.alpha_attention, self.alpha_mlp] if self.search_mlp else [self.alpha_attention]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.architecture_parameters()}
@@ -288,22 +295,25 @@ class MPCViT(nn.Module):
 
     def mixing(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Variant weights: (depth, heads, 3) and (depth, 2); one-hot unless searching."""
-        if self.search:
-            return self.alpha_attention.softmax(-1), self.alpha_mlp.softmax(-1)
         attention = torch.zeros(self.config.depth, self.config.heads, len(ATTENTION_KINDS))
         for layer, row in enumerate(self.architecture.attention):
             for head, kind in enumerate(row):
                 attention[layer, head, ATTENTION_KINDS.index(kind)] = 1.0
         mlp = torch.zeros(self.config.depth, len(MLP_KINDS))
-        for layer, kind in enumerate(self.architecture.mlp_kinds()):
-            mlp[layer, MLP_KINDS.index(kind)] = 1.0
+        for layer, mlp_kind in enumerate(self.architecture.mlp_kinds()):
+            mlp[layer, MLP_KINDS.index(mlp_kind)] = 1.0
+        if self.search:
+            attention = self.alpha_attention.softmax(-1)
+        if self.search_mlp:
+            mlp = self.alpha_mlp.softmax(-1)
         return attention, mlp
 
     def discretized(self) -> MPCViT:
         """A discrete copy: the argmax architecture, these weights, no search logits."""
         if not self.search:
             raise ValueError("discretized() needs a supernet (search=True)")
-        arch = Architecture.argmax(self.alpha_attention.detach(), self.alpha_mlp.detach())
+        attention, mlp = self.mixing()
+        arch = Architecture.argmax(attention.detach(), mlp.detach())
         model = MPCViT(self.config, arch)
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("alpha_")}
         model.load_state_dict(state)

