@@ -1,0 +1,210 @@
+"""Integrity benchmark: Fides verification (this half) and consensus (to be added).
+
+Fides, per service model (MNIST 5,000 CNN; MiniLM + head on movie reviews)
+    Trains everything from scratch with `verification.fides.experiment.run` (MiniLM embeddings
+    of the review sample are cached under the Fides cache directory after the first run):
+    service model, cheaper substitute, GDTL verifier (cost budget: 10 % of the service model's
+    multiply-accumulates), detector and re-classifier in the GAN framework, threshold calibrated
+    on clean `calib` traffic to a false-positive rate <= 2 %. All figures are on the held-out
+    `test` split:
+      - false_positive_rate on clean outputs,
+      - per attack: detection_rate (all attacked queries) and detection_rate_label_changed (only
+        queries whose returned top-1 differs from the honest one), reclassification_accuracy
+        (flagged queries whose re-classified label equals the service's honest top-1) and
+        attacked_output_accuracy (the same for the attacked output itself, the baseline),
+      - latency: median wall time of one request (batch 1) of the service model (image: the
+        CNN; text: sentence-transformers encode + head, tokenisation included) against the
+        verification model on the same input (text: tokenisation included), calls alternated;
+        the per-sample time in batches of 256 (image) / 32 (text); ratio = verifier / service;
+        the cost of a whole `FidesVerifier.verify` call (input checks, verifier, detector,
+        re-classifier); and the ratio of multiply-accumulates (GDTL's cost model).
+    Targets (issue 5): detection >= 0.98 per attack at FP <= 0.02, re-classification >= 0.94,
+    verifier latency <= 0.10 of the service's.
+
+Consensus: the `consensus` key is null until the consensus half is added (same JSON object).
+
+Run: `.venv/bin/python bench/integrity.py --json` (about 10-15 min on 2 busy cores, of which
+MiniLM encoding of 4,000 reviews is ~7 min on the first run only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from verification.fides.data import cache_dir  # noqa: E402
+from verification.fides.detector import GanConfig  # noqa: E402
+from verification.fides.experiment import Scale, TaskData, prepare_mnist, prepare_reviews, run  # noqa: E402
+from verification.fides.gdtl import GdtlConfig  # noqa: E402
+from verification.fides.text import MiniLMEncoder  # noqa: E402
+
+TARGETS = {
+    "detection_rate_min": 0.98,
+    "false_positive_rate_max": 0.02,
+    "reclassification_accuracy_min": 0.94,
+    "latency_ratio_max": 0.10,
+}
+SCALES = {
+    "mnist": Scale(
+        n_samples=None,
+        service_epochs=12,
+        service_hidden=[256],
+        channels=[32, 64],
+        widths=[[], [32], [64], [128]],
+        fgsm_eps=0.2,
+        shifted_copies=2,
+        gdtl=GdtlConfig(epochs=30, finetune_epochs=5, target_fidelity=0.99),
+        gan=GanConfig(epochs=80),
+    ),
+    "reviews": Scale(
+        n_samples=4000,
+        service_epochs=40,
+        service_hidden=[256],
+        widths=[[], [64], [256]],
+        fgsm_eps=0.01,
+        gdtl=GdtlConfig(epochs=60, finetune_epochs=10, target_fidelity=0.99),
+        gan=GanConfig(epochs=80),
+    ),
+}
+
+
+def paired_median_ms(
+    fa: Callable[[Any], object], fb: Callable[[Any], object], args: list[Any]
+) -> tuple[float, float]:
+    """Median wall ms of `fa` and `fb` over `args`, alternating calls (after one warm-up each)."""
+    fa(args[0])
+    fb(args[0])
+    ta, tb = [], []
+    for a in args:
+        for fn, times in ((fa, ta), (fb, tb)):
+            t = time.perf_counter()
+            fn(a)
+            times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
+
+
+@torch.no_grad()
+def latency(
+    task: str, data: TaskData, outcome: Any, encoder: MiniLMEncoder | None, requests: int
+) -> dict[str, float]:
+    """Service model vs verification model on the same requests (see the module docstring)."""
+    fides, service = outcome.fides, outcome.service
+    if task == "mnist":
+        x = data.inputs["test"]
+        single = [x[i : i + 1] for i in range(requests)]
+        batches = [x[:256]] * 20  # the same batch, timed 20 times
+        per = 256
+
+        def svc(b: torch.Tensor) -> torch.Tensor:
+            return service(b).softmax(1)
+
+        def ver(b: torch.Tensor) -> torch.Tensor:
+            return fides.verifier(b).softmax(1)
+    else:
+        single = [[t] for t in data.texts["test"][:requests]]
+        batches = [data.texts["test"][i : i + 32] for i in range(0, 320, 32)]
+        per = 32
+
+        def svc(t: list[str]) -> torch.Tensor:
+            return service(encoder.encode(t)).softmax(1)
+
+        ver = fides.verifier_probs  # tokenisation included, as in the service's encode
+    s1, v1 = paired_median_ms(svc, ver, single)
+    sb, vb = paired_median_ms(svc, ver, batches)
+    answers = {id(a): svc(a) for a in single}  # the service's outputs, computed beforehand
+    _, verify1 = paired_median_ms(ver, lambda a: fides.verify(a, answers[id(a)]), single)
+    return {
+        "service_ms": s1,
+        "verifier_ms": v1,
+        "ratio": v1 / s1,
+        "service_ms_per_sample_batched": sb / per,
+        "verifier_ms_per_sample_batched": vb / per,
+        "ratio_batched": vb / sb,
+        "verify_call_ms": verify1,  # input checks + verifier + detector + re-classifier
+        "mac_ratio": outcome.metrics["verifier_macs"] / outcome.metrics["service_macs"],
+    }
+
+
+def fides_task(task: str, requests: int, train_attacks: tuple[str, ...] | None) -> dict[str, Any]:
+    scale = dataclasses.replace(SCALES[task], train_attacks=train_attacks)
+    t0 = time.time()
+    encoder = MiniLMEncoder() if task == "reviews" else None
+    data = prepare_mnist(scale) if task == "mnist" else prepare_reviews(scale, encoder)
+    outcome = run(data, scale)
+    m = outcome.metrics
+    m["latency"] = latency(task, data, outcome, encoder, requests)
+    name = f"bench-{task}" + ("-heldout" if train_attacks else "")
+    m["saved_to"] = str(outcome.fides.save(cache_dir() / name))
+    att = m["attacks"].values()
+    m["targets_met"] = {
+        "detection": all(a["detection_rate"] >= TARGETS["detection_rate_min"] for a in att),
+        "false_positive_rate": m["false_positive_rate"] <= TARGETS["false_positive_rate_max"],
+        "reclassification": all(
+            (a["reclassification_accuracy"] or 0) >= TARGETS["reclassification_accuracy_min"]
+            for a in att
+        ),
+        "latency": m["latency"]["ratio"] <= TARGETS["latency_ratio_max"],
+    }
+    m["wall_s"] = time.time() - t0
+    return m
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--tasks", default="mnist,reviews", help="comma-separated subset")
+    parser.add_argument("--requests", type=int, default=100, help="batch-1 requests timed")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--train-attacks",
+        default=None,
+        help="comma-separated attacks known to the GAN training (default: all); the others "
+        "are evaluated as unseen",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    known = tuple(args.train_attacks.split(",")) if args.train_attacks else None
+    fides = {task: fides_task(task, args.requests, known) for task in args.tasks.split(",")}
+    result = {
+        "bench": "integrity",
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "cpu": platform.processor() or platform.machine(),
+        },
+        "targets": TARGETS,
+        "train_attacks": list(known) if known else "all",
+        "fides": fides,
+        "consensus": None,  # filled by the consensus half of this benchmark
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for task, m in fides.items():
+        print(
+            f"{task}: FP {m['false_positive_rate']:.3f}  latency ratio {m['latency']['ratio']:.3f}"
+        )
+        for name, a in m["attacks"].items():
+            print(
+                f"  {name:20s} detect {a['detection_rate']:.3f}  "
+                f"reclassify {a['reclassification_accuracy']}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""FidesVerifier API: safetensors + JSON round trip, typed errors, GDTL transfer on MiniLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from verification.fides import FidesVerifier, InvalidInput, ModelFormatError
+from verification.fides.detector import N_STATS
+from verification.fides.experiment import Outcome, TaskData
+from verification.fides.gdtl import ConvFamily, TextFamily
+from verification.fides.nets import MLPNet
+from verification.fides.text import MiniLMEncoder
+from verification.fides.training import batched
+
+TEXTS = [
+    "A moving, beautifully acted film.",
+    "Dull, predictable and far too long.",
+    "I laughed, I cried, I would watch it again tomorrow.",
+]
+
+
+def test_save_load_round_trip(tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path) -> None:
+    data, out = tiny_mnist
+    x = data.inputs["test"][:50]
+    probs = batched(out.service, x).softmax(1)
+    path = out.fides.save(tmp_path / "fides")
+    assert sorted(p.name for p in path.iterdir()) == [
+        "detector.safetensors",
+        "fides.json",
+        "reclassifier.safetensors",
+        "verifier.safetensors",
+    ]
+    loaded = FidesVerifier.load(path)
+    assert loaded.verify(x, probs) == out.fides.verify(x, probs)
+    assert loaded.threshold == out.fides.threshold
+
+
+def test_load_rejects_broken_directories(
+    tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
+) -> None:
+    path = tiny_mnist[1].fides.save(tmp_path / "fides")
+    (path / "detector.safetensors").unlink()
+    with pytest.raises(ModelFormatError, match="missing weights"):
+        FidesVerifier.load(path)
+    cfg = json.loads((path / "fides.json").read_text())
+    cfg["nets"]["verifier"]["hidden"] = [999]
+    path2 = tiny_mnist[1].fides.save(tmp_path / "fides2")
+    (path2 / "fides.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match="does not match"):
+        FidesVerifier.load(path2)
+    (path2 / "fides.json").write_text("{not json")
+    with pytest.raises(ModelFormatError, match="JSON"):
+        FidesVerifier.load(path2)
+
+
+def test_verify_rejects_bad_input(tiny_mnist: tuple[TaskData, Outcome]) -> None:
+    data, out = tiny_mnist
+    x = data.inputs["test"][:4]
+    good = torch.full((4, 10), 0.1)
+    with pytest.raises(InvalidInput, match="shape"):
+        out.fides.verify(x, torch.full((4, 2), 0.5))
+    with pytest.raises(InvalidInput, match="sum to 1"):
+        out.fides.verify(x, good * 2)
+    with pytest.raises(InvalidInput, match="NaN"):
+        out.fides.verify(x, good.clone().fill_(float("nan")))
+    with pytest.raises(InvalidInput, match="rows"):
+        out.fides.verify(x[:3], good)
+    with pytest.raises(InvalidInput):
+        out.fides.verify(torch.rand(4, 3, 28, 28), good)
+
+
+def test_conv_transfer_copies_service_blocks(tiny_mnist: tuple[TaskData, Outcome]) -> None:
+    service = tiny_mnist[1].service
+    net = ConvFamily(service, [[]]).build(1, 0)
+    for a, b in zip(net.prefix[0].parameters(), service.prefix[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> MiniLMEncoder:
+    return MiniLMEncoder()
+
+
+def test_text_transfer_reproduces_minilm_prefix(minilm: MiniLMEncoder) -> None:
+    ids = minilm.tokenize(TEXTS)
+    pooled = minilm.pooled_states(ids)
+    # The reference: sentence-transformers' own encode (mean pooling + normalisation).
+    assert torch.allclose(
+        nn.functional.normalize(pooled[:, -1], dim=1), minilm.encode(TEXTS), atol=1e-5
+    )
+    family = TextFamily(minilm.bert, 2, [[]], tokens=128)
+    for depth in (0, 2):
+        with torch.no_grad():
+            got = family.build(depth, 0).features(ids)
+        assert torch.allclose(got, pooled[:, depth], atol=1e-4)
+
+
+def test_text_verifier_accepts_strings_and_round_trips(
+    minilm: MiniLMEncoder, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    verifier = TextFamily(minilm.bert, 2, [[8]], tokens=128).build(0, 0)
+    fides = FidesVerifier(
+        "text", verifier, MLPNet(4 + N_STATS, [8], 1), MLPNet(8 + N_STATS, [8], 2), threshold=0.0
+    )
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    verdicts = fides.verify(TEXTS, probs)
+    assert len(verdicts) == 3
+    assert FidesVerifier.load(fides.save(tmp_path / "t")).verify(TEXTS, probs) == verdicts
+    with pytest.raises(InvalidInput):
+        fides.verify("not a list", probs[:1])
+    with pytest.raises(InvalidInput, match="token ids"):
+        fides.verify(torch.full((3, 5), 10**6, dtype=torch.int64), probs)

@@ -1,0 +1,171 @@
+"""Client-side attack detection and re-classification, trained in a GAN framework (Fides).
+
+Inputs are two distributions over the same classes for one query: `ps`, returned by the
+(possibly dishonest) service, and `pv`, computed by the verification model on the client's
+original input inside the enclave.
+
+Features (`divergence_features`): both log-distributions with the classes ordered by the
+verifier's ranking (so the detector does not depend on class identity), and statistics of their
+divergence: KL both ways, Jensen-Shannon, total variation, Hellinger, both entropies, top-1
+agreement, the verifier's log-probability of the service's top-1 and vice versa, and both
+top-1/top-2 margins.
+
+Models: the detector maps features to one logit (attack if above a threshold calibrated on clean
+traffic); the re-classifier maps features plus both class-aligned log-distributions to the class
+the service model would have returned.
+
+GAN training (`train_detector_gan`), each mini-batch:
+    1. The generator G takes (log ps, log pv, noise) of clean queries and emits an attacked
+       distribution pg = softmax(G(...)).
+    2. Detector step: binary cross-entropy with clean outputs labelled 0, and the catalogue of
+       known attacks plus pg labelled 1 (attacks weighted equally, together as much as clean).
+    3. Re-classifier step: cross-entropy towards the clean top-1 on every attacked output
+       (known attacks and pg).
+    4. Generator step: make the detector call pg clean, under a hinge constraint that pg's top-1
+       differs from the clean top-1 by a log-margin (so G must produce real integrity
+       violations, not copies of the clean output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .nets import MLPNet
+
+LOG_FLOOR = 1e-7  # probabilities are floored here before taking logs
+N_STATS = 12
+
+
+def divergence_features(ps: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
+    """(N, 2C + 12) detector features of service probs `ps` and verifier probs `pv` (N, C)."""
+    ls, lv = ps.clamp_min(LOG_FLOOR).log(), pv.clamp_min(LOG_FLOOR).log()
+    order = pv.argsort(1, descending=True)
+    lm = (0.5 * (ps + pv)).clamp_min(LOG_FLOOR).log()
+    s_top, v_top = ps.argmax(1, keepdim=True), pv.argmax(1, keepdim=True)
+    gaps_s, gaps_v = ps.topk(2, 1).values, pv.topk(2, 1).values
+    stats = [
+        (ps * (ls - lv)).sum(1),
+        (pv * (lv - ls)).sum(1),
+        0.5 * (ps * (ls - lm)).sum(1) + 0.5 * (pv * (lv - lm)).sum(1),
+        0.5 * (ps - pv).abs().sum(1),
+        (0.5 * ((ps.sqrt() - pv.sqrt()) ** 2).sum(1)).sqrt(),
+        -(ps * ls).sum(1),
+        -(pv * lv).sum(1),
+        (s_top == v_top).float().squeeze(1),
+        lv.gather(1, s_top).squeeze(1),
+        ls.gather(1, v_top).squeeze(1),
+        gaps_s[:, 0] - gaps_s[:, 1],
+        gaps_v[:, 0] - gaps_v[:, 1],
+    ]
+    return torch.cat([ls.gather(1, order), lv.gather(1, order), torch.stack(stats, 1)], 1)
+
+
+def reclassifier_features(ps: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
+    """Divergence features plus both log-distributions in class order: (N, 4C + 12)."""
+    logs = [ps.clamp_min(LOG_FLOOR).log(), pv.clamp_min(LOG_FLOOR).log()]
+    return torch.cat([divergence_features(ps, pv), *logs], 1)
+
+
+@dataclass
+class GanConfig:
+    epochs: int = 60
+    lr: float = 1e-3
+    batch: int = 128
+    hidden: tuple[int, ...] = (64, 64)
+    noise_dim: int = 8
+    margin: float = 0.5  # log-margin by which pg's top-1 must beat the clean top-1
+    seed: int = 0
+
+
+@dataclass
+class GanModels:
+    detector: MLPNet  # features -> attack logit
+    reclassifier: MLPNet  # reclassifier features -> class logits
+    generator: MLPNet  # (log ps, log pv, noise) -> attacked logits; kept for inspection
+    history: list[dict[str, float]]  # per-epoch mean losses
+
+
+def train_detector_gan(
+    ps: torch.Tensor, pv: torch.Tensor, attacked: dict[str, torch.Tensor], cfg: GanConfig
+) -> GanModels:
+    """Train detector, re-classifier and generator on clean rows `ps`/`pv` (see module doc).
+
+    `attacked[name]` holds the output of known attack `name` on the same queries as `ps`.
+    """
+    torch.manual_seed(cfg.seed)
+    n, c = ps.shape
+    orig = ps.argmax(1)
+    names = sorted(attacked)
+    hidden = list(cfg.hidden)
+    det = MLPNet(2 * c + N_STATS, hidden, 1)
+    rec = MLPNet(4 * c + N_STATS, hidden, c)
+    gen = MLPNet(2 * c + cfg.noise_dim, hidden, c)
+    all_att = torch.cat([attacked[k] for k in names])
+    pv_rep = pv.repeat(len(names), 1)
+    det.standardise_on(
+        torch.cat([divergence_features(ps, pv), divergence_features(all_att, pv_rep)])
+    )
+    rec.standardise_on(reclassifier_features(all_att, pv_rep))
+    opt_d = torch.optim.Adam(det.parameters(), lr=cfg.lr)
+    opt_r = torch.optim.Adam(rec.parameters(), lr=cfg.lr)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    for _ in range(cfg.epochs):
+        sums = {"detector": 0.0, "reclassifier": 0.0, "generator": 0.0}
+        for rows in torch.randperm(n, generator=g).split(cfg.batch):
+            b_ps, b_pv, b_orig = ps[rows], pv[rows], orig[rows]
+            noise = torch.randn(len(rows), cfg.noise_dim, generator=g)
+            gen_in = torch.cat(
+                [b_ps.clamp_min(LOG_FLOOR).log(), b_pv.clamp_min(LOG_FLOOR).log(), noise], 1
+            )
+            pg = gen(gen_in).softmax(1)  # step 1
+            fakes = [attacked[k][rows] for k in names] + [pg.detach()]
+            # step 2: detector
+            clean_logit = det(divergence_features(b_ps, b_pv)).squeeze(1)
+            loss_d = nn.functional.binary_cross_entropy_with_logits(
+                clean_logit, torch.zeros_like(clean_logit)
+            )
+            for fake in fakes:
+                logit = det(divergence_features(fake, b_pv)).squeeze(1)
+                loss_d = loss_d + nn.functional.binary_cross_entropy_with_logits(
+                    logit, torch.ones_like(logit)
+                ) / len(fakes)
+            opt_d.zero_grad()
+            loss_d.backward()
+            opt_d.step()
+            # step 3: re-classifier
+            loss_r = sum(
+                nn.functional.cross_entropy(rec(reclassifier_features(f, b_pv)), b_orig)
+                for f in fakes
+            )
+            loss_r = loss_r / len(fakes)
+            opt_r.zero_grad()
+            loss_r.backward()
+            opt_r.step()
+            # step 4: generator
+            fool = det(divergence_features(pg, b_pv)).squeeze(1)
+            lg = pg.clamp_min(LOG_FLOOR).log()
+            at_orig = lg.gather(1, b_orig[:, None]).squeeze(1)
+            best_other = lg.scatter(1, b_orig[:, None], float("-inf")).max(1).values
+            loss_g = (
+                nn.functional.binary_cross_entropy_with_logits(fool, torch.zeros_like(fool))
+                + nn.functional.relu(at_orig - best_other + cfg.margin).mean()
+            )
+            opt_g.zero_grad()
+            loss_g.backward()
+            opt_g.step()
+            for key, val in zip(sums, (loss_d, loss_r, loss_g), strict=True):
+                sums[key] += val.item() * len(rows) / n
+        history.append(sums)
+    return GanModels(det.eval(), rec.eval(), gen.eval(), history)
+
+
+def calibrate_threshold(clean_scores: torch.Tensor, max_fpr: float) -> float:
+    """Smallest threshold t such that at most `max_fpr` of `clean_scores` exceed t."""
+    s = clean_scores.sort().values
+    allowed = int(max_fpr * len(s))  # scores strictly above t may number at most this
+    return float(s[len(s) - allowed - 1])

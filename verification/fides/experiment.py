@@ -1,0 +1,288 @@
+"""End-to-end Fides experiments on real data: train, attack, detect, evaluate.
+
+`prepare_mnist` / `prepare_reviews` load a task's splits (see `data`); `run` then
+    1. trains the service model on `train` and a cheaper substitute model on the same labels,
+    2. distils the verifier from the service by GDTL (`train` inputs, `fides` for validation),
+       under a cost budget of `verifier_budget` times the service model's multiply-accumulates,
+    3. attacks the service's outputs on `fides` and `test` (every attack in `attacks`),
+    4. trains detector and re-classifier in the GAN framework on `fides` (with the attacks in
+       `train_attacks` as the known catalogue; the rest are unseen until `test`),
+    5. calibrates the detection threshold on clean `calib` outputs to `max_fpr`,
+    6. reports, on `test`: false positives on clean outputs and, per attack, detection rate and
+       re-classification accuracy (against the service's honest top-1 and the true label).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import attacks
+from .data import SPLITS, load_mnist, load_reviews, split_indices
+from .detector import GanConfig, calibrate_threshold, reclassifier_features, train_detector_gan
+from .gdtl import ConvFamily, GdtlConfig, GdtlResult, TextFamily, greedy_distill
+from .nets import ConvPrefixNet, MLPNet, bert_macs
+from .text import MAX_LENGTH, MiniLMEncoder, encode_reviews
+from .training import accuracy, batched, train_classifier
+from .verifier import FidesVerifier
+
+ATTACKS = ("swap_top2", "average_top2", "random_label_switch", "fgsm", "substitution")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scale:
+    """Sizes and hyper-parameters of one experiment (the bench and the tests pick their own)."""
+
+    n_samples: int | None  # MNIST: None = all 5,000; reviews: texts sampled from 33,530
+    service_epochs: int
+    service_hidden: list[int]
+    widths: list[list[int]]  # GDTL head widths, cheapest first
+    gdtl: GdtlConfig
+    gan: GanConfig
+    fgsm_eps: float  # L-inf; pixels in [0, 1] or unit-norm sentence embeddings
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # image service conv blocks
+    service_lr: float = 3e-3
+    substitute_epochs: int = 20
+    verifier_budget: float = 0.10  # verifier MACs <= this fraction of the service model's
+    max_fpr: float = 0.02
+    attacks: tuple[str, ...] = ATTACKS  # evaluated on `test`
+    train_attacks: tuple[str, ...] | None = None  # known to the GAN training; None = `attacks`
+    shifted_copies: int = 0  # image only: extra distillation inputs shifted by up to 2 pixels
+    seed: int = 0
+
+
+@dataclass
+class TaskData:
+    """One task's splits, in the three forms that the verifier, service and substitute consume."""
+
+    task: str  # "image" or "text"
+    n_classes: int
+    inputs: dict[str, torch.Tensor]  # the verifier's input (images, token ids) per split
+    surface: dict[str, torch.Tensor]  # what the service head consumes (images, embeddings)
+    cheap: dict[str, torch.Tensor]  # the substitute model's input per split
+    labels: dict[str, torch.Tensor]
+    bert: Any = None  # text only: the service encoder (a transformers BertModel)
+    texts: dict[str, list[str]] = field(default_factory=dict)  # text only
+
+
+@dataclass
+class Outcome:
+    """Everything `run` trained, and its test metrics (see `evaluate`)."""
+
+    fides: FidesVerifier
+    service: torch.nn.Module
+    substitute: torch.nn.Module
+    gdtl: GdtlResult
+    metrics: dict[str, Any]
+
+
+def prepare_mnist(scale: Scale) -> TaskData:
+    x, y = load_mnist(scale.n_samples, scale.seed)
+    idx = split_indices(len(y), scale.seed)
+    xs = {s: torch.from_numpy(x[i]) for s, i in idx.items()}
+    return TaskData("image", 10, xs, xs, xs, {s: torch.from_numpy(y[i]) for s, i in idx.items()})
+
+
+def prepare_reviews(scale: Scale, encoder: MiniLMEncoder | None = None) -> TaskData:
+    """Movie reviews: MiniLM sentence embeddings feed the service head (cached on disk)."""
+    reviews = load_reviews(scale.n_samples or 4000, scale.seed)
+    encoder = encoder or MiniLMEncoder()
+    enc = encode_reviews(reviews, encoder)
+    idx = split_indices(len(reviews.labels), scale.seed)
+    emb = nn.functional.normalize(enc["pooled"][:, -1], dim=1)  # = SentenceTransformer.encode
+    return TaskData(
+        "text",
+        2,
+        inputs={s: enc["ids"][i] for s, i in idx.items()},
+        surface={s: emb[i] for s, i in idx.items()},
+        cheap={s: enc["pooled"][i, 2] for s, i in idx.items()},  # a 2-layer MiniLM
+        labels={s: torch.from_numpy(reviews.labels[i]) for s, i in idx.items()},
+        bert=encoder.bert,
+        texts={s: [reviews.texts[j] for j in i] for s, i in idx.items()},
+    )
+
+
+def _service_and_substitute(
+    data: TaskData, scale: Scale
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    y = data.labels["train"]
+    if data.task == "image":
+        service = ConvPrefixNet(scale.channels, scale.service_hidden, 10)
+        substitute: torch.nn.Module = ConvPrefixNet([], [], 10)  # softmax regression on pixels
+    else:
+        service = MLPNet(data.surface["train"].shape[1], scale.service_hidden, 2)
+        substitute = MLPNet(data.cheap["train"].shape[1], [], 2)
+        substitute.standardise_on(data.cheap["train"])
+    train_classifier(
+        service,
+        data.surface["train"],
+        y,
+        epochs=scale.service_epochs,
+        lr=scale.service_lr,
+        seed=scale.seed,
+    )
+    train_classifier(
+        substitute,
+        data.cheap["train"],
+        y,
+        epochs=scale.substitute_epochs,
+        lr=scale.service_lr,
+        seed=scale.seed,
+        weight_decay=1e-4,
+    )
+    return service, substitute
+
+
+def service_macs(data: TaskData, service: torch.nn.Module) -> int:
+    """Multiply-accumulates of one service request (text: MiniLM at MAX_LENGTH tokens + head)."""
+    if data.task == "image":
+        return service.macs()
+    cfg = data.bert.config
+    return bert_macs(cfg.to_dict(), cfg.num_hidden_layers, MAX_LENGTH) + service.macs()
+
+
+def distillation_inputs(data: TaskData, scale: Scale) -> torch.Tensor:
+    """The `train` inputs, plus (images) `scale.shifted_copies` copies shifted by -2..2 pixels.
+
+    Distillation needs no labels, only the service's outputs, so shifted copies of the training
+    images are extra distillation data at no labelling cost (MNIST digits have empty borders,
+    so a cyclic shift of at most 2 pixels is a translation).
+    """
+    x = data.inputs["train"]
+    if data.task != "image" or not scale.shifted_copies:
+        return x
+    gen = torch.Generator().manual_seed(scale.seed)
+    copies = [x]
+    for _ in range(scale.shifted_copies):
+        shifts = torch.randint(-2, 3, (len(x), 2), generator=gen)  # one shift per image
+        moved = x.clone()
+        for dy, dx in shifts.unique(dim=0).tolist():
+            rows = (shifts == torch.tensor([dy, dx])).all(1)
+            moved[rows] = torch.roll(x[rows], shifts=(dy, dx), dims=(2, 3))
+        copies.append(moved)
+    return torch.cat(copies)
+
+
+def attack_outputs(
+    data: TaskData, split: str, service: torch.nn.Module, substitute: torch.nn.Module, scale: Scale
+) -> dict[str, torch.Tensor]:
+    """Every attack in `scale.attacks` applied to the service's outputs on `split`."""
+    ps = batched(service, data.surface[split]).softmax(1)
+    gen = torch.Generator().manual_seed(scale.seed * 100 + SPLITS.index(split))
+    bounds = (0.0, 1.0) if data.task == "image" else None
+    out: dict[str, torch.Tensor] = {}
+    for name in scale.attacks:
+        if name == "swap_top2":
+            out[name] = attacks.swap_top2(ps)
+        elif name == "average_top2":
+            out[name] = attacks.average_top2(ps)
+        elif name == "random_label_switch":
+            out[name] = attacks.random_label_switch(ps, gen)
+        elif name == "fgsm":
+            adv = attacks.fgsm(service, data.surface[split], scale.fgsm_eps, bounds)
+            out[name] = batched(service, adv).softmax(1)
+        elif name == "substitution":
+            out[name] = batched(substitute, data.cheap[split]).softmax(1)
+        else:
+            raise ValueError(f"unknown attack {name!r}")
+    return out
+
+
+def run(data: TaskData, scale: Scale) -> Outcome:
+    """Steps 1-6 of the module docstring."""
+    unknown = set(scale.train_attacks or ()) - set(scale.attacks)
+    if unknown:
+        raise ValueError(f"train_attacks not among the evaluated attacks: {sorted(unknown)}")
+    torch.manual_seed(scale.seed)
+    service, substitute = _service_and_substitute(data, scale)
+    logits = {s: batched(service, x) for s, x in data.surface.items()}
+    if data.task == "image":
+        family: ConvFamily | TextFamily = ConvFamily(service, scale.widths)
+    else:
+        family = TextFamily(data.bert, 2, scale.widths, MAX_LENGTH)
+    gdtl_cfg = GdtlConfig(
+        **{
+            **scale.gdtl.__dict__,
+            "mac_budget": int(scale.verifier_budget * service_macs(data, service)),
+        }
+    )
+    x_distil = distillation_inputs(data, scale)
+    t_distil = batched(service, x_distil if data.task == "image" else data.surface["train"])
+    gd = greedy_distill(family, x_distil, t_distil, data.inputs["fides"], logits["fides"], gdtl_cfg)
+    pv = {s: batched(gd.net, x, 64).softmax(1) for s, x in data.inputs.items()}
+    ps = {s: t.softmax(1) for s, t in logits.items()}
+    att_fides = attack_outputs(data, "fides", service, substitute, scale)
+    if scale.train_attacks is not None:  # attacks held out of training stay unseen until test
+        att_fides = {k: v for k, v in att_fides.items() if k in scale.train_attacks}
+    gan = train_detector_gan(ps["fides"], pv["fides"], att_fides, scale.gan)
+    fides = FidesVerifier(
+        data.task,
+        gd.net,
+        gan.detector,
+        gan.reclassifier,
+        0.0,
+        metadata={"attacks_trained": sorted(att_fides)},
+        max_length=MAX_LENGTH,
+    )
+    fides.threshold = calibrate_threshold(fides.scores(ps["calib"], pv["calib"]), scale.max_fpr)
+    metrics = evaluate(
+        fides,
+        data,
+        ps["test"],
+        pv["test"],
+        attack_outputs(data, "test", service, substitute, scale),
+    )
+    metrics.update(
+        {
+            "service_accuracy": accuracy(ps["test"], data.labels["test"]),
+            "substitute_accuracy": accuracy(
+                batched(substitute, data.cheap["test"]), data.labels["test"]
+            ),
+            "verifier_accuracy": accuracy(pv["test"], data.labels["test"]),
+            "verifier_fidelity": accuracy(pv["test"], ps["test"].argmax(1)),
+            "verifier_macs": gd.macs,
+            "service_macs": service_macs(data, service),
+            "gdtl": {"depth": gd.depth, "hidden": gd.hidden, "trace": gd.trace},
+            "splits": {s: len(y) for s, y in data.labels.items()},
+            "threshold": fides.threshold,
+        }
+    )
+    fides.metadata.update({k: metrics[k] for k in ("verifier_fidelity", "service_accuracy")})
+    return Outcome(fides, service, substitute, gd, metrics)
+
+
+@torch.no_grad()
+def evaluate(
+    fides: FidesVerifier,
+    data: TaskData,
+    ps: torch.Tensor,
+    pv: torch.Tensor,
+    attacked: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """False positives on clean `ps`; per attack detection and re-classification on `test`."""
+    honest = ps.argmax(1)
+    truth = data.labels["test"]
+    per_attack = {}
+    for name, pa in attacked.items():
+        flagged = fides.scores(pa, pv) > fides.threshold
+        changed = pa.argmax(1) != honest
+        recl = fides.reclassifier(reclassifier_features(pa, pv)).argmax(1)
+        per_attack[name] = {
+            "detection_rate": flagged.float().mean().item(),
+            "label_changed_fraction": changed.float().mean().item(),
+            "detection_rate_label_changed": _mean(flagged[changed]),
+            "reclassification_accuracy": _mean((recl == honest)[flagged]),
+            "reclassification_true_label_accuracy": _mean((recl == truth)[flagged]),
+            "attacked_output_accuracy": _mean((pa.argmax(1) == honest)[flagged]),
+        }
+    clean_flagged = fides.scores(ps, pv) > fides.threshold
+    return {"false_positive_rate": clean_flagged.float().mean().item(), "attacks": per_attack}
+
+
+def _mean(mask: torch.Tensor) -> float | None:
+    return mask.float().mean().item() if len(mask) else None

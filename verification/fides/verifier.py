@@ -1,0 +1,167 @@
+"""`FidesVerifier`: the verification model, the attack detector and the re-classifier together.
+
+Threat model (Fides, Kumar et al. 2023). The service provider is untrusted: it may return any
+distribution (swap or average top classes, switch labels), feed the service model adversarial
+inputs (FGSM), or answer with a cheaper model. The verification model is trusted: in deployment
+it runs inside an attested enclave on a verifier node and receives the client's original input;
+this class does NOT provide or check that enclave (the `tee` layer does; until it is wired, the
+verifier runs in the caller's process and is only as trustworthy as that process). The detector
+and re-classifier run on the client. Detection is statistical: it errs at the rates measured by
+`bench/integrity.py`, and an attack that leaves the returned distribution statistically close to
+the service model's honest one (e.g. a substitute that agrees closely) can go undetected.
+
+Saved layout (no pickle): `fides.json` (format version, task, configs, threshold, metadata) and
+`verifier.safetensors`, `detector.safetensors`, `reclassifier.safetensors`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checks import as_images, as_probs, as_texts
+from .detector import divergence_features, reclassifier_features
+from .errors import InvalidInput, ModelFormatError
+from .nets import load_net, read_json, save_net, write_json
+
+FORMAT_VERSION = 1
+TASKS = ("image", "text")  # image: (N, 784) or (N, 1, 28, 28) in [0, 1]; text: strings or ids
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Fides' decision on one query."""
+
+    attacked: bool  # score > threshold
+    score: float  # detector logit
+    threshold: float  # calibrated on clean traffic to a target false-positive rate
+    service_label: int  # top-1 of the distribution the service returned
+    verifier_label: int  # top-1 of the verification model
+    reclassified_label: int | None  # the re-classifier's estimate of the honest class, if attacked
+
+
+class FidesVerifier:
+    """Verification model + detector + re-classifier, with a calibrated threshold."""
+
+    def __init__(
+        self,
+        task: str,
+        verifier: nn.Module,
+        detector: nn.Module,
+        reclassifier: nn.Module,
+        threshold: float,
+        metadata: dict[str, Any] | None = None,
+        max_length: int = 128,
+    ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.task = task
+        self.verifier, self.detector, self.reclassifier = (
+            verifier.eval(),
+            detector.eval(),
+            reclassifier.eval(),
+        )
+        self.threshold = float(threshold)
+        self.n_classes = int(verifier.config["n_classes"])
+        self.metadata = dict(metadata or {})
+        self.max_length = max_length
+        self._tokenizer: Any = None
+
+    def prepare(self, inputs: object) -> torch.Tensor:
+        """Validate client inputs and turn them into the verification model's input tensor."""
+        if self.task == "image":
+            return as_images(inputs)
+        if isinstance(inputs, torch.Tensor):
+            if inputs.dtype != torch.int64 or inputs.dim() != 2 or len(inputs) == 0:
+                raise InvalidInput("text token ids must be a non-empty int64 (N, T) tensor")
+            vocab = self.verifier.config["bert"]["vocab_size"]
+            if (inputs < 0).any() or (inputs >= vocab).any():
+                raise InvalidInput(f"token ids must lie in [0, {vocab})")
+            return inputs
+        texts = as_texts(inputs)
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from .text import minilm_dir
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+        enc = self._tokenizer(
+            texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+        )
+        return enc["input_ids"]
+
+    @torch.no_grad()
+    def verifier_probs(self, inputs: object) -> torch.Tensor:
+        """The verification model's distribution (N, C) on the client's inputs."""
+        return self.verifier(self.prepare(inputs)).softmax(1)
+
+    @torch.no_grad()
+    def scores(self, service_probs: torch.Tensor, verifier_probs: torch.Tensor) -> torch.Tensor:
+        """Detector logits (N,) for already validated distributions."""
+        return self.detector(divergence_features(service_probs, verifier_probs)).squeeze(1)
+
+    @torch.no_grad()
+    def verify(self, inputs: object, service_probs: object) -> list[Verdict]:
+        """One `Verdict` per query; raises `InvalidInput` on malformed inputs or outputs."""
+        x = self.prepare(inputs)
+        ps = as_probs(service_probs, self.n_classes, n_rows=len(x))
+        pv = self.verifier(x).softmax(1)
+        score = self.scores(ps, pv)
+        recl = self.reclassifier(reclassifier_features(ps, pv)).argmax(1)
+        return [
+            Verdict(
+                bool(s > self.threshold),
+                float(s),
+                self.threshold,
+                int(a),
+                int(b),
+                int(r) if s > self.threshold else None,
+            )
+            for s, a, b, r in zip(score, ps.argmax(1), pv.argmax(1), recl, strict=True)
+        ]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the safetensors weights and `fides.json` into `directory` (created)."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "task": self.task,
+            "threshold": self.threshold,
+            "max_length": self.max_length,
+            "metadata": self.metadata,
+            "nets": {
+                name: save_net(getattr(self, name), path, name)
+                for name in ("verifier", "detector", "reclassifier")
+            },
+        }
+        write_json(path / "fides.json", config)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FidesVerifier:
+        """Load a directory written by `save`; raises `ModelFormatError` if inconsistent."""
+        path = Path(directory)
+        config = read_json(path / "fides.json")
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ModelFormatError(f"unsupported format_version {config.get('format_version')!r}")
+        try:
+            nets = {
+                name: load_net(config["nets"][name], path, name)
+                for name in ("verifier", "detector", "reclassifier")
+            }
+            return cls(
+                config["task"],
+                nets["verifier"],
+                nets["detector"],
+                nets["reclassifier"],
+                config["threshold"],
+                config.get("metadata"),
+                config["max_length"],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{path / 'fides.json'} is malformed: {exc!r}") from exc
