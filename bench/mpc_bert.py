@@ -7,9 +7,10 @@ exactly T tokens, for each T in `--tokens`):
     ours/weights_private   the same, the weights secret-shared by party 0 (PUMA's setting)
     crypten/weights_private  the same encoder with CrypTen 0.4.1's own approximations
                            (`mpc.models.crypten_default`): the "CrypTen as published" reference
-    spu-puma/weights_private  SecretFlow SPU 0.9.5 with PUMA enabled, 3 parties (ABY3), run by
-                           `bench/spu/puma_minilm.py` in its own venv (`bench/spu/setup.sh`);
-                           skipped with a note when that venv is absent
+    spu-puma/weights_private  SecretFlow SPU 0.9.5 with PUMA enabled, 3 parties (ABY3, FM64),
+                           run by `bench/spu/puma_minilm.py` in its own venv
+                           (`bench/spu/setup.sh`), one sentence per forward, the client's
+                           embedding lookup outside (as ours); skipped when the venv is absent
 Our variants run as 2 CrypTen parties + the TTP (`mpc.launch`: gloo on loopback, one torch
 thread per process); each sentence is one forward (B = 1).
 
@@ -157,21 +158,36 @@ def _summary(forwards: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _spu(tokens: int) -> dict[str, Any]:
+def _spu(tokens: int, reference: torch.Tensor) -> dict[str, Any]:
+    """SPU-PUMA on the same sentences, one sentence per forward like ours; `reference` is the
+    (N, C) normalized plaintext torch embedding the SPU outputs are compared with."""
     if not SPU_PYTHON.exists() or not SPU_RUNNER.exists():
         return {"skipped": f"no SPU venv: run bench/spu/setup.sh ({SPU_PYTHON} missing)"}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"sentences": list(SENTENCES), "tokens": tokens}, f)
-    proc = subprocess.run(
-        [str(SPU_PYTHON), str(SPU_RUNNER), "--input", f.name, "--model-dir", str(minilm_dir())],
-        capture_output=True,
-        text=True,
-        timeout=7200,
-        check=False,
-    )
+    command = [str(SPU_PYTHON), str(SPU_RUNNER), "--input", f.name, "--tokens", str(tokens)]
+    command += ["--model-dir", str(minilm_dir()), "--batch", "1", "--embedding", "client"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=7200, check=False)
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = torch.nn.functional.normalize(torch.tensor(raw["embeddings"], dtype=torch.float64), dim=1)
+    cosines = (got * reference).sum(1)
+    per_forward = raw["communication"]["per_forward"]
+    return {
+        "forwards": raw["n_forwards"],
+        "median_seconds": statistics.median(raw["latency"]["forward_s"]),
+        "median_cpu_seconds_per_party": statistics.median(
+            max(cpu) for cpu in raw["latency"]["forward_cpu_s_per_party"]
+        ),
+        "median_bytes_total": statistics.median(p["total_bytes"] for p in per_forward),
+        "rounds": None,  # SPU's link does not count them
+        "min_cosine": float(cosines.min()),
+        "min_cosine_vs_own_jax_reference": raw["accuracy"]["min_cosine"],
+        "max_abs_error_vs_own_jax_reference": raw["accuracy"]["max_abs_error"],
+        "spu_config": raw.get("spu_config"),
+        "peak_rss_bytes_per_party": raw["memory"]["peak_rss_bytes_per_party"],
+    }
 
 
 def main() -> None:
@@ -204,7 +220,7 @@ def main() -> None:
         for name in args.variants:
             print(f"T={tokens}: {name}", file=sys.stderr)
             if name.startswith("spu"):
-                row[name] = _spu(tokens)
+                row[name] = _spu(tokens, _pooled(plain, mask))
             else:
                 row[name] = _ours(name, layers, embedded, mask, plain)
         row["ratios"] = _ratios(row)
