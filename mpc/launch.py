@@ -9,7 +9,8 @@ CSPRNG is installed), calls `crypten.init()`, runs `fn(rank, *args)` and `crypte
 Transport: torch.distributed's gloo over TCP on 127.0.0.1 (rendezvous on a free port found by
 binding port 0; gloo's data sockets pinned to the loopback interface). Gloo sends shares in
 PLAINTEXT and authenticates no one, so this harness is for development and testing on one machine
-only; the mTLS gRPC transport between real nodes is future work.
+only; between real nodes the ranks talk over the mTLS gRPC relay (`decentralized/mpc_relay.py`,
+`decentralized/mpc_worker.py`).
 
 Threat model of what it runs: CrypTen's semi-honest protocols; with `ttp=True` the TTP process
 is a trusted dealer that learns every triple (an assumption, not a property).
