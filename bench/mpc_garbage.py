@@ -106,7 +106,14 @@ def main() -> None:
     path = str(minilm_dir())
     model = BertModel.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    texts = reviews(args.forwards)
+    lengths = tokenizer(reviews(args.forwards * 3), truncation=False)["input_ids"]
+    texts = [
+        t
+        for t, ids in zip(reviews(args.forwards * 3), lengths, strict=True)
+        if len(ids) >= args.tokens
+    ][: args.forwards]
+    if len(texts) < args.forwards:
+        raise SystemExit(f"only {len(texts)} reviews have >= {args.tokens} tokens")
     enc = tokenizer(
         texts, padding="max_length", max_length=args.tokens, truncation=True, return_tensors="pt"
     )
