@@ -39,7 +39,6 @@ from secure_infer.results import (
     Failover,
     GenerateResult,
     HopRecord,
-    MPCParty,
     MPCReport,
     Privacy,
     TokenEvent,
@@ -193,19 +192,7 @@ class Client:
         outcome = run_secure_encoder(self._mesh, model, hidden, mask, options)
         pooled = check_output(outcome.output, outcome.output_bound)  # GarbageOutput if not
         emb = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        parties = tuple(
-            MPCParty(
-                role=r.role,
-                name=r.name,
-                node_id=r.node_id,
-                address=r.address,
-                bytes_sent=r.bytes_sent,
-                bytes_received=r.bytes_received,
-                rounds=r.rounds,
-                seconds=r.seconds,
-            )
-            for r in outcome.ranks
-        )
+        parties = outcome.ranks
         report = MPCReport(
             threat_model=options.threat_model,
             parties=parties,

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from decentralized.mpc_client import RankReport as MPCParty  # one node of an MPC session
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HopRecord:
@@ -51,20 +53,6 @@ class Failover:
     end: int
     reason: str  # status code and message
     rebuilt_tokens: int  # tokens of KV cache rebuilt on the replacement (0 for encoders)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MPCParty:
-    """One node of an MPC session and what it did."""
-
-    role: str  # "party 0" (owns the weights when they are private), "party 1", "dealer"
-    name: str
-    node_id: str
-    address: str
-    bytes_sent: int  # payload bytes this rank sent to the other ranks
-    bytes_received: int
-    rounds: int  # this rank's communication rounds (flights of messages)
-    seconds: float  # its compute wall time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
