@@ -14,11 +14,13 @@ is retried on a fresh set, up to `attempts` times.
 
 from __future__ import annotations
 
+import queue
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import torch
@@ -27,6 +29,8 @@ from decentralized import _wire
 from decentralized.client import MeshClient, error_from_rpc
 from decentralized.errors import InvalidRequest, MeshError, NoRoute, SessionAborted
 from decentralized.v1 import common_pb2, mpc_pb2, mpc_pb2_grpc
+from mpc.errors import GarbageOutput
+from mpc.models import check_output
 from mpc.prg import AESCTRGenerator
 
 FRACTIONAL_BITS = 16  # CrypTen's fixed point
@@ -247,31 +251,292 @@ def run_secure_encoder(
         SessionAborted: every attempt failed; the message lists why.
     """
     encoded = encode_fixed_point(hidden)
-    failed: list[str] = []
-    excluded: set[str] = set()
-    for attempt in range(options.attempts):
-        pool = [r for r in _candidates(mesh, model) if r.node_id not in excluded]
-        if len(pool) < 3:
-            raise NoRoute(
-                f"need 3 live nodes running {model} under MPC (2 parties + dealer), "
-                f"found {len(pool)}" + (f"; earlier attempts: {failed}" if failed else "")
-            )
-        nodes = _pick(pool, options.parties if attempt == 0 else None)
+    retries = _Retries(mesh, model, options)
+    for nodes in retries:
         try:
             output, bound, reports, seconds = _attempt(
                 mesh, nodes, model, encoded, attention_mask, options
             )
         except _SessionFailed as exc:
-            failed.append(str(exc))
-            for rank in _culprits(exc.failures):
-                excluded.add(nodes[rank].node_id)
-                mesh.ban(nodes[rank].node_id)
+            retries.failed(nodes, exc)
             continue
         return MPCOutcome(
             output=output,
             output_bound=bound,
             ranks=reports,
-            failed_attempts=tuple(failed),
+            failed_attempts=tuple(retries.failures),
             seconds=seconds,
         )
-    raise SessionAborted(f"MPC session failed {options.attempts} times: {failed}")
+    raise SessionAborted(f"MPC session failed {options.attempts} times: {retries.failures}")
+
+
+class _Retries:
+    """Node sets for successive attempts: pinned parties first, then random draws that
+    exclude (and ban) the nodes blamed for earlier failures."""
+
+    def __init__(self, mesh: MeshClient, model: str, options: MPCOptions) -> None:
+        self.mesh = mesh
+        self.model = model
+        self.options = options
+        self.failures: list[str] = []
+        self.excluded: set[str] = set()
+
+    def __iter__(self) -> Iterator[list[common_pb2.NodeRecord]]:
+        for attempt in range(self.options.attempts):
+            pool = [r for r in _candidates(self.mesh, self.model) if r.node_id not in self.excluded]
+            if len(pool) < 3:
+                raise NoRoute(
+                    f"need 3 live nodes running {self.model} under MPC (2 parties + dealer), "
+                    f"found {len(pool)}"
+                    + (f"; earlier attempts: {self.failures}" if self.failures else "")
+                )
+            yield _pick(pool, self.options.parties if attempt == 0 else None)
+
+    def failed(self, nodes: list[common_pb2.NodeRecord], exc: _SessionFailed) -> None:
+        self.failures.append(str(exc))
+        for rank in _culprits(exc.failures):
+            self.excluded.add(nodes[rank].node_id)
+            self.mesh.ban(nodes[rank].node_id)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedToken:
+    """One greedy token of a secure generation, reconstructed and checked by the client."""
+
+    step: int
+    token_id: int
+    logit: float  # its logit, within the model's bound (else GarbageOutput)
+
+
+def run_secure_decoder(
+    mesh: MeshClient,
+    model: str,
+    prompt: torch.Tensor,
+    next_input: Callable[[int], torch.Tensor],
+    max_new_tokens: int,
+    options: MPCOptions,
+) -> Iterator[DecodedToken | MPCOutcome]:
+    """Greedy generation by a decoder `model` under MPC; yields each token, then the outcome.
+
+    Args:
+        prompt: (1, T, D) int64 ring elements of the client's prompt input: fixed-point
+            embedding rows (input_private) or a one-hot at scale 1 (weights_private).
+        next_input: the (1, 1, D) ring input for a generated token id (same encoding).
+        max_new_tokens: steps the parties run (fixed in advance and known to them).
+
+    Each step's (token id, logit) comes back as two additive shares, one per party; the client
+    reconstructs it, checks the logit against the model's bound (`GarbageOutput` beyond it),
+    and secret-shares the next input. Retries on a fresh node set happen only before the first
+    token (a token already handed to the caller cannot be taken back); a later failure raises
+    `SessionAborted`. `MPCOutcome.output` holds the (2, max_new_tokens) ids and logits.
+    """
+    retries = _Retries(mesh, model, options)
+    for nodes in retries:
+        session = _DecoderSession(mesh, nodes, model, max_new_tokens, options)
+        produced = 0
+        try:
+            session.start(prompt)
+            for token in session.steps(next_input):
+                produced += 1
+                yield token
+            reports, seconds = session.finish()
+        except _SessionFailed as exc:
+            session.cancel()
+            if produced:
+                raise SessionAborted(
+                    f"MPC generation failed after {produced} tokens: {exc}"
+                ) from None
+            retries.failed(nodes, exc)
+            continue
+        except BaseException:
+            session.cancel()
+            raise
+        yield MPCOutcome(
+            output=session.tokens(),
+            output_bound=session.bound,
+            ranks=reports,
+            failed_attempts=tuple(retries.failures),
+            seconds=seconds,
+        )
+        return
+    raise SessionAborted(f"MPC session failed {options.attempts} times: {retries.failures}")
+
+
+class _DecoderSession:
+    """One attempt at a generation session: parties on `Generate` streams, dealer on `Run`."""
+
+    def __init__(
+        self,
+        mesh: MeshClient,
+        nodes: list[common_pb2.NodeRecord],
+        model: str,
+        max_new_tokens: int,
+        options: MPCOptions,
+    ) -> None:
+        self.nodes = nodes
+        self.model = model
+        self.names = [n.name for n in nodes]
+        self.options = options
+        self.max_new_tokens = max_new_tokens
+        self.session_id = secrets.token_urlsafe(24)
+        self.bound = 0.0
+        self._decoded: list[DecodedToken] = []
+        self._stubs = [mpc_pb2_grpc.MPCSessionStub(mesh.channel(n.address, n.name)) for n in nodes]
+        self._pool = ThreadPoolExecutor(max_workers=3)
+        self._inputs: queue.Queue[bytes | None] = queue.Queue()  # party 1's later steps
+        self._calls: list[Any] = []
+        self._started = time.perf_counter()
+        self._seed = secrets.token_bytes(16)
+        self._stream = AESCTRGenerator(self._seed)  # party 0's shares, expanded on both ends
+        self._streams: list[Any] = []
+        self._dealer: Any = None
+
+    def start(self, prompt: torch.Tensor) -> None:
+        """Open the three ranks and start their calls with step 0's input shares."""
+        seed = self._seed
+        share1 = self._share(prompt)
+        mask = _wire.tensor_to_proto(torch.ones(1, prompt.shape[1], dtype=torch.int64))
+        relays = self._open(self.model, mask)
+        first = [
+            mpc_pb2.RunChunk(session_id=self.session_id, relay_addresses=relays, share=seed),
+            *_run_chunks(self.session_id, relays, share1),
+        ]
+        deadline = self.options.deadline_s
+        self._streams = [
+            self._stubs[0].Generate(iter(first[:1]), timeout=deadline),
+            self._stubs[1].Generate(self._party1_chunks(first[1:]), timeout=deadline),
+        ]
+        self._calls = list(self._streams)
+        dealer = [mpc_pb2.RunChunk(session_id=self.session_id, relay_addresses=relays)]
+        self._dealer = self._stubs[2].Run.future(iter(dealer), timeout=deadline)
+        self._calls.append(self._dealer)
+
+    def _share(self, x: torch.Tensor) -> bytes:
+        """Party 1's share of a ring tensor: x - PRG (party 0 expands the PRG itself)."""
+        share0 = self._stream.random_ring(tuple(x.shape))
+        return (x - share0).contiguous().numpy().tobytes()  # int64 wraps mod 2^64
+
+    def _party1_chunks(self, first: list[mpc_pb2.RunChunk]) -> Iterator[mpc_pb2.RunChunk]:
+        yield from first
+        while (share := self._inputs.get()) is not None:
+            for i in range(0, len(share), CHUNK_BYTES):
+                yield mpc_pb2.RunChunk(share=share[i : i + CHUNK_BYTES])
+
+    def _open(self, model: str, mask: common_pb2.Tensor) -> list[str]:
+        failures: dict[int, MeshError] = {}
+
+        def open_rank(rank: int) -> str:
+            request = mpc_pb2.OpenSession(
+                session_id=self.session_id,
+                rank=rank,
+                model=model,
+                threat_model=self.options.threat_model,
+                attention_mask=mask,
+                rank_names=self.names,
+                peer_timeout_s=self.options.peer_timeout_s,
+                max_new_tokens=self.max_new_tokens,
+            )
+            try:
+                return str(self._stubs[rank].Open(request, timeout=OPEN_TIMEOUT_S).relay_address)
+            except grpc.RpcError as exc:
+                failures[rank] = error_from_rpc(exc, f"{RANK_ROLES[rank]} {self.names[rank]}")
+                return ""
+
+        relays = list(self._pool.map(open_rank, range(3)))
+        if failures:
+            raise _SessionFailed(failures)
+        return relays
+
+    def _next(self) -> tuple[mpc_pb2.StepResult, mpc_pb2.StepResult]:
+        """Both parties' next messages (read concurrently: either may be the one that fails)."""
+        futures = [self._pool.submit(next, stream) for stream in self._streams]
+        failures: dict[int, MeshError] = {}
+        replies = []
+        for rank, future in enumerate(futures):
+            try:
+                replies.append(future.result())
+            except grpc.RpcError as exc:
+                failures[rank] = error_from_rpc(exc, f"{RANK_ROLES[rank]} {self.names[rank]}")
+            except StopIteration:
+                failures[rank] = SessionAborted(
+                    f"{RANK_ROLES[rank]} {self.names[rank]} ended early"
+                )
+        if failures:
+            self._blame_dealer(failures)
+            raise _SessionFailed(failures)
+        return replies[0], replies[1]
+
+    def _blame_dealer(self, failures: dict[int, MeshError]) -> None:
+        if self._dealer is not None and self._dealer.done():
+            try:
+                self._dealer.result()
+            except grpc.RpcError as exc:
+                failures[2] = error_from_rpc(exc, f"dealer {self.names[2]}")
+
+    def steps(self, next_input: Callable[[int], torch.Tensor]) -> Iterator[DecodedToken]:
+        for step in range(self.max_new_tokens):
+            r0, r1 = self._next()
+            if r0.done or r1.done or r0.step != step or r1.step != step:
+                raise SessionAborted(f"the parties answered out of step at step {step}")
+            token = self._reconstruct(step, r0, r1)
+            self._decoded.append(token)
+            if step + 1 < self.max_new_tokens:
+                self._inputs.put(self._share(next_input(token.token_id)))
+            else:
+                self._inputs.put(None)
+            yield token
+
+    def _reconstruct(
+        self, step: int, r0: mpc_pb2.StepResult, r1: mpc_pb2.StepResult
+    ) -> DecodedToken:
+        shares = [_wire.tensor_from_proto(r.token_share, "token share") for r in (r0, r1)]
+        if shares[0].shape != (2, 1) or shares[1].shape != (2, 1):
+            raise SessionAborted("the parties returned token shares of the wrong shape")
+        # Under weights_private only party 0 (the owner) knows the weights, hence the bound.
+        bounds = (r0.logit_bound, r1.logit_bound)
+        self.bound = bounds[0] if self.options.threat_model == "weights_private" else min(bounds)
+        decoded = decode_fixed_point(shares[0] + shares[1])  # (2, 1)
+        logit = float(check_output(decoded[1], self.bound)[0])  # GarbageOutput beyond it
+        token_id = int(decoded[0, 0].round())
+        if abs(float(decoded[0, 0]) - token_id) > 1e-3 or token_id < 0:
+            raise GarbageOutput(f"step {step}: the reconstructed token id {float(decoded[0, 0])}")
+        return DecodedToken(step=step, token_id=token_id, logit=logit)
+
+    def tokens(self) -> torch.Tensor:
+        return torch.tensor(
+            [[t.token_id for t in self._decoded], [t.logit for t in self._decoded]],
+            dtype=torch.float64,
+        )
+
+    def finish(self) -> tuple[tuple[RankReport, ...], float]:
+        r0, r1 = self._next()
+        if not (r0.done and r1.done):
+            raise SessionAborted("the parties sent more steps than asked for")
+        try:
+            dealer = self._dealer.result()
+        except grpc.RpcError as exc:
+            raise _SessionFailed({2: error_from_rpc(exc, f"dealer {self.names[2]}")}) from None
+        self._pool.shutdown(wait=False)
+        seconds = time.perf_counter() - self._started
+        stats = (r0, r1, dealer)
+        reports = tuple(
+            RankReport(
+                role=RANK_ROLES[r],
+                name=self.nodes[r].name,
+                node_id=self.nodes[r].node_id,
+                address=self.nodes[r].address,
+                bytes_sent=stats[r].bytes_sent,
+                bytes_received=stats[r].bytes_received,
+                rounds=stats[r].rounds,
+                seconds=stats[r].seconds,
+            )
+            for r in range(3)
+        )
+        return reports, seconds
+
+    def cancel(self) -> None:
+        """End every call of the session (the nodes then kill its processes)."""
+        self._inputs.put(None)
+        for call in self._calls:
+            call.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)

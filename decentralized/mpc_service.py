@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing as mp
 import time
 from collections.abc import AsyncIterator
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 16
 MAX_TOKENS = 512
+MAX_NEW_TOKENS = 64  # greedy steps of one generation session
 OPEN_TTL_S = 60.0  # an opened rank must be run within this
 MAX_RUN_S = 1800.0  # longest any rank may compute
 START_TIMEOUT_S = 120.0  # for a worker process to import and bind its mailbox
@@ -129,6 +131,15 @@ class MPCHost:
         if not 1 <= mask.shape[1] <= MAX_TOKENS:
             raise InvalidRequest(f"sequences must have 1..{MAX_TOKENS} tokens")
         _wire.check_mask(mask, mask[:, :, None])
+        if request.model in mpc_worker.DECODERS:
+            if not 1 <= request.max_new_tokens <= MAX_NEW_TOKENS:
+                raise InvalidRequest(
+                    f"{request.model} generates: max_new_tokens must be in [1, {MAX_NEW_TOKENS}]"
+                )
+            if mask.shape[0] != 1 or not bool(mask.all()):
+                raise InvalidRequest("generation takes one prompt: an all-ones (1, T) mask")
+        elif request.max_new_tokens:
+            raise InvalidRequest(f"{request.model} is an encoder: max_new_tokens must be 0")
         timeout = request.peer_timeout_s or 60.0
         if not 1.0 <= timeout <= 600.0:
             raise InvalidRequest("peer_timeout_s must be within [1, 600]")
@@ -142,6 +153,8 @@ class MPCHost:
             peer_timeout_s=timeout,
             listen_host=self.listen_host,
             hidden_size=get_spec(request.model).hidden_size,
+            vocab_size=get_spec(request.model).vocab_size,
+            max_new_tokens=request.max_new_tokens,
         )
 
     async def open(self, request: mpc_pb2.OpenSession) -> str:
@@ -182,41 +195,95 @@ class MPCHost:
         )
         return str(reply["relay_address"])
 
-    async def run(
-        self, chunks: AsyncIterator[mpc_pb2.RunChunk], deadline_s: float
-    ) -> dict[str, Any]:
+    async def _start(
+        self, chunks: AsyncIterator[mpc_pb2.RunChunk], *, generate: bool
+    ) -> tuple[mpc_pb2.RunChunk, _Rank]:
+        """Claim the session rank named by the first chunk and hand the process its peers and
+        step 0's input share."""
         first = await anext(chunks, None)
         if first is None:
-            raise InvalidRequest("empty Run stream")
+            raise InvalidRequest("empty request stream")
         rank = self._ranks.get(first.session_id)
         if rank is None:
             raise SessionMismatch("unknown or expired session: Open it first")
         if rank.running:
             raise SessionMismatch("this session rank is already running")
+        job = rank.job
         rank.running = True
         try:
-            job = rank.job
+            decoder = bool(job.max_new_tokens) and job.rank != mpc_worker.DEALER_RANK
+            if generate != decoder:
+                raise InvalidRequest(
+                    "the computing parties of a generation session use Generate; "
+                    "encoder sessions and the dealer use Run"
+                )
             peers = list(first.relay_addresses)
             if len(peers) != mpc_worker.WORLD_SIZE:
                 raise InvalidRequest("the first chunk must carry 3 relay addresses")
-            share = await _collect_share(first, chunks, _expected_share_bytes(job))
+            expected = _expected_share_bytes(job, 0)
+            share = await _collect_share(first, chunks, expected)
+            if not generate and await anext(chunks, None) is not None:
+                raise InvalidRequest(f"input share exceeds the {expected} bytes this rank takes")
             rank.conn.send({"peers": peers, "input": share})
-            reply = await _receive(rank.conn, min(deadline_s, MAX_RUN_S))
-        except BaseException as exc:
+        except BaseException:
+            self._end(first.session_id, rank, "its start failed")
+            raise
+        return first, rank
+
+    def _end(self, session_id: str, rank: _Rank, why: str) -> None:
+        if why:
             logger.info(
-                "mpc session %s...: rank %d ends with %s (process exit code %s)",
-                first.session_id[:8],
+                "mpc session %s...: rank %d ends: %s (process exit code %s)",
+                session_id[:8],
                 rank.job.rank,
-                type(exc).__name__,
+                why,
                 rank.process.exitcode,
             )
+        rank.kill(grace_s=EXIT_GRACE_S)
+        self._ranks.pop(session_id, None)
+
+    async def run(
+        self, chunks: AsyncIterator[mpc_pb2.RunChunk], deadline_s: float
+    ) -> dict[str, Any]:
+        first, rank = await self._start(chunks, generate=False)
+        why = ""
+        try:
+            reply = await _receive(rank.conn, min(deadline_s, MAX_RUN_S))
+        except BaseException as exc:
+            why = type(exc).__name__
             raise
         finally:
-            rank.kill(grace_s=EXIT_GRACE_S)
-            self._ranks.pop(first.session_id, None)
+            self._end(first.session_id, rank, why)
         if "error" in reply:
-            raise SessionAborted(f"rank {job.rank} on {self.name}: {reply['error']}")
+            raise SessionAborted(f"rank {rank.job.rank} on {self.name}: {reply['error']}")
         return reply
+
+    async def generate(
+        self, chunks: AsyncIterator[mpc_pb2.RunChunk], deadline_s: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A computing party of a generation session: yields each step's message from the
+        process, then its final one; party 1's later input shares are read from `chunks`."""
+        first, rank = await self._start(chunks, generate=True)
+        job = rank.job
+        ends_at = time.monotonic() + min(deadline_s, MAX_RUN_S)
+        why = ""
+        try:
+            while True:
+                reply = await _receive(rank.conn, max(ends_at - time.monotonic(), 0.1))
+                if "error" in reply:
+                    raise SessionAborted(f"rank {job.rank} on {self.name}: {reply['error']}")
+                yield reply
+                if "step" not in reply:
+                    return
+                step = int(reply["step"]) + 1
+                if job.rank == 1 and step < job.max_new_tokens:
+                    share = await _collect_share(None, chunks, _expected_share_bytes(job, step))
+                    rank.conn.send({"input": share})
+        except BaseException as exc:
+            why = type(exc).__name__
+            raise
+        finally:
+            self._end(first.session_id, rank, why)
 
     def close(self) -> None:
         for rank in self._ranks.values():
@@ -224,29 +291,31 @@ class MPCHost:
         self._ranks.clear()
 
 
-def _expected_share_bytes(job: mpc_worker.Job) -> int:
-    if job.rank == 0:
-        return SEED_BYTES
+def _expected_share_bytes(job: mpc_worker.Job, step: int) -> int:
+    """Bytes of this rank's input share at `step`: party 0 sends a seed once, the dealer none."""
     if job.rank == 1:
-        batch, tokens = job.attention_mask.shape
-        return batch * tokens * job.hidden_size * 8
-    return 0
+        return math.prod(job.step_shape(step)) * 8
+    return SEED_BYTES if job.rank == 0 and step == 0 else 0
 
 
 async def _collect_share(
-    first: mpc_pb2.RunChunk, chunks: AsyncIterator[mpc_pb2.RunChunk], expected: int
+    first: mpc_pb2.RunChunk | None, chunks: AsyncIterator[mpc_pb2.RunChunk], expected: int
 ) -> bytes:
-    parts = [first.share]
-    size = len(first.share)
-    async for chunk in chunks:
-        if chunk.session_id and chunk.session_id != first.session_id:
-            raise InvalidRequest("a Run stream carries one session")
+    """Exactly `expected` bytes of share from `first` and the chunks after it. A step's share
+    ends at its size (a generation stream stays open for the next step); Run's stream must end
+    there too (checked by the caller's next read)."""
+    parts = [first.share] if first is not None else []
+    size = sum(len(p) for p in parts)
+    while size < expected:
+        chunk = await anext(chunks, None)
+        if chunk is None:
+            raise InvalidRequest(f"input share has {size} bytes, this rank takes {expected}")
+        if chunk.relay_addresses:
+            raise InvalidRequest("only the first chunk carries relay addresses")
         size += len(chunk.share)
-        if size > expected:
-            raise InvalidRequest(f"input share exceeds the {expected} bytes this rank takes")
         parts.append(chunk.share)
-    if size != expected:
-        raise InvalidRequest(f"input share has {size} bytes, this rank takes {expected}")
+    if size > expected:
+        raise InvalidRequest(f"input share exceeds the {expected} bytes this rank takes")
     return b"".join(parts)
 
 
@@ -297,3 +366,27 @@ class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
                 seconds=float(reply["seconds"]),
             )
         raise AssertionError("unreachable")  # pragma: no cover - _serving aborts
+
+    async def Generate(  # noqa: N802 - the proto's RPC name
+        self, request_iterator: AsyncIterator[mpc_pb2.RunChunk], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[mpc_pb2.StepResult]:
+        async with _serving("MPCSession.Generate", context, self._metrics):
+            remaining = context.time_remaining()
+            deadline = MAX_RUN_S if remaining is None else max(remaining - 1.0, 1.0)
+            async for reply in self._host.generate(request_iterator, deadline):
+                if "step" in reply:
+                    yield mpc_pb2.StepResult(
+                        step=int(reply["step"]),
+                        token_share=common_pb2.Tensor(
+                            data=reply["token_share"], dtype="int64", shape=reply["token_shape"]
+                        ),
+                        logit_bound=float(reply["logit_bound"]),
+                    )
+                else:
+                    yield mpc_pb2.StepResult(
+                        done=True,
+                        bytes_sent=int(reply["bytes_sent"]),
+                        bytes_received=int(reply["bytes_received"]),
+                        rounds=int(reply["rounds"]),
+                        seconds=float(reply["seconds"]),
+                    )

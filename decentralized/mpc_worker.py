@@ -8,11 +8,16 @@ The process talks to its node over a local pipe (`Connection`, the node's own ch
 from the network is unpickled there; the client's share arrives as raw bytes) and to the other
 ranks over the session's `RelayTransport` (mTLS gRPC with the node's certificate).
 
-Computation (`all-MiniLM-L6-v2`, the only model served under MPC so far):
-    rank 0, 1: the client's additive shares of the (B, T, C) embedding-layer output (party 0's
-        expands from a 16-byte AES-CTR seed, party 1's arrives as raw ring elements) ->
-        `SecureBertEncoder` (6 layers) -> `mean_pool` under the public mask -> this rank's
-        share of the (B, C) pooled output, returned to the client unopened.
+Computation:
+    all-MiniLM-L6-v2, rank 0, 1: the client's additive shares of the (B, T, C) embedding-layer
+        output (party 0's expands from a 16-byte AES-CTR seed, party 1's arrives as raw ring
+        elements) -> `SecureBertEncoder` (6 layers) -> `mean_pool` under the public mask ->
+        this rank's share of the (B, C) pooled output, returned to the client unopened.
+    SmolLM2-135M-Instruct, rank 0, 1 (`Job.max_new_tokens` greedy steps): per step, shares of
+        the client's input (the prompt's embedding rows, then the last token's; or, with the
+        weights private, one-hot rows at scale 1 for the secret table) -> `SecureLlama` over a
+        KV cache held in shares -> this rank's share of (token id, its logit), sent to the
+        client unopened; the client reconstructs the token and shares the next step's input.
     rank 2: CrypTen's TTP server (the dealer), until party 0 ends the session.
 """
 
@@ -37,7 +42,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # prctl(2)
-MPC_MODELS = ("all-MiniLM-L6-v2",)  # models with a secure forward (mpc.models)
+ENCODERS = ("all-MiniLM-L6-v2",)  # secure forward: mpc.models.SecureBertEncoder
+DECODERS = ("SmolLM2-135M-Instruct",)  # secure greedy generation: mpc.models.llama.SecureLlama
+MPC_MODELS = ENCODERS + DECODERS
 DEALER_RANK = 2
 WORLD_SIZE = 3  # two computing parties and the dealer
 THREAT_MODELS = ("input_private", "weights_private")
@@ -56,14 +63,24 @@ class Job:
     peer_timeout_s: float
     listen_host: str
     hidden_size: int
+    vocab_size: int
+    max_new_tokens: int = 0  # decoders: greedy steps; 0 for encoders
+
+    def step_shape(self, step: int) -> tuple[int, int, int]:
+        """Shape of a party's input share at `step` (encoders: step 0 only)."""
+        batch, tokens = self.attention_mask.shape
+        if self.model in ENCODERS:
+            return (batch, tokens, self.hidden_size)
+        width = self.hidden_size if self.threat_model == "input_private" else self.vocab_size
+        return (batch, tokens if step == 0 else 1, width)
 
 
 def _encoder_state(model: str) -> dict[str, torch.Tensor]:
     from decentralized.models._files import minilm_dir
     from decentralized.models.bert import _read
 
-    if model not in MPC_MODELS:
-        raise ValueError(f"{model} is not served under MPC")
+    if model not in ENCODERS:
+        raise ValueError(f"{model} is not served under MPC as an encoder")
     return _read(minilm_dir(), "encoder.layer.")
 
 
@@ -96,6 +113,48 @@ def _party(crypten: Any, job: Job, first_input: bytes) -> dict[str, Any]:
     }
 
 
+def _decoder_party(crypten: Any, job: Job, conn: Connection, first_input: bytes) -> dict[str, Any]:
+    """Ranks 0 and 1 of a generation session: `job.max_new_tokens` greedy steps.
+
+    Each step's token shares go to the node as {"step", "token_share", "logit_bound"}; party 1
+    then waits for the next step's input share ({"input"}) from the node; party 0 draws its
+    next share from the same AES-CTR stream as the client.
+    """
+    from decentralized.models._files import smollm2_dir
+    from mpc.models import ThreatModel
+    from mpc.models.llama import SecureLlama
+    from mpc.prg import AESCTRGenerator
+
+    threat = ThreatModel[job.threat_model.upper()]
+    zero = threat is ThreatModel.WEIGHTS_PRIVATE and job.rank != 0  # only the owner's are used
+    model = SecureLlama.from_pretrained(smollm2_dir(), zero=zero, threat_model=threat, owner=0)
+    precision = 0 if threat is ThreatModel.WEIGHTS_PRIVATE else None  # one-hot at scale 1
+    stream = AESCTRGenerator(first_input) if job.rank == 0 else None
+    cache = model.new_cache()
+    payload = first_input
+    start = time.perf_counter()
+    for step in range(job.max_new_tokens):
+        shape = job.step_shape(step)
+        if stream is not None:
+            share = stream.random_ring(shape)
+        else:
+            share = torch.frombuffer(bytearray(payload), dtype=torch.int64).reshape(shape)
+        x = crypten.mpc.MPCTensor.from_shares(share, precision=precision)
+        hidden = model.embed_one_hot(x) if precision == 0 else x
+        token = model.token_shares(model.forward(hidden, cache))  # (2, B) secret
+        conn.send(
+            {
+                "step": step,
+                "token_share": token._tensor.share.contiguous().numpy().tobytes(),
+                "token_shape": list(token.size()),
+                "logit_bound": model.logits_bound,
+            }
+        )
+        if stream is None and step + 1 < job.max_new_tokens:
+            payload = conn.recv()["input"]
+    return {"seconds": time.perf_counter() - start}
+
+
 def _die_with_parent() -> None:
     """Linux: have the kernel SIGKILL this process when the node process dies, so a killed
     node leaves no orphaned party computing on (and its peers see the rank go silent)."""
@@ -107,7 +166,8 @@ def _die_with_parent() -> None:
 def run(conn: Connection, job: Job, creds: Credentials) -> None:
     """Process entry point. Messages on `conn` (plain dicts; see `decentralized.mpc_service`):
 
-    out {"relay_address"} -> in {"peers", "input"} -> out {"ok", ...} | out {"error", "kind"}.
+    out {"relay_address"} -> in {"peers", "input"} -> [decoders, per step: out {"step", ...},
+    party 1: in {"input"}] -> out {"ok", ...} | out {"error", "kind"}.
     """
     _die_with_parent()
     torch.set_num_threads(1)
@@ -141,7 +201,10 @@ def run(conn: Connection, job: Job, creds: Credentials) -> None:
         else:
             crypten.init()
             try:
-                result.update(_party(crypten, job, message["input"]))
+                if job.max_new_tokens:
+                    result.update(_decoder_party(crypten, job, conn, message["input"]))
+                else:
+                    result.update(_party(crypten, job, message["input"]))
             except BaseException:
                 with contextlib.suppress(Exception):  # the original error is what matters
                     crypten.uninit()

@@ -26,9 +26,15 @@ import numpy as np
 import torch
 
 from decentralized.client import Chain, MeshClient
-from decentralized.errors import InvalidRequest
+from decentralized.errors import InvalidRequest, SessionAborted
 from decentralized.models import get_spec, load_client_parts
-from decentralized.mpc_client import MPCOptions, run_secure_encoder
+from decentralized.mpc_client import (
+    MPCOptions,
+    MPCOutcome,
+    encode_fixed_point,
+    run_secure_decoder,
+    run_secure_encoder,
+)
 from decentralized.transport import Credentials
 from mpc.models import check_output
 from secure_infer.certs import TLSMaterial
@@ -47,6 +53,7 @@ from secure_infer.results import (
 _MAX_TEXTS = 1024  # texts per embed call
 _MPC_MAX_TEXTS = 16  # per privacy="mpc" call (a node's MPC batch limit)
 _MAX_NEW_TOKENS = 1024  # tokens per generate call
+_MPC_MAX_NEW_TOKENS = 64  # per privacy="mpc" call (a node's limit for one session)
 _MICROBATCH_BYTES = 16 * 1024 * 1024  # activation bytes per forward call; larger batches split
 
 
@@ -193,15 +200,8 @@ class Client:
         pooled = check_output(outcome.output, outcome.output_bound)  # GarbageOutput if not
         emb = torch.nn.functional.normalize(pooled, p=2, dim=1)
         parties = outcome.ranks
-        report = MPCReport(
-            threat_model=options.threat_model,
-            parties=parties,
-            trusted_dealer=True,
-            bytes_total=sum(p.bytes_sent for p in parties),
-            rounds=max(p.rounds for p in parties),
-            seconds=outcome.seconds,
-            failed_attempts=outcome.failed_attempts,
-            output_check=f"|output| <= {outcome.output_bound:.3f} (last LayerNorm's bound)",
+        report = _mpc_report(
+            outcome, options, f"|output| <= {outcome.output_bound:.3f} (last LayerNorm's bound)"
         )
         total = time.perf_counter() - t0
         return EmbedResult(
@@ -215,22 +215,39 @@ class Client:
                 "compute_s": max(p.seconds for p in parties),
                 "network_s": outcome.seconds - max(p.seconds for p in parties),
             },
-            privacy=self._mpc_privacy(model, report),
+            privacy=self._mpc_privacy(
+                model,
+                report,
+                "token ids, embedding output and the final embeddings (reconstructed locally "
+                "from the two parties' output shares)",
+            ),
             mpc=report,
         )
 
-    def _mpc_privacy(self, model: str, report: MPCReport) -> Privacy:
+    def _mpc_privacy(self, model: str, report: MPCReport, client_keeps: str) -> Privacy:
         p0, p1, dealer = report.parties
         weights = (
             f"the weights of {model} are public to the parties"
             if report.threat_model == "input_private"
-            else f"the encoder weights are secret-shared by {p0.name} (their owner)"
+            else f"the weights are secret-shared by {p0.name} (their owner)"
+        )
+        decoder = get_spec(model).task == "generate"
+        shapes = (
+            "the prompt length and the number of generation steps"
+            if decoder
+            else "batch size, sequence lengths (the attention mask)"
+        )
+        approximations = (
+            "approximations (PUMA's SiLU, softmax, RMSNorm) can change a greedy token where "
+            "the top two logits are nearly tied"
+            if decoder
+            else "approximations (PUMA's GeLU, softmax, rsqrt) make the output differ from "
+            "plaintext by cosine ~1e-4"
         )
         return Privacy(
             mode="mpc",
             channel=self._channel_name(),
-            client_keeps="token ids, embedding output and the final embeddings (reconstructed "
-            "locally from the two parties' output shares)",
+            client_keeps=client_keeps,
             node_views=(
                 f"party {p0.name} ({p0.node_id[:8]}) saw a uniformly random share of the input "
                 "and of the output",
@@ -238,8 +255,7 @@ class Client:
                 "and of the output",
                 f"dealer {dealer.name} ({dealer.node_id[:8]}) saw only its own correlated "
                 "randomness and the sequence of request shapes",
-                "every node saw: batch size, sequence lengths (the attention mask), the model "
-                f"and threat model; {weights}",
+                f"every node saw: {shapes}, the model and threat model; {weights}",
             ),
             caveats=(
                 "semi-honest security: a party that deviates from the protocol can corrupt the "
@@ -247,8 +263,7 @@ class Client:
                 "the dealer is TRUSTED, not verified: a dealer colluding with either party "
                 "learns the input",
                 "the two parties must not collude: together they reconstruct the input",
-                "approximations (PUMA's GeLU, softmax, rsqrt) make the output differ from "
-                "plaintext by cosine ~1e-4",
+                approximations,
             ),
         )
 
@@ -299,10 +314,14 @@ class Client:
         *,
         max_new_tokens: int = 64,
         chat: bool = True,
+        privacy: str = "split",
+        mpc: MPCOptions | None = None,
     ) -> GenerateResult:
         """Greedy generation through the mesh; see `generate_stream` for token streaming."""
         result = None
-        for event in self.generate_stream(model, prompt, max_new_tokens=max_new_tokens, chat=chat):
+        for event in self.generate_stream(
+            model, prompt, max_new_tokens=max_new_tokens, chat=chat, privacy=privacy, mpc=mpc
+        ):
             result = event.result
         if result is None:  # pragma: no cover - the stream always ends with a result
             raise RuntimeError("generation ended without a result")
@@ -315,11 +334,18 @@ class Client:
         *,
         max_new_tokens: int = 64,
         chat: bool = True,
+        privacy: str = "split",
+        mpc: MPCOptions | None = None,
     ) -> Iterator[TokenEvent]:
         """Yield one TokenEvent per generated token (greedy); the last carries the result.
 
-        The client embeds the prompt, sends it through the chain once (prefill), then one token
-        at a time; each node keeps its span's KV cache for the session.
+        Split mode: the client embeds the prompt, sends it through the chain once (prefill),
+        then one token at a time; each node keeps its span's KV cache for the session.
+
+        privacy="mpc": the whole model runs on two party nodes plus a dealer node, on secret
+        shares of the client's prompt (see `_generate_mpc`); `mpc` picks the threat model,
+        parties and timeouts. The parties run exactly `max_new_tokens` steps (at most
+        `_MPC_MAX_NEW_TOKENS`): tokens after a stop token are computed and dropped.
         """
         spec = get_spec(model)
         if spec.task != "generate":
@@ -328,6 +354,11 @@ class Client:
             raise InvalidRequest(f"max_new_tokens must be in [1, {_MAX_NEW_TOKENS}]")
         if not prompt:
             raise InvalidRequest("prompt is empty")
+        if privacy not in ("split", "mpc"):
+            raise InvalidRequest(f"privacy must be 'split' or 'mpc', got {privacy!r}")
+        if privacy == "mpc":
+            yield from self._generate_mpc(model, prompt, max_new_tokens, chat, mpc or MPCOptions())
+            return
         parts = self.parts(model)
         t0 = time.perf_counter()
         ids = parts.encode(prompt, chat=chat)
@@ -381,6 +412,98 @@ class Client:
         finally:
             chain.close()
 
+    def _generate_mpc(
+        self,
+        model: str,
+        prompt: str | list[dict[str, str]],
+        max_new_tokens: int,
+        chat: bool,
+        options: MPCOptions,
+    ) -> Iterator[TokenEvent]:
+        """Greedy generation under MPC (`decentralized.mpc_client.run_secure_decoder`).
+
+        The client shares its prompt's embedding rows (input_private) or one-hot rows
+        (weights_private), reconstructs each token from the parties' shares, checks its logit
+        against the model's bound, and shares the next token's input. A token event is yielded
+        as soon as it is known, except the last, which waits for the session's report.
+        """
+        if max_new_tokens > _MPC_MAX_NEW_TOKENS:
+            raise InvalidRequest(
+                f"privacy='mpc' generates at most {_MPC_MAX_NEW_TOKENS} tokens per call"
+            )
+        parts = self.parts(model)
+        vocab = get_spec(model).vocab_size
+        t0 = time.perf_counter()
+        ids = parts.encode(prompt, chat=chat)
+
+        def encode(token_ids: torch.Tensor) -> torch.Tensor:
+            if options.threat_model == "input_private":
+                return encode_fixed_point(parts.embed(token_ids))  # (1, T, C) ring
+            return torch.nn.functional.one_hot(token_ids.long(), vocab)  # (1, T, V), scale 1
+
+        events = run_secure_decoder(
+            self._mesh,
+            model,
+            encode(ids),
+            lambda token: encode(torch.tensor([[token]])),
+            max_new_tokens,
+            options,
+        )
+        generated: list[int] = []
+        text = ""
+        t_first = 0.0
+        held: tuple[int, str] | None = None  # the last token, yielded with the result
+        for event in events:
+            if isinstance(event, MPCOutcome):
+                outcome = event
+                break
+            if held is not None:  # the stop token came: later steps are computed, dropped
+                continue
+            if event.step == 0:
+                t_first = time.perf_counter() - t0
+            generated.append(event.token_id)
+            new_text = parts.decode(generated)
+            delta, text = new_text[len(text) :], new_text
+            if event.token_id in parts.stop_ids or event.step == max_new_tokens - 1:
+                held = (event.token_id, delta)
+            else:
+                yield TokenEvent(token_id=event.token_id, text=delta, index=event.step, route=())
+        else:  # pragma: no cover - run_secure_decoder always ends with the outcome
+            raise SessionAborted("the MPC session ended without a report")
+        if held is None:  # pragma: no cover - the last step is always held
+            raise SessionAborted("the MPC session produced no token")
+        report = _mpc_report(outcome, options, f"|top logit| <= {outcome.output_bound:.1f}")
+        total = time.perf_counter() - t0
+        decode_s = total - t_first
+        names = tuple(p.name for p in outcome.ranks)
+        result = GenerateResult(
+            model=model,
+            text=text,
+            token_ids=tuple(generated),
+            prompt_tokens=int(ids.shape[1]),
+            route=(),
+            timings={
+                "total_s": total,
+                "prefill_s": t_first,
+                "decode_s": decode_s,
+                "tokens_per_s": max_new_tokens / total if total > 0 else 0.0,
+                "decode_tokens_per_s": (max_new_tokens - 1) / decode_s
+                if decode_s > 0 and max_new_tokens > 1
+                else 0.0,
+            },
+            privacy=self._mpc_privacy(
+                model,
+                report,
+                "token ids, prompt text, the embedding output and the generated tokens "
+                "(reconstructed locally from the two parties' shares of each token)",
+            ),
+            finish_reason="stop" if held[0] in parts.stop_ids else "length",
+            mpc=report,
+        )
+        yield TokenEvent(
+            token_id=held[0], text=held[1], index=len(generated) - 1, route=names, result=result
+        )
+
     # -- privacy statement -----------------------------------------------------------------
     def _privacy(self, model: str, route: tuple[HopRecord, ...], keeps: str) -> Privacy:
         channel = self._channel_name()
@@ -401,6 +524,20 @@ class Client:
                 "nodes are not verified: a node can return wrong activations (see verify modes)",
             ),
         )
+
+
+def _mpc_report(outcome: MPCOutcome, options: MPCOptions, output_check: str) -> MPCReport:
+    parties = outcome.ranks
+    return MPCReport(
+        threat_model=options.threat_model,
+        parties=parties,
+        trusted_dealer=True,
+        bytes_total=sum(p.bytes_sent for p in parties),
+        rounds=max(p.rounds for p in parties),
+        seconds=outcome.seconds,
+        failed_attempts=outcome.failed_attempts,
+        output_check=output_check,
+    )
 
 
 def _names(chain: Chain) -> tuple[str, ...]:

@@ -91,6 +91,7 @@ class GenerateResult:
     privacy: Privacy
     failovers: tuple[Failover, ...] = ()
     finish_reason: str = "length"  # "stop" (stop token) or "length" (max_new_tokens)
+    mpc: MPCReport | None = None  # set for privacy="mpc"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

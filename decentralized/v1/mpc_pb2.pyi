@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "rank", "model", "threat_model", "attention_mask", "rank_names", "peer_timeout_s")
+    __slots__ = ("session_id", "rank", "model", "threat_model", "attention_mask", "rank_names", "peer_timeout_s", "max_new_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class OpenSession(_message.Message):
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     RANK_NAMES_FIELD_NUMBER: _ClassVar[int]
     PEER_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     rank: int
     model: str
@@ -23,7 +24,8 @@ class OpenSession(_message.Message):
     attention_mask: _common_pb2.Tensor
     rank_names: _containers.RepeatedScalarFieldContainer[str]
     peer_timeout_s: float
-    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., model: _Optional[str] = ..., threat_model: _Optional[str] = ..., attention_mask: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., rank_names: _Optional[_Iterable[str]] = ..., peer_timeout_s: _Optional[float] = ...) -> None: ...
+    max_new_tokens: int
+    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., model: _Optional[str] = ..., threat_model: _Optional[str] = ..., attention_mask: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., rank_names: _Optional[_Iterable[str]] = ..., peer_timeout_s: _Optional[float] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
     __slots__ = ("relay_address",)
@@ -56,6 +58,26 @@ class RunResult(_message.Message):
     rounds: int
     seconds: float
     def __init__(self, output_share: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., output_bound: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class StepResult(_message.Message):
+    __slots__ = ("step", "token_share", "logit_bound", "done", "bytes_sent", "bytes_received", "rounds", "seconds")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SHARE_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BOUND_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    token_share: _common_pb2.Tensor
+    logit_bound: float
+    done: bool
+    bytes_sent: int
+    bytes_received: int
+    rounds: int
+    seconds: float
+    def __init__(self, step: _Optional[int] = ..., token_share: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., logit_bound: _Optional[float] = ..., done: _Optional[bool] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class MPCMessage(_message.Message):
     __slots__ = ("session_id", "src", "dst", "tag", "payload", "seq", "more")

@@ -45,6 +45,11 @@ class MPCSessionStub:
                 request_serializer=decentralized_dot_v1_dot_mpc__pb2.RunChunk.SerializeToString,
                 response_deserializer=decentralized_dot_v1_dot_mpc__pb2.RunResult.FromString,
                 _registered_method=True)
+        self.Generate = channel.stream_stream(
+                '/decentralized.v1.MPCSession/Generate',
+                request_serializer=decentralized_dot_v1_dot_mpc__pb2.RunChunk.SerializeToString,
+                response_deserializer=decentralized_dot_v1_dot_mpc__pb2.StepResult.FromString,
+                _registered_method=True)
 
 
 class MPCSessionServicer:
@@ -71,6 +76,18 @@ class MPCSessionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Generate(self, request_iterator, context):
+        """Greedy generation by a decoder model (OpenSession.max_new_tokens > 0), for the two
+        computing parties (the dealer uses Run). First chunk: the relay addresses and this rank's
+        share of step 0's input (party 0: a 16-byte AES-CTR seed whose stream also covers every
+        later step; party 1: raw ring elements). Party 1 then sends each later step's share once
+        the client has the previous token. One StepResult per generated token, then a final one
+        with `done` set and the rank's traffic. Errors as for Run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MPCSessionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,6 +100,11 @@ def add_MPCSessionServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=decentralized_dot_v1_dot_mpc__pb2.RunChunk.FromString,
                     response_serializer=decentralized_dot_v1_dot_mpc__pb2.RunResult.SerializeToString,
+            ),
+            'Generate': grpc.stream_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=decentralized_dot_v1_dot_mpc__pb2.RunChunk.FromString,
+                    response_serializer=decentralized_dot_v1_dot_mpc__pb2.StepResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +162,33 @@ class MPCSession:
             '/decentralized.v1.MPCSession/Run',
             decentralized_dot_v1_dot_mpc__pb2.RunChunk.SerializeToString,
             decentralized_dot_v1_dot_mpc__pb2.RunResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/decentralized.v1.MPCSession/Generate',
+            decentralized_dot_v1_dot_mpc__pb2.RunChunk.SerializeToString,
+            decentralized_dot_v1_dot_mpc__pb2.StepResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -398,9 +398,17 @@ class SecureLlama:
         if bool(((ids < 0) | (ids >= self.config.vocab_size)).any()):
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size})")
         if self.threat_model is ThreatModel.WEIGHTS_PRIVATE:
-            one_hot = share_one_hot(ids, self.config.vocab_size, src=client)  # (B, T, V)
-            return one_hot.matmul(self.table)  # (B, T, C) at the table's scale, exact
+            return self.embed_one_hot(share_one_hot(ids, self.config.vocab_size, src=client))
         return load().cryptensor(self.table[ids], src=client)  # (B, T, C)
+
+    def embed_one_hot(self, one_hot: CrypTensor) -> CrypTensor:
+        """Secret (B, T, C) embeddings of a secret (B, T, V) one-hot at scale 1 (precision 0):
+        one Beaver matmul with the secret table in WEIGHTS_PRIVATE, exact (no truncation)."""
+        if one_hot.dim() != 3 or one_hot.size(-1) != self.config.vocab_size:
+            raise ValueError(
+                f"one_hot must be (B, T, {self.config.vocab_size}), got {tuple(one_hot.size())}"
+            )
+        return one_hot.matmul(self.table)  # (B, T, C) at the table's scale
 
     def _attention(
         self, h: CrypTensor, w: dict[str, Weight], layer: int, cache: KVCache
@@ -468,6 +476,13 @@ class SecureLlama:
         last = hidden.narrow(1, hidden.size(1) - 1, 1).squeeze(1)  # (B, C)
         return wide_rms_norm(last, eps=self.config.rms_norm_eps).matmul(self.head)  # (B, V)
 
+    def token_shares(self, hidden: CrypTensor) -> CrypTensor:
+        """The greedy next token of each sequence as a secret (2, B): row 0 the token id, row 1
+        its logit (16 fractional bits). Nothing is revealed: a client outside the computation
+        reconstructs it from both parties' shares and checks the logit (`logits_bound`)."""
+        index, top = secure_argmax(self.logits(hidden))  # (B,) secret each
+        return load().stack([index, top])
+
     def next_token(self, hidden: CrypTensor, *, client: int = 0) -> tuple[list[int], list[float]]:
         """Greedy next token of each sequence, revealed to `client` only, garbage-checked.
 
@@ -478,11 +493,11 @@ class SecureLlama:
             GarbageOutput: on the client, a top logit beyond `logits_bound`.
         """
         crypten = load()
-        index, top = secure_argmax(self.logits(hidden))  # (B,) secret each
-        encoded = crypten.stack([index, top]).reveal(dst=client)  # ring integers, client only
+        token = self.token_shares(hidden)  # (2, B) secret
+        encoded = token.reveal(dst=client)  # ring integers, client only
         if crypten.comm.get().get_rank() != client:
             return [], []
-        decoded = encoded.double() / index.encoder.scale  # (2, B)
+        decoded = encoded.double() / token.encoder.scale  # (2, B)
         top_logits = check_output(decoded[1], self.logits_bound)
         ids = decoded[0].round().long()
         if bool(((ids < 0) | (ids >= self.config.vocab_size)).any()):

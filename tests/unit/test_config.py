@@ -60,9 +60,11 @@ def test_missing_tls_and_spans_and_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="serves nothing"):
         load(None, {"insecure_dev": True})
     with pytest.raises(ConfigError, match="cannot run under MPC"):
-        load(None, {"insecure_dev": True, "mpc_models": ["SmolLM2-135M-Instruct"]})
+        load(None, {"insecure_dev": True, "mpc_models": ["no-such-model"]})
     mpc_only = load(None, {"insecure_dev": True, "mpc_models": ["all-MiniLM-L6-v2"]})
     assert mpc_only.settings.mpc_models == ("all-MiniLM-L6-v2",) and not mpc_only.settings.spans
+    both = load(None, {"insecure_dev": True, "mpc_models": ["SmolLM2-135M-Instruct"]})
+    assert both.settings.mpc_models == ("SmolLM2-135M-Instruct",)
     with pytest.raises(ConfigError, match=r"\[tls\] lacks ca, cert, key"):
         load(None, {"spans": [("all-MiniLM-L6-v2", 0, 6)]})
     with pytest.raises(ConfigError, match="does not exist"):

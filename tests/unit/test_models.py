@@ -81,3 +81,16 @@ def test_smollm2_split_with_kv_cache_matches_whole_model() -> None:
     assert torch.allclose(prefill_logits, ref_logits[:, :-1], atol=1e-4, rtol=1e-4)
     assert torch.allclose(step_logits, ref_logits[:, -1:], atol=1e-4, rtol=1e-4)
     assert spans[1].cache_length(caches[1]) == ids.shape[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "files"), [("all-MiniLM-L6-v2", minilm_dir), ("SmolLM2-135M-Instruct", smollm2_dir)]
+)
+def test_spec_dimensions_match_the_published_config(name: str, files: object) -> None:
+    import json
+
+    config = json.loads((files() / "config.json").read_text())  # type: ignore[operator]
+    spec = get_spec(name)
+    assert spec.vocab_size == config["vocab_size"]
+    assert spec.hidden_size == config["hidden_size"]
+    assert spec.num_layers == config["num_hidden_layers"]
