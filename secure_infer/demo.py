@@ -4,9 +4,11 @@
 2. Places both models' spans across them; the second half of each model is on two nodes.
 3. Embeds sentences with all-MiniLM-L6-v2 through the mesh and compares with local
    sentence-transformers; generates greedily with SmolLM2 and compares with local transformers.
-4. With `--mpc`: every node also runs MiniLM as an MPC party or dealer; the client embeds two
-   sentences with `privacy="mpc"` (its input secret-shared between two nodes, a third dealing
-   the correlated randomness) and compares with local sentence-transformers.
+4. With `--mpc`: every node also runs MiniLM and SmolLM2 as an MPC party or dealer; the client
+   embeds two sentences with `privacy="mpc"` (its input secret-shared between two nodes, a
+   third dealing the correlated randomness) and compares with local sentence-transformers,
+   then generates two tokens with SmolLM2 under MPC (the prompt and the tokens stay in shares
+   on the parties) and compares with local transformers' greedy tokens.
 5. Kills the node serving a replicated span in the middle of a generation and checks that the
    client fails over (rebuilding that span's KV cache) and still produces the local tokens.
 """
@@ -39,6 +41,8 @@ SENTENCES = [
 ]
 MPC_MIN_COSINE = 0.999
 PROMPT = "What is the capital of France?"
+MPC_PROMPT = "The capital of France is"  # raw text (no chat template): a short MPC prefill
+MPC_NEW_TOKENS = 2
 FAILOVER_PROMPT = "Write one sentence about the sea."
 NODES = [
     NodeSpec(name="node-a", spans=((MINILM, 0, 3), (SMOL, 0, 15))),
@@ -84,11 +88,16 @@ class _LocalLM:
         self.model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
 
-    def generate(self, prompt: str, max_new_tokens: int) -> tuple[list[int], float]:
-        messages = [{"role": "user", "content": prompt}]
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )["input_ids"]
+    def generate(
+        self, prompt: str, max_new_tokens: int, *, chat: bool = True
+    ) -> tuple[list[int], float]:
+        if chat:
+            messages = [{"role": "user", "content": prompt}]
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )["input_ids"]
+        else:
+            ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
         t0 = time.perf_counter()
         with self.torch.inference_mode():
             out = self.model.generate(
@@ -104,7 +113,7 @@ class _LocalLM:
 
 
 def _nodes(mpc: bool) -> list[NodeSpec]:
-    extra = (MINILM,) if mpc else ()
+    extra = (MINILM, SMOL) if mpc else ()
     return [NodeSpec(name=n.name, spans=n.spans, mpc_models=extra) for n in NODES]
 
 
@@ -137,6 +146,8 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None, mpc: boo
                 report["mpc"] = _embed_mpc(client, say)
             local = _LocalLM()
             report["generate"] = _generate(client, local, say)
+            if mpc:
+                report["mpc_generate"] = _generate_mpc(client, local, say)
             report["failover"] = _failover(client, local, mesh, say)
     finally:
         say("stopping nodes (SIGTERM, graceful drain)")
@@ -147,7 +158,13 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None, mpc: boo
         report["embed"]["cosine_min"] >= 0.9999
         and report["generate"]["matches_local"]
         and report["failover"]["completed"]
-        and (not mpc or report["mpc"]["cosine_min"] >= MPC_MIN_COSINE)
+        and (
+            not mpc
+            or (
+                report["mpc"]["cosine_min"] >= MPC_MIN_COSINE
+                and report["mpc_generate"]["matches_local"]
+            )
+        )
     )
     if json_output:
         sys.stdout.write(json.dumps(report) + "\n")
@@ -221,6 +238,31 @@ def _generate(client: Any, local: _LocalLM, say: _Progress) -> dict[str, Any]:
     }
 
 
+def _generate_mpc(client: Any, local: _LocalLM, say: _Progress) -> dict[str, Any]:
+    say(f"generating {MPC_NEW_TOKENS} tokens with {SMOL} under MPC: {MPC_PROMPT!r}")
+    res = client.generate(
+        SMOL, MPC_PROMPT, max_new_tokens=MPC_NEW_TOKENS, chat=False, privacy="mpc"
+    )
+    ref_ids, _ = local.generate(MPC_PROMPT, MPC_NEW_TOKENS, chat=False)
+    report = res.mpc
+    for party in report.parties:
+        say(
+            f"  {party.role:<7} {party.name}: sent {party.bytes_sent / 1e6:.0f} MB, "
+            f"{party.rounds} rounds, {party.seconds:.1f} s"
+        )
+    say(f"  MPC:   {MPC_PROMPT}{res.text!r}")
+    return {
+        "text": res.text,
+        "matches_local": list(res.token_ids) == ref_ids[: len(res.token_ids)],
+        "latency_s": res.timings["total_s"],
+        "seconds_per_token": res.timings["total_s"] / MPC_NEW_TOKENS,
+        "threat_model": report.threat_model,
+        "parties": [p.name for p in report.parties],
+        "bytes_total": report.bytes_total,
+        "rounds": report.rounds,
+    }
+
+
 def _failover(client: Any, local: _LocalLM, mesh: LocalMesh, say: _Progress) -> dict[str, Any]:
     max_new = 32
     say(f"fail-over: generating {FAILOVER_PROMPT!r}, killing a node mid-request")
@@ -268,7 +310,7 @@ def _table(report: dict[str, Any]) -> None:
             f"{g['tokens_per_s']:.1f} / {g['local_tokens_per_s']:.1f}",
             " -> ".join(g["route"]),
         ),
-        *_mpc_rows(report.get("mpc")),
+        *_mpc_rows(report.get("mpc"), report.get("mpc_generate")),
         ("fail-over: killed node", f["killed_node"], f"{f['rebuilt_tokens']} tokens rebuilt"),
         ("fail-over: completed, same tokens", str(f["completed"]), ""),
     ]
@@ -279,10 +321,16 @@ def _table(report: dict[str, Any]) -> None:
     sys.stdout.write("\n")
 
 
-def _mpc_rows(m: dict[str, Any] | None) -> list[tuple[str, str, str]]:
-    if m is None:
+def _mpc_rows(m: dict[str, Any] | None, g: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if m is None or g is None:
         return []
     return [
+        ("MPC generate matches local greedy", str(g["matches_local"]), repr(g["text"])[:48]),
+        (
+            "MPC generate s/token / bytes",
+            f"{g['seconds_per_token']:.0f} s / {g['bytes_total'] / 1e6:.0f} MB",
+            " + ".join(g["parties"]) + " (dealer last, TRUSTED)",
+        ),
         ("MPC embed cosine min (vs local)", f"{m['cosine_min']:.6f}", f">= {MPC_MIN_COSINE}"),
         (
             "MPC latency / bytes / rounds",
