@@ -325,16 +325,16 @@ def _mpc_rows(m: dict[str, Any] | None, g: dict[str, Any] | None) -> list[tuple[
     if m is None or g is None:
         return []
     return [
+        ("MPC embed cosine min (vs local)", f"{m['cosine_min']:.6f}", f">= {MPC_MIN_COSINE}"),
+        (
+            "MPC embed latency / bytes / rounds",
+            f"{m['latency_s']:.1f} s / {m['bytes_total'] / 1e6:.0f} MB / {m['rounds']}",
+            " + ".join(m["parties"]) + " (dealer last, TRUSTED)",
+        ),
         ("MPC generate matches local greedy", str(g["matches_local"]), repr(g["text"])[:48]),
         (
             "MPC generate s/token / bytes",
             f"{g['seconds_per_token']:.0f} s / {g['bytes_total'] / 1e6:.0f} MB",
             " + ".join(g["parties"]) + " (dealer last, TRUSTED)",
-        ),
-        ("MPC embed cosine min (vs local)", f"{m['cosine_min']:.6f}", f">= {MPC_MIN_COSINE}"),
-        (
-            "MPC latency / bytes / rounds",
-            f"{m['latency_s']:.1f} s / {m['bytes_total'] / 1e6:.0f} MB / {m['rounds']}",
-            " + ".join(m["parties"]) + " (dealer last, TRUSTED)",
         ),
     ]
