@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +22,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def mpc_stub(mesh: LocalMesh, name: str) -> Any:
+    """An `MPCSession` stub to node `name` of `mesh`, over the client's mTLS credentials."""
+    from decentralized.transport import sync_channel
+    from decentralized.v1 import mpc_pb2_grpc
+    from secure_infer.client import credentials
+
+    tls = mesh.client_tls()
+    assert tls is not None
+    channel = sync_channel(mesh.nodes[name].address, credentials(tls, False), expect_name=name)
+    return mpc_pb2_grpc.MPCSessionStub(channel)
 
 
 def start_mesh(workdir: Path, nodes: list[NodeSpec], **kwargs: object) -> LocalMesh:

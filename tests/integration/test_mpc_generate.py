@@ -15,12 +15,10 @@ import pytest
 import torch
 
 from decentralized import _wire
-from decentralized.transport import sync_channel
-from decentralized.v1 import mpc_pb2, mpc_pb2_grpc
+from decentralized.v1 import mpc_pb2
 from secure_infer import Client, InvalidRequest, MPCOptions
-from secure_infer.client import credentials
 from secure_infer.localmesh import LocalMesh, NodeSpec
-from tests.conftest import MINILM, start_mesh
+from tests.conftest import MINILM, mpc_stub, start_mesh
 
 pytestmark = [pytest.mark.grpc, pytest.mark.multiparty, pytest.mark.slow]
 
@@ -85,13 +83,6 @@ def test_sdk_refuses_bad_mpc_generation_arguments(mesh: LocalMesh) -> None:
             client.generate(SMOL, PROMPT, privacy="mpc", mpc=MPCOptions(threat_model="none"))
 
 
-def _stub(mesh: LocalMesh, name: str) -> mpc_pb2_grpc.MPCSessionStub:
-    tls = mesh.client_tls()
-    assert tls is not None
-    channel = sync_channel(mesh.nodes[name].address, credentials(tls, False), expect_name=name)
-    return mpc_pb2_grpc.MPCSessionStub(channel)
-
-
 def _open(**fields: object) -> mpc_pb2.OpenSession:
     base: dict[str, object] = {
         "session_id": "bad-generate-session-01",
@@ -123,13 +114,13 @@ def test_bad_generation_sessions_are_refused(
     mesh: LocalMesh, fields: dict[str, object], message: str
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        _stub(mesh, "gen-a").Open(_open(**fields), timeout=30)
+        mpc_stub(mesh, "gen-a").Open(_open(**fields), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()
 
 
 def test_a_party_must_use_generate_and_the_node_keeps_serving(mesh: LocalMesh) -> None:
-    stub = _stub(mesh, "gen-a")
+    stub = mpc_stub(mesh, "gen-a")
     relay = stub.Open(_open(session_id="wrong-call-session-0001"), timeout=150).relay_address
     assert relay
     chunk = mpc_pb2.RunChunk(

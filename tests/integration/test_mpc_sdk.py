@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from decentralized.transport import sync_channel
-from decentralized.v1 import mpc_pb2, mpc_pb2_grpc
+from decentralized.v1 import mpc_pb2
 from secure_infer import Client, InvalidRequest, MPCOptions, NoRoute, UnknownModel
 from secure_infer.localmesh import LocalMesh, NodeSpec
-from tests.conftest import MINILM, start_mesh
+from tests.conftest import MINILM, mpc_stub, start_mesh
 
 pytestmark = [pytest.mark.grpc, pytest.mark.multiparty]
 
@@ -96,16 +95,6 @@ def test_a_dead_party_is_replaced_and_the_session_retried(
     assert cosine >= MIN_COSINE
 
 
-def _stub(mesh: LocalMesh, name: str) -> mpc_pb2_grpc.MPCSessionStub:
-    node = mesh.nodes[name]
-    tls = mesh.client_tls()
-    assert tls is not None
-    from secure_infer.client import credentials
-
-    channel = sync_channel(node.address, credentials(tls, False), expect_name=name)
-    return mpc_pb2_grpc.MPCSessionStub(channel)
-
-
 def _open(**fields: object) -> mpc_pb2.OpenSession:
     from decentralized import _wire
 
@@ -138,12 +127,12 @@ def test_bad_open_requests_get_clear_errors(
     mesh: LocalMesh, fields: dict[str, object], code: grpc.StatusCode
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        _stub(mesh, "mpc-a").Open(_open(**fields), timeout=30)
+        mpc_stub(mesh, "mpc-a").Open(_open(**fields), timeout=30)
     assert info.value.code() == code, info.value.details()
 
 
 def test_wrong_share_size_and_unknown_session_are_refused(mesh: LocalMesh) -> None:
-    stub = _stub(mesh, "mpc-a")
+    stub = mpc_stub(mesh, "mpc-a")
     with pytest.raises(grpc.RpcError) as info:
         stub.Run(iter([mpc_pb2.RunChunk(session_id="never-opened-session-01")]), timeout=30)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
