@@ -131,9 +131,10 @@ def _attempt(
     nodes: list[common_pb2.NodeRecord],
     model: str,
     encoded: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     options: MPCOptions,
 ) -> tuple[torch.Tensor, float, tuple[RankReport, ...], float]:
+    """One one-shot session (an encoder with its mask, or a classifier on (B, T, P) input)."""
     session_id = secrets.token_urlsafe(24)
     seed = secrets.token_bytes(16)
     share0 = AESCTRGenerator(seed).random_ring(tuple(encoded.shape))
@@ -141,7 +142,11 @@ def _attempt(
     inputs = [seed, share1.numpy().tobytes(), b""]
     names = [n.name for n in nodes]
     stubs = [mpc_pb2_grpc.MPCSessionStub(mesh.channel(n.address, n.name)) for n in nodes]
-    mask = _wire.tensor_to_proto(attention_mask.to(torch.int64))
+    shape: dict[str, Any] = (
+        {"input_shape": list(encoded.shape)}
+        if attention_mask is None
+        else {"attention_mask": _wire.tensor_to_proto(attention_mask.to(torch.int64))}
+    )
     failures: dict[int, MeshError] = {}
 
     def open_rank(rank: int) -> str:
@@ -150,9 +155,9 @@ def _attempt(
             rank=rank,
             model=model,
             threat_model=options.threat_model,
-            attention_mask=mask,
             rank_names=names,
             peer_timeout_s=options.peer_timeout_s,
+            **shape,
         )
         return str(stubs[rank].Open(request, timeout=OPEN_TIMEOUT_S).relay_address)
 
@@ -250,7 +255,39 @@ def run_secure_encoder(
             pinned party is not live.
         SessionAborted: every attempt failed; the message lists why.
     """
-    encoded = encode_fixed_point(hidden)
+    return _one_shot(mesh, model, encode_fixed_point(hidden), attention_mask, options)
+
+
+def describe_classifier(mesh: MeshClient, model: str) -> mpc_pb2.ModelDescription:
+    """How to prepare inputs for an MPC classifier, from a live node that hosts it.
+
+    Raises:
+        NoRoute: no live node lists `model` in its `mpc_models`.
+    """
+    for record in _candidates(mesh, model):
+        stub = mpc_pb2_grpc.MPCSessionStub(mesh.channel(record.address, record.name))
+        try:
+            return stub.Describe(mpc_pb2.DescribeRequest(model=model), timeout=10.0)
+        except grpc.RpcError:
+            continue
+    raise NoRoute(f"no live node describes the MPC classifier {model}")
+
+
+def run_secure_classifier(
+    mesh: MeshClient, model: str, inputs: torch.Tensor, options: MPCOptions
+) -> MPCOutcome:
+    """Run an MPC classifier on the client's (B, T, P) float input (see `describe_classifier`);
+    the outcome's output is the (B, classes) logits, reconstructed on the client."""
+    return _one_shot(mesh, model, encode_fixed_point(inputs), None, options)
+
+
+def _one_shot(
+    mesh: MeshClient,
+    model: str,
+    encoded: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    options: MPCOptions,
+) -> MPCOutcome:
     retries = _Retries(mesh, model, options)
     for nodes in retries:
         try:

@@ -40,6 +40,7 @@ from decentralized.errors import (
     UnknownModel,
 )
 from decentralized.models import get_spec
+from decentralized.mpc_classifiers import THREAT_MODELS, HostedClassifier
 from decentralized.service import _serving
 from decentralized.v1 import common_pb2, mpc_pb2, mpc_pb2_grpc
 
@@ -90,9 +91,11 @@ class MPCHost:
         listen_host: str,
         *,
         max_sessions: int = 2,
+        classifiers: tuple[HostedClassifier, ...] = (),
     ) -> None:
         self.name = name
         self.models = models
+        self.classifiers = {c.name: c for c in classifiers}
         self.creds = creds
         self.listen_host = listen_host
         self.max_sessions = max_sessions
@@ -110,7 +113,7 @@ class MPCHost:
     def _job(self, request: mpc_pb2.OpenSession) -> mpc_worker.Job:
         if not _wire.SESSION_ID_RE.match(request.session_id):
             raise InvalidRequest("session_id must be 16-64 characters of [A-Za-z0-9_-]")
-        if request.model not in self.models:
+        if request.model not in self.models and request.model not in self.classifiers:
             get_spec(request.model)  # UnknownModel for a model nobody knows
             raise UnknownModel(f"{request.model} is not served under MPC on {self.name}")
         if request.threat_model not in mpc_worker.THREAT_MODELS:
@@ -125,6 +128,12 @@ class MPCHost:
             raise InvalidRequest("rank_names must name 3 distinct nodes")
         if names[request.rank] != self.name:
             raise NotANode(f"rank {request.rank} is {names[request.rank]!r}, this is {self.name}")
+        timeout = request.peer_timeout_s or 60.0
+        if not 1.0 <= timeout <= 600.0:
+            raise InvalidRequest("peer_timeout_s must be within [1, 600]")
+        hosted = self.classifiers.get(request.model)
+        if hosted is not None:
+            return self._classifier_job(request, names, timeout, hosted)
         mask = _wire.tensor_from_proto(request.attention_mask, "attention_mask")
         if mask.dim() != 2 or not 1 <= mask.shape[0] <= MAX_BATCH:
             raise InvalidRequest(f"attention_mask must be (batch <= {MAX_BATCH}, tokens)")
@@ -140,9 +149,6 @@ class MPCHost:
                 raise InvalidRequest("generation takes one prompt: an all-ones (1, T) mask")
         elif request.max_new_tokens:
             raise InvalidRequest(f"{request.model} is an encoder: max_new_tokens must be 0")
-        timeout = request.peer_timeout_s or 60.0
-        if not 1.0 <= timeout <= 600.0:
-            raise InvalidRequest("peer_timeout_s must be within [1, 600]")
         return mpc_worker.Job(
             session_id=request.session_id,
             rank=request.rank,
@@ -156,6 +162,42 @@ class MPCHost:
             vocab_size=get_spec(request.model).vocab_size,
             max_new_tokens=request.max_new_tokens,
         )
+
+    def _classifier_job(
+        self,
+        request: mpc_pb2.OpenSession,
+        names: tuple[str, ...],
+        timeout: float,
+        hosted: HostedClassifier,
+    ) -> mpc_worker.Job:
+        if request.threat_model not in THREAT_MODELS:
+            raise InvalidRequest(f"{hosted.name} runs under {', '.join(THREAT_MODELS)} only")
+        if request.max_new_tokens or request.HasField("attention_mask"):
+            raise InvalidRequest(f"{hosted.name} is a classifier: no max_new_tokens or mask")
+        shape = hosted.check_input_shape(list(request.input_shape), MAX_BATCH)
+        return mpc_worker.Job(
+            session_id=request.session_id,
+            rank=request.rank,
+            model=request.model,
+            threat_model=request.threat_model,
+            attention_mask=None,
+            rank_names=names,
+            peer_timeout_s=timeout,
+            listen_host=self.listen_host,
+            hidden_size=shape[2],
+            vocab_size=0,
+            checkpoint=str(hosted.path),
+            input_shape=shape,
+        )
+
+    def describe(self, model: str) -> mpc_pb2.ModelDescription:
+        hosted = self.classifiers.get(model)
+        if hosted is None:
+            raise UnknownModel(
+                f"{self.name} hosts no MPC classifier {model!r}"
+                + (f"; it hosts {', '.join(self.classifiers)}" if self.classifiers else "")
+            )
+        return hosted.describe()
 
     async def open(self, request: mpc_pb2.OpenSession) -> str:
         self._reap()
@@ -365,6 +407,13 @@ class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
                 rounds=int(reply["rounds"]),
                 seconds=float(reply["seconds"]),
             )
+        raise AssertionError("unreachable")  # pragma: no cover - _serving aborts
+
+    async def Describe(  # noqa: N802 - the proto's RPC name
+        self, request: mpc_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> mpc_pb2.ModelDescription:
+        async with _serving("MPCSession.Describe", context, self._metrics):
+            return self._host.describe(request.model)
         raise AssertionError("unreachable")  # pragma: no cover - _serving aborts
 
     async def Generate(  # noqa: N802 - the proto's RPC name

@@ -18,6 +18,9 @@ Computation:
         weights private, one-hot rows at scale 1 for the secret table) -> `SecureLlama` over a
         KV cache held in shares -> this rank's share of (token id, its logit), sent to the
         client unopened; the client reconstructs the token and shares the next step's input.
+    MPC classifiers (`decentralized.mpc_classifiers`, an MPCViT checkpoint), rank 0, 1: shares
+        of the client's (B, T, P) image patches -> `mpc.vit.secure.SecureViT` -> this rank's
+        share of the (B, classes) logits, returned unopened.
     rank 2: CrypTen's TTP server (the dealer), until party 0 ends the session.
 """
 
@@ -58,16 +61,23 @@ class Job:
     rank: int
     model: str
     threat_model: str
-    attention_mask: np.ndarray  # (B, T) int64, public
+    attention_mask: np.ndarray | None  # (B, T) int64, public; None for classifiers
     rank_names: tuple[str, ...]
     peer_timeout_s: float
     listen_host: str
     hidden_size: int
     vocab_size: int
     max_new_tokens: int = 0  # decoders: greedy steps; 0 for encoders
+    checkpoint: str = ""  # MPC classifiers: the checkpoint path (no suffix)
+    input_shape: tuple[int, ...] = ()  # MPC classifiers: (B, T, P)
 
     def step_shape(self, step: int) -> tuple[int, int, int]:
-        """Shape of a party's input share at `step` (encoders: step 0 only)."""
+        """Shape of a party's input share at `step` (encoders, classifiers: step 0 only)."""
+        if self.checkpoint:
+            batch, tokens, features = self.input_shape
+            return (batch, tokens, features)
+        if self.attention_mask is None:
+            raise ValueError("encoder and decoder sessions have an attention mask")
         batch, tokens = self.attention_mask.shape
         if self.model in ENCODERS:
             return (batch, tokens, self.hidden_size)
@@ -89,9 +99,8 @@ def _party(crypten: Any, job: Job, first_input: bytes) -> dict[str, Any]:
     from mpc.models import SecureBertEncoder, ThreatModel, mean_pool
     from mpc.prg import AESCTRGenerator
 
-    mask = torch.from_numpy(job.attention_mask)
-    batch, tokens = mask.shape
-    shape = (batch, tokens, job.hidden_size)
+    shape = job.step_shape(0)
+    mask = torch.from_numpy(job.attention_mask)  # type: ignore[arg-type] - step_shape checked
     if job.rank == 0:
         share = AESCTRGenerator(first_input).random_ring(shape)
     else:
@@ -109,6 +118,35 @@ def _party(crypten: Any, job: Job, first_input: bytes) -> dict[str, Any]:
         "output_share": pooled._tensor.share.contiguous().numpy().tobytes(),
         "output_shape": list(pooled.size()),
         "output_bound": encoder.output_bound,
+        "seconds": seconds,
+    }
+
+
+def _classifier_party(crypten: Any, job: Job, first_input: bytes) -> dict[str, Any]:
+    """Ranks 0 and 1 of a classification session: the secure ViT on the client's patches."""
+    from mpc.models.bert import layer_norm_bound
+    from mpc.prg import AESCTRGenerator
+    from mpc.vit import checkpoint
+    from mpc.vit.secure import SecureViT
+
+    model, metadata = checkpoint.load(job.checkpoint)
+    shape = job.step_shape(0)
+    if job.rank == 0:
+        share = AESCTRGenerator(first_input).random_ring(shape)
+    else:
+        share = torch.frombuffer(bytearray(first_input), dtype=torch.int64).reshape(shape)
+    start = time.perf_counter()
+    secure = SecureViT(model, relu_bound=float(metadata["relu_bound"]))
+    logits = secure(crypten.mpc.MPCTensor.from_shares(share))  # (B, classes) secret
+    seconds = time.perf_counter() - start
+    # |logit_c| <= sum_j |W_cj| * (the final LayerNorm's bound) + |b_c|
+    state = model.state_dict()
+    norm = layer_norm_bound(state["norm.weight"], state["norm.bias"])
+    bound = state["head.weight"].abs().sum(1) * norm + state["head.bias"].abs()
+    return {
+        "output_share": logits._tensor.share.contiguous().numpy().tobytes(),
+        "output_shape": list(logits.size()),
+        "output_bound": float(bound.max()),
         "seconds": seconds,
     }
 
@@ -203,6 +241,8 @@ def run(conn: Connection, job: Job, creds: Credentials) -> None:
             try:
                 if job.max_new_tokens:
                     result.update(_decoder_party(crypten, job, conn, message["input"]))
+                elif job.checkpoint:
+                    result.update(_classifier_party(crypten, job, message["input"]))
                 else:
                     result.update(_party(crypten, job, message["input"]))
             except BaseException:

@@ -25,29 +25,33 @@ _sym_db = _symbol_database.Default()
 from decentralized.v1 import common_pb2 as decentralized_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65\x63\x65ntralized/v1/mpc.proto\x12\x10\x64\x65\x63\x65ntralized.v1\x1a\x1d\x64\x65\x63\x65ntralized/v1/common.proto\"\xca\x01\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cthreat_model\x18\x04 \x01(\t\x12\x30\n\x0e\x61ttention_mask\x18\x05 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x12\n\nrank_names\x18\x06 \x03(\t\x12\x16\n\x0epeer_timeout_s\x18\x07 \x01(\x01\x12\x16\n\x0emax_new_tokens\x18\x08 \x01(\r\"&\n\rSessionOpened\x12\x15\n\rrelay_address\x18\x01 \x01(\t\"F\n\x08RunChunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0frelay_addresses\x18\x02 \x03(\t\x12\r\n\x05share\x18\x03 \x01(\x0c\"\x9e\x01\n\tRunResult\x12.\n\x0coutput_share\x18\x01 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x14\n\x0coutput_bound\x18\x02 \x01(\x01\x12\x12\n\nbytes_sent\x18\x03 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x04\x12\x0e\n\x06rounds\x18\x05 \x01(\x04\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\"\xb9\x01\n\nStepResult\x12\x0c\n\x04step\x18\x01 \x01(\r\x12-\n\x0btoken_share\x18\x02 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x13\n\x0blogit_bound\x18\x03 \x01(\x01\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x12\n\nbytes_sent\x18\x05 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x06 \x01(\x04\x12\x0e\n\x06rounds\x18\x07 \x01(\x04\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\"s\n\nMPCMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03src\x18\x02 \x01(\r\x12\x0b\n\x03\x64st\x18\x03 \x01(\r\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\x0c\n\x04more\x18\x07 \x01(\x08\" \n\x0c\x44\x65liverReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x32\xe0\x01\n\nMPCSession\x12\x46\n\x04Open\x12\x1d.decentralized.v1.OpenSession\x1a\x1f.decentralized.v1.SessionOpened\x12@\n\x03Run\x12\x1a.decentralized.v1.RunChunk\x1a\x1b.decentralized.v1.RunResult(\x01\x12H\n\x08Generate\x12\x1a.decentralized.v1.RunChunk\x1a\x1c.decentralized.v1.StepResult(\x01\x30\x01\x32U\n\x08MPCRelay\x12I\n\x07\x44\x65liver\x12\x1c.decentralized.v1.MPCMessage\x1a\x1e.decentralized.v1.DeliverReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65\x63\x65ntralized/v1/mpc.proto\x12\x10\x64\x65\x63\x65ntralized.v1\x1a\x1d\x64\x65\x63\x65ntralized/v1/common.proto\" \n\x0f\x44\x65scribeRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xbf\x01\n\x10ModelDescription\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0bimage_shape\x18\x03 \x03(\r\x12\x12\n\npatch_size\x18\x04 \x01(\r\x12\x13\n\x0binput_shape\x18\x05 \x03(\r\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\x12\x14\n\x0c\x61rchitecture\x18\x07 \x03(\t\x12\x0e\n\x06\x64igest\x18\x08 \x01(\t\x12\x15\n\rthreat_models\x18\t \x03(\t\"\xdf\x01\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cthreat_model\x18\x04 \x01(\t\x12\x30\n\x0e\x61ttention_mask\x18\x05 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x12\n\nrank_names\x18\x06 \x03(\t\x12\x16\n\x0epeer_timeout_s\x18\x07 \x01(\x01\x12\x16\n\x0emax_new_tokens\x18\x08 \x01(\r\x12\x13\n\x0binput_shape\x18\t \x03(\r\"&\n\rSessionOpened\x12\x15\n\rrelay_address\x18\x01 \x01(\t\"F\n\x08RunChunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0frelay_addresses\x18\x02 \x03(\t\x12\r\n\x05share\x18\x03 \x01(\x0c\"\x9e\x01\n\tRunResult\x12.\n\x0coutput_share\x18\x01 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x14\n\x0coutput_bound\x18\x02 \x01(\x01\x12\x12\n\nbytes_sent\x18\x03 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x04\x12\x0e\n\x06rounds\x18\x05 \x01(\x04\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\"\xb9\x01\n\nStepResult\x12\x0c\n\x04step\x18\x01 \x01(\r\x12-\n\x0btoken_share\x18\x02 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x13\n\x0blogit_bound\x18\x03 \x01(\x01\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x12\n\nbytes_sent\x18\x05 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x06 \x01(\x04\x12\x0e\n\x06rounds\x18\x07 \x01(\x04\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\"s\n\nMPCMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03src\x18\x02 \x01(\r\x12\x0b\n\x03\x64st\x18\x03 \x01(\r\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\x0c\n\x04more\x18\x07 \x01(\x08\" \n\x0c\x44\x65liverReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x32\xb3\x02\n\nMPCSession\x12\x46\n\x04Open\x12\x1d.decentralized.v1.OpenSession\x1a\x1f.decentralized.v1.SessionOpened\x12@\n\x03Run\x12\x1a.decentralized.v1.RunChunk\x1a\x1b.decentralized.v1.RunResult(\x01\x12H\n\x08Generate\x12\x1a.decentralized.v1.RunChunk\x1a\x1c.decentralized.v1.StepResult(\x01\x30\x01\x12Q\n\x08\x44\x65scribe\x12!.decentralized.v1.DescribeRequest\x1a\".decentralized.v1.ModelDescription2U\n\x08MPCRelay\x12I\n\x07\x44\x65liver\x12\x1c.decentralized.v1.MPCMessage\x1a\x1e.decentralized.v1.DeliverReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'decentralized.v1.mpc_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPENSESSION']._serialized_start=80
-  _globals['_OPENSESSION']._serialized_end=282
-  _globals['_SESSIONOPENED']._serialized_start=284
-  _globals['_SESSIONOPENED']._serialized_end=322
-  _globals['_RUNCHUNK']._serialized_start=324
-  _globals['_RUNCHUNK']._serialized_end=394
-  _globals['_RUNRESULT']._serialized_start=397
-  _globals['_RUNRESULT']._serialized_end=555
-  _globals['_STEPRESULT']._serialized_start=558
-  _globals['_STEPRESULT']._serialized_end=743
-  _globals['_MPCMESSAGE']._serialized_start=745
-  _globals['_MPCMESSAGE']._serialized_end=860
-  _globals['_DELIVERREPLY']._serialized_start=862
-  _globals['_DELIVERREPLY']._serialized_end=894
-  _globals['_MPCSESSION']._serialized_start=897
-  _globals['_MPCSESSION']._serialized_end=1121
-  _globals['_MPCRELAY']._serialized_start=1123
-  _globals['_MPCRELAY']._serialized_end=1208
+  _globals['_DESCRIBEREQUEST']._serialized_start=79
+  _globals['_DESCRIBEREQUEST']._serialized_end=111
+  _globals['_MODELDESCRIPTION']._serialized_start=114
+  _globals['_MODELDESCRIPTION']._serialized_end=305
+  _globals['_OPENSESSION']._serialized_start=308
+  _globals['_OPENSESSION']._serialized_end=531
+  _globals['_SESSIONOPENED']._serialized_start=533
+  _globals['_SESSIONOPENED']._serialized_end=571
+  _globals['_RUNCHUNK']._serialized_start=573
+  _globals['_RUNCHUNK']._serialized_end=643
+  _globals['_RUNRESULT']._serialized_start=646
+  _globals['_RUNRESULT']._serialized_end=804
+  _globals['_STEPRESULT']._serialized_start=807
+  _globals['_STEPRESULT']._serialized_end=992
+  _globals['_MPCMESSAGE']._serialized_start=994
+  _globals['_MPCMESSAGE']._serialized_end=1109
+  _globals['_DELIVERREPLY']._serialized_start=1111
+  _globals['_DELIVERREPLY']._serialized_end=1143
+  _globals['_MPCSESSION']._serialized_start=1146
+  _globals['_MPCSESSION']._serialized_end=1453
+  _globals['_MPCRELAY']._serialized_start=1455
+  _globals['_MPCRELAY']._serialized_end=1540
 # @@protoc_insertion_point(module_scope)

@@ -7,8 +7,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DescribeRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ModelDescription(_message.Message):
+    __slots__ = ("model", "kind", "image_shape", "patch_size", "input_shape", "num_classes", "architecture", "digest", "threat_models")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    PATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    THREAT_MODELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    kind: str
+    image_shape: _containers.RepeatedScalarFieldContainer[int]
+    patch_size: int
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    num_classes: int
+    architecture: _containers.RepeatedScalarFieldContainer[str]
+    digest: str
+    threat_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., kind: _Optional[str] = ..., image_shape: _Optional[_Iterable[int]] = ..., patch_size: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., architecture: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., threat_models: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "rank", "model", "threat_model", "attention_mask", "rank_names", "peer_timeout_s", "max_new_tokens")
+    __slots__ = ("session_id", "rank", "model", "threat_model", "attention_mask", "rank_names", "peer_timeout_s", "max_new_tokens", "input_shape")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +45,7 @@ class OpenSession(_message.Message):
     RANK_NAMES_FIELD_NUMBER: _ClassVar[int]
     PEER_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     rank: int
     model: str
@@ -25,7 +54,8 @@ class OpenSession(_message.Message):
     rank_names: _containers.RepeatedScalarFieldContainer[str]
     peer_timeout_s: float
     max_new_tokens: int
-    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., model: _Optional[str] = ..., threat_model: _Optional[str] = ..., attention_mask: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., rank_names: _Optional[_Iterable[str]] = ..., peer_timeout_s: _Optional[float] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., model: _Optional[str] = ..., threat_model: _Optional[str] = ..., attention_mask: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., rank_names: _Optional[_Iterable[str]] = ..., peer_timeout_s: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
     __slots__ = ("relay_address",)

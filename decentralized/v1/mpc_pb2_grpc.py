@@ -50,6 +50,11 @@ class MPCSessionStub:
                 request_serializer=decentralized_dot_v1_dot_mpc__pb2.RunChunk.SerializeToString,
                 response_deserializer=decentralized_dot_v1_dot_mpc__pb2.StepResult.FromString,
                 _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/decentralized.v1.MPCSession/Describe',
+                request_serializer=decentralized_dot_v1_dot_mpc__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=decentralized_dot_v1_dot_mpc__pb2.ModelDescription.FromString,
+                _registered_method=True)
 
 
 class MPCSessionServicer:
@@ -88,6 +93,14 @@ class MPCSessionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Describe(self, request, context):
+        """What a client must know to prepare its input for an MPC classifier this node hosts
+        (`--mpc-classifier NAME=CHECKPOINT`): NOT_FOUND for other names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MPCSessionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +118,11 @@ def add_MPCSessionServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=decentralized_dot_v1_dot_mpc__pb2.RunChunk.FromString,
                     response_serializer=decentralized_dot_v1_dot_mpc__pb2.StepResult.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=decentralized_dot_v1_dot_mpc__pb2.DescribeRequest.FromString,
+                    response_serializer=decentralized_dot_v1_dot_mpc__pb2.ModelDescription.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -189,6 +207,33 @@ class MPCSession:
             '/decentralized.v1.MPCSession/Generate',
             decentralized_dot_v1_dot_mpc__pb2.RunChunk.SerializeToString,
             decentralized_dot_v1_dot_mpc__pb2.StepResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decentralized.v1.MPCSession/Describe',
+            decentralized_dot_v1_dot_mpc__pb2.DescribeRequest.SerializeToString,
+            decentralized_dot_v1_dot_mpc__pb2.ModelDescription.FromString,
             options,
             channel_credentials,
             insecure,
