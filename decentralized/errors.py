@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import grpc
 
+from tee.errors import AttestationError
+
 
 class MeshError(Exception):
     """Root of every error raised by the mesh layer."""
@@ -85,6 +87,28 @@ class SessionAborted(MeshError):
     """An MPC session ended early: a party died, stalled or misbehaved. Retry elsewhere."""
 
     code = grpc.StatusCode.ABORTED
+
+
+class EnclaveFailed(MeshError):
+    """A node's enclave (e.g. the Fides verifier's) crashed, timed out or raised."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+# Errors raised with their own type (client-side checks), and the status they correspond to.
+FOREIGN_CODES: dict[type[Exception], grpc.StatusCode] = {
+    AttestationError: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status an error corresponds to (UNKNOWN for errors outside both tables)."""
+    if isinstance(exc, MeshError):
+        return exc.code
+    for cls, code in FOREIGN_CODES.items():
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.UNKNOWN
 
 
 # Status codes a client maps back to a domain error (the reverse of `MeshError.code`).

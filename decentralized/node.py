@@ -12,16 +12,20 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc.aio
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter
 
+from decentralized.classify_service import HEALTH_NAME as CLASSIFY_HEALTH
+from decentralized.classify_service import ClassifyServicer, add_classify_servicer
 from decentralized.he_service import add_he_servicer
 from decentralized.identity import Identity
 from decentralized.membership import Gossip, PeerTable
 from decentralized.metrics import NodeMetrics
+from decentralized.mpc_classifiers import HostedClassifier
 from decentralized.mpc_service import MPCHost, MPCSessionServicer
 from decentralized.service import MeshServicer, ShardServicer
 from decentralized.shards import ShardHost
@@ -48,6 +52,10 @@ class NodeSettings:
     max_tokens: int = 2048  # tokens per request / per session
     mpc_models: tuple[str, ...] = ()  # models run whole as an MPC party or dealer (MPCSession)
     mpc_max_sessions: int = 2  # MPC session ranks (one process each) at once
+    classifiers: tuple[tuple[str, str], ...] = ()  # (name, directory) plaintext classifiers
+    fides_verifiers: tuple[tuple[str, str], ...] = ()  # (name, Fides directory) in enclaves
+    mpc_classifiers: tuple[tuple[str, str], ...] = ()  # (name, MPCViT checkpoint directory)
+    enclave: str = "auto"  # "auto" (configfs-tsm if present, else SIMULATED), "simulated", ...
     version: str = "0"  # software version advertised in the record
 
 
@@ -87,6 +95,7 @@ class Node:
         self._gossip_task: asyncio.Task[None] | None = None
         self._peer_gauge_task: asyncio.Task[None] | None = None
         self._mpc: MPCHost | None = None
+        self._classify: ClassifyServicer | None = None
 
     # -- records -------------------------------------------------------------------------
     def record(self) -> common_pb2.NodeRecord:
@@ -105,7 +114,7 @@ class Node:
             timestamp_ms=int(time.time() * 1000),
             version=self.settings.version,
             insecure_dev=self.creds.insecure_dev,
-            mpc_models=list(self.settings.mpc_models),
+            mpc_models=[*self.settings.mpc_models, *(n for n, _ in self.settings.mpc_classifiers)],
         )
 
     def signed_record(self) -> common_pb2.SignedNodeRecord:
@@ -149,13 +158,30 @@ class Node:
             ShardServicer(self, self.host, self._executor), server
         )
         he_health = add_he_servicer(server, self)  # HE heads: docs/he.md
-        if s.mpc_models:
+        services = ["", "decentralized.v1.Mesh", "decentralized.v1.Shard", he_health]
+        if s.classifiers or s.fides_verifiers:  # plaintext classifiers, Fides: docs/fides.md
+            self._classify = await loop.run_in_executor(
+                self._executor,
+                lambda: add_classify_servicer(
+                    server, self, s.classifiers, s.fides_verifiers, s.enclave
+                ),
+            )
+            services.append(CLASSIFY_HEALTH)
+        if s.mpc_models or s.mpc_classifiers:
+            hosted = await loop.run_in_executor(
+                self._executor,
+                lambda: tuple(
+                    HostedClassifier.load(name, Path(directory) / "model")
+                    for name, directory in s.mpc_classifiers
+                ),
+            )
             self._mpc = MPCHost(
                 s.name,
                 s.mpc_models,
                 self.creds,
                 s.listen.rsplit(":", 1)[0],
                 max_sessions=s.mpc_max_sessions,
+                classifiers=hosted,
             )
             mpc_pb2_grpc.add_MPCSessionServicer_to_server(
                 MPCSessionServicer(self._mpc, self.metrics), server
@@ -170,7 +196,7 @@ class Node:
             self.address = f"{s.listen.rsplit(':', 1)[0]}:{port}"
         await server.start()
         self._server = server
-        for service in ("", "decentralized.v1.Mesh", "decentralized.v1.Shard", he_health):
+        for service in services:
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._gossip = Gossip(
             self.peers,
@@ -222,6 +248,8 @@ class Node:
         await self._server.stop(max(0.0, deadline - time.monotonic()))
         if self._mpc is not None:
             self._mpc.close()
+        if self._classify is not None:
+            self._classify.close()
         self._executor.shutdown(wait=True, cancel_futures=False)
         self._server = None
         logger.info("stopped")

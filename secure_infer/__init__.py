@@ -11,6 +11,7 @@ from decentralized.mpc_client import MPCOptions
 from secure_infer.certs import TLSMaterial
 from secure_infer.client import Client
 from secure_infer.errors import (
+    AttestationError,
     CertError,
     ConfigError,
     Draining,
@@ -26,30 +27,40 @@ from secure_infer.errors import (
     SessionMismatch,
     UnknownModel,
 )
+from secure_infer.fides_client import FidesOptions
 from secure_infer.he_client import HEClassifyResult as ClassifyResult
 from secure_infer.results import (
+    ClassificationResult,
     EmbedResult,
     Failover,
+    FidesCheck,
     GenerateResult,
     HopRecord,
+    MPCClassificationResult,
     MPCParty,
     MPCReport,
     Privacy,
+    QuoteSummary,
     TokenEvent,
 )
 
 __all__ = [
+    "AttestationError",
     "CertError",
+    "ClassificationResult",
     "ClassifyResult",
     "Client",
     "ConfigError",
     "Draining",
     "EmbedResult",
     "Failover",
+    "FidesCheck",
+    "FidesOptions",
     "GarbageOutput",
     "GenerateResult",
     "HopRecord",
     "InvalidRequest",
+    "MPCClassificationResult",
     "MPCOptions",
     "MPCParty",
     "MPCReport",
@@ -60,6 +71,7 @@ __all__ = [
     "PeerMisbehaved",
     "PeerUnavailable",
     "Privacy",
+    "QuoteSummary",
     "SessionAborted",
     "SessionMismatch",
     "TLSMaterial",

@@ -1,4 +1,4 @@
-"""The `secure-infer` command line: node run|status, certs init|issue, infer, demo, audit.
+"""The `secure-infer` command line: node, certs, infer, classify, demo, audit.
 
 Thin: parse, build config, call the SDK or daemon. Expected errors print
 `ErrorType: message` on stderr without a traceback and exit non-zero.
@@ -72,6 +72,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="model to run whole as an MPC party or dealer (repeatable; replaces mpc_models)",
     )
+    run.add_argument(
+        "--classifier",
+        action="append",
+        metavar="NAME=DIR",
+        help="host a plaintext classifier directory (repeatable; replaces the config's)",
+    )
+    run.add_argument(
+        "--mpc-classifier",
+        action="append",
+        metavar="NAME=DIR",
+        help="run an MPCViT checkpoint (DIR/model.json + .safetensors) under MPC (repeatable)",
+    )
+    run.add_argument(
+        "--fides-verifier",
+        action="append",
+        metavar="NAME=DIR",
+        help="host a Fides verification model in an enclave (repeatable)",
+    )
+    run.add_argument(
+        "--enclave",
+        choices=["auto", "simulated", "configfs-tsm"],
+        help="enclave backend for Fides verifiers (auto: configfs-tsm if present, else "
+        "SIMULATED, which is insecure)",
+    )
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     run.add_argument("--data-dir", help="directory of the node identity key")
     run.add_argument("--metrics", help="host:port of the Prometheus endpoint")
@@ -134,6 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--json", action="store_true")
     _tls_flags(infer)
 
+    cls = sub.add_parser(
+        "classify",
+        help="classify texts or images with a mesh-hosted classifier, optionally Fides-verified",
+        formatter_class=fmt,
+    )
+    cls.add_argument("--seeds", required=True, help="comma-separated host:port")
+    cls.add_argument("--model", required=True, help="classifier name (Classify.ListModels)")
+    cls.add_argument("--text", action="append", help="text to classify (repeatable)")
+    cls.add_argument("--images", type=Path, help=".npy file of float images (N, 784) in [0, 1]")
+    cls.add_argument("--verify", choices=["fides"], help="check the answer with Fides")
+    cls.add_argument("--fides-bundle", type=Path, help="the published Fides directory")
+    cls.add_argument("--verifier", help="verifier name on the nodes (default: --model)")
+    cls.add_argument(
+        "--allow-simulated",
+        action="store_true",
+        help="accept INSECURE simulated enclave quotes (development only)",
+    )
+    cls.add_argument("--json", action="store_true")
+    _tls_flags(cls)
+
     demo = sub.add_parser(
         "demo", help="three local nodes, two models, end to end", formatter_class=fmt
     )
@@ -170,6 +214,10 @@ def _node_run(args: argparse.Namespace) -> int:
         "log_format": args.log_format,
         "spans": [cfg.parse_span(s) for s in args.span] if args.span else None,
         "mpc_models": args.mpc_model,
+        "classifiers": args.classifier,
+        "fides_verifiers": args.fides_verifier,
+        "mpc_classifiers": args.mpc_classifier,
+        "enclave": args.enclave,
     }
     config = cfg.load(args.config, overrides)
     logs.configure(config.settings.name, config.log_format)
@@ -337,6 +385,57 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classify(args: argparse.Namespace) -> int:
+    from secure_infer import logs
+    from secure_infer.classify_client import result_dict
+    from secure_infer.client import Client
+    from secure_infer.fides_client import FidesOptions
+
+    logs.configure("client", "text", level=30)
+    if (args.text is None) == (args.images is None):
+        raise SystemExit("error: give --text (repeatable) or --images FILE.npy")
+    inputs: Any = args.text
+    if args.images is not None:
+        import numpy as np
+
+        inputs = np.load(args.images, allow_pickle=False)
+    options = None
+    if args.verify:
+        if args.fides_bundle is None:
+            raise SystemExit("error: --verify fides needs --fides-bundle DIR")
+        options = FidesOptions(
+            bundle=args.fides_bundle, verifier=args.verifier, allow_simulated=args.allow_simulated
+        )
+    seeds = [s for s in args.seeds.split(",") if s]
+    with Client(seeds, tls=_tls(args), insecure_dev=args.insecure_dev) as client:
+        res = client.classify(args.model, inputs, privacy="none", verify=args.verify, fides=options)
+    doc = result_dict(res)
+    if args.json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return 0
+    out = [f"model {res.model} on node {res.node_name} ({res.node_id[:8]})"]
+    for i, ex in enumerate(doc["examples"]):
+        line = f"  [{i}] service label {ex['label']}"
+        if "attacked" in ex:
+            verdict = "ATTACK FLAGGED" if ex["attacked"] else "ok"
+            line += f"   fides: {verdict} (score {ex['score']:+.2f} vs {ex['threshold']:+.2f})"
+            if ex["reclassified"] is not None:
+                line += f" -> re-classified {ex['reclassified']}"
+        out.append(line)
+    if res.quote is not None:
+        out.append(f"TEE: {res.quote}")
+        if res.quote.simulated:
+            out.append(
+                "WARNING: the TEE is SIMULATED (insecure): its quote proves nothing about "
+                "isolation or which code ran"
+            )
+    out.append(str(res.privacy))
+    if res.threat_model:
+        out.append(f"threat model: {res.threat_model}")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -348,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return _EXIT_USAGE
-    from secure_infer.errors import CertError, ConfigError, MeshError
+    from secure_infer.errors import AttestationError, CertError, ConfigError, MeshError
 
     try:
         if args.command == "node" and args.node_command == "run":
@@ -359,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
             return _certs(args)
         if args.command == "infer":
             return _infer(args)
+        if args.command == "classify":
+            return _classify(args)
         if args.command == "demo":
             from secure_infer.demo import run_demo
 
@@ -367,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             from secure_infer.audit.cli import run_audit
 
             return run_audit(args)
-    except (MeshError, CertError, ConfigError, ValueError, OSError) as exc:
+    except (MeshError, AttestationError, CertError, ConfigError, ValueError, OSError) as exc:
         sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
         return _EXIT_ERROR
     except KeyboardInterrupt:

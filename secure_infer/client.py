@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,13 +39,18 @@ from decentralized.mpc_client import (
 from decentralized.transport import Credentials
 from mpc.models import check_output
 from secure_infer.certs import TLSMaterial
+from secure_infer.classify_client import Catalog, classify_plain
+from secure_infer.fides_client import FidesChecker, FidesOptions, classify_fides
 from secure_infer.he_client import HEClassifyResult as ClassifyResult
 from secure_infer.he_client import HESession, classify_he, pick_he_node
+from secure_infer.mpc_classify import classify_mpc
 from secure_infer.results import (
+    ClassificationResult,
     EmbedResult,
     Failover,
     GenerateResult,
     HopRecord,
+    MPCClassificationResult,
     MPCReport,
     Privacy,
     TokenEvent,
@@ -85,6 +91,8 @@ class Client:
         )
         self._parts: dict[str, Any] = {}
         self._he_sessions: dict[tuple[str, str], HESession] = {}  # (address, name) -> session
+        self._catalog = Catalog(self._mesh)  # nodes' plaintext classifiers and Fides verifiers
+        self._fides: dict[Path, FidesChecker] = {}  # per published Fides directory
 
     def __enter__(self) -> Client:
         return self
@@ -276,31 +284,83 @@ class Client:
 
     # -- classification ---------------------------------------------------------------------
     def classify(
-        self, head: str, inputs: Sequence[str] | np.ndarray, *, privacy: str = "he"
-    ) -> ClassifyResult:
-        """Classify texts or images with a classification head served on the mesh.
+        self,
+        model: str,
+        inputs: Sequence[str] | np.ndarray,
+        *,
+        privacy: str | None = None,
+        verify: str | None = None,
+        fides: FidesOptions | None = None,
+        mpc: MPCOptions | None = None,
+    ) -> ClassifyResult | ClassificationResult | MPCClassificationResult:
+        """Classify texts or images with a classifier or HE head served on the mesh.
 
         Args:
-            head: the head's name (e.g. "sentiment-minilm", "mnist-mlp"; a node lists its heads
-                with the HE service's ListHeads).
-            inputs: texts for text heads, (B, 784) pixels in [0, 255] for image heads.
+            model: an HE head (e.g. "sentiment-minilm", "mnist-mlp"; listed by the HE
+                service's ListHeads) or a plaintext classifier (listed by Classify.ListModels).
+            inputs: texts for text models; images: (B, 784) pixels in [0, 255] for HE heads,
+                (B, 784) or (B, 1, 28, 28) in [0, 1] for plaintext classifiers.
             privacy: "he": the client runs the local layers, encrypts the features with CKKS
                 under its own keys and decrypts the logits; the node sees only ciphertexts and
-                public keys (docs/he.md). The keys and the uploaded evaluation context are
-                kept per node for the client's lifetime.
+                public keys (docs/he.md); keys and the uploaded context are kept per node.
+                "none": plaintext classification (the node sees inputs and outputs) returning
+                the output distribution. Default: "none" with `verify`, else "he".
+                "mpc": an MPCViT checkpoint that nodes host with `--mpc-classifier`; the image
+                patches are secret-shared between two party nodes plus a dealer node, and the
+                logits reconstructed locally (`secure_infer.mpc_classify`; `mpc` options).
+            verify: "fides": check the answer with an attested Fides verifier (docs/fides.md;
+                needs `fides=FidesOptions(bundle=...)`); raises a `tee.AttestationError`
+                subclass if the quote is not accepted.
         """
-        if privacy != "he":
-            raise InvalidRequest(f"classify supports privacy='he', got {privacy!r}")
+        if verify not in (None, "fides"):
+            raise InvalidRequest(f"verify must be None or 'fides', got {verify!r}")
+        if fides is not None and verify != "fides":
+            raise InvalidRequest("fides=FidesOptions(...) is given but verify is not 'fides'")
+        mode = privacy or ("none" if verify else "he")
+        if mode == "mpc":
+            if verify is not None:
+                raise InvalidRequest("privacy='mpc' classification takes no verify mode")
+            return classify_mpc(
+                self._mesh,
+                model,
+                inputs,  # type: ignore[arg-type] - images
+                mpc or MPCOptions(),
+                channel_label=self._channel_name(),
+            )
+        if mode == "none":
+            if verify is None:
+                return classify_plain(
+                    self._catalog, self._mesh, model, inputs, channel_label=self._channel_name()
+                )
+            if fides is None:
+                raise InvalidRequest("verify='fides' needs fides=FidesOptions(bundle=DIR)")
+            key = Path(fides.bundle).resolve()
+            if key not in self._fides:
+                self._fides[key] = FidesChecker(key)
+            return classify_fides(
+                self._catalog,
+                self._mesh,
+                model,
+                inputs,
+                fides,
+                self._fides[key],
+                self._channel_name(),
+            )
+        if mode != "he" or verify is not None:
+            raise InvalidRequest(
+                "classify supports privacy='he', 'none' or 'mpc' (verify needs 'none'), "
+                f"got {mode!r}"
+            )
         live = [(r.address, r.name) for r in self._mesh.refresh(force=True)]
         known = [key for key in self._he_sessions if key in live]
-        address, name = known[0] if known else pick_he_node(live, self._creds, head)
+        address, name = known[0] if known else pick_he_node(live, self._creds, model)
         session = self._he_sessions.get((address, name))
         if session is None:
             channel = self._mesh.channel(address, name)
             session = self._he_sessions[(address, name)] = HESession(channel)
         return classify_he(
             self._mesh.channel(address, name),
-            head,
+            model,
             inputs,
             session=session,
             channel_label=self._channel_name(),

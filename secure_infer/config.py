@@ -10,6 +10,10 @@ Example ``node.toml``::
     data_dir = "node-a"             # identity key (Ed25519) is created here on first start
     metrics = "127.0.0.1:9101"      # Prometheus endpoint; "" disables it
     mpc_models = ["all-MiniLM-L6-v2"]  # run whole as an MPC party or dealer (optional)
+    classifiers = ["mnist-cnn=models/mnist-cnn"]  # NAME=DIR plaintext classifiers (optional)
+    fides_verifiers = ["mnist-cnn=models/fides-mnist"]  # NAME=DIR Fides verifiers (optional)
+    mpc_classifiers = ["mpcvit-mnist=models/mpcvit"]  # NAME=DIR MPCViT checkpoints under MPC
+    enclave = "auto"                # verifiers' enclave: auto | simulated | configfs-tsm
 
     [tls]
     ca = "certs/ca.crt"
@@ -71,6 +75,30 @@ def _check_span(model: str, start: int, end: int) -> tuple[str, int, int]:
     return model, start, end
 
 
+def parse_named_dirs(value: Any, key: str, base: Path) -> tuple[tuple[str, str], ...]:
+    """NAME=DIR strings (a list, or one comma-separated string) or a {name: dir} table ->
+    ((name, absolute dir), ...); each directory must exist."""
+    if isinstance(value, dict):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        items = [v for v in value.split(",") if v] if isinstance(value, str) else list(value)
+        pairs = []
+        for item in items:
+            name, sep, directory = str(item).partition("=")
+            if not sep or not name or not directory:
+                raise ConfigError(f"{key}: expected NAME=DIR, got {item!r}")
+            pairs.append((name, directory))
+    out = []
+    for name, directory in pairs:
+        path = (base / directory).resolve()
+        if not path.is_dir():
+            raise ConfigError(f"{key}: {name}={directory}: {path} is not a directory")
+        out.append((name, str(path)))
+    if len({n for n, _ in out}) != len(out):
+        raise ConfigError(f"{key}: a name appears twice")
+    return tuple(out)
+
+
 def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
     """Read TOML (if given), apply non-None overrides, validate."""
     doc: dict[str, Any] = {}
@@ -111,6 +139,10 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
         "log_format",
         "mpc_models",
         "mpc_max_sessions",
+        "classifiers",
+        "fides_verifiers",
+        "mpc_classifiers",
+        "enclave",
     }
     if unknown:
         raise ConfigError(f"unknown [node] keys: {', '.join(sorted(unknown))}")
@@ -135,10 +167,18 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
             raise ConfigError(
                 f"mpc_models: {model!r} cannot run under MPC; supported: {', '.join(MPC_MODELS)}"
             )
-    if not spans and not mpc_models:
+    classifiers = parse_named_dirs(node.get("classifiers", []), "classifiers", base)
+    verifiers = parse_named_dirs(node.get("fides_verifiers", []), "fides_verifiers", base)
+    mpc_classifiers = parse_named_dirs(node.get("mpc_classifiers", []), "mpc_classifiers", base)
+    enclave = str(node.get("enclave", "auto"))
+    from decentralized.classify_service import ENCLAVE_KINDS
+
+    if enclave not in ENCLAVE_KINDS:
+        raise ConfigError(f"enclave must be one of {', '.join(ENCLAVE_KINDS)}, got {enclave!r}")
+    if not (spans or mpc_models or classifiers or verifiers or mpc_classifiers):
         raise ConfigError(
             "the node serves nothing: add [[spans]] or --span MODEL:START:END, "
-            "or mpc_models / --mpc-model MODEL"
+            "mpc_models / --mpc-model MODEL, or --classifier / --fides-verifier NAME=DIR"
         )
     material = None
     if not insecure:
@@ -171,6 +211,10 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
             max_tokens=int(node.get("max_tokens", 2048)),
             mpc_models=tuple(str(m) for m in mpc_models),
             mpc_max_sessions=int(node.get("mpc_max_sessions", 2)),
+            classifiers=classifiers,
+            fides_verifiers=verifiers,
+            mpc_classifiers=mpc_classifiers,
+            enclave=enclave,
             version=f"secure-infer {__version__}",
         )
     except (TypeError, ValueError) as exc:

@@ -11,16 +11,25 @@ Exception
 │   ├── PeerUnavailable       node died, stalled, or refused       (UNAVAILABLE, DEADLINE)
 │   ├── PeerMisbehaved        invalid answer or record             (DATA_LOSS)
 │   ├── SessionAborted        an MPC party died, stalled or lied   (ABORTED)
+│   ├── EnclaveFailed         a node's enclave failed              (INTERNAL)
 │   └── NoRoute               no live nodes cover the layers
+├── TEEError                  tee.errors (raised with their own type, client side)
+│   └── AttestationError      quote not accepted                   (PERMISSION_DENIED)
+│       ├── MalformedEvidence, BadSignature, BadChain, BindingMismatch
+│       ├── PolicyViolation: SimulatedNotAllowed, MeasurementNotAllowed, ...
+│       └── FreshnessError: NonceMismatch, ReplayedNonce, StaleNonce, QuoteTooOld
 ├── GarbageOutput             mpc.errors: an MPC output out of the model's range
 ├── CertError                 mesh PKI files missing or invalid
 └── ConfigError (ValueError)  invalid node configuration
+
+`status_code(exc)` gives the gRPC status any of them corresponds to (`decentralized.errors`).
 """
 
 from __future__ import annotations
 
 from decentralized.errors import (
     Draining,
+    EnclaveFailed,
     InvalidRequest,
     MeshError,
     NoRoute,
@@ -31,24 +40,57 @@ from decentralized.errors import (
     SessionAborted,
     SessionMismatch,
     UnknownModel,
+    status_code,
 )
 from mpc.errors import GarbageOutput
 from secure_infer.certs import CertError
 from secure_infer.config import ConfigError
+from tee.errors import (
+    AttestationError,
+    BadChain,
+    BadSignature,
+    BindingMismatch,
+    FreshnessError,
+    MalformedEvidence,
+    MeasurementNotAllowed,
+    NonceMismatch,
+    PolicyViolation,
+    QuoteTooOld,
+    ReplayedNonce,
+    SimulatedNotAllowed,
+    StaleNonce,
+    TEEError,
+)
 
 __all__ = [
+    "AttestationError",
+    "BadChain",
+    "BadSignature",
+    "BindingMismatch",
     "CertError",
     "ConfigError",
     "Draining",
+    "EnclaveFailed",
+    "FreshnessError",
     "GarbageOutput",
     "InvalidRequest",
+    "MalformedEvidence",
+    "MeasurementNotAllowed",
     "MeshError",
     "NoRoute",
+    "NonceMismatch",
     "NotANode",
     "Overloaded",
     "PeerMisbehaved",
     "PeerUnavailable",
+    "PolicyViolation",
+    "QuoteTooOld",
+    "ReplayedNonce",
     "SessionAborted",
     "SessionMismatch",
+    "SimulatedNotAllowed",
+    "StaleNonce",
+    "TEEError",
     "UnknownModel",
+    "status_code",
 ]

@@ -28,6 +28,8 @@ class NodeSpec:
     name: str  # node name and certificate CN
     spans: tuple[tuple[str, int, int], ...] = ()  # (model, start, end) served
     mpc_models: tuple[str, ...] = ()  # models run whole as an MPC party or dealer
+    entry: str = "secure_infer.cli"  # module run with `python -m` (tests: adversarial nodes)
+    extra_args: tuple[str, ...] = ()  # appended to `node run` (e.g. --classifier NAME=DIR)
 
 
 @dataclass(slots=True)
@@ -87,7 +89,7 @@ class LocalMesh:
         cmd = [
             sys.executable,
             "-m",
-            "secure_infer.cli",
+            spec.entry,
             "node",
             "run",
             "--name",
@@ -107,6 +109,7 @@ class LocalMesh:
             cmd += ["--span", f"{model}:{start}:{end}"]
         for model in spec.mpc_models:
             cmd += ["--mpc-model", model]
+        cmd += spec.extra_args
         if self.insecure_dev:
             cmd += ["--insecure-dev"]
         else:

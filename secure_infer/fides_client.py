@@ -1,0 +1,296 @@
+"""The client side of `verify="fides"`: a service answer checked by an attested verifier.
+
+Protocol (per call): the client draws a fresh nonce, then sends the same input CONCURRENTLY to
+a service node (`Classify`: the distribution it will use) and to a verifier node (`Verify`:
+the Fides verification model inside the node's enclave, bound to the nonce). It verifies the
+quote (`tee.verify_quote`: the nonce, the digest of the enclave's output, the code+model
+measurement against the one computed from the client's own copy of the published Fides
+directory, the platform evidence against pinned roots or keys, and single use of the nonce),
+then runs Fides' detector and re-classifier locally on the two distributions.
+
+Threat model (also in every result's `threat_model`):
+    untrusted  the service node (its model, its inputs after arrival, its answer); the
+               verifier node's host (it relays bytes; tampering breaks the quote)
+    trusted    the client; the enclave platform (SEV-SNP/TDX hardware and firmware, whose
+               roots the client pins) and the published verifier model it measures; the mesh CA
+    leaks      both nodes see the input in the clear; the verifier node's enclave protects it
+               from the host only on real hardware; the service node sees the input and its
+               own answer, the verifier node sees the verifier's answer
+    SIMULATED  with a simulated enclave NOTHING is protected or proven: the host holds the
+               platform key; it is accepted only with `allow_simulated=True` and is labelled
+               in the result, its repr and the CLI
+    limits     detection is statistical (rates in docs/fides.md): an attack that keeps the
+               answer close to the honest distribution can pass
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from decentralized.errors import InvalidRequest, PeerMisbehaved
+from decentralized.v1 import classify_pb2
+from secure_infer.classify_client import Catalog, count, decode_probs, encode_inputs, start, wait
+from secure_infer.results import ClassificationResult, FidesCheck, Privacy, QuoteSummary
+from tee import (
+    AttestationError,
+    CodeRef,
+    MalformedEvidence,
+    NonceStore,
+    Policy,
+    Quote,
+    TrustAnchors,
+    VerifiedQuote,
+    code_digest,
+    enclave_measurement,
+    load_platform_key,
+    model_digest,
+    verify_quote,
+)
+from verification.fides import FidesVerifier, InvalidInput
+from verification.fides.enclave_app import ENTRY, decode_output, verifier_bundle
+
+THREAT_MODEL = (
+    "untrusted: the service node (model, inputs after arrival, answer) and the verifier node's "
+    "host; trusted: the client, the enclave platform (hardware roots pinned by the client) and "
+    "the published Fides verifier whose measurement the client computes itself; leaks: both "
+    "nodes see the input in the clear (the verifier's enclave hides it from its host only on "
+    "real SEV-SNP/TDX hardware); a SIMULATED enclave protects and proves nothing; detection "
+    "is statistical (see docs/fides.md for measured rates)"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FidesOptions:
+    """How to check a classification with Fides.
+
+    Args:
+        bundle: the published Fides directory for the model (`FidesVerifier.save`): the client
+            runs its detector and re-classifier, and computes from it the enclave measurement it
+            accepts (code digest of `verification.fides.enclave_app` + the verifier's weights).
+        verifier: the verifier's name on the nodes (default: the model's name).
+        allow_simulated: accept INSECURE simulated quotes (development only); results are
+            labelled SIMULATED.
+        simulated_keys: PEM platform keys of simulated enclaves to pin. If empty and
+            `allow_simulated`, the key the verifier node announces is pinned on first use
+            (which adds nothing: a simulated enclave is insecure anyway; stated in the result).
+        trust: pinned AMD/Intel roots for hardware quotes.
+        allowed_launch_measurements: SNP MEASUREMENT / TDX MRTD values to accept (None: not
+            pinned, i.e. any guest image).
+        service_node, verifier_node: pin nodes by name, address or id (default: least loaded).
+        timeout_s: per RPC.
+    """
+
+    bundle: Path
+    verifier: str | None = None
+    allow_simulated: bool = False
+    simulated_keys: tuple[bytes, ...] = ()
+    trust: TrustAnchors = field(default_factory=TrustAnchors)
+    allowed_launch_measurements: frozenset[bytes] | None = None
+    service_node: str | None = None
+    verifier_node: str | None = None
+    timeout_s: float = 30.0
+
+
+class FidesChecker:
+    """The client's Fides state for one bundle: detector, expected measurement, nonces."""
+
+    def __init__(self, bundle: Path) -> None:
+        self.fides = FidesVerifier.load(bundle)
+        self.measurement = published_measurement(bundle)
+        self.nonces = NonceStore()
+
+
+def published_measurement(bundle: Path) -> bytes:
+    """The enclave measurement a verifier node must report for the Fides directory `bundle`."""
+    return enclave_measurement(
+        code_digest(CodeRef.parse(ENTRY)), model_digest(verifier_bundle(bundle))
+    )
+
+
+def classify_fides(
+    catalog: Catalog,
+    mesh: Any,
+    model: str,
+    inputs: Any,
+    options: FidesOptions,
+    checker: FidesChecker,
+    channel_label: str,
+) -> ClassificationResult:
+    """See the module docstring; raises `tee.AttestationError` subclasses on a bad quote."""
+    t0 = time.perf_counter()
+    vname = options.verifier or model
+    service = catalog.pick(
+        lambda n: n.classifier(model) is not None, f"classifier {model!r}", options.service_node
+    )
+    verifier = catalog.pick(
+        lambda n: n.verifier(vname) is not None, f"Fides verifier {vname!r}", options.verifier_node
+    )
+    info, vinfo = service.classifier(model), verifier.verifier(vname)
+    assert info is not None and vinfo is not None  # noqa: S101 - picked for them
+    if vinfo.task != info.input_kind or vinfo.n_classes != len(info.labels):
+        raise InvalidRequest(
+            f"verifier {vname!r} ({vinfo.task}, {vinfo.n_classes} classes) does not match "
+            f"classifier {model!r} ({info.input_kind}, {len(info.labels)} classes)"
+        )
+    wire = encode_inputs(inputs, info.input_kind)
+    n = count(wire)
+    nonce = checker.nonces.issue()
+    # Both requests go out at once (gRPC futures); the quote is checked while the service,
+    # usually the slower of the two, is still computing.
+    sent = time.perf_counter()
+    done: dict[str, float] = {}
+    f_verify = start(
+        mesh.channel(verifier.address, verifier.name),
+        "Verify",
+        classify_pb2.VerifyRequest(verifier=vname, inputs=wire, nonce=nonce),
+        options.timeout_s,
+    )
+    f_service = start(
+        mesh.channel(service.address, service.name),
+        "Classify",
+        classify_pb2.ClassifyRequest(model=model, inputs=wire),
+        options.timeout_s,
+    )
+    f_verify.add_done_callback(lambda _: done.setdefault("verifier", time.perf_counter()))
+    f_service.add_done_callback(lambda _: done.setdefault("service", time.perf_counter()))
+    try:
+        vreply = wait(f_verify, "Verify", catalog, verifier.address)
+        t_check = time.perf_counter()
+        try:
+            verified, pinning = _check_quote(vreply, nonce, options, vinfo, checker)
+        except AttestationError:
+            catalog.forget(verifier.address)  # ask again next time (e.g. a restarted node)
+            raise
+        check_s = time.perf_counter() - t_check
+        reply = wait(f_service, "Classify", catalog, service.address)
+    finally:
+        f_service.cancel()  # no-op when done; stops waiting on a service after a bad quote
+    t_judge = time.perf_counter()
+    probs = decode_probs(reply, n)
+    try:
+        pv = decode_output(vreply.output)  # attested: the enclave's own output
+        if len(pv) != n:
+            raise InvalidInput(f"verifier answered {len(pv)} rows for {n} inputs")
+    except InvalidInput as exc:
+        raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
+    try:
+        verdicts = checker.fides.judge(probs, pv)
+    except InvalidInput as exc:
+        raise PeerMisbehaved(f"service node {service.name} answered garbage: {exc}") from None
+    check_s += time.perf_counter() - t_judge
+    checks = tuple(
+        FidesCheck(
+            service_label=v.service_label,
+            attacked=v.attacked,
+            score=v.score,
+            threshold=v.threshold,
+            verifier_label=v.verifier_label,
+            reclassified_label=v.reclassified_label,
+        )
+        for v in verdicts
+    )
+    summary = QuoteSummary(
+        platform=verified.platform.value,
+        simulated=verified.simulated,
+        measurement=verified.measurement.hex(),
+        provider=verified.provider,
+        verifier_node=verifier.name,
+        key_pinning=pinning,
+    )
+    predictions = probs.argmax(1)
+    return ClassificationResult(
+        model=model,
+        probs=probs,
+        predictions=predictions,
+        labels=tuple(info.labels[i] for i in predictions),
+        node_id=reply.node_id,
+        node_name=service.name,
+        model_digest=reply.model_digest,
+        timings={
+            "total_s": time.perf_counter() - t0,
+            "service_s": done.get("service", sent) - sent,
+            "verifier_s": done.get("verifier", sent) - sent,
+            "check_s": check_s,
+        },
+        privacy=fides_privacy(channel_label, service.name, verifier.name, verified.simulated),
+        verify="fides",
+        checks=checks,
+        verifier_probs=pv.numpy(),
+        quote=summary,
+        threat_model=THREAT_MODEL,
+    )
+
+
+def _check_quote(
+    vreply: classify_pb2.VerifyReply,
+    nonce: bytes,
+    options: FidesOptions,
+    vinfo: classify_pb2.VerifierInfo,
+    checker: FidesChecker,
+) -> tuple[VerifiedQuote, str]:
+    """`tee.verify_quote` under the options' policy, pinning the published measurement;
+    returns the verified quote and how the platform keys or roots were pinned."""
+    keys, pinning = _simulated_keys(options, vinfo)
+    verified = verify_quote(
+        Quote.from_json(vreply.quote_json),
+        output=vreply.output,
+        nonce=nonce,
+        policy=Policy(
+            allowed_launch_measurements=options.allowed_launch_measurements,
+            allowed_code_measurements=frozenset({checker.measurement}),
+            allow_simulated=options.allow_simulated,
+        ),
+        trust=TrustAnchors(
+            snp=options.trust.snp,
+            tdx_root=options.trust.tdx_root,
+            simulated_keys=options.trust.simulated_keys + keys,
+            crls=options.trust.crls,
+        ),
+        nonce_store=checker.nonces,
+    )
+    return verified, pinning
+
+
+@functools.lru_cache(maxsize=64)
+def _platform_key(pem: bytes) -> Any:
+    return load_platform_key(pem)
+
+
+def _simulated_keys(options: FidesOptions, vinfo: classify_pb2.VerifierInfo) -> tuple[Any, str]:
+    """Simulated platform keys to pin, and how they were chosen (for the result)."""
+    if options.simulated_keys:
+        return tuple(_platform_key(k) for k in options.simulated_keys), "caller-pinned key"
+    if options.allow_simulated and vinfo.simulated and vinfo.simulated_platform_key:
+        try:
+            key = _platform_key(vinfo.simulated_platform_key)
+        except (MalformedEvidence, ValueError) as exc:
+            raise PeerMisbehaved(f"verifier announced a malformed platform key: {exc}") from None
+        return (key,), "SIMULATED key announced by the verifier node (trust on first use)"
+    return (), "pinned vendor roots (TrustAnchors)"
+
+
+def fides_privacy(channel: str, service: str, verifier: str, simulated: bool) -> Privacy:
+    """What each node saw in a `verify="fides"` classification."""
+    tee = (
+        "a SIMULATED enclave (INSECURE: its host sees and could alter everything)"
+        if simulated
+        else "an attested hardware enclave (its host sees ciphertext memory only)"
+    )
+    return Privacy(
+        mode="fides (plaintext classification, verified)",
+        channel=channel,
+        client_keeps="the nonce, the detector's verdicts and the re-classified labels",
+        node_views=(
+            f"service node {service} saw every input and its own output distribution",
+            f"verifier node {verifier} saw every input in the clear before handing it to {tee}, "
+            "and the verification model's output",
+        ),
+        caveats=(
+            "no confidentiality of inputs: use privacy='he' or 'mpc' for that",
+            "Fides detection is statistical; see docs/fides.md for measured rates",
+        ),
+    )

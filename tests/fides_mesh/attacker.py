@@ -1,0 +1,94 @@
+"""A DISHONEST mesh node for the tests: `python -m tests.fides_mesh.attacker [flags] node run ...`.
+
+It is the real node daemon (`secure_infer.cli`) with two of its servicer's methods replaced in
+this process only, so that product code carries no attack injection:
+
+* Service attacks (Fides' threat model, `verification.fides.attacks`): a classifier hosted as
+  `NAME@ATTACK` answers with the attacked distribution: swap_top2, average_top2,
+  random_label_switch, fgsm (the model is fed FGSM-perturbed inputs, eps 0.2), substitution
+  (answers with `--substitute DIR`'s cheaper model).
+* Quote attacks on a verifier hosted as `NAME@ATTACK`: replay (answers every request with the
+  first reply it produced: its quote names an old nonce), tamper (swaps the top two classes of
+  the enclave's output and keeps the quote). A wrong measurement needs no code: host another
+  model under the verifier's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from decentralized.classify_service import ClassifyServicer
+from decentralized.v1 import classify_pb2
+from secure_infer import cli
+from verification.fides import attacks
+from verification.fides.enclave_app import decode_output
+from verification.fides.service_model import Classifier, load_classifier
+
+FGSM_EPS = 0.2
+
+
+def _attacked(attack: str, model: Classifier, x: Any, substitute: Classifier | None) -> np.ndarray:
+    if attack == "fgsm":
+        adv = attacks.fgsm(model.net, x, FGSM_EPS, (0.0, 1.0))
+        return model.probs(adv).numpy()
+    if attack == "substitution":
+        if substitute is None:
+            raise RuntimeError("substitution needs --substitute DIR")
+        return substitute.probs(x).numpy()
+    probs = model.probs(x)
+    if attack == "swap_top2":
+        out = attacks.swap_top2(probs)
+    elif attack == "average_top2":
+        out = attacks.average_top2(probs)
+    elif attack == "random_label_switch":
+        out = attacks.random_label_switch(probs, torch.Generator().manual_seed(len(x)))
+    else:
+        raise RuntimeError(f"unknown attack {attack!r}")
+    return out.numpy()
+
+
+def install(substitute: Classifier | None) -> None:
+    """Replace `ClassifyServicer.predict` and `.Verify` by their dishonest versions."""
+    honest_predict = ClassifyServicer.predict
+    honest_verify = ClassifyServicer.Verify
+    replies: dict[str, classify_pb2.VerifyReply] = {}
+
+    def predict(self: ClassifyServicer, name: str, model: Classifier, x: Any) -> np.ndarray:
+        _, _, attack = name.partition("@")
+        if not attack:
+            return honest_predict(self, name, model, x)
+        return _attacked(attack, model, x, substitute)
+
+    async def verify(
+        self: ClassifyServicer, request: classify_pb2.VerifyRequest, context: Any
+    ) -> classify_pb2.VerifyReply:
+        reply = await honest_verify(self, request, context)
+        _, _, attack = request.verifier.partition("@")
+        if attack == "replay":
+            return replies.setdefault(request.verifier, reply)
+        if attack == "tamper":
+            from safetensors.torch import save
+
+            probs = attacks.swap_top2(decode_output(reply.output))
+            reply.output = save({"probs": probs.contiguous()})
+        return reply
+
+    ClassifyServicer.predict = predict  # type: ignore[method-assign]
+    ClassifyServicer.Verify = verify  # type: ignore[method-assign]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--substitute", help="classifier directory of the substitute model")
+    own, rest = parser.parse_known_args(sys.argv[1:])
+    install(load_classifier(own.substitute) if own.substitute else None)
+    return cli.main(rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""`verify="fides"` end to end through real node processes (mTLS), an enclave and liars.
+
+The artefacts are the small test configuration (see conftest), not the bench's: the bounds
+below are "well above chance" for it (as in tests/verification), not the paper's targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from decentralized.transport import sync_channel
+from decentralized.v1 import classify_pb2, classify_pb2_grpc
+from secure_infer import cli
+from secure_infer.client import Client, credentials
+from secure_infer.errors import (
+    BindingMismatch,
+    FreshnessError,
+    InvalidRequest,
+    MeasurementNotAllowed,
+    ReplayedNonce,
+    SimulatedNotAllowed,
+    UnknownModel,
+    status_code,
+)
+from secure_infer.fides_client import FidesOptions, published_measurement
+from secure_infer.localmesh import LocalMesh
+from tee import NonceStore, Policy, Quote, TrustAnchors, load_platform_key, verify_quote
+from verification.fides import FidesVerifier
+from verification.fides.service_model import load_classifier
+
+from .conftest import ATTACKS
+
+pytestmark = [pytest.mark.grpc, pytest.mark.slow]
+LABEL_ATTACKS = ("swap_top2", "random_label_switch", "fgsm")  # change most labels
+
+
+@pytest.fixture(scope="module")
+def honest(artefacts: Path, test_images: torch.Tensor) -> np.ndarray:
+    """The honest service model's distribution, computed locally."""
+    return load_classifier(artefacts / "service").probs(test_images).numpy()
+
+
+def test_honest_service_passes(
+    client: Client,
+    options: FidesOptions,
+    artefacts: Path,
+    test_images: torch.Tensor,
+    honest: np.ndarray,
+) -> None:
+    res = client.classify("mnist", test_images.numpy(), verify="fides", fides=options)
+    assert res.node_name == "service" and res.quote is not None
+    np.testing.assert_allclose(res.probs, honest, atol=1e-5)  # the node ran the same model
+    flagged = np.mean([c.attacked for c in res.checks])
+    assert flagged <= 0.1, flagged  # threshold calibrated to <= 2 % on clean calib outputs
+    assert all(c.reclassified_label is None for c in res.checks if not c.attacked)
+    assert res.quote.measurement == published_measurement(artefacts / "fides").hex()
+    assert res.quote.simulated and res.simulated and res.quote.verifier_node == "verifier"
+    assert "SIMULATED" in repr(res) and "SIMULATED" in str(res.quote)
+    assert "verifier node" in res.threat_model or "verifier" in res.threat_model
+    assert res.timings["service_s"] > 0 and res.timings["verifier_s"] > 0
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_attacking_service_is_flagged_and_reclassified(
+    client: Client,
+    options: FidesOptions,
+    test_images: torch.Tensor,
+    honest: np.ndarray,
+    attack: str,
+) -> None:
+    opts = dataclasses.replace(options, verifier="mnist", service_node="attacker")
+    res = client.classify(f"mnist@{attack}", test_images.numpy(), verify="fides", fides=opts)
+    assert res.node_name == "attacker"
+    truth = honest.argmax(1)
+    changed = res.predictions != truth
+    flagged = np.array([c.attacked for c in res.checks])
+    assert changed.any(), "the attack changed no label"
+    assert flagged[changed].mean() >= 0.4, (attack, flagged[changed].mean())
+    if attack in LABEL_ATTACKS:
+        recl = np.array([c.reclassified_label for c in res.checks], dtype=object)[flagged]
+        assert np.mean(recl == truth[flagged]) >= 0.6, attack
+        assert np.mean(recl == truth[flagged]) > np.mean(res.predictions[flagged] == truth[flagged])
+
+
+@pytest.mark.parametrize(
+    ("verifier", "error"),
+    [("mnist@tamper", BindingMismatch), ("mnist@wrong", MeasurementNotAllowed)],
+)
+def test_bad_quotes_are_rejected(
+    client: Client,
+    options: FidesOptions,
+    test_images: torch.Tensor,
+    verifier: str,
+    error: type[Exception],
+) -> None:
+    opts = dataclasses.replace(options, verifier=verifier, verifier_node="liar")
+    with pytest.raises(error) as info:
+        client.classify("mnist", test_images[:8].numpy(), verify="fides", fides=opts)
+    assert status_code(info.value) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_replayed_quote_is_rejected(
+    client: Client, options: FidesOptions, test_images: torch.Tensor
+) -> None:
+    opts = dataclasses.replace(options, verifier="mnist@replay", verifier_node="liar")
+    x = test_images[:8].numpy()
+    client.classify("mnist", x, verify="fides", fides=opts)  # the first answer is genuine
+    with pytest.raises(FreshnessError) as info:  # then the same quote comes back: old nonce
+        client.classify("mnist", x, verify="fides", fides=opts)
+    assert status_code(info.value) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_simulated_evidence_needs_opt_in(
+    client: Client, options: FidesOptions, test_images: torch.Tensor
+) -> None:
+    opts = dataclasses.replace(options, allow_simulated=False)
+    with pytest.raises(SimulatedNotAllowed) as info:
+        client.classify("mnist", test_images[:4].numpy(), verify="fides", fides=opts)
+    assert status_code(info.value) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _verifier_stub(mesh: LocalMesh) -> tuple[grpc.Channel, classify_pb2_grpc.ClassifyStub]:
+    node = mesh.nodes["verifier"]
+    channel = sync_channel(node.address, credentials(mesh.client_tls(), False), "verifier")
+    return channel, classify_pb2_grpc.ClassifyStub(channel)
+
+
+def test_a_quote_verifies_once(mesh: LocalMesh, test_images: torch.Tensor) -> None:
+    channel, stub = _verifier_stub(mesh)
+    with channel:
+        info = stub.ListModels(classify_pb2.ListModelsRequest(), timeout=10).verifiers[0]
+        store = NonceStore()
+        nonce = store.issue()
+        x = test_images[:2].numpy()
+        reply = stub.Verify(
+            classify_pb2.VerifyRequest(
+                verifier="mnist",
+                inputs=classify_pb2.Inputs(images=x.tobytes(), count=2),
+                nonce=nonce,
+            ),
+            timeout=30,
+        )
+    quote = Quote.from_json(reply.quote_json)
+    kwargs = {
+        "output": reply.output,
+        "nonce": nonce,
+        "policy": Policy(
+            allowed_launch_measurements=None,
+            allowed_code_measurements=frozenset({info.measurement}),
+            allow_simulated=True,
+        ),
+        "trust": TrustAnchors(simulated_keys=(load_platform_key(info.simulated_platform_key),)),
+        "nonce_store": store,
+    }
+    assert verify_quote(quote, **kwargs).simulated
+    with pytest.raises(ReplayedNonce):
+        verify_quote(quote, **kwargs)
+
+
+def test_bad_inputs_get_typed_errors_and_the_nodes_keep_serving(
+    client: Client, mesh: LocalMesh, options: FidesOptions, test_images: torch.Tensor
+) -> None:
+    x = test_images[:4].numpy()
+    with pytest.raises(InvalidRequest, match="INVALID_ARGUMENT"):
+        client.classify("mnist", x[:, :, :10], verify="fides", fides=options)  # wrong shape
+    with pytest.raises(InvalidRequest, match="INVALID_ARGUMENT"):
+        client.classify("mnist", np.full_like(x, np.nan), privacy="none")
+    with pytest.raises(InvalidRequest, match="INVALID_ARGUMENT"):
+        client.classify("mnist", x * 255, privacy="none")  # pixels must be in [0, 1]
+    with pytest.raises(UnknownModel):
+        client.classify("no-such-model", x, privacy="none")
+    channel, stub = _verifier_stub(mesh)
+    with channel:
+        for request, code in [
+            (classify_pb2.VerifyRequest(verifier="nope", nonce=b"n" * 32), "NOT_FOUND"),
+            (
+                classify_pb2.VerifyRequest(
+                    verifier="mnist",
+                    inputs=classify_pb2.Inputs(images=x.tobytes(), count=4),
+                    nonce=b"short",
+                ),
+                "INVALID_ARGUMENT",
+            ),
+        ]:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Verify(request, timeout=10)
+            assert info.value.code().name == code  # type: ignore[attr-defined]
+    res = client.classify("mnist", x, verify="fides", fides=options)  # still serving
+    assert len(res.checks) == 4 and all(n.alive for n in mesh.nodes.values())
+
+
+def test_cli_prints_the_verdict_and_the_simulated_tee(
+    mesh: LocalMesh,
+    artefacts: Path,
+    test_images: torch.Tensor,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    images = tmp_path / "x.npy"
+    np.save(images, test_images[:3].reshape(3, 784).numpy())
+    args = ["classify", "--seeds", ",".join(mesh.seeds), "--model", "mnist@swap_top2"]
+    args += ["--images", str(images), "--verify", "fides", "--verifier", "mnist"]
+    args += ["--fides-bundle", str(artefacts / "fides"), "--certs", str(mesh.certs_dir)]
+    assert cli.main([*args, "--allow-simulated"]) == 0
+    out = capsys.readouterr().out
+    assert "fides:" in out and "SIMULATED" in out and "INSECURE" in out.upper()
+    assert cli.main(args) == 1  # without the opt-in: refused, typed error on stderr
+    assert "SimulatedNotAllowed" in capsys.readouterr().err
+
+
+def test_text_classification_is_verified_end_to_end(client: Client, text_artefacts: Path) -> None:
+    """The sentiment path: MiniLM + head on the service node, a token-level verifier in the
+    enclave; the attested distribution equals the published verifier's, computed locally."""
+    texts = [
+        "A wonderful, moving film with a superb cast.",
+        "Dull, predictable and far too long.",
+        "I laughed, I cried, I would watch it again tomorrow.",
+    ]
+    opts = FidesOptions(bundle=text_artefacts / "fides", allow_simulated=True)
+    res = client.classify("reviews", texts, verify="fides", fides=opts)
+    want = load_classifier(text_artefacts / "service").probs(texts).numpy()
+    np.testing.assert_allclose(res.probs, want, atol=1e-5)
+    local = FidesVerifier.load(text_artefacts / "fides").verifier_probs(texts).numpy()
+    assert res.verifier_probs is not None
+    np.testing.assert_allclose(res.verifier_probs, local, atol=1e-5)
+    assert res.labels[0] in ("negative", "positive") and len(res.checks) == 3 and res.simulated

@@ -1,0 +1,116 @@
+"""The pieces the mesh hosts: classifier directories, the verifier bundle and its enclave app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from verification.fides import InvalidInput, ModelFormatError
+from verification.fides.attacks import swap_top2
+from verification.fides.enclave_app import (
+    decode_output,
+    decode_request,
+    encode_request,
+    verifier_bundle,
+    verifier_handler,
+)
+from verification.fides.experiment import Outcome, TaskData
+from verification.fides.nets import MLPNet
+from verification.fides.service_model import load_classifier, save_classifier
+from verification.fides.training import batched
+
+
+def test_classifier_directory_round_trip(
+    tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
+) -> None:
+    data, out = tiny_mnist
+    x = data.inputs["test"][:20]
+    save_classifier(tmp_path / "svc", out.service, [str(d) for d in range(10)])
+    model = load_classifier(tmp_path / "svc")
+    assert model.input_kind == "image" and model.n_classes == 10 and len(model.digest) == 64
+    torch.testing.assert_close(model.probs(x), batched(out.service, x).softmax(1))
+    torch.testing.assert_close(model.probs(x.reshape(20, 784)), model.probs(x))
+    for bad in (x[:, :, :10], x * 255, torch.full_like(x, float("nan")), torch.zeros(0, 784)):
+        with pytest.raises(InvalidInput):
+            model.probs(bad)
+    flat = MLPNet(784, [8], 10)
+    save_classifier(tmp_path / "mlp", flat, [str(d) for d in range(10)])
+    with torch.no_grad():
+        want = flat(x.flatten(1)).softmax(1)
+    torch.testing.assert_close(load_classifier(tmp_path / "mlp").probs(x), want)
+
+
+def test_classifier_directory_errors(tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path) -> None:
+    out = tiny_mnist[1]
+    with pytest.raises(ValueError, match="label"):
+        save_classifier(tmp_path / "a", out.service, ["one", "two"])
+    path = save_classifier(tmp_path / "b", out.service, [str(d) for d in range(10)])
+    spec = json.loads((path / "classifier.json").read_text())
+    for change in ({"family": "resnet"}, {"labels": ["x"]}, {"input": {"kind": "text"}}):
+        (path / "classifier.json").write_text(json.dumps({**spec, **change}))
+        with pytest.raises(ModelFormatError):
+            load_classifier(path)
+    (path / "classifier.json").write_text(json.dumps(spec))
+    (path / "classifier.safetensors").unlink()
+    with pytest.raises(ModelFormatError, match="missing"):
+        load_classifier(path)
+
+
+def test_enclave_app_reproduces_the_verifier(
+    tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
+) -> None:
+    data, out = tiny_mnist
+    directory = out.fides.save(tmp_path / "fides")
+    bundle = verifier_bundle(directory)
+    assert bundle == verifier_bundle(directory)  # deterministic: the measurement depends on it
+    handle = verifier_handler(bundle)
+    x = data.inputs["test"][:16]
+    pv = decode_output(handle(encode_request(x, "image")))
+    torch.testing.assert_close(pv, out.fides.verifier_probs(x))
+    with pytest.raises(InvalidInput):
+        handle(b"not safetensors")
+    with pytest.raises(InvalidInput):
+        decode_request(encode_request(["a text"], "text")[:-3])
+    with pytest.raises(InvalidInput):
+        handle(encode_request(["a text"], "text"))  # an image verifier refuses texts
+
+
+def test_judge_equals_verify(tiny_mnist: tuple[TaskData, Outcome]) -> None:
+    data, out = tiny_mnist
+    x = data.inputs["test"]
+    ps = swap_top2(batched(out.service, x).softmax(1))
+    pv = out.fides.verifier_probs(x)
+    assert out.fides.judge(ps, pv) == out.fides.verify(x, ps)
+    assert any(v.attacked for v in out.fides.judge(ps, pv))
+    with pytest.raises(InvalidInput):
+        out.fides.judge(ps[:3], pv)  # row counts differ
+
+
+def test_text_classifier_and_enclave_app_tokenise_alike(tmp_path: Path) -> None:
+    """The text paths (MiniLM + head service, token-level verifier) with untrained heads."""
+    from verification.fides import FidesVerifier
+    from verification.fides.gdtl import TextFamily
+    from verification.fides.text import MiniLMEncoder
+
+    torch.manual_seed(0)
+    texts = ["A wonderful, moving film.", "Dull and far too long; I left early."]
+    encoder = MiniLMEncoder()
+    head = MLPNet(384, [16], 2)
+    save_classifier(tmp_path / "svc", head, ["negative", "positive"], text=True)
+    service = load_classifier(tmp_path / "svc")
+    assert service.input_kind == "text" and service.describe().startswith("minilm")
+    with torch.no_grad():
+        want = head(encoder.encode(texts)).softmax(1)
+    torch.testing.assert_close(service.probs(texts), want)
+    with pytest.raises(InvalidInput):
+        service.probs(torch.zeros(2, 784))
+    net = TextFamily(encoder.bert, 2, [[8]], 128).build(1, 0)
+    mlp = MLPNet(4, [4], 1)
+    fides = FidesVerifier("text", net, mlp, MLPNet(4, [4], 2), 0.0)
+    handle = verifier_handler(verifier_bundle(fides.save(tmp_path / "fides")))
+    torch.testing.assert_close(
+        decode_output(handle(encode_request(texts, "text"))), fides.verifier_probs(texts)
+    )
