@@ -31,5 +31,8 @@ def test_demo_json(tmp_path: Path) -> None:
     assert doc["generate"]["local_tokens_per_s"] > 0
     assert doc["failover"]["killed_node"] in ("node-b", "node-c")
     assert doc["failover"]["completed"] is True
+    assert doc["fides"]["verdict_ok"] is True
+    assert doc["fides"]["tee"]["simulated"] is True  # labelled: no hardware TEE here
+    assert doc["fides"]["without_opt_in"].startswith("refused")
     logs = {p.name for p in tmp_path.glob("*.log")}
     assert logs == {"node-a.log", "node-b.log", "node-c.log"}
