@@ -21,13 +21,20 @@ Leakage is ``n_leaked`` (Suri & Evans): the number of rows sampled from the trai
 for which the best test of the ratio (a threshold on the sample proportion, normal approximation
 of the binomial) reaches the same accuracy ``w``:
 ``n = (Phi^-1(w))^2 (s0 + s1)^2 / (a1 - a0)^2`` with ``s = sqrt(a (1 - a))``. The 95 % intervals
-come from a stratified bootstrap over victim models; an accuracy of 1 is clipped to
-``1 - 1 / (2 n_victims)``, so n_leaked is then a lower bound.
+come from a two-level stratified bootstrap: each resample draws the adversary's models with
+replacement (within each distribution) and re-fits the attack on them (the threshold, the KL
+reference set, the meta-classifier), then draws the victim models with replacement and scores
+it; so the interval covers both the attack's own variance (which models the adversary happened
+to train) and the finite victim sample. The meta-classifier is re-trained for at most
+``PIN_REFITS`` adversary resamples (each is shared by an equal share of the victim resamples).
+An accuracy of 1 is clipped to ``1 - 1 / (2 n_victims)``, so n_leaked is then a lower bound.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,12 +167,24 @@ def _kl_votes(adv0: np.ndarray, adv1: np.ndarray, vic: np.ndarray) -> np.ndarray
     return (d1[:, None, :] < d0[:, :, None]).mean(axis=(1, 2))
 
 
+PIN_REFITS = 10  # meta-classifiers trained per result for the bootstrap interval
+
+AdvSample = tuple[np.ndarray, np.ndarray]  # indices of the adversary's models used, per ratio
+
+
 def _attack(
-    name: str, cfg: AuditConfig, ds: Dataset, adv: tuple[ShadowRun, ShadowRun],
+    name: str, cfg: AuditConfig, ds: Dataset, adv_runs: tuple[ShadowRun, ShadowRun],
     vic: tuple[ShadowRun, ShadowRun], probes: tuple[slice, slice], y_probe: np.ndarray,
+    sample: AdvSample | None = None,
 ) -> np.ndarray:  # fmt: skip
-    """Predicted label (1 = D1) per victim model, victims of D0 first."""
+    """Predicted label (1 = D1) per victim model, victims of D0 first; the attack is fitted on
+    the adversary's models `sample` selects (all of them by default)."""
     vic_logits = np.concatenate([vic[0].logits, vic[1].logits])
+    if sample is None:
+        sample = (np.arange(len(adv_runs[0].logits)), np.arange(len(adv_runs[1].logits)))
+    adv = tuple(
+        _Models(run.logits[idx], run.params[idx]) for run, idx in zip(adv_runs, sample, strict=True)
+    )
     p0, p1 = probes
     if name == "loss_test":
         return (
@@ -200,13 +219,36 @@ def _attack(
     raise AuditConfigError(f"unknown distribution attack {name!r}")
 
 
+class _Models:
+    """Logits and flat parameters of a set of models (a resample of a `ShadowRun`)."""
+
+    def __init__(self, logits: np.ndarray, params: np.ndarray) -> None:
+        self.logits = logits
+        self.params = params
+
+
 def _bootstrap(
-    correct0: np.ndarray, correct1: np.ndarray, n: int, rng: np.random.Generator
+    refit: Callable[[AdvSample], np.ndarray],
+    n_adv: tuple[int, int],
+    truth: np.ndarray,
+    n: int,
+    refits: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
-    """Balanced accuracy resampled ``n`` times, victims resampled within each distribution."""
-    b0 = rng.choice(correct0, (n, len(correct0))).mean(1)
-    b1 = rng.choice(correct1, (n, len(correct1))).mean(1)
-    return (b0 + b1) / 2
+    """Balanced accuracy over ``n`` two-level resamples (see the module docstring): ``refits``
+    adversary resamples, each re-fitting the attack (``refit`` -> predictions per victim), and
+    for each of them ``n / refits`` victim resamples within each distribution."""
+    c0_idx = np.flatnonzero(truth == 0)
+    c1_idx = np.flatnonzero(truth == 1)
+    out = []
+    for r in range(refits):
+        sample = (rng.integers(0, n_adv[0], n_adv[0]), rng.integers(0, n_adv[1], n_adv[1]))
+        correct = refit(sample) == truth
+        count = n // refits + (1 if r < n % refits else 0)
+        b0 = correct[rng.choice(c0_idx, (count, len(c0_idx)))].mean(1)
+        b1 = correct[rng.choice(c1_idx, (count, len(c1_idx)))].mean(1)
+        out.append((b0 + b1) / 2)
+    return np.concatenate(out)
 
 
 def run_distribution(cfg: AuditConfig) -> dict[str, Any]:
@@ -256,10 +298,13 @@ def run_distribution(cfg: AuditConfig) -> dict[str, Any]:
         truth = np.r_[np.zeros(d.victim_models, int), np.ones(d.victim_models, int)]
         for name in d.attacks:
             t0 = time.perf_counter()
-            correct = _attack(name, cfg, ds, adv, vic, probes, y_probe) == truth
+            refit = functools.partial(_attack, name, cfg, ds, adv, vic, probes, y_probe)
+            correct = refit(None) == truth
             c0, c1 = correct[: d.victim_models], correct[d.victim_models :]
             acc = float((c0.mean() + c1.mean()) / 2)
-            boot = _bootstrap(c0, c1, d.bootstrap, rng)
+            refits = min(d.bootstrap, PIN_REFITS if name == "pin" else d.bootstrap)
+            n_adv = (len(adv[0].logits), len(adv[1].logits))
+            boot = _bootstrap(refit, n_adv, truth, d.bootstrap, refits, rng)
             lo, hi = np.percentile(boot, [2.5, 97.5])
             cap = 1 - 1 / (2 * len(truth))
             leak = [n_leaked(min(v, cap), d.base_ratio, ratio) for v in (acc, lo, hi)]

@@ -79,3 +79,32 @@ def test_distribution_attribute_must_exist(capsys: pytest.CaptureFixture[str]) -
     rc = main(["audit", "distribution", "--set", "distribution.ratios=[0.5]"])
     assert rc == 1 and "must not contain base_ratio" in capsys.readouterr().err
     assert np.isfinite(n_leaked(0.99, 0.0, 0.5))
+
+
+def test_bootstrap_interval_covers_the_attacks_own_variance() -> None:
+    """An attack whose predictions depend on which adversary models it was fitted on gets a
+    wider interval than one that does not, on the same victims."""
+    import numpy as np
+
+    from secure_infer.audit.distribution import _bootstrap
+
+    truth = np.r_[np.zeros(16, int), np.ones(16, int)]
+    fixed = truth.copy()
+    fixed[:3] = 1  # 29 of 32 right whatever the adversary trained
+
+    def stable(sample: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        return fixed
+
+    def unstable(sample: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        wrong = int(sample[0].mean() > 3.5) * 6  # a "bad draw" of adversary models
+        out = fixed.copy()
+        out[16 : 16 + wrong] = 0
+        return out
+
+    widths = []
+    for refit in (stable, unstable):
+        boot = _bootstrap(refit, (8, 8), truth, 400, 40, np.random.default_rng(0))
+        assert boot.shape == (400,)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        widths.append(hi - lo)
+    assert widths[1] > widths[0] + 0.05
