@@ -45,8 +45,13 @@ class DataConfig:
 
 @dataclass
 class TargetConfig:
-    path: str = ""  # model file (TorchScript or the tool's checkpoint); empty: the tool trains it
+    path: str = ""  # model file (TorchScript or the tool's checkpoint), or mesh://NAME (a
+    # classifier a node serves); empty: the tool trains the target
     members: str = ""  # .npy/.txt/.json with the dataset row indices the target was trained on
+    seeds: list[str] = field(default_factory=list)  # mesh://: nodes to reach the mesh through
+    certs: str = ""  # mesh://: directory with ca.crt and the client's certificate and key
+    identity: str = "client"  # mesh://: the client certificate's name in `certs`
+    insecure_dev: bool = False  # mesh://: plaintext gRPC on loopback (development only)
 
 
 @dataclass
@@ -196,6 +201,12 @@ def _check(cfg: AuditConfig) -> None:
     need(bool(cfg.target.path) == bool(cfg.target.members),
          "target.path and target.members go together (a model file and its training "
          "rows)")  # fmt: skip
+    if cfg.target.path.startswith("mesh://"):
+        need(bool(cfg.target.seeds), "target.seeds: a mesh:// target needs seed addresses")
+        need(
+            bool(cfg.target.certs) or cfg.target.insecure_dev,
+            "target.certs: a mesh:// target needs the client's certificates (or insecure_dev)",
+        )
     need(all(h > 0 for h in cfg.model.hidden), "model.hidden: widths must be positive")
     need(cfg.model.epochs >= 1 and cfg.model.batch_size >= 1, "model.epochs and batch_size >= 1")
     need(cfg.model.lr > 0, "model.lr must be > 0")

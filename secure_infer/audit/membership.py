@@ -25,6 +25,7 @@ from secure_infer.audit.attacks import AttackInputs, confidence, run_attack
 from secure_infer.audit.config import AuditConfig
 from secure_infer.audit.data import Dataset, load_dataset
 from secure_infer.audit.errors import AuditConfigError, DataUnavailable
+from secure_infer.audit.mesh_target import MeshTarget, is_mesh
 from secure_infer.audit.metrics import attack_metrics
 from secure_infer.audit.models import LocalTorchTarget, ModelTarget, Target, train_model
 from secure_infer.audit.report import histogram, new_report
@@ -84,6 +85,13 @@ def audit_rows(cfg: AuditConfig, ds: Dataset) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _target(cfg: AuditConfig, ds: Dataset, pool: np.ndarray, member: np.ndarray) -> Target:
+    if is_mesh(cfg.target.path):
+        t = cfg.target
+        mesh = MeshTarget(
+            t.path, t.seeds, certs=t.certs, identity=t.identity, insecure_dev=t.insecure_dev
+        )
+        mesh.check_fits(ds.n_features, ds.n_classes)
+        return mesh
     if cfg.target.path:
         target = LocalTorchTarget(Path(cfg.target.path))
         target.check_fits(ds.n_features, ds.n_classes)
