@@ -1,4 +1,4 @@
-"""``secure-infer audit membership|subject|distribution``: parse flags, run, write reports.
+"""``secure-infer audit KIND`` (membership, subject, distribution, llm-membership): run, report.
 
 Flags override the TOML file (``--config``); ``--set section.key=value`` overrides any key.
 Errors are :class:`~secure_infer.audit.errors.AuditError` (a ``ValueError``), which the main CLI
@@ -28,6 +28,7 @@ def add_audit_parser(sub: Any) -> None:
         "membership": "record-level membership inference (loss, LiRA, RMIA)",
         "subject": "subject-level membership inference (a subject owns several records)",
         "distribution": "distribution (property) inference, Suri & Evans",
+        "llm-membership": "membership of texts in a fine-tuned SmolLM2 (ICP-MIA probing)",
     }
     for kind in KINDS:
         p = kinds.add_parser(kind, help=helps[kind], formatter_class=fmt)
@@ -87,6 +88,8 @@ def run_audit(args: argparse.Namespace) -> int:
         from secure_infer.audit.membership import run_membership as runner
     elif cfg.kind == "subject":
         from secure_infer.audit.subject import run_subject as runner
+    elif cfg.kind == "llm-membership":
+        from secure_infer.audit.llm import run_llm_membership as runner
     else:
         from secure_infer.audit.distribution import run_distribution as runner
     report = runner(cfg)

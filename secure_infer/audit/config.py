@@ -3,13 +3,16 @@
 Sections and keys (defaults in the dataclasses below; docs/audit.md has an example file)::
 
     [data]          name, pool_size, population_size, seed
-    [target]        path, members                 (omit both: the tool trains the target)
+    [target]        path, members, seeds, certs, identity, insecure_dev
+                    (omit path and members: the tool trains the target; mesh://NAME: served)
     [model]         hidden, epochs, batch_size, lr, weight_decay   (the training recipe)
     [membership]    attacks, n_shadows, fixed_variance, rmia_gamma, rmia_offline_a
     [distribution]  attribute, base_ratio, ratios, train_size, adv_models, victim_models,
                     probe_size, attacks, bootstrap
     [subject]       key, records_per_subject, n_subjects, known_per_subject, background_size,
                     n_reference
+    [llm]           members, non_members, references, max_tokens, train_layers, epochs, lr,
+                    batch_size, perturb, attacks          (llm-membership)
     [run]           workers, ray_address, cache_dir, out_dir, top_n, progress
 
 Unknown sections or keys, wrong types and out-of-range values raise
@@ -31,7 +34,7 @@ from secure_infer.audit.models import Recipe
 
 __all__ = ["DIST_ATTACKS", "KINDS", "AuditConfig", "load_config", "parse_override"]
 
-KINDS = ("membership", "subject", "distribution")
+KINDS = ("membership", "subject", "distribution", "llm-membership")
 DIST_ATTACKS = ("loss_test", "threshold_test", "kl", "pin")
 
 
@@ -108,6 +111,23 @@ class SubjectConfig:
     n_reference: int = 8  # reference models trained without any audited subject
 
 
+LLM_ATTACKS = ("loss", "reference", "icp_reference", "icp_self")
+
+
+@dataclass
+class LLMConfig:
+    members: int = 64  # reviews the tool fine-tunes SmolLM2 on
+    non_members: int = 64  # held-out reviews of the same source and length
+    references: int = 2  # held-out reviews used as in-context references (icp_reference)
+    max_tokens: int = 32  # every text is cut to exactly this many tokens
+    train_layers: int = 4  # last decoder blocks fine-tuned (+ final norm); embedding frozen
+    epochs: int = 8
+    lr: float = 3e-4
+    batch_size: int = 8
+    perturb: float = 0.3  # fraction of words dropped in the self-perturbed context (icp_self)
+    attacks: list[str] = field(default_factory=lambda: list(LLM_ATTACKS))
+
+
 @dataclass
 class RunConfig:
     workers: int = 2  # local processes for shadow training
@@ -127,6 +147,7 @@ class AuditConfig:
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     distribution: DistributionConfig = field(default_factory=DistributionConfig)
     subject: SubjectConfig = field(default_factory=SubjectConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +256,14 @@ def _check(cfg: AuditConfig) -> None:
     need(s.records_per_subject >= 1 and s.known_per_subject >= 1, "subject record counts >= 1")
     need(s.n_reference >= 1, "subject.n_reference must be >= 1")
     need(bool(s.key), "subject.key is empty")
+    c = cfg.llm
+    need(c.members >= 2 and c.non_members >= 2, "llm.members and llm.non_members must be >= 2")
+    need(c.references >= 1 and c.max_tokens >= 8, "llm.references >= 1, llm.max_tokens >= 8")
+    need(1 <= c.train_layers <= 30, "llm.train_layers must be in [1, 30] (SmolLM2 has 30)")
+    need(c.epochs >= 1 and c.batch_size >= 1 and c.lr > 0, "llm.epochs, batch_size >= 1, lr > 0")
+    need(0 < c.perturb < 1, "llm.perturb must be in (0, 1)")
+    bad = sorted(set(c.attacks) - set(LLM_ATTACKS))
+    need(not bad and bool(c.attacks), f"llm.attacks: unknown {bad}; choose from {LLM_ATTACKS}")
     need(cfg.run.workers >= 1, "run.workers must be >= 1")
     need(cfg.run.top_n >= 1, "run.top_n must be >= 1")
 
