@@ -121,8 +121,8 @@ class LLMConfig:
     references: int = 2  # held-out reviews used as in-context references (icp_reference)
     max_tokens: int = 32  # every text is cut to exactly this many tokens
     train_layers: int = 4  # last decoder blocks fine-tuned (+ final norm); embedding frozen
-    epochs: int = 8
-    lr: float = 3e-4
+    epochs: int = 2
+    lr: float = 1e-4
     batch_size: int = 8
     perturb: float = 0.3  # fraction of words dropped in the self-perturbed context (icp_self)
     attacks: list[str] = field(default_factory=lambda: list(LLM_ATTACKS))
