@@ -1,7 +1,7 @@
 """`secure-infer audit llm-membership`: SmolLM2 fine-tuned on real reviews, ICP-MIA probing.
 
 A small but real configuration: 8 member and 8 non-member reviews of 16 tokens, the last two
-blocks fine-tuned for 3 epochs (about 30 s on 2 cores), then a resumed run.
+blocks fine-tuned for 3 epochs at lr 3e-4 (about 30 s on 2 cores), then a resumed run.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ SMALL = [
     "--no-progress",
     "--set", "llm.members=8", "--set", "llm.non_members=8", "--set", "llm.references=1",
     "--set", "llm.max_tokens=16", "--set", "llm.train_layers=2", "--set", "llm.epochs=3",
+    "--set", "llm.lr=3e-4",
 ]  # fmt: skip
 
 
