@@ -208,8 +208,10 @@ class Client:
         pooled = check_output(outcome.output, outcome.output_bound)  # GarbageOutput if not
         emb = torch.nn.functional.normalize(pooled, p=2, dim=1)
         parties = outcome.ranks
-        report = _mpc_report(
-            outcome, options, f"|output| <= {outcome.output_bound:.3f} (last LayerNorm's bound)"
+        report = MPCReport.of(
+            outcome,
+            options.threat_model,
+            f"|output| <= {outcome.output_bound:.3f} (last LayerNorm's bound)",
         )
         total = time.perf_counter() - t0
         return EmbedResult(
@@ -532,7 +534,9 @@ class Client:
             raise SessionAborted("the MPC session ended without a report")
         if held is None:  # pragma: no cover - the last step is always held
             raise SessionAborted("the MPC session produced no token")
-        report = _mpc_report(outcome, options, f"|top logit| <= {outcome.output_bound:.1f}")
+        report = MPCReport.of(
+            outcome, options.threat_model, f"|top logit| <= {outcome.output_bound:.1f}"
+        )
         total = time.perf_counter() - t0
         decode_s = total - t_first
         names = tuple(p.name for p in outcome.ranks)
@@ -584,20 +588,6 @@ class Client:
                 "nodes are not verified: a node can return wrong activations (see verify modes)",
             ),
         )
-
-
-def _mpc_report(outcome: MPCOutcome, options: MPCOptions, output_check: str) -> MPCReport:
-    parties = outcome.ranks
-    return MPCReport(
-        threat_model=options.threat_model,
-        parties=parties,
-        trusted_dealer=True,
-        bytes_total=sum(p.bytes_sent for p in parties),
-        rounds=max(p.rounds for p in parties),
-        seconds=outcome.seconds,
-        failed_attempts=outcome.failed_attempts,
-        output_check=output_check,
-    )
 
 
 def _names(chain: Chain) -> tuple[str, ...]:

@@ -54,15 +54,10 @@ def classify_mpc(
     logits = check_output(outcome.output, outcome.output_bound)  # GarbageOutput if not
     probs = torch.softmax(logits, dim=1).to(torch.float32)
     parties = outcome.ranks
-    report = MPCReport(
-        threat_model=options.threat_model,
-        parties=parties,
-        trusted_dealer=True,
-        bytes_total=sum(p.bytes_sent for p in parties),
-        rounds=max(p.rounds for p in parties),
-        seconds=outcome.seconds,
-        failed_attempts=outcome.failed_attempts,
-        output_check=f"|logit| <= {outcome.output_bound:.1f} (final LayerNorm and head)",
+    report = MPCReport.of(
+        outcome,
+        options.threat_model,
+        f"|logit| <= {outcome.output_bound:.1f} (final LayerNorm and head)",
     )
     p0, p1, dealer = parties
     return MPCClassificationResult(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from decentralized.mpc_client import MPCOutcome
 from decentralized.mpc_client import RankReport as MPCParty  # one node of an MPC session
 
 
@@ -67,6 +68,21 @@ class MPCReport:
     seconds: float  # wall time of the session, client side
     failed_attempts: tuple[str, ...]  # sessions abandoned (and retried elsewhere) first
     output_check: str  # the garbage check the reconstructed output passed
+
+    @classmethod
+    def of(cls, outcome: MPCOutcome, threat_model: str, output_check: str) -> MPCReport:
+        """The report of a finished session (`decentralized.mpc_client.MPCOutcome`)."""
+        parties = outcome.ranks
+        return cls(
+            threat_model=threat_model,
+            parties=parties,
+            trusted_dealer=True,
+            bytes_total=sum(p.bytes_sent for p in parties),
+            rounds=max(p.rounds for p in parties),
+            seconds=outcome.seconds,
+            failed_attempts=outcome.failed_attempts,
+            output_check=output_check,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
