@@ -15,6 +15,7 @@ import torch
 
 from decentralized.errors import InvalidRequest
 from decentralized.v1 import common_pb2
+from verification.consensus.digests import tensor_digest
 
 # Each wire dtype name -> (torch dtype, bytes per element).
 _DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -99,3 +100,16 @@ def check_mask(mask: torch.Tensor, hidden: torch.Tensor) -> None:
         raise InvalidRequest("attention_mask: values must be 0 or 1")
     if bool((values.sum(dim=1) == 0).any()):
         raise InvalidRequest("attention_mask: every row needs at least one attended token")
+
+
+def proto_digest(msg: common_pb2.Tensor, extra: bytes = b"") -> bytes:
+    """SHA-256 of a Tensor message as it travelled (see verification.consensus.digests)."""
+    return tensor_digest(msg.dtype, list(msg.shape), msg.data, extra=extra)
+
+
+def forward_input_digest(
+    hidden: common_pb2.Tensor, attention_mask: common_pb2.Tensor | None
+) -> bytes:
+    """The input digest of a forward receipt: the hidden states with the mask's digest folded in."""
+    extra = proto_digest(attention_mask) if attention_mask is not None else b""
+    return proto_digest(hidden, extra)

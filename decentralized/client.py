@@ -34,6 +34,7 @@ from decentralized.models import get_spec
 from decentralized.routing import Hop, plan_route
 from decentralized.transport import STREAM_CHUNK_BYTES, Credentials, sync_channel
 from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
+from verification.consensus import BadReceipt, Receipt
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,10 @@ class MeshClient:
     def ban(self, node_id: str) -> None:
         self._banned[node_id] = time.monotonic() + self.ban_s
 
+    def rtt(self, node_id: str) -> float | None:
+        """Measured round trip to a node (health check), None when not measured."""
+        return self._rtt.get(node_id)
+
     def banned(self) -> set[str]:
         now = time.monotonic()
         return {n for n, until in self._banned.items() if until > now}
@@ -199,8 +204,11 @@ class MeshClient:
         session_id: str = "",
         past_length: int = 0,
         timeout_s: float | None = None,
-    ) -> tuple[torch.Tensor, float]:
-        """Run one hop; returns (output, node compute seconds). Validates the reply."""
+    ) -> tuple[torch.Tensor, float, Receipt]:
+        """Run one hop; returns (output, node compute seconds, the node's signed receipt).
+
+        Validates the reply: shape, dtype, finiteness, the answering node's id, and the receipt
+        (its digests must match what was sent and received, its signature the node's key)."""
         tensor = _wire.tensor_to_proto(hidden)
         request = shard_pb2.ForwardRequest(
             model=model,
@@ -239,7 +247,30 @@ class MeshClient:
             raise PeerMisbehaved(
                 f"{hop.address} answered as node {reply.node_id[:8]}, expected {hop.node_id[:8]}"
             )
-        return out, reply.compute_s
+        receipt = Receipt(
+            model=model,
+            start=hop.start,
+            end=hop.end,
+            session_id=session_id,
+            past_length=past_length,
+            input_digest=_wire.forward_input_digest(
+                tensor, request.attention_mask if attention_mask is not None else None
+            ),
+            output_digest=_wire.proto_digest(reply.hidden),
+            node_id=hop.node_id,
+            public_key=hop.public_key,
+            signature=reply.signature,
+        )
+        if (reply.input_digest, reply.output_digest) != (
+            receipt.input_digest,
+            receipt.output_digest,
+        ):
+            raise PeerMisbehaved(f"{hop.name}: receipt digests do not match the data")
+        try:
+            receipt.verify()
+        except BadReceipt as exc:
+            raise PeerMisbehaved(f"{hop.name}: {exc}") from None
+        return out, reply.compute_s, receipt
 
     def end_session(self, hop: Hop, session_id: str) -> None:
         # Best effort: the node drops idle sessions on its own.
@@ -294,7 +325,7 @@ class Chain:
         while i < len(self.states):
             st = self.states[i]
             try:
-                y, compute_s = self.client.forward(
+                y, compute_s, _ = self.client.forward(
                     st.hop,
                     self.model,
                     x,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import grpc
 
 from tee.errors import AttestationError
+from verification.consensus.errors import InvalidManifest, NoConsensus
 
 
 class MeshError(Exception):
@@ -98,6 +99,8 @@ class EnclaveFailed(MeshError):
 # Errors raised with their own type (client-side checks), and the status they correspond to.
 FOREIGN_CODES: dict[type[Exception], grpc.StatusCode] = {
     AttestationError: grpc.StatusCode.PERMISSION_DENIED,
+    NoConsensus: grpc.StatusCode.ABORTED,
+    InvalidManifest: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

@@ -57,6 +57,10 @@ class Identity:
             f.write(pem)
         return cls(key)
 
+    def sign_bytes(self, data: bytes) -> bytes:
+        """Ed25519 signature of data (forward receipts; see verification.consensus.receipts)."""
+        return self._key.sign(data)
+
     def sign(self, record: common_pb2.NodeRecord) -> common_pb2.SignedNodeRecord:
         """Stamp the record with this identity and sign its deterministic serialization."""
         record.node_id = self.node_id

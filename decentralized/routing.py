@@ -11,9 +11,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass
+from typing import TypeVar
 
 from decentralized.errors import NoRoute
 from decentralized.v1 import common_pb2
+
+T = TypeVar("T")
 
 _DEFAULT_RTT_S = 0.002  # assumed round trip to a node not yet measured
 _DEFAULT_LAYERS_PER_S = 100.0  # assumed throughput of a node that reports none
@@ -29,6 +32,7 @@ class Hop:
     start: int
     end: int
     weight_digest: str
+    public_key: bytes = b""  # the node's raw Ed25519 key (checks its forward receipts)
 
 
 def hop_cost(record: common_pb2.NodeRecord, layers: int, rtt_s: float | None) -> float:
@@ -57,12 +61,32 @@ def plan_route(
         for span in rec.spans:
             if span.model != model or span.start < start or span.end > end:
                 continue
-            hop = Hop(rec.node_id, rec.name, rec.address, span.start, span.end, span.weight_digest)
+            hop = Hop(
+                rec.node_id, rec.name, rec.address, span.start, span.end, span.weight_digest,
+                rec.public_key,
+            )
             cost = hop_cost(rec, span.end - span.start, rtt_s.get(rec.node_id))
             edges.setdefault(span.start, []).append((cost, hop))
-    counter = itertools.count()  # tie-breaker so heapq never compares hops
+    route = shortest_path(
+        {s: [(c, h.end, h) for c, h in hs] for s, hs in edges.items()}, start, end
+    )
+    if route is None:
+        covered = sorted({(h.start, h.end) for hs in edges.values() for _, h in hs})
+        raise NoRoute(
+            f"no live nodes cover {model} layers [{start}, {end}); live spans: "
+            f"{', '.join(f'[{a}, {b})' for a, b in covered) or 'none'}"
+        )
+    return route
+
+
+def shortest_path(
+    edges: dict[int, list[tuple[float, int, T]]], start: int, end: int
+) -> list[T] | None:
+    """Dijkstra over layer boundaries: edges[s] holds (cost, e, payload) for an edge s -> e.
+    The payloads along the cheapest path start -> end, or None when end is unreachable."""
+    counter = itertools.count()  # tie-breaker so heapq never compares payloads
     best: dict[int, float] = {start: 0.0}
-    previous: dict[int, Hop] = {}
+    previous: dict[int, tuple[int, T]] = {}
     queue: list[tuple[float, int, int]] = [(0.0, next(counter), start)]
     while queue:
         cost, _, layer = heapq.heappop(queue)
@@ -70,22 +94,17 @@ def plan_route(
             break
         if cost > best.get(layer, float("inf")):
             continue
-        for edge_cost, hop in edges.get(layer, []):
+        for edge_cost, edge_end, payload in edges.get(layer, []):
             total = cost + edge_cost
-            if total < best.get(hop.end, float("inf")):
-                best[hop.end] = total
-                previous[hop.end] = hop
-                heapq.heappush(queue, (total, next(counter), hop.end))
-    if end not in previous and end != start:
-        covered = sorted({(h.start, h.end) for hs in edges.values() for _, h in hs})
-        raise NoRoute(
-            f"no live nodes cover {model} layers [{start}, {end}); live spans: "
-            f"{', '.join(f'[{a}, {b})' for a, b in covered) or 'none'}"
-        )
-    route: list[Hop] = []
+            if total < best.get(edge_end, float("inf")):
+                best[edge_end] = total
+                previous[edge_end] = (layer, payload)
+                heapq.heappush(queue, (total, next(counter), edge_end))
+    if end != start and end not in previous:
+        return None
+    path: list[T] = []
     layer = end
     while layer != start:
-        hop = previous[layer]
-        route.append(hop)
-        layer = hop.start
-    return route[::-1]
+        layer, payload = previous[layer]
+        path.append(payload)
+    return path[::-1]

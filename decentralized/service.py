@@ -25,6 +25,7 @@ from decentralized.identity import verify_record
 from decentralized.shards import ForwardJob, ShardHost
 from decentralized.transport import node_names
 from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
+from verification.consensus.receipts import receipt_message
 
 if TYPE_CHECKING:
     from decentralized.metrics import NodeMetrics
@@ -81,6 +82,9 @@ def _job_from_header(request: shard_pb2.ForwardRequest, hidden: common_pb2.Tenso
         attention_mask=mask_t,
         session_id=request.session_id,
         past_length=request.past_length,
+        input_digest=_wire.forward_input_digest(
+            hidden, request.attention_mask if request.HasField("attention_mask") else None
+        ),
     )
 
 
@@ -103,11 +107,29 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             out = await loop.run_in_executor(self._executor, self._host.forward, job, span)
         finally:
             self._node.load -= 1
+        hidden = _wire.tensor_to_proto(out)
+        output_digest = _wire.proto_digest(hidden)
+        node_id = self._node.identity.node_id
+        signature = self._node.identity.sign_bytes(
+            receipt_message(
+                model=job.model,
+                start=job.start,
+                end=job.end,
+                session_id=job.session_id,
+                past_length=job.past_length,
+                input_digest=job.input_digest,
+                output_digest=output_digest,
+                node_id=node_id,
+            )
+        )
         reply = shard_pb2.ForwardReply(
-            hidden=_wire.tensor_to_proto(out),
+            hidden=hidden,
             compute_s=time.perf_counter() - t0,
-            node_id=self._node.identity.node_id,
+            node_id=node_id,
             device=str(self._host.device),
+            input_digest=job.input_digest,
+            output_digest=output_digest,
+            signature=signature,
         )
         metrics = self._node.metrics
         metrics.bytes_in.inc(job.hidden.numel() * job.hidden.element_size())

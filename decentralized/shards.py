@@ -33,6 +33,7 @@ class ForwardJob:
     attention_mask: torch.Tensor | None  # (B, T) 0/1, encoders only
     session_id: str  # "" for stateless calls
     past_length: int  # tokens the client believes the session's cache holds
+    input_digest: bytes = b""  # SHA-256 of the input as it travelled (for the receipt)
 
 
 @dataclass(slots=True)

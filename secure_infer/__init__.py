@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from decentralized.consensus import ConsensusOptions
 from decentralized.mpc_client import MPCOptions
 from secure_infer.certs import TLSMaterial
 from secure_infer.client import Client
@@ -16,8 +17,11 @@ from secure_infer.errors import (
     ConfigError,
     Draining,
     GarbageOutput,
+    InvalidManifest,
     InvalidRequest,
+    InvalidVerdict,
     MeshError,
+    NoConsensus,
     NoRoute,
     NotANode,
     Overloaded,
@@ -31,6 +35,8 @@ from secure_infer.fides_client import FidesOptions
 from secure_infer.he_client import HEClassifyResult as ClassifyResult
 from secure_infer.results import (
     ClassificationResult,
+    ConsensusReport,
+    ConsensusSpan,
     EmbedResult,
     Failover,
     FidesCheck,
@@ -51,6 +57,9 @@ __all__ = [
     "ClassifyResult",
     "Client",
     "ConfigError",
+    "ConsensusOptions",
+    "ConsensusReport",
+    "ConsensusSpan",
     "Draining",
     "EmbedResult",
     "Failover",
@@ -59,12 +68,15 @@ __all__ = [
     "GarbageOutput",
     "GenerateResult",
     "HopRecord",
+    "InvalidManifest",
     "InvalidRequest",
+    "InvalidVerdict",
     "MPCClassificationResult",
     "MPCOptions",
     "MPCParty",
     "MPCReport",
     "MeshError",
+    "NoConsensus",
     "NoRoute",
     "NotANode",
     "Overloaded",

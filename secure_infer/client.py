@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from decentralized.client import Chain, MeshClient
+from decentralized.consensus import ConsensusChain, ConsensusOptions
 from decentralized.errors import InvalidRequest, SessionAborted
 from decentralized.models import get_spec, load_client_parts
 from decentralized.mpc_client import (
@@ -46,6 +48,8 @@ from secure_infer.he_client import HESession, classify_he, pick_he_node
 from secure_infer.mpc_classify import classify_mpc
 from secure_infer.results import (
     ClassificationResult,
+    ConsensusReport,
+    ConsensusSpan,
     EmbedResult,
     Failover,
     GenerateResult,
@@ -55,6 +59,7 @@ from secure_infer.results import (
     Privacy,
     TokenEvent,
 )
+from verification.consensus import InvalidManifest, Manifest, Reputation, Verdict
 
 _MAX_TEXTS = 1024  # texts per embed call
 _MPC_MAX_TEXTS = 16  # per privacy="mpc" call (a node's MPC batch limit)
@@ -84,8 +89,20 @@ class Client:
         insecure_dev: bool = False,
         hop_timeout_s: float = 30.0,
         max_failovers: int = 6,
+        verdict_key: Ed25519PrivateKey | None = None,
+        reputation: Reputation | None = None,
     ) -> None:
+        """Args:
+            verdict_key: signs the client's consensus verdicts (default: a fresh key per
+                Client; pass a stable one so others can pin it).
+            reputation: node standings for verify="consensus", shared by every request of
+                this client (default: 10-minute epochs, exclusion for the epoch of a
+                conviction).
+        """
         self._creds = credentials(tls, insecure_dev)
+        self._verdict_key = verdict_key or Ed25519PrivateKey.generate()
+        self.reputation = reputation or Reputation()
+        self._manifests: dict[tuple[str, Path | None], Manifest] = {}
         self._mesh = MeshClient(
             list(seeds), self._creds, hop_timeout_s=hop_timeout_s, max_failovers=max_failovers
         )
@@ -139,6 +156,8 @@ class Client:
         max_tokens: int = 256,
         privacy: str = "split",
         mpc: MPCOptions | None = None,
+        verify: str | None = None,
+        consensus: ConsensusOptions | None = None,
     ) -> EmbedResult:
         """Sentence embeddings (B, hidden), unit-norm, computed through the mesh.
 
@@ -149,6 +168,10 @@ class Client:
             mpc: under MPC, the threat model ("input_private": the parties know the public
                 weights; "weights_private": PUMA's setting, party 0 owns and shares them),
                 retries, pinned parties and timeouts; defaults to `MPCOptions()`.
+            verify: "consensus" (split mode): every span runs on k randomly chosen nodes whose
+                weight commitments match the model's manifest, and a majority within the
+                calibrated tolerance decides (docs/consensus.md); deviating nodes are convicted
+                with a signed verdict and excluded for the epoch. Options in `consensus`.
         """
         spec = get_spec(model)
         if spec.task != "embed":
@@ -157,6 +180,7 @@ class Client:
             raise InvalidRequest(f"texts must be a list of 1..{_MAX_TEXTS} strings")
         if privacy not in ("split", "mpc"):
             raise InvalidRequest(f"privacy must be 'split' or 'mpc', got {privacy!r}")
+        _check_verify(verify, consensus, privacy)
         if privacy == "mpc":
             return self._embed_mpc(model, list(texts), max_tokens, mpc or MPCOptions())
         parts = self.parts(model)
@@ -164,16 +188,19 @@ class Client:
         ids, mask = parts.tokenize(list(texts), max_tokens=max_tokens)
         hidden = parts.embed(ids)
         t_client = time.perf_counter() - t0
-        chain = self._mesh.chain(model, stateful=False)
+        chain = self._chain(model, stateful=False, verify=verify, consensus=consensus)
         t1 = time.perf_counter()
         per_row = hidden[0].numel() * hidden.element_size()
         rows = max(1, _MICROBATCH_BYTES // per_row)
-        out = torch.cat(
-            [
-                chain.step(hidden[i : i + rows], attention_mask=mask[i : i + rows])
-                for i in range(0, hidden.shape[0], rows)
-            ]
-        )
+        try:
+            out = torch.cat(
+                [
+                    chain.step(hidden[i : i + rows], attention_mask=mask[i : i + rows])
+                    for i in range(0, hidden.shape[0], rows)
+                ]
+            )
+        finally:
+            chain.close()
         t_mesh = time.perf_counter() - t1
         t2 = time.perf_counter()
         emb = parts.head(out, mask)
@@ -193,6 +220,7 @@ class Client:
             },
             privacy=self._privacy(model, route, "token ids, attention mask and embeddings"),
             failovers=_failovers(chain),
+            consensus=self._consensus_report(chain),
         )
 
     def _embed_mpc(
@@ -378,11 +406,20 @@ class Client:
         chat: bool = True,
         privacy: str = "split",
         mpc: MPCOptions | None = None,
+        verify: str | None = None,
+        consensus: ConsensusOptions | None = None,
     ) -> GenerateResult:
         """Greedy generation through the mesh; see `generate_stream` for token streaming."""
         result = None
         for event in self.generate_stream(
-            model, prompt, max_new_tokens=max_new_tokens, chat=chat, privacy=privacy, mpc=mpc
+            model,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            chat=chat,
+            privacy=privacy,
+            mpc=mpc,
+            verify=verify,
+            consensus=consensus,
         ):
             result = event.result
         if result is None:  # pragma: no cover - the stream always ends with a result
@@ -398,6 +435,8 @@ class Client:
         chat: bool = True,
         privacy: str = "split",
         mpc: MPCOptions | None = None,
+        verify: str | None = None,
+        consensus: ConsensusOptions | None = None,
     ) -> Iterator[TokenEvent]:
         """Yield one TokenEvent per generated token (greedy); the last carries the result.
 
@@ -408,6 +447,10 @@ class Client:
         shares of the client's prompt (see `_generate_mpc`); `mpc` picks the threat model,
         parties and timeouts. The parties run exactly `max_new_tokens` steps (at most
         `_MPC_MAX_NEW_TOKENS`): tokens after a stop token are computed and dropped.
+
+        verify="consensus" (split mode): every span runs on k nodes, each keeping its own KV
+        cache; each step's majority output goes on (see `embed`). A convicted or failed
+        replica is replaced by a fresh node rebuilt from the span's inputs.
         """
         spec = get_spec(model)
         if spec.task != "generate":
@@ -418,13 +461,14 @@ class Client:
             raise InvalidRequest("prompt is empty")
         if privacy not in ("split", "mpc"):
             raise InvalidRequest(f"privacy must be 'split' or 'mpc', got {privacy!r}")
+        _check_verify(verify, consensus, privacy)
         if privacy == "mpc":
             yield from self._generate_mpc(model, prompt, max_new_tokens, chat, mpc or MPCOptions())
             return
         parts = self.parts(model)
         t0 = time.perf_counter()
         ids = parts.encode(prompt, chat=chat)
-        chain = self._mesh.chain(model, stateful=True)
+        chain = self._chain(model, stateful=True, verify=verify, consensus=consensus)
         generated: list[int] = []
         text = ""
         finish = "length"
@@ -464,6 +508,7 @@ class Client:
                         privacy=self._privacy(model, route, "token ids, prompt text and logits"),
                         failovers=_failovers(chain),
                         finish_reason=finish,
+                        consensus=self._consensus_report(chain),
                     )
                     yield TokenEvent(
                         token_id=token, text=delta, index=index, route=_names(chain), result=result
@@ -568,6 +613,90 @@ class Client:
             token_id=held[0], text=held[1], index=len(generated) - 1, route=names, result=result
         )
 
+    # -- consensus -------------------------------------------------------------------------
+    def _chain(
+        self,
+        model: str,
+        *,
+        stateful: bool,
+        verify: str | None,
+        consensus: ConsensusOptions | None,
+    ) -> Chain | ConsensusChain:
+        if verify is None:
+            return self._mesh.chain(model, stateful=stateful)
+        options = consensus or ConsensusOptions()
+        return ConsensusChain(
+            self._mesh,
+            model,
+            stateful=stateful,
+            manifest=self.manifest(model, options),
+            reputation=self.reputation,
+            options=options,
+            signing_key=self._verdict_key,
+            on_verdict=(
+                (lambda v: _append_verdict(options.verdict_log, v))  # type: ignore[arg-type]
+                if options.verdict_log is not None
+                else None
+            ),
+        )
+
+    def manifest(self, model: str, options: ConsensusOptions | None = None) -> Manifest:
+        """The manifest consensus checks nodes against: the published one given in `options`
+        (signature checked against the pinned publisher key), or one built from this
+        machine's copy of the weights (calibrated once, cached)."""
+        options = options or ConsensusOptions()
+        get_spec(model)
+        if options.manifest is not None:
+            key = (model, options.manifest)
+            if key not in self._manifests:
+                manifest = Manifest.load(options.manifest, publisher_key=options.publisher_key)
+                if manifest.model != model:
+                    raise InvalidManifest(f"manifest {options.manifest} is for {manifest.model}")
+                self._manifests[key] = manifest
+            return self._manifests[key]
+        from decentralized.models.calibrate import local_manifest
+
+        served = {
+            (s.start, s.end)
+            for r in self._mesh.refresh()
+            for s in r.spans
+            if s.model == model
+        }
+        manifest = self._manifests.get((model, None))
+        if manifest is None or not served <= set(manifest.tolerances):
+            manifest = self._manifests[(model, None)] = local_manifest(model, served)
+        return manifest
+
+    def _consensus_report(self, chain: Chain | ConsensusChain) -> ConsensusReport | None:
+        if not isinstance(chain, ConsensusChain):
+            return None
+        m = chain.manifest
+        return ConsensusReport(
+            checked=chain.checked,
+            k=chain.k,
+            spans=tuple(
+                ConsensusSpan(
+                    start=r.start,
+                    end=r.end,
+                    tolerance=r.tolerance,
+                    replicas=tuple(r.replicas),
+                    decisions=r.decisions,
+                    escalations=r.escalations,
+                    max_agreeing_distance=r.max_agreeing_distance,
+                    convicted=tuple(r.convicted),
+                    faults=tuple(r.faults),
+                )
+                for r in chain.reports()
+            ),
+            verdicts=tuple(chain.verdicts),
+            refused=dict(chain.refused),
+            manifest=(
+                f"published, signed by {m.publisher_key.hex()[:16]}..."
+                if m.signed
+                else "built by this client from its own copy of the weights (unsigned)"
+            ),
+        )
+
     # -- privacy statement -----------------------------------------------------------------
     def _privacy(self, model: str, route: tuple[HopRecord, ...], keeps: str) -> Privacy:
         channel = self._channel_name()
@@ -590,11 +719,26 @@ class Client:
         )
 
 
-def _names(chain: Chain) -> tuple[str, ...]:
+def _check_verify(verify: str | None, consensus: ConsensusOptions | None, privacy: str) -> None:
+    if verify not in (None, "consensus"):
+        raise InvalidRequest(f"verify must be None or 'consensus', got {verify!r}")
+    if consensus is not None and verify != "consensus":
+        raise InvalidRequest("consensus=ConsensusOptions(...) needs verify='consensus'")
+    if verify is not None and privacy != "split":
+        raise InvalidRequest("verify='consensus' checks split inference; privacy must be 'split'")
+
+
+def _append_verdict(path: Path, verdict: Verdict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(verdict.to_json() + "\n")
+
+
+def _names(chain: Chain | ConsensusChain) -> tuple[str, ...]:
     return tuple(st.hop.name for st in chain.states)
 
 
-def _route(chain: Chain) -> tuple[HopRecord, ...]:
+def _route(chain: Chain | ConsensusChain) -> tuple[HopRecord, ...]:
     return tuple(
         HopRecord(
             node_id=st.hop.node_id,
@@ -610,7 +754,7 @@ def _route(chain: Chain) -> tuple[HopRecord, ...]:
     )
 
 
-def _failovers(chain: Chain) -> tuple[Failover, ...]:
+def _failovers(chain: Chain | ConsensusChain) -> tuple[Failover, ...]:
     return tuple(
         Failover(
             node_id=f.hop.node_id,

@@ -18,6 +18,11 @@ Exception
 │       ├── MalformedEvidence, BadSignature, BadChain, BindingMismatch
 │       ├── PolicyViolation: SimulatedNotAllowed, MeasurementNotAllowed, ...
 │       └── FreshnessError: NonceMismatch, ReplayedNonce, StaleNonce, QuoteTooOld
+├── ConsensusError            verification.consensus (raised with their own type)
+│   ├── NoConsensus           replicas disagree, no majority left  (ABORTED)
+│   ├── InvalidManifest       manifest malformed or badly signed   (FAILED_PRECONDITION)
+│   ├── InvalidVerdict        a verdict or its evidence is false
+│   └── BadReceipt            a node's forward receipt is false
 ├── GarbageOutput             mpc.errors: an MPC output out of the model's range
 ├── CertError                 mesh PKI files missing or invalid
 └── ConfigError (ValueError)  invalid node configuration
@@ -61,22 +66,34 @@ from tee.errors import (
     StaleNonce,
     TEEError,
 )
+from verification.consensus import (
+    BadReceipt,
+    ConsensusError,
+    InvalidManifest,
+    InvalidVerdict,
+    NoConsensus,
+)
 
 __all__ = [
     "AttestationError",
     "BadChain",
+    "BadReceipt",
     "BadSignature",
     "BindingMismatch",
     "CertError",
     "ConfigError",
+    "ConsensusError",
     "Draining",
     "EnclaveFailed",
     "FreshnessError",
     "GarbageOutput",
+    "InvalidManifest",
     "InvalidRequest",
+    "InvalidVerdict",
     "MalformedEvidence",
     "MeasurementNotAllowed",
     "MeshError",
+    "NoConsensus",
     "NoRoute",
     "NonceMismatch",
     "NotANode",

@@ -8,6 +8,7 @@ import numpy as np
 
 from decentralized.mpc_client import MPCOutcome
 from decentralized.mpc_client import RankReport as MPCParty  # one node of an MPC session
+from verification.consensus import Verdict
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +58,42 @@ class Failover:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConsensusSpan:
+    """One span of a consensus-checked request: who ran it and what was decided."""
+
+    start: int
+    end: int
+    tolerance: float  # calibrated: the largest distance two honest replicas may have
+    replicas: tuple[str, ...]  # nodes that answered (escalations and replacements included)
+    decisions: int  # steps decided (1 per microbatch or generation step)
+    escalations: int  # replicas added because the others disagreed without a majority
+    max_agreeing_distance: float  # largest distance inside a majority (compare to tolerance)
+    convicted: tuple[str, ...]  # replicas that deviated from a strict majority
+    faults: tuple[str, ...]  # replicas that failed to answer and were replaced
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsensusReport:
+    """How a `verify="consensus"` result was checked (docs/consensus.md)."""
+
+    checked: bool  # False: this request was not drawn for redundant execution (check_rate)
+    k: int  # replicas per span
+    spans: tuple[ConsensusSpan, ...]
+    verdicts: tuple[Verdict, ...]  # client-signed, with the nodes' receipts (and evidence)
+    refused: dict[str, str]  # node name -> why it was not eligible (weights, reputation)
+    manifest: str  # where the expected weight digests and tolerances came from
+    threat_model: str = (
+        "integrity by redundant execution: correct when the honest replicas of each span "
+        "outnumber colluding ones that return the same wrong output; a deviation below the "
+        "calibrated tolerance is accepted as rounding; nodes still see plaintext activations"
+    )
+
+    @property
+    def convicted(self) -> tuple[str, ...]:
+        return tuple(n for s in self.spans for n in s.convicted)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MPCReport:
     """How a `privacy="mpc"` result was computed, and under which trust assumptions."""
 
@@ -94,6 +131,7 @@ class EmbedResult:
     privacy: Privacy
     failovers: tuple[Failover, ...] = ()
     mpc: MPCReport | None = None  # set for privacy="mpc"
+    consensus: ConsensusReport | None = None  # set for verify="consensus"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +146,7 @@ class GenerateResult:
     failovers: tuple[Failover, ...] = ()
     finish_reason: str = "length"  # "stop" (stop token) or "length" (max_new_tokens)
     mpc: MPCReport | None = None  # set for privacy="mpc"
+    consensus: ConsensusReport | None = None  # set for verify="consensus"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

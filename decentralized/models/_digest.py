@@ -1,4 +1,9 @@
-"""Weight digests: a SHA-256 commitment to exactly which weights a span runs."""
+"""Weight digests: a SHA-256 commitment to exactly which weights a span runs.
+
+A layer's digest covers its tensors; a span's digest is built from the digests of its layers
+(`verification.consensus.span_digest`), so a model manifest of per-layer digests fixes the
+expected digest of every span a node may serve.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import hashlib
 from collections.abc import Mapping
 
 import torch
+
+from verification.consensus.digests import span_digest
 
 
 def weight_digest(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -22,3 +29,15 @@ def weight_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(",".join(str(d) for d in t.shape).encode() + b"\0")
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def layered_digest(
+    tensors: Mapping[str, torch.Tensor], prefix: str, start: int, end: int
+) -> tuple[str, list[str]]:
+    """(span digest, per-layer digests) of layers [start, end), whose tensors are named
+    `{prefix}{i}.*` in the model's weight file."""
+    layers = []
+    for i in range(start, end):
+        p = f"{prefix}{i}."
+        layers.append(weight_digest({k: v for k, v in tensors.items() if k.startswith(p)}))
+    return span_digest(start, end, layers), layers

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
 
-from decentralized.models._digest import weight_digest
+from decentralized.models._digest import layered_digest
 from decentralized.models._files import minilm_dir
 
 MAX_TOKENS = 512  # BERT's position table; longer inputs are truncated by the tokenizer.
@@ -42,6 +42,7 @@ class BertSpan:
     """Encoder layers [start, end) of all-MiniLM-L6-v2 on one device."""
 
     stateful = False
+    compute_dtype = torch.float32  # float64 only for tolerance calibration
 
     def __init__(self, start: int, end: int, device: torch.device) -> None:
         path = minilm_dir()
@@ -50,7 +51,9 @@ class BertSpan:
         tensors: dict[str, torch.Tensor] = {}
         for i in range(start, end):
             tensors.update(_read(path, f"encoder.layer.{i}."))
-        self.weight_digest = weight_digest(tensors)
+        self.weight_digest, self.layer_digests = layered_digest(
+            tensors, "encoder.layer.", start, end
+        )
         layers = []
         for i in range(start, end):
             layer = BertLayer(self.config)
@@ -65,7 +68,7 @@ class BertSpan:
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache: Any = None
     ) -> torch.Tensor:
         """(B, T, 384) float -> (B, T, 384); attention_mask (B, T) int64 0/1."""
-        x = hidden.to(self.device, torch.float32)
+        x = hidden.to(self.device, self.compute_dtype)
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.int64)
         mask = extended_mask(attention_mask.to(self.device), x.dtype)

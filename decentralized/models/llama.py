@@ -22,7 +22,7 @@ from transformers.models.llama.modeling_llama import (
     LlamaRotaryEmbedding,
 )
 
-from decentralized.models._digest import weight_digest
+from decentralized.models._digest import layered_digest
 from decentralized.models._files import smollm2_dir
 
 
@@ -41,6 +41,7 @@ class LlamaSpan:
     """Decoder layers [start, end) of SmolLM2-135M-Instruct on one device."""
 
     stateful = True
+    compute_dtype = torch.float32  # float64 only for tolerance calibration
 
     def __init__(self, start: int, end: int, device: torch.device) -> None:
         path = smollm2_dir()
@@ -52,7 +53,9 @@ class LlamaSpan:
         if getattr(self.span_config, "layer_types", None):
             self.span_config.layer_types = config.layer_types[start:end]
         tensors = _read(path, tuple(f"model.layers.{i}." for i in range(start, end)))
-        self.weight_digest = weight_digest(tensors)
+        self.weight_digest, self.layer_digests = layered_digest(
+            tensors, "model.layers.", start, end
+        )
         layers = []
         for j, i in enumerate(range(start, end)):
             layer = LlamaDecoderLayer(self.span_config, layer_idx=j)
@@ -75,7 +78,7 @@ class LlamaSpan:
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache: Any = None
     ) -> torch.Tensor:
         """(B, T, 576) float -> (B, T, 576). With a cache, appends this step's keys/values."""
-        x = hidden.to(self.device, torch.float32)
+        x = hidden.to(self.device, self.compute_dtype)
         past = self.cache_length(cache) if cache is not None else 0
         position_ids = (torch.arange(x.shape[1], device=self.device) + past)[None, :]
         causal_mask = create_causal_mask(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from decentralized.v1 import common_pb2 as decentralized_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64\x65\x63\x65ntralized/v1/shard.proto\x12\x10\x64\x65\x63\x65ntralized.v1\x1a\x1d\x64\x65\x63\x65ntralized/v1/common.proto\"\xd5\x01\n\x0e\x46orwardRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12(\n\x06hidden\x18\x04 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x30\n\x0e\x61ttention_mask\x18\x05 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x13\n\x0bpast_length\x18\x07 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\"l\n\x0c\x46orwardReply\x12(\n\x06hidden\x18\x01 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\"\n\x0f\x45ndSessionReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x32\xff\x01\n\x05Shard\x12K\n\x07\x46orward\x12 .decentralized.v1.ForwardRequest\x1a\x1e.decentralized.v1.ForwardReply\x12S\n\rForwardStream\x12 .decentralized.v1.ForwardRequest\x1a\x1e.decentralized.v1.ForwardReply(\x01\x12T\n\nEndSession\x12#.decentralized.v1.EndSessionRequest\x1a!.decentralized.v1.EndSessionReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64\x65\x63\x65ntralized/v1/shard.proto\x12\x10\x64\x65\x63\x65ntralized.v1\x1a\x1d\x64\x65\x63\x65ntralized/v1/common.proto\"\xd5\x01\n\x0e\x46orwardRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12(\n\x06hidden\x18\x04 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x30\n\x0e\x61ttention_mask\x18\x05 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x13\n\x0bpast_length\x18\x07 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\"\xac\x01\n\x0c\x46orwardReply\x12(\n\x06hidden\x18\x01 \x01(\x0b\x32\x18.decentralized.v1.Tensor\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x14\n\x0cinput_digest\x18\x05 \x01(\x0c\x12\x15\n\routput_digest\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\"\n\x0f\x45ndSessionReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x32\xff\x01\n\x05Shard\x12K\n\x07\x46orward\x12 .decentralized.v1.ForwardRequest\x1a\x1e.decentralized.v1.ForwardReply\x12S\n\rForwardStream\x12 .decentralized.v1.ForwardRequest\x1a\x1e.decentralized.v1.ForwardReply(\x01\x12T\n\nEndSession\x12#.decentralized.v1.EndSessionRequest\x1a!.decentralized.v1.EndSessionReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FORWARDREQUEST']._serialized_start=82
   _globals['_FORWARDREQUEST']._serialized_end=295
-  _globals['_FORWARDREPLY']._serialized_start=297
-  _globals['_FORWARDREPLY']._serialized_end=405
-  _globals['_ENDSESSIONREQUEST']._serialized_start=407
-  _globals['_ENDSESSIONREQUEST']._serialized_end=446
-  _globals['_ENDSESSIONREPLY']._serialized_start=448
-  _globals['_ENDSESSIONREPLY']._serialized_end=482
-  _globals['_SHARD']._serialized_start=485
-  _globals['_SHARD']._serialized_end=740
+  _globals['_FORWARDREPLY']._serialized_start=298
+  _globals['_FORWARDREPLY']._serialized_end=470
+  _globals['_ENDSESSIONREQUEST']._serialized_start=472
+  _globals['_ENDSESSIONREQUEST']._serialized_end=511
+  _globals['_ENDSESSIONREPLY']._serialized_start=513
+  _globals['_ENDSESSIONREPLY']._serialized_end=547
+  _globals['_SHARD']._serialized_start=550
+  _globals['_SHARD']._serialized_end=805
 # @@protoc_insertion_point(module_scope)

@@ -27,16 +27,22 @@ class ForwardRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., session_id: _Optional[str] = ..., past_length: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class ForwardReply(_message.Message):
-    __slots__ = ("hidden", "compute_s", "node_id", "device")
+    __slots__ = ("hidden", "compute_s", "node_id", "device", "input_digest", "output_digest", "signature")
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     hidden: _common_pb2.Tensor
     compute_s: float
     node_id: str
     device: str
-    def __init__(self, hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., compute_s: _Optional[float] = ..., node_id: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    input_digest: bytes
+    output_digest: bytes
+    signature: bytes
+    def __init__(self, hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., compute_s: _Optional[float] = ..., node_id: _Optional[str] = ..., device: _Optional[str] = ..., input_digest: _Optional[bytes] = ..., output_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class EndSessionRequest(_message.Message):
     __slots__ = ("session_id",)

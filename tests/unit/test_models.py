@@ -10,6 +10,7 @@ from decentralized.errors import UnknownModel
 from decentralized.models import get_spec, load_client_parts, load_span
 from decentralized.models._digest import weight_digest
 from decentralized.models._files import minilm_dir, smollm2_dir
+from verification.consensus import span_digest
 
 CPU = torch.device("cpu")
 TEXTS = [
@@ -44,12 +45,17 @@ def test_span_digest_commits_to_the_published_weights() -> None:
             for k in f.keys()  # noqa: SIM118
             if k.startswith(("encoder.layer.2.", "encoder.layer.3."))
         }
-    assert span.weight_digest == weight_digest(tensors)
+    def layer(i: int) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in tensors.items() if k.startswith(f"encoder.layer.{i}.")}
+
+    expected = span_digest(2, 4, [weight_digest(layer(2)), weight_digest(layer(3))])
+    assert span.weight_digest == expected
+    assert span.layer_digests == [weight_digest(layer(2)), weight_digest(layer(3))]
     assert span.weight_digest != load_span("all-MiniLM-L6-v2", 0, 2, CPU).weight_digest
     tensors["encoder.layer.2.output.dense.bias"] = (
         tensors["encoder.layer.2.output.dense.bias"] + 1e-6
     )
-    assert span.weight_digest != weight_digest(tensors)
+    assert span_digest(2, 4, [weight_digest(layer(2)), weight_digest(layer(3))]) != expected
 
 
 def test_unknown_models_and_spans() -> None:

@@ -1,0 +1,260 @@
+"""verify="consensus" end to end: real node processes, honest and lying, over mTLS.
+
+Each lie is caught on the request that carries it, convicted with a client-signed verdict whose
+evidence verifies independently, and the liar is excluded from the next request of the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sentence_transformers import SentenceTransformer
+
+from decentralized.models._files import minilm_dir
+from secure_infer import ConsensusOptions, InvalidManifest, NoConsensus
+from secure_infer.client import Client
+from secure_infer.localmesh import LocalMesh
+from tests.consensus.conftest import MODEL
+from verification.consensus import InvalidVerdict, verify_verdict
+from verification.consensus.verdict import parse_verdict
+
+TEXTS = [
+    "The film's second half drags, but the performances carry it.",
+    "A quiet, patient documentary about glaciers and the people who measure them.",
+]
+OTHER = [
+    "I walked out after forty minutes; the plot made no sense at all.",
+    "Funny, warm and far smarter than its trailer suggests.",
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> SentenceTransformer:
+    return SentenceTransformer(str(minilm_dir()), device="cpu")
+
+
+def _check_embeddings(emb: np.ndarray, texts: list[str], ref: SentenceTransformer) -> None:
+    want = ref.encode(texts)
+    cos = (emb * want).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.99999
+
+
+def test_honest_replicas_agree_within_the_calibrated_tolerance(
+    client: Client, reference: SentenceTransformer
+) -> None:
+    res = client.embed(
+        MODEL,
+        TEXTS,
+        verify="consensus",
+        consensus=ConsensusOptions(k=3, candidates=("h1", "h2", "h3")),
+    )
+    _check_embeddings(res.embeddings, TEXTS, reference)
+    report = res.consensus
+    assert report is not None and report.checked and report.k == 3
+    assert [(s.start, s.end) for s in report.spans] == [(0, 3), (3, 6)]
+    for span in report.spans:
+        assert sorted(span.replicas) == ["h1", "h2", "h3"]
+        assert span.convicted == () and span.faults == () and span.escalations == 0
+        assert 0 <= span.max_agreeing_distance <= span.tolerance < 1e-3
+    assert report.verdicts == ()  # no dispute, nothing to sign
+    assert {h.name for h in res.route} == {"h1", "h2", "h3"} and len(res.route) == 6
+    assert "built by this client" in report.manifest
+
+
+@pytest.mark.parametrize("liar", ["noise", "zeros", "wrong", "stale", "replay"])
+def test_a_lying_replica_is_convicted_and_excluded_within_the_epoch(
+    client: Client, reference: SentenceTransformer, liar: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "verdicts.jsonl"
+    options = ConsensusOptions(k=3, candidates=("h1", "h2", liar), verdict_log=log)
+    # stale and replay answer honestly the first time they see a shape (stale then repeats its
+    # [0, 3) reply on [3, 6)); the others lie on their first forward.
+    for texts in (TEXTS, OTHER):
+        res = client.embed(MODEL, texts, verify="consensus", consensus=options)
+        _check_embeddings(res.embeddings, texts, reference)
+        assert res.consensus is not None
+        if res.consensus.convicted or liar not in ("stale", "replay"):
+            break
+    report = res.consensus
+    assert report is not None
+    # Convicted on the first span it lied on, and excluded at once: not asked for later spans.
+    assert report.convicted == (liar,)
+    lied = next(i for i, s in enumerate(report.spans) if s.convicted)
+    assert all(liar not in s.replicas for s in report.spans[lied + 1 :])
+    (verdict,) = report.verdicts
+    assert verdict.convicted == (_node_id(client, liar),)
+    # The verdict verifies on its own: the client's signature, the nodes' receipts, the evidence.
+    logged = [line for line in log.read_text().splitlines() if line]
+    assert len(logged) == 1
+    checked = verify_verdict(logged[0], client_key=verdict.client_key)
+    assert checked.id == verdict.id and set(checked.evidence) == {checked.winner, *checked.deviate}
+    # The liar is excluded for the rest of the epoch: the next request plans without it.
+    options2 = ConsensusOptions(k=2, candidates=("h1", "h2", liar))
+    after = client.embed(MODEL, OTHER, verify="consensus", consensus=options2)
+    assert after.consensus is not None
+    assert liar not in {n for s in after.consensus.spans for n in s.replicas}
+    assert after.consensus.refused[liar].startswith("convicted in epoch")
+    assert client.reputation.standing(_node_id(client, liar))["convictions"] == 1
+
+
+def _node_id(client: Client, name: str) -> str:
+    return next(n["node_id"] for n in client.nodes() if n["name"] == name)
+
+
+def test_a_forged_verdict_does_not_verify(client: Client, tmp_path: Path) -> None:
+    log = tmp_path / "v.jsonl"
+    client.embed(
+        MODEL,
+        TEXTS,
+        verify="consensus",
+        consensus=ConsensusOptions(k=3, candidates=("h1", "h2", "zeros"), verdict_log=log),
+    )
+    text = log.read_text().splitlines()[0]
+    data = json.loads(text)
+    verify_verdict(text)
+    # The client claims the honest node lied: its signature no longer covers the body.
+    data["deviate"] = [data["winner"]]
+    with pytest.raises(InvalidVerdict, match="signature"):
+        verify_verdict(json.dumps(data))
+    # Re-signed by a client that swaps the evidence: the receipts expose it.
+    v = parse_verdict(text)
+    (liar,) = v.deviate
+    swapped = dict(v.evidence)
+    swapped[liar] = (swapped[liar][0], swapped[v.winner][1])  # pretend the liar answered right
+    from verification.consensus.verdict import sign_verdict
+
+    forged = sign_verdict(
+        Ed25519PrivateKey.generate(),
+        model=v.model,
+        start=v.start,
+        end=v.end,
+        epoch=v.epoch,
+        time_s=v.time_s,
+        receipts=v.receipts,
+        decision=_decision(v),
+        step_tokens=v.step_tokens,
+        evidence=swapped,
+    )
+    with pytest.raises(InvalidVerdict, match="does not hash to its receipt"):
+        verify_verdict(forged.to_json())
+
+
+def _decision(v):  # type: ignore[no-untyped-def]
+    from verification.consensus import Decision
+
+    agree = tuple(i for i in range(len(v.receipts)) if i not in v.deviate)
+    return Decision(v.winner, agree, v.deviate, v.distances, v.tolerance)
+
+
+def test_two_disagreeing_replicas_escalate_to_a_third(
+    client: Client, reference: SentenceTransformer
+) -> None:
+    # k = 2 among {h1, h2, zeros}: whenever zeros is drawn, the pair disagrees and the span
+    # escalates to the remaining node, whose vote convicts zeros. Drawn with probability 2/3
+    # per request; ten requests leave it undrawn with probability (1/3)^10 = 2e-5.
+    options = ConsensusOptions(k=2, max_replicas=3, candidates=("h1", "h2", "zeros"))
+    for i in range(10):
+        texts = [f"{TEXTS[0]} ({i})"]
+        res = client.embed(MODEL, texts, verify="consensus", consensus=options)
+        _check_embeddings(res.embeddings, texts, reference)
+        assert res.consensus is not None
+        if res.consensus.convicted:
+            span = next(s for s in res.consensus.spans if s.convicted)
+            assert span.convicted == ("zeros",) and span.escalations == 1
+            assert len(span.replicas) == 3
+            return
+    pytest.fail("zeros was never drawn in ten requests")
+
+
+def test_no_majority_and_nobody_left_is_an_error(client: Client) -> None:
+    options = ConsensusOptions(k=2, max_replicas=3, candidates=("h1", "zeros"))
+    with pytest.raises(NoConsensus, match=r"\[0, 3\).*disagree"):
+        client.embed(MODEL, TEXTS, verify="consensus", consensus=options)
+    # Nobody was convicted: with two replicas the client cannot tell which one lied.
+    assert all(client.reputation.excluded(n["node_id"]) is None for n in client.nodes())
+
+
+def test_a_replica_that_dies_mid_request_is_replaced(
+    client: Client, reference: SentenceTransformer, mesh: LocalMesh
+) -> None:
+    options = ConsensusOptions(k=3, candidates=("h1", "h2", "h3", "dropper"))
+    # The dropper dies on its first forward; draw until it is among the three replicas.
+    for _ in range(12):
+        if not mesh.nodes["dropper"].alive:
+            break
+        res = client.embed(MODEL, TEXTS, verify="consensus", consensus=options)
+        _check_embeddings(res.embeddings, TEXTS, reference)
+    assert not mesh.nodes["dropper"].alive
+    assert res.consensus is not None
+    span = res.consensus.spans[0]
+    assert any(f.startswith("dropper:") for f in span.faults)
+    assert "dropper" not in span.replicas and len(span.replicas) == 3  # replaced by the fourth
+    assert res.consensus.convicted == ()  # dying is a fault, not a lie
+    assert mesh.nodes["h1"].alive  # and the mesh keeps serving
+
+
+def test_a_node_whose_weight_commitment_does_not_match_is_refused(client: Client) -> None:
+    options = ConsensusOptions(k=2, candidates=("h1", "h2", "badcommit"))
+    res = client.embed(MODEL, TEXTS, verify="consensus", consensus=options)
+    assert res.consensus is not None
+    assert "badcommit" not in {n for s in res.consensus.spans for n in s.replicas}
+    assert "does not match the manifest" in res.consensus.refused["badcommit"]
+
+
+def test_a_published_manifest_is_checked_against_the_pinned_publisher(
+    client: Client, tmp_path: Path, mesh: LocalMesh
+) -> None:
+    publisher = Ed25519PrivateKey.generate()
+    pinned = publisher.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    path = tmp_path / "manifest.json"
+    client.manifest(MODEL).sign(publisher).save(path)
+    options = ConsensusOptions(k=2, candidates=("h1", "h2"), manifest=path, publisher_key=pinned)
+    res = client.embed(MODEL, TEXTS, verify="consensus", consensus=options)
+    assert res.consensus is not None and res.consensus.manifest.startswith("published, signed")
+    other = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+    with (
+        Client(mesh.seeds, tls=mesh.client_tls()) as fresh,
+        pytest.raises(InvalidManifest, match="pinned publisher"),
+    ):
+        fresh.manifest(MODEL, ConsensusOptions(manifest=path, publisher_key=other))
+    data = json.loads(path.read_text())
+    data["tolerances"]["0-3"]["value"] = 1.0  # a looser tolerance lets liars through
+    path.write_text(json.dumps(data))
+    with (
+        Client(mesh.seeds, tls=mesh.client_tls()) as fresh,
+        pytest.raises(InvalidManifest, match="bad publisher signature"),
+    ):
+        fresh.manifest(MODEL, ConsensusOptions(manifest=path, publisher_key=pinned))
+
+
+def test_bad_options_are_refused(client: Client) -> None:
+    from secure_infer import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="verify must be"):
+        client.embed(MODEL, TEXTS, verify="majority")
+    with pytest.raises(InvalidRequest, match="needs verify='consensus'"):
+        client.embed(MODEL, TEXTS, consensus=ConsensusOptions())
+    with pytest.raises(InvalidRequest, match="privacy must be 'split'"):
+        client.embed(MODEL, TEXTS, privacy="mpc", verify="consensus")
+    with pytest.raises(ValueError, match="k >= 2"):
+        ConsensusOptions(k=1)
+    from secure_infer import NoRoute
+
+    with pytest.raises(NoRoute, match="with 3 eligible nodes"):
+        client.embed(
+            MODEL,
+            TEXTS,
+            verify="consensus",
+            consensus=ConsensusOptions(k=3, candidates=("h1", "h2")),
+        )

@@ -1,0 +1,260 @@
+"""verification.consensus without a mesh: distances, decisions, receipts, manifests, reputation,
+verdicts, and the calibrated tolerances of the real MiniLM weights."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from verification.consensus import (
+    BadReceipt,
+    InvalidManifest,
+    InvalidVerdict,
+    Manifest,
+    Receipt,
+    Reputation,
+    Tolerance,
+    decide,
+    distance,
+    receipt_message,
+    sign_verdict,
+    span_digest,
+    tensor_digest,
+    verify_verdict,
+)
+from verification.consensus.manifest import build
+from verification.consensus.verdict import WireTensor
+
+GEN = torch.Generator().manual_seed(0)
+
+
+def _raw(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def test_distance_is_relative_per_token_and_symmetric() -> None:
+    a = torch.randn(2, 5, 16, generator=GEN)
+    a[0, 0] *= 1000  # a huge first token must not dominate the others
+    b = a.clone()
+    b[1, 3] += 0.01 * a[1, 3].norm() / 4 * torch.ones(16) / 1.0
+    d = distance(a, b)
+    assert d == pytest.approx(distance(b, a))
+    assert d == pytest.approx(0.01, rel=1e-3)
+    assert distance(a, a) == 0.0
+    assert distance(a, a[:, :4]) == math.inf
+    nan = a.clone()
+    nan[0, 0, 0] = float("nan")
+    assert distance(a, nan) == math.inf
+
+
+def test_majority_decision_and_undecided_cases() -> None:
+    x = torch.randn(1, 4, 8, generator=GEN)
+    honest = [x + 1e-7 * torch.randn(x.shape, generator=GEN) for _ in range(3)]
+    liar = torch.zeros_like(x)
+    d = decide([honest[0], liar, honest[1]], 1e-5)
+    assert d.decided and d.winner in (0, 2) and d.deviate == (1,) and set(d.agree) == {0, 2}
+    assert not decide([honest[0], liar], 1e-5).decided  # 1 vs 1: no strict majority
+    assert decide([honest[0], honest[1]], 1e-5).deviate == ()
+    # Two colluding liars with the same answer outvote one honest node: the stated limit.
+    assert decide([liar, liar.clone(), honest[0]], 1e-5).deviate == (2,)
+    two_liars = decide([honest[0], liar, liar + 1, honest[1]], 1e-5)  # 2 of 4 is no majority
+    assert not two_liars.decided
+
+
+def test_tolerance_calibration_is_margin_times_twice_the_worst_variant() -> None:
+    exact = torch.randn(1, 3, 8, generator=GEN, dtype=torch.float64)
+    variants = [exact * (1 + 1e-6), exact * (1 - 3e-6)]
+    tol = Tolerance.calibrate([(exact, variants)], margin=4.0)
+    assert tol.eps_max == pytest.approx(3e-6, rel=1e-3)
+    assert tol.value == pytest.approx(4 * 2 * 3e-6, rel=1e-3) and tol.samples == 2
+    with pytest.raises(ValueError, match="finite"):
+        Tolerance.calibrate([])
+
+
+def _receipt(key: Ed25519PrivateKey, out: bytes = b"o") -> Receipt:
+    args = {
+        "model": "m",
+        "start": 0,
+        "end": 3,
+        "session_id": "",
+        "past_length": 0,
+        "input_digest": tensor_digest("float32", [1], b"\0\0\0\0"),
+        "output_digest": tensor_digest("float32", [1], out * 4),
+        "node_id": "n1",
+    }
+    return Receipt(**args, public_key=_raw(key), signature=key.sign(receipt_message(**args)))
+
+
+def test_receipts_bind_every_field() -> None:
+    key = Ed25519PrivateKey.generate()
+    r = _receipt(key)
+    r.verify()
+    assert Receipt.from_json(json.loads(json.dumps(r.to_json()))) == r
+    for field, value in [("end", 4), ("past_length", 1), ("node_id", "n2"), ("session_id", "s")]:
+        forged = Receipt(**{**r.fields(), field: value})
+        with pytest.raises(BadReceipt, match="bad signature"):
+            forged.verify()
+    other = Receipt(**{**r.fields(), "public_key": _raw(Ed25519PrivateKey.generate())})
+    with pytest.raises(BadReceipt):
+        other.verify()
+
+
+def test_span_digest_is_fixed_by_the_layer_digests() -> None:
+    layers = [f"{i:064x}" for i in range(4)]
+    assert span_digest(1, 3, layers[1:3]) != span_digest(0, 2, layers[1:3])  # position bound
+    assert span_digest(1, 3, layers[1:3]) != span_digest(1, 3, [layers[1], layers[0]])
+    with pytest.raises(ValueError, match="needs 2 layer digests"):
+        span_digest(1, 3, layers[1:2])
+
+
+def test_manifest_signature_pinning_and_tampering() -> None:
+    layers = [f"{i:064x}" for i in range(3)]
+    tol = Tolerance(1e-5, 1e-6, 4.0, 8, "test")
+    publisher = Ed25519PrivateKey.generate()
+    signed = build("m", layers, {(0, 3): tol}, {"inputs": "x"}).sign(publisher)
+    text = signed.to_json()
+    m = Manifest.from_json(text, publisher_key=_raw(publisher))
+    assert m.span_digest(0, 3) == span_digest(0, 3, layers) and m.tolerance(0, 3) == tol
+    with pytest.raises(InvalidManifest, match="no calibrated tolerance"):
+        m.tolerance(0, 2)
+    with pytest.raises(InvalidManifest, match="pinned publisher"):
+        Manifest.from_json(text, publisher_key=_raw(Ed25519PrivateKey.generate()))
+    data = json.loads(text)
+    data["layer_digests"][1] = "f" * 64  # a node with other weights would now match
+    with pytest.raises(InvalidManifest, match="bad publisher signature"):
+        Manifest.from_json(json.dumps(data), publisher_key=_raw(publisher))
+    unsigned = build("m", layers, {(0, 3): tol}, {}).to_json()
+    with pytest.raises(InvalidManifest, match="signed by nobody"):
+        Manifest.from_json(unsigned, publisher_key=_raw(publisher))
+    assert not Manifest.from_json(unsigned, publisher_key=None).signed
+    with pytest.raises(InvalidManifest, match="malformed"):
+        Manifest.from_json('{"format": "secure-infer/manifest/v1"}', publisher_key=None)
+
+
+def test_reputation_excludes_at_once_for_the_epoch_then_bans() -> None:
+    now = [1000.0]
+    rep = Reputation(
+        epoch_s=100, exclusion_epochs=1, ban_after=2, max_faults=2, clock=lambda: now[0]
+    )
+    assert rep.excluded("a") is None
+    rep.convict("a", "v" * 64)
+    assert rep.excluded("a").startswith("convicted in epoch 10")  # type: ignore[union-attr]
+    now[0] = 1099.0
+    assert rep.excluded("a") is not None  # still the same epoch
+    now[0] = 1100.0
+    assert rep.excluded("a") is None  # next epoch: back on probation
+    rep.convict("a", "w" * 64)
+    now[0] = 5000.0
+    assert rep.excluded("a") == "banned after 2 convictions"
+    rep.fault("b")
+    assert rep.excluded("b") is None
+    rep.fault("b")
+    assert rep.excluded("b") == "2 faults in epoch 50"
+    now[0] = 5100.0
+    assert rep.excluded("b") is None
+
+
+def _tensor(t: torch.Tensor) -> WireTensor:
+    t = t.contiguous()
+    return WireTensor("float32", tuple(t.shape), t.numpy().tobytes())
+
+
+def test_verdict_round_trip_and_forgeries() -> None:
+    x = torch.randn(1, 2, 4, generator=GEN)
+    good = x * 2
+    bad = torch.zeros_like(x)
+    keys = [Ed25519PrivateKey.generate() for _ in range(3)]
+    outs = [good, bad, good.clone()]
+    sent = _tensor(x)
+    receipts = []
+    for i, (k, o) in enumerate(zip(keys, outs, strict=True)):
+        args = {
+            "model": "m",
+            "start": 0,
+            "end": 1,
+            "session_id": "",
+            "past_length": 0,
+            "input_digest": sent.digest(),
+            "output_digest": _tensor(o).digest(),
+            "node_id": f"n{i}",
+        }
+        receipts.append(
+            Receipt(**args, public_key=_raw(k), signature=k.sign(receipt_message(**args)))
+        )
+    decision = decide(outs, 1e-6)
+    client = Ed25519PrivateKey.generate()
+    evidence = {j: (sent, _tensor(outs[j])) for j in (decision.winner, 1)}
+    v = sign_verdict(
+        client,
+        model="m",
+        start=0,
+        end=1,
+        epoch=3,
+        time_s=1.0,
+        receipts=receipts,
+        decision=decision,
+        step_tokens=2,
+        evidence=evidence,
+    )
+    assert v.convicted == ("n1",)
+    checked = verify_verdict(v.to_json(), client_key=_raw(client))
+    assert checked.id == v.id
+    with pytest.raises(InvalidVerdict, match="pinned"):
+        verify_verdict(v.to_json(), client_key=_raw(keys[0]))
+    data = json.loads(v.to_json())
+    data["distances"][0][1] = 0.0
+    with pytest.raises(InvalidVerdict, match="signature"):
+        verify_verdict(json.dumps(data))
+    # A client that lies about the distances, re-signing its lie, is caught by the evidence.
+    lying = decide([good, bad, good.clone()], 1e-6)
+    from verification.consensus import Decision
+
+    fake = Decision(
+        lying.winner,
+        lying.agree,
+        lying.deviate,
+        tuple(tuple(0.5 if i != j else 0.0 for j in range(3)) for i in range(3)),
+        1.0,
+    )
+    forged = sign_verdict(
+        client,
+        model="m",
+        start=0,
+        end=1,
+        epoch=3,
+        time_s=1.0,
+        receipts=receipts,
+        decision=fake,
+        step_tokens=2,
+        evidence=evidence,
+    )
+    with pytest.raises(InvalidVerdict, match="decision does not follow|does not match"):
+        verify_verdict(forged.to_json())
+
+
+def test_minilm_tolerances_separate_rounding_from_a_one_percent_lie() -> None:
+    from decentralized.models import load_client_parts, load_span
+    from decentralized.models.calibrate import calibrate_tolerances
+
+    tol = calibrate_tolerances("all-MiniLM-L6-v2", starts=[0])
+    assert set(tol) == {(0, e) for e in range(1, 7)}
+    assert all(t.value < 1e-4 and t.eps_max > 0 for t in tol.values())
+    parts = load_client_parts("all-MiniLM-L6-v2")
+    ids, mask = parts.tokenize(["An honest node on other hardware rounds differently."])
+    hidden = parts.embed(ids)
+    span = load_span("all-MiniLM-L6-v2", 0, 6, torch.device("cpu"))
+    out = span.forward(hidden, mask)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # another honest execution
+    try:
+        again = span.forward(hidden, mask)
+    finally:
+        torch.set_num_threads(threads)
+    assert distance(out, again) <= tol[(0, 6)].value
+    noisy = out * (1 + 0.01 * torch.randn(out.shape, generator=GEN))
+    assert distance(out, noisy) > 100 * tol[(0, 6)].value
