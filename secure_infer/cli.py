@@ -156,7 +156,41 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--max-new-tokens", type=int, default=64)
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds per hop")
     infer.add_argument("--json", action="store_true")
+    infer.add_argument(
+        "--verify",
+        choices=["consensus"],
+        help="run every span on k random nodes and let a majority decide (docs/consensus.md)",
+    )
+    infer.add_argument("--k", type=int, default=2, help="replicas per span under --verify")
+    infer.add_argument(
+        "--manifest", type=Path, help="the model publisher's manifest (default: build one locally)"
+    )
+    infer.add_argument("--publisher-key", help="hex Ed25519 key the manifest must be signed by")
+    infer.add_argument("--verdict-log", type=Path, help="append signed verdicts (JSON lines)")
+    infer.add_argument(
+        "--candidates", help="comma-separated node names the replicas are drawn from (default: all)"
+    )
     _tls_flags(infer)
+
+    man = sub.add_parser(
+        "manifest",
+        help="build, sign or check a model manifest (weight digests + consensus tolerances)",
+        formatter_class=fmt,
+    )
+    man_sub = man.add_subparsers(dest="manifest_command", required=True)
+    build = man_sub.add_parser("build", help="digest and calibrate a model", formatter_class=fmt)
+    build.add_argument("--model", required=True)
+    build.add_argument("--out", type=Path, required=True)
+    build.add_argument("--sign-key", type=Path, help="PEM Ed25519 key of the publisher")
+    build.add_argument("--margin", type=float, default=4.0, help="tolerance safety margin")
+    check = man_sub.add_parser("verify", help="check a manifest's signature", formatter_class=fmt)
+    check.add_argument("path", type=Path)
+    check.add_argument("--publisher-key", required=True, help="hex Ed25519 public key")
+    verdict = sub.add_parser(
+        "verdict", help="check signed consensus verdicts (JSON lines)", formatter_class=fmt
+    )
+    verdict.add_argument("path", type=Path)
+    verdict.add_argument("--client-key", help="hex Ed25519 key the verdicts must be signed by")
 
     cls = sub.add_parser(
         "classify",
@@ -323,25 +357,40 @@ def _infer(args: argparse.Namespace) -> int:
     logs.configure("client", "text", level=30)
     spec = get_spec(args.model)
     seeds = [s for s in args.seeds.split(",") if s]
+    verify: dict[str, Any] = {}
+    if args.verify:
+        from decentralized.consensus import ConsensusOptions
+
+        verify = {
+            "verify": args.verify,
+            "consensus": ConsensusOptions(
+                k=args.k,
+                max_replicas=max(args.k + 1, 4),
+                manifest=args.manifest,
+                publisher_key=bytes.fromhex(args.publisher_key) if args.publisher_key else None,
+                verdict_log=args.verdict_log,
+                candidates=tuple(n for n in (args.candidates or "").split(",") if n),
+            ),
+        }
     with Client(
         seeds, tls=_tls(args), insecure_dev=args.insecure_dev, hop_timeout_s=args.timeout
     ) as client:
         if spec.task == "embed":
             if not args.text:
                 raise SystemExit("error: --text is required for an embedding model")
-            res = client.embed(args.model, args.text)
+            res = client.embed(args.model, args.text, **verify)
             doc: dict[str, Any] = {
                 "model": args.model,
                 "embeddings": res.embeddings.tolist(),
                 "timings": res.timings,
             }
-            route, privacy = res.route, res.privacy
+            route, privacy, consensus = res.route, res.privacy, res.consensus
         else:
             if not args.prompt:
                 raise SystemExit("error: --prompt is required for a generation model")
             if not args.json:
                 for ev in client.generate_stream(
-                    args.model, args.prompt, max_new_tokens=args.max_new_tokens
+                    args.model, args.prompt, max_new_tokens=args.max_new_tokens, **verify
                 ):
                     sys.stdout.write(ev.text)
                     sys.stdout.flush()
@@ -349,7 +398,9 @@ def _infer(args: argparse.Namespace) -> int:
                         gen = ev.result
                 sys.stdout.write("\n")
             else:
-                gen = client.generate(args.model, args.prompt, max_new_tokens=args.max_new_tokens)
+                gen = client.generate(
+                    args.model, args.prompt, max_new_tokens=args.max_new_tokens, **verify
+                )
             doc = {
                 "model": args.model,
                 "text": gen.text,
@@ -357,7 +408,9 @@ def _infer(args: argparse.Namespace) -> int:
                 "timings": gen.timings,
                 "finish_reason": gen.finish_reason,
             }
-            route, privacy = gen.route, gen.privacy
+            route, privacy, consensus = gen.route, gen.privacy, gen.consensus
+    if consensus is not None:
+        doc["consensus"] = consensus_dict(consensus)
     doc["route"] = [
         {
             "node": h.name,
@@ -382,6 +435,100 @@ def _infer(args: argparse.Namespace) -> int:
                     f"{text[:40]!r:<44} [{', '.join(f'{v:+.4f}' for v in vec[:6])}, ...]\n"
                 )
         sys.stdout.write(str(privacy) + "\n")
+        if consensus is not None:
+            sys.stdout.write(consensus_text(consensus) + "\n")
+    return 0
+
+
+def consensus_dict(report: Any) -> dict[str, Any]:
+    """A ConsensusReport as JSON-ready data (verdicts by id; the log has them in full)."""
+    return {
+        "checked": report.checked,
+        "k": report.k,
+        "manifest": report.manifest,
+        "threat_model": report.threat_model,
+        "spans": [
+            {
+                "layers": [s.start, s.end],
+                "tolerance": s.tolerance,
+                "replicas": list(s.replicas),
+                "max_agreeing_distance": s.max_agreeing_distance,
+                "escalations": s.escalations,
+                "convicted": list(s.convicted),
+                "faults": list(s.faults),
+            }
+            for s in report.spans
+        ],
+        "verdicts": [v.id for v in report.verdicts],
+        "refused": report.refused,
+    }
+
+
+def consensus_text(report: Any) -> str:
+    lines = [f"consensus: k={report.k}, manifest {report.manifest}"]
+    for s in report.spans:
+        lines.append(
+            f"  layers [{s.start}, {s.end}): {', '.join(s.replicas)} agree within "
+            f"{s.max_agreeing_distance:.1e} (tolerance {s.tolerance:.1e})"
+            + (f"; CONVICTED {', '.join(s.convicted)}" if s.convicted else "")
+            + (f"; {len(s.faults)} fault(s)" if s.faults else "")
+        )
+    for name, why in sorted(report.refused.items()):
+        lines.append(f"  refused {name}: {why}")
+    lines.append(f"threat model: {report.threat_model}")
+    return "\n".join(lines)
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from verification.consensus import Manifest
+
+    if args.manifest_command == "verify":
+        m = Manifest.load(args.path, publisher_key=bytes.fromhex(args.publisher_key))
+        sys.stdout.write(
+            f"OK: {m.model}, {m.num_layers} layers, {len(m.tolerances)} span tolerances, "
+            f"signed by {m.publisher_key.hex()}\n"
+        )
+        return 0
+    from decentralized.models.calibrate import build_manifest
+
+    manifest = build_manifest(args.model, margin=args.margin)
+    if args.sign_key is not None:
+        key = serialization.load_pem_private_key(args.sign_key.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{args.sign_key}: expected an Ed25519 private key")
+        manifest = manifest.sign(key)
+    manifest.save(args.out)
+    worst = max(t.value for t in manifest.tolerances.values())
+    sys.stdout.write(
+        f"wrote {args.out}: {manifest.num_layers} layer digests, {len(manifest.tolerances)} "
+        f"span tolerances (largest {worst:.2e}), "
+        + (f"signed by {manifest.publisher_key.hex()}" if manifest.signed else "UNSIGNED")
+        + "\n"
+    )
+    return 0
+
+
+def _verdicts(args: argparse.Namespace) -> int:
+    from verification.consensus import verify_verdict
+
+    pinned = bytes.fromhex(args.client_key) if args.client_key else None
+    count = 0
+    for line in args.path.read_text().splitlines():
+        if not line.strip():
+            continue
+        v = verify_verdict(line, client_key=pinned)
+        count += 1
+        who = ", ".join(n[:8] for n in v.convicted) or "nobody (undecided)"
+        sys.stdout.write(
+            f"OK {v.id[:12]}: {v.model} [{v.start}, {v.end}) epoch {v.epoch}, "
+            f"{len(v.receipts)} receipts, convicted {who}"
+            + (", evidence checked" if v.evidence else ", digests only")
+            + "\n"
+        )
+    sys.stdout.write(f"{count} verdict(s) verified\n")
     return 0
 
 
@@ -447,7 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return _EXIT_USAGE
-    from secure_infer.errors import AttestationError, CertError, ConfigError, MeshError
+    from secure_infer.errors import (
+        AttestationError,
+        CertError,
+        ConfigError,
+        ConsensusError,
+        MeshError,
+    )
 
     try:
         if args.command == "node" and args.node_command == "run":
@@ -460,6 +613,10 @@ def main(argv: list[str] | None = None) -> int:
             return _infer(args)
         if args.command == "classify":
             return _classify(args)
+        if args.command == "manifest":
+            return _manifest(args)
+        if args.command == "verdict":
+            return _verdicts(args)
         if args.command == "demo":
             from secure_infer.demo import run_demo
 
@@ -468,7 +625,15 @@ def main(argv: list[str] | None = None) -> int:
             from secure_infer.audit.cli import run_audit
 
             return run_audit(args)
-    except (MeshError, AttestationError, CertError, ConfigError, ValueError, OSError) as exc:
+    except (
+        MeshError,
+        AttestationError,
+        ConsensusError,
+        CertError,
+        ConfigError,
+        ValueError,
+        OSError,
+    ) as exc:
         sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
         return _EXIT_ERROR
     except KeyboardInterrupt:

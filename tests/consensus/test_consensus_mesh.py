@@ -258,3 +258,54 @@ def test_bad_options_are_refused(client: Client) -> None:
             verify="consensus",
             consensus=ConsensusOptions(k=3, candidates=("h1", "h2")),
         )
+
+
+def test_cli_infer_with_consensus_then_verdicts_and_manifests_are_checked(
+    mesh: LocalMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from secure_infer import cli
+
+    log = tmp_path / "verdicts.jsonl"
+    base = ["--seeds", ",".join(mesh.seeds), "--certs", str(mesh.certs_dir)]
+    args = ["infer", *base, "--model", MODEL, "--text", TEXTS[0], "--verify", "consensus"]
+    # Two honest replicas and zeros on each span: the CLI reports the conviction.
+    lying = ["--k", "3", "--candidates", "h1,h2,zeros", "--verdict-log", str(log), "--json"]
+    assert cli.main([*args, *lying]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["consensus"]["k"] == 3 and len(doc["embeddings"]) == 1
+    assert doc["consensus"]["spans"][0]["convicted"] == ["zeros"]
+    assert all(s["max_agreeing_distance"] <= s["tolerance"] for s in doc["consensus"]["spans"])
+    # The verdict checks out from the command line.
+    assert cli.main(["verdict", str(log)]) == 0
+    assert "1 verdict(s) verified" in capsys.readouterr().out
+    args += ["--candidates", "h1,h2,h3"]
+    # A published, signed manifest: build, check, and refuse under another key.
+    key = Ed25519PrivateKey.generate()
+    pem = tmp_path / "publisher.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    out = tmp_path / "minilm.manifest.json"
+    assert (
+        cli.main(["manifest", "build", "--model", MODEL, "--out", str(out), "--sign-key", str(pem)])
+        == 0
+    )
+    assert "21 span tolerances" in capsys.readouterr().out
+    assert cli.main(["manifest", "verify", str(out), "--publisher-key", _raw_hex(key)]) == 0
+    other = _raw_hex(Ed25519PrivateKey.generate())
+    assert cli.main(["manifest", "verify", str(out), "--publisher-key", other]) == 1
+    assert "pinned publisher" in capsys.readouterr().err
+    assert cli.main([*args, "--manifest", str(out), "--publisher-key", _raw_hex(key)]) == 0
+    assert "published, signed" in capsys.readouterr().out
+
+
+def _raw_hex(key: Ed25519PrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        .hex()
+    )
