@@ -1,4 +1,4 @@
-"""Integrity benchmark: Fides verification (this half) and consensus (to be added).
+"""Integrity benchmark: Fides verification and consensus across redundant nodes.
 
 Fides, per service model (MNIST 5,000 CNN; MiniLM + head on movie reviews)
     Trains everything from scratch with `verification.fides.experiment.run` (MiniLM embeddings
@@ -21,7 +21,9 @@ Fides, per service model (MNIST 5,000 CNN; MiniLM + head on movie reviews)
     Targets (issue 5): detection >= 0.98 per attack at FP <= 0.02, re-classification >= 0.94,
     verifier latency <= 0.10 of the service's.
 
-Consensus: the `consensus` key is null until the consensus half is added (same JSON object).
+Consensus (`--tasks ...,consensus`): `bench/consensus_mesh.py` on a mesh of real node processes:
+detection rate by fraction of misbehaving nodes (independent and colluding liars) at k = 2 and 3,
+exclusion within the epoch, latency overhead at k = 2 and 3 (see that module's docstring).
 
 Run: `.venv/bin/python bench/integrity.py --json` (about 10-15 min on 2 busy cores, of which
 MiniLM encoding of 4,000 reviews is ~7 min on the first run only).
@@ -169,6 +171,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="batch-1 requests timed")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument(
+        "--consensus-requests", type=int, default=300, help="requests per consensus setting"
+    )
+    parser.add_argument(
         "--train-attacks",
         default=None,
         help="comma-separated attacks known to the GAN training (default: all); the others "
@@ -178,7 +183,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     known = tuple(args.train_attacks.split(",")) if args.train_attacks else None
-    fides = {task: fides_task(task, args.requests, known) for task in args.tasks.split(",")}
+    tasks = args.tasks.split(",")
+    fides = {t: fides_task(t, args.requests, known) for t in tasks if t != "consensus"}
+    consensus = None
+    if "consensus" in tasks:
+        from bench.consensus_mesh import run as run_consensus
+
+        consensus = run_consensus(args.consensus_requests, 50, 50, 5)
     result = {
         "bench": "integrity",
         "machine": {
@@ -190,7 +201,7 @@ def main() -> None:
         "targets": TARGETS,
         "train_attacks": list(known) if known else "all",
         "fides": fides,
-        "consensus": None,  # filled by the consensus half of this benchmark
+        "consensus": consensus,
     }
     if args.json:
         print(json.dumps(result, indent=2))

@@ -50,7 +50,7 @@ MPC_NEW_TOKENS = 2
 FAILOVER_PROMPT = "Write one sentence about the sea."
 NODES = [
     NodeSpec(name="node-a", spans=((MINILM, 0, 3), (SMOL, 0, 15))),
-    NodeSpec(name="node-b", spans=((MINILM, 3, 6), (SMOL, 15, 30))),
+    NodeSpec(name="node-b", spans=((MINILM, 0, 3), (MINILM, 3, 6), (SMOL, 15, 30))),
     NodeSpec(name="node-c", spans=((MINILM, 3, 6), (SMOL, 15, 30))),
 ]
 
@@ -158,6 +158,7 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None, mpc: boo
             report["generate"] = _generate(client, local, say)
             if mpc:
                 report["mpc_generate"] = _generate_mpc(client, local, say)
+            report["consensus"] = _consensus(client, say)
             report["fides"] = _fides(client, mesh, artefacts, say)
             report["failover"] = _failover(client, local, mesh, say)  # kills a node: last
     finally:
@@ -170,6 +171,7 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None, mpc: boo
         and report["generate"]["matches_local"]
         and report["failover"]["completed"]
         and report["fides"]["verdict_ok"]
+        and report["consensus"]["ok"]
         and (
             not mpc
             or (
@@ -205,6 +207,46 @@ def _embed(client: Any, say: _Progress) -> dict[str, Any]:
         "latency_s": res.timings["total_s"],
         "local_latency_s": local_s,
         "route": [h.name for h in res.route],
+    }
+
+
+def _consensus(client: Any, say: _Progress) -> dict[str, Any]:
+    from decentralized.consensus import ConsensusOptions
+
+    say(f"embedding {len(SENTENCES)} sentences with {MINILM} under verify='consensus' (k = 2)")
+    res = client.embed(MINILM, SENTENCES, verify="consensus", consensus=ConsensusOptions(k=2))
+    ref, _ = _local_embed(SENTENCES)
+    cos = (res.embeddings * ref).sum(axis=1) / (
+        np.linalg.norm(res.embeddings, axis=1) * np.linalg.norm(ref, axis=1)
+    )
+    report = res.consensus
+    spans = []
+    for s in report.spans:
+        say(
+            f"  layers [{s.start},{s.end}): {' + '.join(s.replicas)} agree within "
+            f"{s.max_agreeing_distance:.1e} (calibrated tolerance {s.tolerance:.1e})"
+        )
+        spans.append(
+            {
+                "layers": [s.start, s.end],
+                "replicas": list(s.replicas),
+                "max_agreeing_distance": s.max_agreeing_distance,
+                "tolerance": s.tolerance,
+            }
+        )
+    say(f"  manifest: {report.manifest}; every reply carried a signed receipt")
+    ok = (
+        float(cos.min()) >= 0.9999
+        and not report.convicted
+        and all(s["max_agreeing_distance"] <= s["tolerance"] for s in spans)
+    )
+    return {
+        "ok": ok,
+        "cosine_min": float(cos.min()),
+        "latency_s": res.timings["total_s"],
+        "spans": spans,
+        "convicted": list(report.convicted),
+        "manifest": report.manifest,
     }
 
 
@@ -348,6 +390,7 @@ def _table(report: dict[str, Any]) -> None:
         ("fail-over: killed node", f["killed_node"], f"{f['rebuilt_tokens']} tokens rebuilt"),
         ("fail-over: completed, same tokens", str(f["completed"]), ""),
         *_fides_rows(report["fides"]),
+        *_consensus_rows(report["consensus"]),
     ]
     width = max(len(r[0]) for r in rows)
     sys.stdout.write("\n")
@@ -371,6 +414,21 @@ def _mpc_rows(m: dict[str, Any] | None, g: dict[str, Any] | None) -> list[tuple[
             "MPC generate s/token / bytes",
             f"{g['seconds_per_token']:.0f} s / {g['bytes_total'] / 1e6:.0f} MB",
             " + ".join(g["parties"]) + " (dealer last, TRUSTED)",
+        ),
+    ]
+
+
+def _consensus_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    worst = max(s["max_agreeing_distance"] / s["tolerance"] for s in r["spans"])
+    return [
+        ("consensus embed cosine min (k=2)", f"{r['cosine_min']:.6f}", ">= 0.9999"),
+        (
+            "consensus: replicas agree",
+            f"{worst:.2f} of tolerance",
+            "; ".join(
+                f"[{s['layers'][0]},{s['layers'][1]}) " + "+".join(s["replicas"])
+                for s in r["spans"]
+            ),
         ),
     ]
 

@@ -32,6 +32,8 @@ def test_demo_json(tmp_path: Path) -> None:
     assert doc["failover"]["killed_node"] in ("node-b", "node-c")
     assert doc["failover"]["completed"] is True
     assert doc["fides"]["verdict_ok"] is True
+    assert doc["consensus"]["ok"] is True and doc["consensus"]["convicted"] == []
+    assert [s["layers"] for s in doc["consensus"]["spans"]] == [[0, 3], [3, 6]]
     assert doc["fides"]["tee"]["simulated"] is True  # labelled: no hardware TEE here
     assert doc["fides"]["without_opt_in"].startswith("refused")
     logs = {p.name for p in tmp_path.glob("*.log")}
