@@ -132,9 +132,10 @@ def load() -> ModuleType:
         _torchscript_onnx_export()
         _exact_decode(crypten)
         _install_csprng(crypten)
-        from mpc.backends import crypten_dealer, crypten_trunc
+        from mpc.backends import crypten_compare, crypten_dealer, crypten_trunc
 
         crypten_trunc.install(crypten)
+        crypten_compare.install(crypten)
         crypten_dealer.install(crypten)
         _fast_attribute_access(crypten)
         _CRYPTEN = crypten

@@ -40,7 +40,8 @@ import torch
 from mpc.errors import MPCError
 
 BATCH_FUNCTION = "secure_infer_batch"
-_DEALT = ("additive", "square", "binary", "wraps", "B2A", "trunc_pair")  # what the TTP deals
+# What the TTP deals.
+_DEALT = ("additive", "square", "binary", "wraps", "B2A", "trunc_pair", "cmp_mask")
 
 PlanEntry = tuple[str, str | None, tuple[Any, ...], dict[str, Any]]
 
