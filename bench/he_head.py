@@ -7,16 +7,22 @@ What runs
     them from the same cache over mTLS on 127.0.0.1. This process is the client: it makes the
     CKKS keys (N=8192, 128-bit), uploads the public context once, encrypts the test features
     (the client's local layers are already applied: cached MiniLM embeddings, pixels / 255),
-    sends them in batches, and decrypts the logits.
+    sends them, and decrypts the logits. Layout (`--layout`, default "auto" as in the SDK):
+    feature-major packed batches of up to 4,096 examples (one ciphertext per input feature,
+    `EvaluatePacked`) for batches of at least the head's `packed_min_batch`, else one
+    ciphertext per example (`Evaluate`).
 
 What is measured
-    Per task, on the first `--sentiment-n` / `--mnist-n` examples of the fixed test split:
+    Per task, on the first `--sentiment-n` / `--mnist-n` examples of the fixed test split
+    (default: all of it, 1,000 each):
     HE latency per example (wall time of encrypt + Evaluate RPCs + decrypt, divided by n; and
     the node's compute time per example), plaintext head latency per example (numpy float64,
     same weights), bytes each way (context once; input and output ciphertexts per example),
     argmax agreement HE vs plaintext, accuracy of each on those examples, max |logit error|,
     and plaintext accuracy on the whole test split. Targets: agreement >= 0.99; sentiment HE
     accuracy within 1 point of plaintext.
+    With `--compare-vector-n K`: the first K examples once more, one ciphertext per example,
+    through the same node and session (the same machine state, for the speed-up).
     Per linear layer (in this process, one thread): seconds for TenSEAL `matmul` vs one `dot`
     per output column on a ciphertext at that layer's level, and the strategy `plan` chose.
 
@@ -44,11 +50,12 @@ import tenseal as ts  # noqa: E402
 from decentralized.errors import MeshError  # noqa: E402
 from decentralized.transport import Credentials, sync_channel  # noqa: E402
 from mpc.he.data import mnist_split, sentiment_split  # noqa: E402
+from mpc.he.engine import PACKED_LAYOUT, VECTOR_LAYOUT  # noqa: E402
 from mpc.he.head import Head, Linear, plan  # noqa: E402
 from mpc.he.params import DEFAULT_PARAMS, secret_context  # noqa: E402
 from mpc.he.paths import cache_dir  # noqa: E402
 from mpc.he.train import MNIST, SENTIMENT, ensure_heads  # noqa: E402
-from secure_infer.he_client import HESession  # noqa: E402
+from secure_infer.he_client import LAYOUTS, HESession  # noqa: E402
 from secure_infer.localmesh import LocalMesh, NodeSpec  # noqa: E402
 
 
@@ -61,6 +68,8 @@ def _task(sess: HESession, head: Head, x: np.ndarray, y: np.ndarray, full_acc: f
     t0 = time.perf_counter()
     logits, stats = sess.evaluate(info, x)
     he_s = time.perf_counter() - t0
+    if PACKED_LAYOUT in stats["layouts"]:
+        _log(f"{head.name}: {len(x)} examples in {he_s:.1f} s ({stats['layouts']})")
     t1 = time.perf_counter()
     plain = head.forward(x)
     plain_s = time.perf_counter() - t1
@@ -74,6 +83,10 @@ def _task(sess: HESession, head: Head, x: np.ndarray, y: np.ndarray, full_acc: f
         "depth": head.depth,
         "strategies": list(info.strategies),
         "examples": n,
+        "layouts": stats["layouts"],
+        "packed_min_batch": info.packed_min_batch,
+        "he_total_s": he_s,
+        "he_node_compute_total_s": stats["compute_s"],
         "he_latency_per_example_s": he_lat,
         "he_node_compute_per_example_s": stats["compute_s"] / n,
         "he_encrypt_per_example_s": stats["encrypt_s"] / n,
@@ -128,7 +141,9 @@ def _layer_costs(head: Head, x: np.ndarray) -> list[dict]:
     return rows
 
 
-def _run_tasks(cases: list[tuple[Head, Any, int]], full: dict[str, float]) -> dict[str, Any]:
+def _run_tasks(
+    cases: list[tuple[Head, Any, int]], full: dict[str, float], layout: str, compare_n: int
+) -> dict[str, Any]:
     """Both heads through one node process over mTLS, one client session."""
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +159,7 @@ def _run_tasks(cases: list[tuple[Head, Any, int]], full: dict[str, float]) -> di
             address = mesh.nodes["he-node"].address
             with (
                 sync_channel(address, creds, expect_name="he-node") as channel,
-                HESession(channel, timeout_s=3600) as sess,
+                HESession(channel, timeout_s=3600, layout=layout) as sess,
             ):
                 t0 = time.perf_counter()
                 context_bytes = sess.open()
@@ -156,9 +171,17 @@ def _run_tasks(cases: list[tuple[Head, Any, int]], full: dict[str, float]) -> di
                 }
                 out["tasks"] = []
                 for head, split, n in cases:
-                    _log(f"{head.name}: {n} test examples under HE")
+                    _log(f"{head.name}: {n} test examples under HE ({layout})")
                     x, y = split.x_test[:n], split.y_test[:n]
                     out["tasks"].append(_task(sess, head, x, y, full[head.name]))
+                if compare_n > 0:
+                    sess.layout = VECTOR_LAYOUT
+                    out["vector_layout_comparison"] = []
+                    for head, split, _ in cases:
+                        _log(f"{head.name}: {compare_n} examples, one ciphertext each")
+                        x, y = split.x_test[:compare_n], split.y_test[:compare_n]
+                        row = _task(sess, head, x, y, full[head.name])
+                        out["vector_layout_comparison"].append(row)
         except MeshError as exc:  # reported in the JSON, not hidden
             out["error"] = f"{type(exc).__name__}: {exc}"
         finally:
@@ -169,8 +192,15 @@ def _run_tasks(cases: list[tuple[Head, Any, int]], full: dict[str, float]) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--sentiment-n", type=int, default=1000)
-    parser.add_argument("--mnist-n", type=int, default=100)
+    parser.add_argument("--sentiment-n", type=int, default=1000, help="0 skips the task")
+    parser.add_argument("--mnist-n", type=int, default=1000, help="0 skips the task")
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto")
+    parser.add_argument(
+        "--compare-vector-n",
+        type=int,
+        default=0,
+        help="also run the first K examples of each task one ciphertext per example",
+    )
     parser.add_argument("--skip-layer-costs", action="store_true")
     parser.add_argument("--layer-costs-only", action="store_true", help="no node, no tasks")
     args = parser.parse_args()
@@ -195,7 +225,7 @@ def main() -> None:
     if not args.layer_costs_only:
         cases = [(heads[SENTIMENT], sent, args.sentiment_n), (heads[MNIST], mnist, args.mnist_n)]
         cases = [c for c in cases if c[2] > 0]  # n = 0 skips a task
-        out.update(_run_tasks(cases, full))
+        out.update(_run_tasks(cases, full, args.layout, args.compare_vector_n))
     if not args.skip_layer_costs:
         _log("per-layer matmul vs dots")
         out["layer_costs"] = {
@@ -215,7 +245,9 @@ def main() -> None:
     else:
         for t in out.get("tasks", []):
             print(
-                f"{t['head']}: HE {t['he_latency_per_example_s']:.3f} s/example, agreement "
+                f"{t['head']} ({t['examples']} examples, {t['layouts']}): HE "
+                f"{t['he_latency_per_example_s']:.3f} s/example, "
+                f"{t['bytes_client_to_node_per_example'] / 1e3:.0f} KB/example sent, agreement "
                 f"{t['argmax_agreement']:.3f}, acc HE {t['he_accuracy']:.3f} vs plain "
                 f"{t['plaintext_accuracy']:.3f}"
             )

@@ -9,6 +9,11 @@ No integrity: a malicious node could return a wrong ciphertext and the client wo
 Sessions hold one client's deserialized public context (tens of MB): bounded in number, dropped
 after `idle_s` without use, refused above `max_context_bytes`. Evaluation runs on one thread
 of its own (see `add_he_servicer`). Errors map through `decentralized.errors`.
+
+Two layouts: `Evaluate` takes one ciphertext per example; `EvaluatePacked` (client streaming)
+takes one ciphertext per input feature holding up to `params.slots` examples (feature-major,
+`mpc.he.engine.evaluate_packed`). A packed batch is buffered whole before evaluation (~300 MB
+for MNIST, plus ~400 MB deserialized), bounded by `max_batch_bytes`.
 """
 
 from __future__ import annotations
@@ -35,9 +40,9 @@ from decentralized.errors import (
 )
 from decentralized.service import _serving
 from decentralized.v1 import he_pb2, he_pb2_grpc
-from mpc.he.engine import evaluate
+from mpc.he.engine import PACKED_LAYOUT, evaluate, evaluate_packed
 from mpc.he.errors import DepthExceeded, InvalidCiphertext, InvalidContext, InvalidHead
-from mpc.he.head import Head, list_heads, load_head, plan
+from mpc.he.head import Head, list_heads, load_head, packed_min_batch, plan
 from mpc.he.params import DEFAULT_PARAMS, CKKSParams, load_public_context
 from mpc.he.paths import heads_dir
 
@@ -54,6 +59,7 @@ class HELimits:
     idle_s: float = 300.0  # a session unused this long is dropped
     max_context_bytes: int = 128 * 1024 * 1024  # serialized public context
     max_inputs_per_call: int = 32  # ciphertexts per Evaluate (~0.4 MB each in, <= 1.3 MB out)
+    max_batch_bytes: int = 1024 * 1024 * 1024  # ciphertext bytes per EvaluatePacked stream
 
 
 @dataclass(slots=True)
@@ -115,16 +121,23 @@ class HESessions:
         return self._sessions.pop(sid, None) is not None
 
 
+@dataclass(frozen=True, slots=True)
+class _Served:
+    head: Head
+    strategies: tuple[str, ...]  # per linear layer, for the vector layout
+    packed_min_batch: int  # from which batch size the packed layout is estimated cheaper
+
+
 class HEHeads:
     """The heads found in a directory, loaded on first use and checked against the params."""
 
     def __init__(self, directory: Path, params: CKKSParams) -> None:
         self.directory = directory
         self.params = params
-        self._loaded: dict[str, tuple[Head, tuple[str, ...]]] = {}
+        self._loaded: dict[str, _Served] = {}
 
-    def get(self, name: str) -> tuple[Head, tuple[str, ...]]:
-        """(head, strategy per linear layer); UnknownModel if absent or unusable here."""
+    def get(self, name: str) -> _Served:
+        """The head and how it is evaluated; UnknownModel if absent or unusable here."""
         if name not in self._loaded:
             try:
                 head = load_head(self.directory, name)
@@ -134,16 +147,17 @@ class HEHeads:
             except (InvalidHead, DepthExceeded) as exc:
                 logger.warning("HE head %r is not served: %s", name, exc)
                 raise UnknownModel(f"HE head {name!r} is not usable on this node") from None
-            self._loaded[name] = (head, strategies)
+            self._loaded[name] = _Served(head, strategies, packed_min_batch(head, self.params))
         return self._loaded[name]
 
     def infos(self) -> list[he_pb2.HeadInfo]:
         infos = []
         for name in list_heads(self.directory):
             try:
-                head, strategies = self.get(name)
+                served = self.get(name)
             except UnknownModel:
                 continue
+            head, strategies = served.head, served.strategies
             infos.append(
                 he_pb2.HeadInfo(
                     name=head.name,
@@ -154,6 +168,7 @@ class HEHeads:
                     depth=head.depth,
                     strategies=list(strategies),
                     digest=head.digest(),
+                    packed_min_batch=served.packed_min_batch,
                 )
             )
         return infos
@@ -198,6 +213,9 @@ class HEServicer(he_pb2_grpc.HEServicer):
                 max_context_bytes=self._limits.max_context_bytes,
                 max_inputs_per_call=self._limits.max_inputs_per_call,
                 session_idle_s=self._limits.idle_s,
+                layouts=[PACKED_LAYOUT],
+                max_batch_examples=self._params.slots,
+                max_batch_bytes=self._limits.max_batch_bytes,
             )
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
@@ -251,7 +269,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
     ) -> he_pb2.EvaluateReply:
         async with _serving("HE.Evaluate", context, self._node.metrics):
             ctx = self._sessions.get(request.session_id)
-            head, _ = self._heads.get(request.head)
+            head = self._heads.get(request.head).head
             n = len(request.inputs)
             if n == 0:
                 raise InvalidRequest("no inputs")
@@ -277,6 +295,93 @@ class HEServicer(he_pb2_grpc.HEServicer):
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _check_header(self, header: he_pb2.PackedHeader) -> tuple[Any, Head]:
+        """Everything a packed batch's header can refuse before its bytes are read."""
+        ctx = self._sessions.get(header.session_id)
+        head = self._heads.get(header.head).head
+        if header.layout != PACKED_LAYOUT:
+            raise InvalidRequest(
+                f"layout {header.layout!r} is not served; this node takes {PACKED_LAYOUT!r}"
+            )
+        slots = self._params.slots
+        if header.batch_size > slots:
+            raise Overloaded(
+                f"{header.batch_size} examples in one packed batch; the limit is {slots} "
+                f"(the slots of one ciphertext)"
+            )
+        if header.batch_size == 0:
+            raise InvalidRequest("a packed batch of 0 examples")
+        if header.n_ciphertexts != head.input_dim:
+            raise InvalidRequest(
+                f"head {head.name!r} takes {head.input_dim} features, the packed batch "
+                f"announces {header.n_ciphertexts} ciphertexts (one per feature)"
+            )
+        if header.total_bytes > self._limits.max_batch_bytes:
+            raise Overloaded(
+                f"packed batch of {header.total_bytes} bytes exceeds the node's "
+                f"{self._limits.max_batch_bytes}-byte limit"
+            )
+        return ctx, head
+
+    async def _receive_packed(
+        self, chunks: AsyncIterator[he_pb2.PackedChunk]
+    ) -> tuple[he_pb2.PackedHeader, Any, Head, list[bytes]]:
+        header: he_pb2.PackedHeader | None = None
+        ctx: Any = None
+        head: Head | None = None
+        inputs: list[bytes] = []
+        received = 0
+        async for chunk in chunks:
+            if header is None:
+                if not chunk.HasField("header"):
+                    raise InvalidRequest("the first EvaluatePacked chunk carries no header")
+                header = chunk.header
+                ctx, head = self._check_header(header)
+            elif chunk.HasField("header"):
+                raise InvalidRequest("a second header in one EvaluatePacked stream")
+            received += sum(len(c) for c in chunk.ciphertexts)
+            inputs.extend(chunk.ciphertexts)
+            if received > header.total_bytes or len(inputs) > header.n_ciphertexts:
+                raise InvalidRequest(
+                    f"packed stream carries more than the announced {header.n_ciphertexts} "
+                    f"ciphertexts / {header.total_bytes} bytes"
+                )
+        if header is None or head is None:
+            raise InvalidRequest("empty EvaluatePacked stream: no header chunk")
+        if len(inputs) != header.n_ciphertexts or received != header.total_bytes:
+            raise InvalidRequest(
+                f"packed stream ended after {len(inputs)} of {header.n_ciphertexts} "
+                f"ciphertexts ({received} of {header.total_bytes} bytes)"
+            )
+        return header, ctx, head, inputs
+
+    async def EvaluatePacked(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[he_pb2.PackedChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> he_pb2.PackedReply:
+        async with _serving("HE.EvaluatePacked", context, self._node.metrics):
+            header, ctx, head, inputs = await self._receive_packed(request_iterator)
+            self._node.metrics.bytes_in.inc(header.total_bytes)
+            t0 = time.perf_counter()
+            try:
+                outputs = await self._compute(
+                    evaluate_packed, head, self._params, ctx, header.batch_size, inputs
+                )
+            except InvalidCiphertext as exc:
+                raise InvalidRequest(str(exc)) from None
+            del inputs
+            self._node.metrics.bytes_out.inc(sum(len(o) for o in outputs))
+            return he_pb2.PackedReply(
+                layout=header.layout,
+                batch_size=header.batch_size,
+                outputs=outputs,
+                compute_s=time.perf_counter() - t0,
+                node_id=self._node.identity.node_id,
+                head_digest=head.digest(),
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def CloseSession(  # noqa: N802 - gRPC method name
         self, request: he_pb2.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> he_pb2.CloseSessionReply:
@@ -289,8 +394,8 @@ def add_he_servicer(server: grpc.aio.Server, node: Node) -> str:
     """Serve the heads under `mpc.he.paths.heads_dir()` (trained by `python -m mpc.he.train`);
     returns the service's health-check name.
 
-    HE evaluation gets its own single worker thread: one MNIST example takes seconds, and
-    sharing the node's compute thread would stall split-mode forwards behind it."""
+    HE evaluation gets its own single worker thread: one MNIST example (or one packed batch)
+    takes seconds, and sharing the node's compute thread would stall split-mode forwards."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="he")
     he_pb2_grpc.add_HEServicer_to_server(HEServicer(node, executor, heads_dir()), server)
     return HEALTH_NAME

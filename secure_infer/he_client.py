@@ -9,8 +9,14 @@
 
 Method: the client runs its local layers (all-MiniLM-L6-v2 sentence embeddings for text heads,
 pixel scaling for MNIST), makes a CKKS key set (`mpc.he.params`), uploads the public evaluation
-context once per session in 4 MiB chunks, sends one fresh CKKS ciphertext per example, and
-decrypts the node's output ciphertexts to logits. The secret key never leaves this process.
+context once per session in 4 MiB chunks, encrypts the features, and decrypts the node's output
+ciphertexts to logits. The secret key never leaves this process.
+
+Layouts (`HESession(layout=...)`, default "auto"): batches of at least the head's
+`packed_min_batch` examples (from ListHeads) go feature-major, up to 4,096 examples per batch:
+one ciphertext per input feature, streamed with `EvaluatePacked`, one ciphertext per logit
+back; smaller batches, and the remainder below that size, go one ciphertext per example
+(`Evaluate`). Logits come back per example in input order either way.
 
 Threat model: the node is semi-honest and sees only ciphertexts and public keys; the head's
 weights are the node's and in plaintext on it; the client learns the logits, which leak about
@@ -23,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -41,7 +47,14 @@ from decentralized.errors import (
 from decentralized.transport import STREAM_CHUNK_BYTES, Credentials, sync_channel
 from decentralized.v1 import he_pb2, he_pb2_grpc
 from mpc.he.data import minilm, mnist_features
-from mpc.he.engine import decrypt, encrypt
+from mpc.he.engine import (
+    PACKED_LAYOUT,
+    VECTOR_LAYOUT,
+    decrypt,
+    decrypt_packed,
+    encrypt,
+    encrypt_packed,
+)
 from mpc.he.errors import DepthExceeded, InvalidCiphertext
 from mpc.he.params import DEFAULT_PARAMS, CKKSParams, public_context_bytes, secret_context
 from secure_infer.results import Privacy
@@ -53,6 +66,7 @@ THREAT_MODEL = (
     "head (no circuit privacy); no integrity: a malicious node can return a wrong ciphertext"
 )
 _MAX_REQUEST_BYTES = 24 * 1024 * 1024  # ciphertext bytes per Evaluate call
+LAYOUTS = ("auto", VECTOR_LAYOUT, PACKED_LAYOUT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +83,22 @@ class HEClassifyResult:
     bytes_received: dict[str, int]  # "outputs"
     privacy: Privacy
     threat_model: str = THREAT_MODEL
+    layouts: dict[str, int] = field(default_factory=dict)  # layout -> examples sent in it
+
+
+def _packed_chunks(
+    header: he_pb2.PackedHeader, inputs: list[bytes]
+) -> Iterator[he_pb2.PackedChunk]:
+    """The header, then whole ciphertexts, about STREAM_CHUNK_BYTES per message."""
+    chunk = he_pb2.PackedChunk(header=header)
+    size = 0
+    for data in inputs:
+        if chunk.ciphertexts and size + len(data) > STREAM_CHUNK_BYTES:
+            yield chunk
+            chunk, size = he_pb2.PackedChunk(), 0
+        chunk.ciphertexts.append(data)
+        size += len(data)
+    yield chunk
 
 
 def _chunks(data: bytes, params: CKKSParams) -> Iterator[he_pb2.ContextChunk]:
@@ -89,10 +119,17 @@ class HESession:
         *,
         params: CKKSParams = DEFAULT_PARAMS,
         timeout_s: float = 600.0,
+        layout: str = "auto",
     ) -> None:
+        """`layout`: "auto" (packed from the head's `packed_min_batch` examples on, when the
+        node offers it), "vector" (one ciphertext per example) or "feature-major/1" (always
+        packed; refused if the node does not offer it)."""
+        if layout not in LAYOUTS:
+            raise InvalidRequest(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self._stub = he_pb2_grpc.HEStub(channel)
         self.params = params
         self.timeout_s = timeout_s
+        self.layout = layout
         self._context: ts.Context | None = None
         self._public = b""  # the serialized public context, kept for a re-upload
         self.session_id = ""
@@ -101,6 +138,8 @@ class HESession:
         self.upload_s = 0.0
         self._heads: dict[str, he_pb2.HeadInfo] | None = None
         self._node_params = ""
+        self._node_layouts: tuple[str, ...] = ()
+        self._max_batch = 0
 
     def __enter__(self) -> HESession:
         return self
@@ -119,6 +158,8 @@ class HESession:
         if self._heads is None:
             reply = self._call(self._stub.ListHeads, he_pb2.ListHeadsRequest(), "HE.ListHeads")
             self._node_params = reply.params_name
+            self._node_layouts = tuple(reply.layouts)
+            self._max_batch = min(reply.max_batch_examples, self.params.slots)
             self._heads = {h.name: h for h in reply.heads}
         return self._heads
 
@@ -161,21 +202,104 @@ class HESession:
         request = he_pb2.EvaluateRequest(session_id=self.session_id, head=head, inputs=batch)
         return self._call(self._stub.Evaluate, request, "HE.Evaluate")
 
+    def _use_packed(self, info: he_pb2.HeadInfo, n: int) -> bool:
+        offered = PACKED_LAYOUT in self._node_layouts and info.packed_min_batch > 0
+        if self.layout == PACKED_LAYOUT:
+            if not offered:
+                raise InvalidRequest(
+                    f"the node does not evaluate {PACKED_LAYOUT!r} batches of {info.name!r}"
+                )
+            return True
+        return self.layout == "auto" and offered and n >= info.packed_min_batch
+
     def evaluate(
         self, info: he_pb2.HeadInfo, features: np.ndarray
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Encrypt (B, input_dim) features, evaluate remotely, decrypt: (B, n_out) logits."""
+        """Encrypt (B, input_dim) features, evaluate remotely, decrypt: (B, n_out) logits in
+        input order. Batches of up to the node's `max_batch_examples` go packed where
+        `_use_packed` says so, the rest one ciphertext per example."""
         if features.ndim != 2 or features.shape[1] != info.input_dim:
             raise InvalidRequest(
                 f"head {info.name!r} takes (batch, {info.input_dim}) features, got "
                 f"{tuple(features.shape)}"
             )
+        if len(features) == 0:
+            raise InvalidRequest(f"head {info.name!r}: no examples")
         self.open()
+        stats: dict[str, Any] = {"encrypt_s": 0.0, "evaluate_s": 0.0, "layouts": {}}
+        stats.update(compute_s=0.0, decrypt_s=0.0, sent=0, received=0, node_id="", digest="")
+        logits = np.empty((len(features), len(info.labels)), dtype=np.float64)
+        step = self._max_batch or self.params.slots
+        for start in range(0, len(features), step):
+            part = features[start : start + step]
+            packed = self._use_packed(info, len(part))
+            run = self._evaluate_packed if packed else self._evaluate_vectors
+            logits[start : start + len(part)] = run(info, part, stats)
+            layout = PACKED_LAYOUT if packed else VECTOR_LAYOUT
+            stats["layouts"][layout] = stats["layouts"].get(layout, 0) + len(part)
+        return logits, stats
+
+    def _retrying(self, call: Any, stats: dict[str, Any]) -> Any:
+        """`call()`; if the node lost the session, upload the context once more and retry."""
+        try:
+            return call()
+        except SessionMismatch:  # the node expired or lost the session
+            self.session_id = ""
+            stats["context_resent"] = stats.get("context_resent", 0) + self.open()
+            return call()
+
+    def _evaluate_packed(
+        self, info: he_pb2.HeadInfo, features: np.ndarray, stats: dict[str, Any]
+    ) -> np.ndarray:
+        assert self._context is not None  # noqa: S101 - set by open()
+        n = len(features)
+        t0 = time.perf_counter()
+        inputs = encrypt_packed(self._context, features, self.params)
+        stats["encrypt_s"] += time.perf_counter() - t0
+        total = sum(len(x) for x in inputs)
+
+        def call() -> he_pb2.PackedReply:
+            header = he_pb2.PackedHeader(
+                session_id=self.session_id,
+                head=info.name,
+                layout=PACKED_LAYOUT,
+                batch_size=n,
+                n_ciphertexts=len(inputs),
+                total_bytes=total,
+            )
+            try:
+                return self._stub.EvaluatePacked(
+                    _packed_chunks(header, inputs), timeout=self.timeout_s
+                )
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc, "HE.EvaluatePacked") from None
+
+        t1 = time.perf_counter()
+        reply = self._retrying(call, stats)
+        stats["evaluate_s"] += time.perf_counter() - t1
+        if reply.batch_size != n or reply.layout != PACKED_LAYOUT:
+            raise PeerMisbehaved(
+                f"node answered a {reply.layout!r} batch of {reply.batch_size}, sent {n}"
+            )
+        t2 = time.perf_counter()
+        try:
+            logits = decrypt_packed(self._context, list(reply.outputs), n, len(info.labels))
+        except InvalidCiphertext as exc:
+            raise PeerMisbehaved(f"node output: {exc}") from None
+        stats["decrypt_s"] += time.perf_counter() - t2
+        stats["compute_s"] += reply.compute_s
+        stats["sent"] += total
+        stats["received"] += sum(len(o) for o in reply.outputs)
+        stats["node_id"], stats["digest"] = reply.node_id, reply.head_digest
+        return logits
+
+    def _evaluate_vectors(
+        self, info: he_pb2.HeadInfo, features: np.ndarray, stats: dict[str, Any]
+    ) -> np.ndarray:
         assert self._context is not None  # noqa: S101 - set by open()
         t0 = time.perf_counter()
         inputs = encrypt(self._context, features)
-        stats: dict[str, Any] = {"encrypt_s": time.perf_counter() - t0, "evaluate_s": 0.0}
-        stats.update(compute_s=0.0, decrypt_s=0.0, sent=0, received=0, node_id="", digest="")
+        stats["encrypt_s"] += time.perf_counter() - t0
         # Calls with a matmul layer take seconds per example: keep each call well inside the
         # deadline; dot-only heads take tens of ms per example.
         limit = 32 if "matmul" not in info.strategies else 4
@@ -184,12 +308,7 @@ class HESession:
         for start in range(0, len(inputs), per_call):
             batch = inputs[start : start + per_call]
             t1 = time.perf_counter()
-            try:
-                reply = self._evaluate_call(info.name, batch)
-            except SessionMismatch:  # the node expired or lost the session: upload once more
-                self.session_id = ""
-                stats["context_resent"] = stats.get("context_resent", 0) + self.open()
-                reply = self._evaluate_call(info.name, batch)
+            reply = self._retrying(lambda b=batch: self._evaluate_call(info.name, b), stats)
             stats["evaluate_s"] += time.perf_counter() - t1
             if len(reply.outputs) != len(batch):
                 raise PeerMisbehaved(f"node answered {len(reply.outputs)} of {len(batch)} inputs")
@@ -204,7 +323,7 @@ class HESession:
             stats["sent"] += sum(len(x) for x in batch)
             stats["received"] += sum(len(c) for o in reply.outputs for c in o.ciphertexts)
             stats["node_id"], stats["digest"] = reply.node_id, reply.head_digest
-        return np.stack(logits), stats
+        return np.stack(logits)
 
     def close(self) -> None:
         """Drop the node's copy of the context (best effort) and forget the secret key."""
@@ -253,15 +372,16 @@ def classify_he(
     *,
     session: HESession | None = None,
     channel_label: str = "mTLS (mesh CA)",
+    layout: str = "auto",
 ) -> HEClassifyResult:
     """Classify `inputs` with an HE head served by the node behind `channel`.
 
     Pass a long-lived `session` to reuse keys and the uploaded context across calls; without
     one, a session is opened and closed for this call. `channel_label` describes the channel
-    for the privacy statement.
+    for the privacy statement. `layout` applies to a session made here (see `HESession`).
     """
     own = session is None
-    sess = session or HESession(channel)
+    sess = session or HESession(channel, layout=layout)
     t0 = time.perf_counter()
     try:
         info = sess.head(head)  # depth refusal happens here, before keys or bytes go out
@@ -296,13 +416,15 @@ def classify_he(
             "inputs": stats["sent"],
         },
         bytes_received={"outputs": stats["received"]},
+        layouts=dict(stats["layouts"]),
         privacy=Privacy(
             mode="he",
             channel=channel_label,
             client_keeps="inputs, features, logits, predictions and the CKKS secret key",
             node_views=(
-                f"node {stats['node_id'][:8]} saw CKKS ciphertexts of {len(predictions)} "
-                f"feature vectors and of their logits, and the public evaluation keys",
+                f"node {stats['node_id'][:8]} saw CKKS ciphertexts of the features of "
+                f"{len(predictions)} examples ({', '.join(stats['layouts'])}) and of their "
+                f"logits, and the public evaluation keys",
             ),
             caveats=(
                 "the head's weights are the node's and in plaintext on it",

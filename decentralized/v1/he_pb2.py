@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x65\x63\x65ntralized/v1/he.proto\x12\x10\x64\x65\x63\x65ntralized.v1\"\x12\n\x10ListHeadsRequest\"\x92\x01\n\x08HeadInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ninput_kind\x18\x02 \x01(\t\x12\x11\n\tinput_dim\x18\x03 \x01(\r\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12\r\n\x05\x64\x65pth\x18\x06 \x01(\r\x12\x12\n\nstrategies\x18\x07 \x03(\t\x12\x0e\n\x06\x64igest\x18\x08 \x01(\t\"\xbc\x01\n\x0eListHeadsReply\x12)\n\x05heads\x18\x01 \x03(\x0b\x32\x1a.decentralized.v1.HeadInfo\x12\x13\n\x0bparams_name\x18\x02 \x01(\t\x12\x1a\n\x12params_description\x18\x03 \x01(\t\x12\x19\n\x11max_context_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13max_inputs_per_call\x18\x05 \x01(\r\x12\x16\n\x0esession_idle_s\x18\x06 \x01(\x01\"F\n\x0c\x43ontextChunk\x12\x13\n\x0bparams_name\x18\x01 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"T\n\x10OpenSessionReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\ridle_expiry_s\x18\x02 \x01(\x01\x12\x15\n\rcontext_bytes\x18\x03 \x01(\x04\"C\n\x0f\x45valuateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\x0c\"&\n\x0f\x45ncryptedOutput\x12\x13\n\x0b\x63iphertexts\x18\x01 \x03(\x0c\"|\n\rEvaluateReply\x12\x32\n\x07outputs\x18\x01 \x03(\x0b\x32!.decentralized.v1.EncryptedOutput\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x13\n\x0bhead_digest\x18\x04 \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"$\n\x11\x43loseSessionReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x32\xd8\x02\n\x02HE\x12Q\n\tListHeads\x12\".decentralized.v1.ListHeadsRequest\x1a .decentralized.v1.ListHeadsReply\x12S\n\x0bOpenSession\x12\x1e.decentralized.v1.ContextChunk\x1a\".decentralized.v1.OpenSessionReply(\x01\x12N\n\x08\x45valuate\x12!.decentralized.v1.EvaluateRequest\x1a\x1f.decentralized.v1.EvaluateReply\x12Z\n\x0c\x43loseSession\x12%.decentralized.v1.CloseSessionRequest\x1a#.decentralized.v1.CloseSessionReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x65\x63\x65ntralized/v1/he.proto\x12\x10\x64\x65\x63\x65ntralized.v1\"\x12\n\x10ListHeadsRequest\"\xac\x01\n\x08HeadInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ninput_kind\x18\x02 \x01(\t\x12\x11\n\tinput_dim\x18\x03 \x01(\r\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12\r\n\x05\x64\x65pth\x18\x06 \x01(\r\x12\x12\n\nstrategies\x18\x07 \x03(\t\x12\x0e\n\x06\x64igest\x18\x08 \x01(\t\x12\x18\n\x10packed_min_batch\x18\t \x01(\r\"\x82\x02\n\x0eListHeadsReply\x12)\n\x05heads\x18\x01 \x03(\x0b\x32\x1a.decentralized.v1.HeadInfo\x12\x13\n\x0bparams_name\x18\x02 \x01(\t\x12\x1a\n\x12params_description\x18\x03 \x01(\t\x12\x19\n\x11max_context_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13max_inputs_per_call\x18\x05 \x01(\r\x12\x16\n\x0esession_idle_s\x18\x06 \x01(\x01\x12\x0f\n\x07layouts\x18\x07 \x03(\t\x12\x1a\n\x12max_batch_examples\x18\x08 \x01(\r\x12\x17\n\x0fmax_batch_bytes\x18\t \x01(\x04\"F\n\x0c\x43ontextChunk\x12\x13\n\x0bparams_name\x18\x01 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"T\n\x10OpenSessionReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\ridle_expiry_s\x18\x02 \x01(\x01\x12\x15\n\rcontext_bytes\x18\x03 \x01(\x04\"C\n\x0f\x45valuateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\x0c\"&\n\x0f\x45ncryptedOutput\x12\x13\n\x0b\x63iphertexts\x18\x01 \x03(\x0c\"|\n\rEvaluateReply\x12\x32\n\x07outputs\x18\x01 \x03(\x0b\x32!.decentralized.v1.EncryptedOutput\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x13\n\x0bhead_digest\x18\x04 \x01(\t\"\x80\x01\n\x0cPackedHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x0e\n\x06layout\x18\x03 \x01(\t\x12\x12\n\nbatch_size\x18\x04 \x01(\r\x12\x15\n\rn_ciphertexts\x18\x05 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\"R\n\x0bPackedChunk\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1e.decentralized.v1.PackedHeader\x12\x13\n\x0b\x63iphertexts\x18\x02 \x03(\x0c\"{\n\x0bPackedReply\x12\x0e\n\x06layout\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x0f\n\x07outputs\x18\x03 \x03(\x0c\x12\x11\n\tcompute_s\x18\x04 \x01(\x01\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x13\n\x0bhead_digest\x18\x06 \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"$\n\x11\x43loseSessionReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x32\xaa\x03\n\x02HE\x12Q\n\tListHeads\x12\".decentralized.v1.ListHeadsRequest\x1a .decentralized.v1.ListHeadsReply\x12S\n\x0bOpenSession\x12\x1e.decentralized.v1.ContextChunk\x1a\".decentralized.v1.OpenSessionReply(\x01\x12N\n\x08\x45valuate\x12!.decentralized.v1.EvaluateRequest\x1a\x1f.decentralized.v1.EvaluateReply\x12P\n\x0e\x45valuatePacked\x12\x1d.decentralized.v1.PackedChunk\x1a\x1d.decentralized.v1.PackedReply(\x01\x12Z\n\x0c\x43loseSession\x12%.decentralized.v1.CloseSessionRequest\x1a#.decentralized.v1.CloseSessionReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTHEADSREQUEST']._serialized_start=47
   _globals['_LISTHEADSREQUEST']._serialized_end=65
   _globals['_HEADINFO']._serialized_start=68
-  _globals['_HEADINFO']._serialized_end=214
-  _globals['_LISTHEADSREPLY']._serialized_start=217
-  _globals['_LISTHEADSREPLY']._serialized_end=405
-  _globals['_CONTEXTCHUNK']._serialized_start=407
-  _globals['_CONTEXTCHUNK']._serialized_end=477
-  _globals['_OPENSESSIONREPLY']._serialized_start=479
-  _globals['_OPENSESSIONREPLY']._serialized_end=563
-  _globals['_EVALUATEREQUEST']._serialized_start=565
-  _globals['_EVALUATEREQUEST']._serialized_end=632
-  _globals['_ENCRYPTEDOUTPUT']._serialized_start=634
-  _globals['_ENCRYPTEDOUTPUT']._serialized_end=672
-  _globals['_EVALUATEREPLY']._serialized_start=674
-  _globals['_EVALUATEREPLY']._serialized_end=798
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=800
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=841
-  _globals['_CLOSESESSIONREPLY']._serialized_start=843
-  _globals['_CLOSESESSIONREPLY']._serialized_end=879
-  _globals['_HE']._serialized_start=882
-  _globals['_HE']._serialized_end=1226
+  _globals['_HEADINFO']._serialized_end=240
+  _globals['_LISTHEADSREPLY']._serialized_start=243
+  _globals['_LISTHEADSREPLY']._serialized_end=501
+  _globals['_CONTEXTCHUNK']._serialized_start=503
+  _globals['_CONTEXTCHUNK']._serialized_end=573
+  _globals['_OPENSESSIONREPLY']._serialized_start=575
+  _globals['_OPENSESSIONREPLY']._serialized_end=659
+  _globals['_EVALUATEREQUEST']._serialized_start=661
+  _globals['_EVALUATEREQUEST']._serialized_end=728
+  _globals['_ENCRYPTEDOUTPUT']._serialized_start=730
+  _globals['_ENCRYPTEDOUTPUT']._serialized_end=768
+  _globals['_EVALUATEREPLY']._serialized_start=770
+  _globals['_EVALUATEREPLY']._serialized_end=894
+  _globals['_PACKEDHEADER']._serialized_start=897
+  _globals['_PACKEDHEADER']._serialized_end=1025
+  _globals['_PACKEDCHUNK']._serialized_start=1027
+  _globals['_PACKEDCHUNK']._serialized_end=1109
+  _globals['_PACKEDREPLY']._serialized_start=1111
+  _globals['_PACKEDREPLY']._serialized_end=1234
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1236
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1277
+  _globals['_CLOSESESSIONREPLY']._serialized_start=1279
+  _globals['_CLOSESESSIONREPLY']._serialized_end=1315
+  _globals['_HE']._serialized_start=1318
+  _globals['_HE']._serialized_end=1744
 # @@protoc_insertion_point(module_scope)

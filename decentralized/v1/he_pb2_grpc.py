@@ -50,6 +50,11 @@ class HEStub:
                 request_serializer=decentralized_dot_v1_dot_he__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=decentralized_dot_v1_dot_he__pb2.EvaluateReply.FromString,
                 _registered_method=True)
+        self.EvaluatePacked = channel.stream_unary(
+                '/decentralized.v1.HE/EvaluatePacked',
+                request_serializer=decentralized_dot_v1_dot_he__pb2.PackedChunk.SerializeToString,
+                response_deserializer=decentralized_dot_v1_dot_he__pb2.PackedReply.FromString,
+                _registered_method=True)
         self.CloseSession = channel.unary_unary(
                 '/decentralized.v1.HE/CloseSession',
                 request_serializer=decentralized_dot_v1_dot_he__pb2.CloseSessionRequest.SerializeToString,
@@ -87,6 +92,17 @@ class HEServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluatePacked(self, request_iterator, context):
+        """Evaluate a head on a packed batch (client streaming: it is hundreds of MB for MNIST). The
+        first chunk carries the header; the node checks it before reading further, and checks
+        every ciphertext before evaluating any. Errors as Evaluate, plus INVALID_ARGUMENT (unknown
+        layout, wrong ciphertext count or value count, stream shorter or longer than announced)
+        and RESOURCE_EXHAUSTED (more examples than slots, more bytes than the node accepts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CloseSession(self, request, context):
         """Drop a session's context.
         """
@@ -111,6 +127,11 @@ def add_HEServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=decentralized_dot_v1_dot_he__pb2.EvaluateRequest.FromString,
                     response_serializer=decentralized_dot_v1_dot_he__pb2.EvaluateReply.SerializeToString,
+            ),
+            'EvaluatePacked': grpc.stream_unary_rpc_method_handler(
+                    servicer.EvaluatePacked,
+                    request_deserializer=decentralized_dot_v1_dot_he__pb2.PackedChunk.FromString,
+                    response_serializer=decentralized_dot_v1_dot_he__pb2.PackedReply.SerializeToString,
             ),
             'CloseSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseSession,
@@ -200,6 +221,33 @@ class HE:
             '/decentralized.v1.HE/Evaluate',
             decentralized_dot_v1_dot_he__pb2.EvaluateRequest.SerializeToString,
             decentralized_dot_v1_dot_he__pb2.EvaluateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluatePacked(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/decentralized.v1.HE/EvaluatePacked',
+            decentralized_dot_v1_dot_he__pb2.PackedChunk.SerializeToString,
+            decentralized_dot_v1_dot_he__pb2.PackedReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -213,6 +213,42 @@ def list_heads(directory: Path) -> list[str]:
     )
 
 
+# Relative costs for choosing a layout, in units of one ciphertext-by-constant multiply-add at
+# the fresh level (~0.3 ms on the dev machine). Measured (docs/he.md, "Layouts"): a fresh
+# ciphertext encrypted, sent and loaded ~30 units (~9 ms); one input element of TenSEAL's
+# `matmul` ~50 (15.8 ms: rotation, encoding and product); one rotation of a `dot` ~15 (4.7 ms);
+# a ciphertext square with relinearization and rescaling ~15 (~5 ms).
+_COST_CIPHERTEXT_IN, _COST_MATMUL_ELEMENT, _COST_ROTATION, _COST_SQUARE = 30, 50, 15, 15
+
+
+def packed_min_batch(head: Head, params: CKKSParams) -> int:
+    """Smallest batch for which the feature-major packed layout (`engine.evaluate_packed`) is
+    estimated cheaper than one ciphertext per example (`engine.evaluate` with `plan`).
+
+    Per example, the vector layout costs one input ciphertext plus the plan's rotations; per
+    batch (up to `params.slots` examples), the packed layout costs `input_dim` input
+    ciphertexts, `n_in * n_out` multiply-adds per linear layer and one square per unit, with no
+    rotation. MNIST's MLP: 4 (measured break-even 3-4); the sentiment head: 41 (measured ~39).
+    """
+    per_example = _COST_CIPHERTEXT_IN
+    per_batch = head.input_dim * _COST_CIPHERTEXT_IN
+    plans = {p.index: p for p in plan(head, params)}
+    for i, layer in enumerate(head.layers):
+        if isinstance(layer, Linear):
+            p = plans[i]
+            per_example += (
+                p.cost_matmul * _COST_MATMUL_ELEMENT
+                if p.strategy == "matmul"
+                else p.cost_dot * _COST_ROTATION
+            )
+            per_batch += layer.n_in * layer.n_out
+        else:
+            width = next(x.n_in for x in head.layers[i:] if isinstance(x, Linear))
+            per_example += _COST_SQUARE
+            per_batch += width * _COST_SQUARE
+    return min(params.slots, max(1, math.ceil(per_batch / per_example)))
+
+
 def plan(head: Head, params: CKKSParams) -> tuple[LayerPlan, ...]:
     """Choose `matmul` or one `dot` per output column for each linear layer, by cost.
 

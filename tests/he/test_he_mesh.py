@@ -1,4 +1,5 @@
-"""The HE mode through a real node process over mTLS: classification, sessions, gRPC errors."""
+"""The HE mode through a real node process over mTLS: classification (one ciphertext per
+example and feature-major packed batches), sessions, gRPC errors."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import tenseal as ts
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from decentralized.errors import UnknownModel
+from decentralized.errors import InvalidRequest, UnknownModel
 from decentralized.transport import Credentials, sync_channel
 from decentralized.v1 import he_pb2, he_pb2_grpc
 from mpc.he.data import mnist_split
-from mpc.he.engine import encrypt
+from mpc.he.engine import PACKED_LAYOUT, VECTOR_LAYOUT, encrypt, encrypt_packed
 from mpc.he.errors import DepthExceeded
 from mpc.he.head import Head, Linear, Square, load_head
 from mpc.he.params import DEFAULT_PARAMS, CKKSParams
@@ -133,7 +134,7 @@ def test_a_session_streams_the_context_once_and_is_gone_once_closed(
 
 
 def test_heads_list_states_depth_and_strategy_and_skips_unservable(
-    he_mesh: LocalMesh, session: HESession
+    he_mesh: LocalMesh, channel: grpc.Channel, session: HESession
 ) -> None:
     node = he_mesh.nodes["he-node"]
     ca, key, cert = he_mesh.client_tls().read()  # type: ignore[union-attr]
@@ -144,8 +145,36 @@ def test_heads_list_states_depth_and_strategy_and_skips_unservable(
     heads = session.heads()
     assert set(heads) == {MNIST, LINEAR}  # "too-deep" is not served
     assert list(heads[MNIST].strategies) == ["matmul", "dot"] and heads[MNIST].depth == 3
+    assert heads[MNIST].packed_min_batch == 4 and heads[LINEAR].packed_min_batch == 21
+    reply = he_pb2_grpc.HEStub(channel).ListHeads(he_pb2.ListHeadsRequest(), timeout=10)
+    assert list(reply.layouts) == [PACKED_LAYOUT] and reply.max_batch_examples == 4096
     with pytest.raises(UnknownModel, match="too-deep"):
         session.head("too-deep")
+
+
+@pytest.fixture(scope="module")
+def many_images() -> np.ndarray:
+    """4,099 pixel rows: the 1,000 test images, tiled (one full packed batch and 3 more)."""
+    x = np.round(mnist_split(0).x_test * 255.0)
+    return np.tile(x, (5, 1))[:4099]
+
+
+def test_a_large_batch_goes_packed_then_per_example_in_input_order(
+    he_mesh: LocalMesh, channel: grpc.Channel, session: HESession, many_images: np.ndarray
+) -> None:
+    """4,099 examples: one feature-major batch of 4,096 (the slots of a ciphertext) and the 3
+    left over one ciphertext each (below the head's packed_min_batch of 21)."""
+    res = classify_he(channel, LINEAR, many_images, session=session)
+    head = load_head(he_mesh.heads_dir, LINEAR)  # type: ignore[attr-defined]
+    want = head.forward(many_images / 255.0)
+    assert res.layouts == {PACKED_LAYOUT: 4096, VECTOR_LAYOUT: 3}
+    np.testing.assert_allclose(res.logits, want, atol=1e-3)
+    np.testing.assert_allclose(res.logits[:4096], want[:4096], atol=1e-4)  # packed: no rotations
+    assert res.predictions.tolist() == want.argmax(1).tolist()
+    # 784 ciphertexts for 4,096 examples, 3 for the rest; 10 back for the batch, 10 per rest.
+    assert 784 * 300_000 < res.bytes_sent["inputs"] < 787 * 450_000
+    assert res.bytes_sent["inputs"] / len(many_images) < 80_000
+    assert "feature-major/1" in res.privacy.node_views[0]
 
 
 def test_client_refuses_a_head_deeper_than_its_parameters_before_sending(
@@ -215,9 +244,81 @@ def test_grpc_errors_and_the_node_keeps_serving(channel: grpc.Channel, session: 
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_sdk_client_classify_he_reuses_its_session(he_mesh: LocalMesh, images: np.ndarray) -> None:
-    """`Client.classify(head, inputs, privacy="he")`: the node is found through the mesh, and
-    the second call reuses the keys and the uploaded context."""
+def _packed(
+    session: HESession, head: str, batch: int, inputs: list[bytes], **header: object
+) -> Iterator[he_pb2.PackedChunk]:
+    fields = {
+        "session_id": session.session_id,
+        "head": head,
+        "layout": PACKED_LAYOUT,
+        "batch_size": batch,
+        "n_ciphertexts": len(inputs),
+        "total_bytes": sum(len(x) for x in inputs),
+    } | header
+    yield he_pb2.PackedChunk(header=he_pb2.PackedHeader(**fields), ciphertexts=inputs[:8])
+    for start in range(8, len(inputs), 8):
+        yield he_pb2.PackedChunk(ciphertexts=inputs[start : start + 8])
+
+
+def test_packed_grpc_errors_and_the_node_keeps_serving(
+    channel: grpc.Channel, session: HESession
+) -> None:
+    stub = he_pb2_grpc.HEStub(channel)
+    bare = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[50, 35, 35, 35, 50])
+    bare.global_scale = 2.0**DEFAULT_PARAMS.scale_bits  # no Galois keys: cheap to make
+    few = encrypt_packed(bare, np.zeros((7, 2)))  # 2 ciphertexts of 7 examples
+    junk = [b"x"] * 784
+    s = session
+    cases = [
+        (_packed(s, "gpt-9", 7, junk), grpc.StatusCode.NOT_FOUND, "unknown HE head"),
+        (
+            _packed(s, LINEAR, 7, junk, session_id="x" * 32),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "unknown or expired",
+        ),
+        (
+            _packed(s, LINEAR, 7, junk, layout="feature-major/9"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not served",
+        ),
+        (_packed(s, LINEAR, 7, few), grpc.StatusCode.INVALID_ARGUMENT, "takes 784 features"),
+        (_packed(s, LINEAR, 4097, junk), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 4096"),
+        (_packed(s, LINEAR, 0, junk), grpc.StatusCode.INVALID_ARGUMENT, "0 examples"),
+        (
+            _packed(s, LINEAR, 7, junk, total_bytes=1 << 40),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "exceeds",
+        ),
+        (
+            _packed(s, LINEAR, 7, few, n_ciphertexts=784, total_bytes=10**9),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ended after 2 of 784",
+        ),
+        (_packed(s, LINEAR, 7, junk), grpc.StatusCode.INVALID_ARGUMENT, "does not deserialize"),
+        (
+            iter([he_pb2.PackedChunk(ciphertexts=junk[:1])]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "no header",
+        ),
+    ]
+    for chunks, code, message in cases:
+        got, details = _code(stub.EvaluatePacked, chunks)
+        assert got == code and message in details, (got, details)
+    health = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="decentralized.v1.HE"), timeout=5
+    )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(InvalidRequest, match=r"takes \(batch, 784\) features, got \(7, 100\)"):
+        session.evaluate(session.head(LINEAR), np.zeros((7, 100)))
+    with pytest.raises(InvalidRequest, match=r"expected \(batch, 784\) pixels"):
+        classify_he(channel, LINEAR, np.zeros((33, 100)), session=session)
+
+
+def test_sdk_client_classify_he_reuses_its_session(
+    he_mesh: LocalMesh, images: np.ndarray, many_images: np.ndarray
+) -> None:
+    """`Client.classify(head, inputs, privacy="he")`: the node is found through the mesh, the
+    second call reuses the keys and the uploaded context, and a batch of 33 goes packed."""
     from secure_infer import Client, InvalidRequest
 
     head = load_head(he_mesh.heads_dir, LINEAR)  # type: ignore[attr-defined]
@@ -225,8 +326,11 @@ def test_sdk_client_classify_he_reuses_its_session(he_mesh: LocalMesh, images: n
     with Client(he_mesh.seeds, tls=he_mesh.client_tls()) as client:
         first = client.classify(LINEAR, images[:2], privacy="he")
         second = client.classify(LINEAR, images[2:], privacy="he")
+        batch = client.classify(LINEAR, many_images[:33], privacy="he")
         with pytest.raises(InvalidRequest, match="privacy"):
             client.classify(LINEAR, images[:1], privacy="split")
     assert first.predictions.tolist() + second.predictions.tolist() == want
     assert first.bytes_sent["context"] > 1_000_000 and second.bytes_sent["context"] == 0
-    assert first.privacy.mode == "he"
+    assert first.privacy.mode == "he" and first.layouts == {VECTOR_LAYOUT: 2}
+    assert batch.layouts == {PACKED_LAYOUT: 33} and batch.bytes_sent["context"] == 0
+    np.testing.assert_allclose(batch.logits, head.forward(many_images[:33] / 255.0), atol=1e-4)
