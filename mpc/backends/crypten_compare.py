@@ -3,37 +3,45 @@
 Why: CrypTen computes every comparison (`_ltz`: ReLU, GeLU's pieces, softmax's max and exp
 threshold) by converting the arithmetic shares to binary shares with a 64-bit carry-lookahead
 adder (A2B, one AND of 64-bit words per level plus the generate word, each AND opening two
-words per party) and converting the sign bit back (B2A). That is about 200 bytes per party and
-element online plus the dealer's triples; at 128 tokens those comparisons were 4.9 of 5.5 GB of
-a MiniLM forward.
+words per party) and converting the sign bit back (B2A): about 560 bytes per element by
+CrypTen's own counter (party 0, dealer traffic included). At 128 tokens the comparisons of a
+MiniLM forward (softmax's row max alone is ~11.7 M of them) were most of its bytes.
 
 The protocol (masked opening plus a public-versus-shared "BitLT", as in the comparison
-protocols of Damgard et al. and Nishide-Ohta, with the mask and all AND triples dealt):
+protocols of Damgard et al. and Nishide-Ohta, with the mask and all AND triples dealt), for
+K = `COMPARE_BITS` (40):
 
     Dealer (the TTP, trusted, sees no data): draws a uniform r in Z_2^64 and deals additive
-    shares of r and XOR shares of the bits r_0 .. r_62, packed 64 elements to a word.
+    shares of r and XOR shares of the bits r_0 .. r_K, packed 64 elements to a word.
 
-    Parties, holding additive shares of x with |x| < 2^62 (ring units):
-      1. x' = x + 2^62, so 0 <= x' < 2^63 and x < 0 exactly when bit 62 of x' is 0.
-      2. z = x' + r mod 2^64 is opened (uniform whatever x is: perfect hiding).
-      3. x' = (z - r) mod 2^63, so by the schoolbook subtraction of the low 63 bits
-             bit62(x') = z_62 xor r_62 xor [z mod 2^62 < r mod 2^62],
-         and [x < 0] = 1 xor bit62(x').
-      4. [c < s] for the public c = z mod 2^62 and the XOR-shared s = r mod 2^62 is a prefix
-         tree over the 62 bit positions: leaves lt_i = s_i and not c_i, eq_i = not (s_i xor c_i)
+    Parties, holding additive shares of x with |x| < 2^K (ring units):
+      1. x' = x + 2^K, so 0 <= x' < 2^(K+1) and x < 0 exactly when bit K of x' is 0.
+      2. z = x' + r mod 2^(K+1) is opened: each party sends its share of it, K+1 bits, packed as
+         bit planes. z is uniform whatever x is (r mod 2^(K+1) is uniform): perfect hiding.
+      3. x' = (z - r) mod 2^(K+1), so by the schoolbook subtraction
+             bit_K(x') = z_K xor r_K xor [z mod 2^K < r mod 2^K],
+         and [x < 0] = 1 xor bit_K(x').
+      4. [c < s] for the public c = z mod 2^K and the XOR-shared s = r mod 2^K is a prefix tree
+         over the K bit positions: leaves lt_i = s_i and not c_i, eq_i = not (s_i xor c_i)
          (local: c is public); a node of a higher block H and a lower block L is
          lt = lt_H xor (eq_H and lt_L), eq = eq_H and eq_L (the two terms of the OR are
-         exclusive, so OR is XOR). 6 levels, 121 ANDs, each a dealt Beaver triple over GF(2)
-         whose opening costs 2 bits per party; all bit planes are packed 64 elements a word.
+         exclusive, so OR is XOR). ceil(log2 K) levels and 2K - 3 ANDs (K = 40: 6 levels, 77
+         ANDs), each a dealt Beaver triple over GF(2) whose opening costs 2 bits per party;
+         all bit planes are packed 64 elements a word.
       5. The XOR-shared result bit becomes an additive 0/1 share with a dealt random bit given
          both ways (CrypTen's B2A pair): open c = b xor rB (1 bit, packed), then
          [b] = c + [rB] - 2 c [rB].
 
-Exact for every |x| < 2^62 (values below 2^46 at 16 fractional bits): no probabilistic error.
-Cost per element and party, online: 8 bytes (z) + 121 * 2 bits + 1 bit = about 38.4 bytes in
-8 rounds (CrypTen's A2B + B2A: about 200 bytes per party). From the dealer to party 0: the
-packed mask bits and AND triples (about 24 bytes) and the B2A pair's arithmetic share (8 bytes);
-party 1 draws its shares from the generator it shares with the dealer.
+Domain: exact for every |x| < 2^K ring units, i.e. |v| < 2^24 (16.7 million) at CrypTen's 16
+fractional bits, with no probabilistic error. Outside it the sign is wrong: every comparison
+in the secure models compares activations, scores or their differences, orders of magnitude
+inside the domain (the largest, SmolLM2's first-token activations, stay below 2^13).
+
+Cost per element and party, online: (K+1) bits (z) + (2K - 3) * 2 bits + 1 bit = 24.5 bytes at
+K = 40, in 8 rounds. From the dealer to party 0: the packed mask bits and the AND triples' c
+shares (about 15 bytes) and the B2A pair's arithmetic share (8 bytes); party 1 draws its shares
+from the generator it shares with the dealer. `tests/mpc/test_compare.py` measures it against
+CrypTen's A2B comparison with CrypTen's own counter.
 
 Trust: the dealer knows r and every triple: a dealer colluding with a party learns x. This is
 the trust CrypTen's TTP already requires (stated in every secure model's threat model).
@@ -49,8 +57,7 @@ from typing import Any
 
 import torch
 
-SHIFT_BITS = 62  # |x| < 2^62 in ring units; the comparison reads bit 62 of x + 2^62
-LOW_BITS = 62  # bits of z and r compared by the prefix tree
+COMPARE_BITS = 40  # K: exact for |x| < 2^K ring units (2^24 at 16 fractional bits)
 DEALER_FUNCTION = "cmp_mask"
 _MARK = "_secure_infer_dealer_compare"
 _ONES = -1  # all 64 bits set (int64)
@@ -89,18 +96,18 @@ def bit_planes(values: torch.Tensor, count: int) -> torch.Tensor:
 
 # -- the dealer's side ---------------------------------------------------------------------------
 def _server_cmp_mask(self: Any, n: int) -> torch.Tensor:
-    """Dealer: party 0's XOR shares of the packed bit planes 0 .. 62 of r (shape (63, w)).
+    """Dealer: party 0's XOR shares of the packed bit planes 0 .. K of r (shape (K + 1, w)).
 
     r is the sum of every party's generator draw of n ring elements (their additive shares);
     the other parties then draw their plane shares from the same generators.
     """
     r = self._get_additive_PRSS((n,))
-    planes = bit_planes(r, LOW_BITS + 1)
+    planes = bit_planes(r, COMPARE_BITS + 1)
     return planes ^ self._get_binary_PRSS(planes.shape, remove_rank=True)
 
 
 def _mask(crypten: ModuleType, n: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """This party's (additive share of r (n,), XOR shares of r's bit planes (63, w))."""
+    """This party's (additive share of r (n,), XOR shares of r's bit planes (K + 1, w))."""
     ttp = crypten.mpc.provider.ttp_provider
     client = ttp.TTPClient.get()
     generator = client.get_generator(device=device)
@@ -108,7 +115,7 @@ def _mask(crypten: ModuleType, n: int, device: Any) -> tuple[torch.Tensor, torch
     if crypten.communicator.get().get_rank() == 0:
         return r, client.ttp_request(DEALER_FUNCTION, device, n)
     planes = ttp.generate_kbit_random_tensor(
-        (LOW_BITS + 1, (n + 63) // 64), generator=generator, device=device
+        (COMPARE_BITS + 1, (n + 63) // 64), generator=generator, device=device
     )
     return r, planes
 
@@ -181,17 +188,28 @@ def less_than_zero_shares(crypten: ModuleType, share: torch.Tensor) -> torch.Ten
     n = flat.numel()
     if n == 0:
         return torch.zeros_like(share)
+    k = COMPARE_BITS
     r, r_planes = _mask(crypten, n, share.device)
     masked = flat + r
     if rank == 0:
-        masked = masked + (1 << SHIFT_BITS)
-    z = comm.all_reduce(masked)  # x + 2^62 + r: uniform, reveals nothing about x
-    z_planes = bit_planes(z, LOW_BITS + 1)
-    borrow = _public_less_than_shared(crypten, z_planes[:LOW_BITS], r_planes[:LOW_BITS], rank)
-    negative = borrow ^ r_planes[LOW_BITS]  # r_62 xor [c < s], each party's share
+        masked = masked + (1 << k)
+    # Open z = x + 2^K + r mod 2^(K+1): each party sends its share's low K+1 bits, packed.
+    mine = bit_planes(masked, k + 1)
+    z = sum(_from_planes(p, n) for p in comm.all_gather(mine)) & ((1 << (k + 1)) - 1)
+    z_planes = bit_planes(z, k + 1)
+    borrow = _public_less_than_shared(crypten, z_planes[:k], r_planes[:k], rank)
+    negative = borrow ^ r_planes[k]  # r_K xor [c < s], each party's share
     if rank == 0:
-        negative = negative ^ z_planes[LOW_BITS] ^ _ONES  # xor z_62 xor 1 (public)
+        negative = negative ^ z_planes[k] ^ _ONES  # xor z_K xor 1 (public)
     return _bit_to_arithmetic(crypten, negative, n).reshape(shape)
+
+
+def _from_planes(planes: torch.Tensor, n: int) -> torch.Tensor:
+    """(count, w) packed bit planes -> (n,) int64 values sum_i bit_i * 2^i."""
+    bits = unpack(planes, n)
+    weights = torch.ones(planes.shape[0], dtype=torch.long, device=planes.device)
+    weights = weights << torch.arange(planes.shape[0], dtype=torch.long, device=planes.device)
+    return (bits * weights.unsqueeze(1)).sum(0)
 
 
 def dealer_comparison_active(crypten: ModuleType) -> bool:

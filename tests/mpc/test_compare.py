@@ -1,6 +1,6 @@
 """Dealer-assisted two-party comparison (`mpc.backends.crypten_compare`): exact signs at every
-magnitude below 2^62, far fewer bytes than CrypTen's A2B comparison, and the same results
-through CrypTen's own entry points (lt, relu, sign)."""
+magnitude below 2^40 (its domain), far fewer bytes than CrypTen's A2B comparison, and the same
+results through CrypTen's own entry points (lt, relu, sign)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mpc.backends import crypten as backend
-from mpc.backends.crypten_compare import bit_planes, pack, unpack
+from mpc.backends.crypten_compare import COMPARE_BITS, bit_planes, pack, unpack
 from mpc.launch import run_parties
 
 pytestmark = pytest.mark.multiparty
@@ -18,12 +18,14 @@ ELEMENTS = 100_000
 
 
 def _values(seed: int, count: int, max_bits: int) -> torch.Tensor:
+    """Signed values, magnitudes log-uniform below 2^max_bits, plus the domain's edges."""
     rng = np.random.default_rng(seed)
     bits = rng.integers(0, max_bits, size=count)
     mantissa = rng.integers(0, 2**62, size=count, dtype=np.int64) >> (62 - bits)
     signs = rng.choice(np.array([-1, 1], dtype=np.int64), size=count)
     out = mantissa * signs
-    out[:6] = [0, -1, 1, -(2**62) + 1, 2**62 - 1, -(2**61)]  # the edges of the domain
+    top = 2**max_bits
+    out[:6] = [0, -1, 1, -top + 1, top - 1, -(top // 2)]
     return torch.from_numpy(out)
 
 
@@ -32,7 +34,7 @@ def test_packing_round_trips() -> None:
     words = pack(bits)
     assert words.shape == (3, 3)
     assert torch.equal(unpack(words, 130), bits)
-    v = torch.tensor([5, -1, 2**62 + 3])
+    v = torch.tensor([5, -1, 2**62 + 3])  # planes of any int64
     planes = bit_planes(v, 63)
     assert torch.equal(unpack(planes, 3)[:, 0], (torch.tensor(5) >> torch.arange(63)) & 1)
     assert torch.equal(unpack(planes, 3)[:, 1], torch.ones(63, dtype=torch.long))
@@ -44,7 +46,7 @@ def _compare(rank: int, count: int) -> dict[str, object]:
 
     out: dict[str, object] = {"active": crypten_compare.dealer_comparison_active(crypten)}
     crypten.cfg.communicator.verbose = True  # count bytes on the gloo communicator too
-    values = _values(11, count, 62)
+    values = _values(11, count, COMPARE_BITS)
     x = crypten.cryptensor(torch.zeros(count), src=0)
     x._tensor.share = crypten.mpc.primitives.arithmetic.ArithmeticSharedTensor(
         values, precision=0, src=0
@@ -84,8 +86,8 @@ def run() -> dict[str, object]:
     return results[0]
 
 
-def test_every_sign_is_exact_up_to_2_62(run: dict[str, object]) -> None:
-    values = _values(11, ELEMENTS, 62)
+def test_every_sign_is_exact_in_the_domain(run: dict[str, object]) -> None:
+    values = _values(11, ELEMENTS, COMPARE_BITS)
     got = run["ltz"]
     want = (values < 0).to(got.dtype)  # type: ignore[union-attr]
     assert torch.equal(got, want), f"{int((got != want).sum())} wrong signs"  # type: ignore[operator]
@@ -96,7 +98,7 @@ def test_crypten_entry_points_give_the_same_answers(run: dict[str, object]) -> N
     assert torch.equal(run["lt"].float(), (y < 0.25).float())  # type: ignore[union-attr]
     assert torch.allclose(run["relu"], y.relu(), atol=1e-4)  # type: ignore[arg-type]
     assert torch.equal(run["sign"].float(), torch.where(y < 0, -1.0, 1.0))  # type: ignore[union-attr]
-    control = (_values(11, ELEMENTS, 62)[:2000] < 0).float()
+    control = (_values(11, ELEMENTS, COMPARE_BITS)[:2000] < 0).float()
     assert torch.equal(run["ltz_crypten"].float(), control)  # type: ignore[union-attr]
 
 
