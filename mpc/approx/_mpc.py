@@ -91,3 +91,86 @@ def tree_max(x: CrypTensor, dim: int) -> CrypTensor:
             pairs = crypten.cat([pairs, y.narrow(-1, 2 * half, 1)], dim=-1)
         y = pairs
     return y if dim == last else y.transpose(dim, last)
+
+
+# Fixed-point bookkeeping without CrypTen's automatic truncations.
+#
+# CrypTen truncates after every multiplication by a public float and after every secret x
+# secret product, and its `mul` of two secrets with different scales divides by the wrong one.
+# Each truncation is an opening (two-party exact truncation: one ring element each way plus a
+# dealer pair), so a polynomial that CrypTen would truncate once per term can instead be summed
+# at a higher precision and truncated once. These helpers keep the scale explicit: a tensor's
+# encoder always states the precision its ring integers are at.
+
+
+def fixed_point(bits: int) -> Any:
+    """CrypTen's fixed-point encoder with 2^bits as its scale (bits = 0: integers)."""
+    return load().encoder.FixedPointEncoder(precision_bits=bits)
+
+
+def precision_bits(x: CrypTensor) -> int:
+    """The number of fractional bits of `x`'s encoding (0 for secret integers such as bits)."""
+    return int(x.encoder.scale).bit_length() - 1
+
+
+def upscale(x: CrypTensor, bits: int) -> CrypTensor:
+    """x re-encoded with `bits` fractional bits (>= its own): shares times 2^k, local, exact."""
+    shift = bits - precision_bits(x)
+    if shift < 0:
+        raise ValueError(f"upscale to {bits} bits from {precision_bits(x)}: use rescale")
+    out = x * (1 << shift) if shift else x.clone()  # an int multiplies the shares locally
+    out.encoder = fixed_point(bits)
+    return out
+
+
+def rescale(x: CrypTensor, bits: int) -> CrypTensor:
+    """x with `bits` fractional bits (<= its own): one exact truncation by a power of two."""
+    shift = precision_bits(x) - bits
+    if shift < 0:
+        raise ValueError(f"rescale to {bits} bits from {precision_bits(x)}: use upscale")
+    out = x.clone()
+    if shift:
+        out._tensor.div_(1 << shift)  # two parties: `crypten_trunc`'s exact truncation
+    out.encoder = fixed_point(bits)
+    return out
+
+
+def product(x: CrypTensor, y: CrypTensor) -> CrypTensor:
+    """x * y (broadcasting) by one Beaver multiplication, NOT truncated: the result's precision
+    is the sum of both precisions. One round; opens x - a and y - b."""
+    beaver = load().mpc.primitives.beaver
+    out = x.shallow_copy()
+    out._tensor = beaver.mul(x._tensor, y._tensor)
+    out.encoder = fixed_point(precision_bits(x) + precision_bits(y))
+    return out
+
+
+def square(x: CrypTensor) -> CrypTensor:
+    """x^2 by one Beaver square (opens only x - r), NOT truncated: twice x's precision."""
+    beaver = load().mpc.primitives.beaver
+    out = x.shallow_copy()
+    out._tensor = beaver.square(x._tensor)
+    out.encoder = fixed_point(2 * precision_bits(x))
+    return out
+
+
+def linear_combination(
+    terms: Sequence[tuple[float, CrypTensor]], constant: float, bits: int
+) -> CrypTensor:
+    """constant + sum_k c_k t_k at `bits` fractional bits, without communication.
+
+    Each public coefficient is rounded to 2^-(bits - precision(t_k)) and multiplies t_k's
+    shares as an integer, so the sum needs no truncation (one `rescale` afterwards, where
+    CrypTen would truncate once per term). Every t_k must have at most `bits` fractional bits.
+    """
+    total: CrypTensor | None = None
+    for coefficient, term in terms:
+        shift = bits - precision_bits(term)
+        if shift < 0:
+            raise ValueError(f"a term has {precision_bits(term)} fractional bits, more than {bits}")
+        scaled = term * round(coefficient * (1 << shift))
+        scaled.encoder = fixed_point(bits)
+        total = scaled if total is None else total + scaled
+    if total is None:
+        raise ValueError("linear_combination needs at least one term")
+    return total + constant  # the constant is encoded at `bits` (added by party 0)

@@ -25,14 +25,24 @@ Error:   float64 on [-14, 0], order 1: 0.0085 for n = 5 (PUMA), 0.00106 for n = 
 Knobs:   `iterations` (n in 1..15: one round each), `order` (1: PUMA's base; 2: one more
          multiplication and round, ~20x smaller error at n = 6), `threshold` (None: no mask, no
          comparison).
-Cost:    order 2: 1 multiplication for x^2, then n squarings (n + 1 rounds; 7 by default);
-         n + 2 truncations by a public power of two (local for 2 parties in CrypTen);
-         1 comparison and 1 bit multiplication for the mask.
+Cost:    order 2: 1 Beaver square for x^2, then n squarings (n + 1 rounds; 7 by default);
+         each square is truncated once (by 2^(16 + n), which also divides by 2^n), so n + 2
+         truncations in all (n + 1 inside `softmax`, which keeps the 2^n factor until its
+         final product); 1 comparison and 1 multiplication by the integer mask bit (no
+         truncation).
 """
 
 from __future__ import annotations
 
-from mpc.approx._mpc import CrypTensor, below
+from mpc.approx._mpc import (
+    CrypTensor,
+    below_bits,
+    fixed_point,
+    precision_bits,
+    product,
+    rescale,
+    square,
+)
 
 __all__ = [
     "DEFAULT_ITERATIONS",
@@ -82,14 +92,27 @@ def exp_nonpositive(
         )
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
-    scale = 2**iterations
-    z = x + float(scale)  # 2^n (1 + t), t = x / 2^n, exact
-    if order == 2:
-        z = z + x.square().div(2 * scale)  # + 2^n t^2 / 2
-    for _ in range(iterations):
-        z = z.square().div(scale)  # z^2 <= 2^(2n) times 2^32 stays below 2^63 for n <= 15
-    y = z.div(scale)
+    return rescale(exp_wide(x, iterations, order, threshold), precision_bits(x))
+
+
+def _relabel(x: CrypTensor, bits: int) -> CrypTensor:
+    """The same ring integers read with `bits` fractional bits: x / 2^(bits - own), free."""
+    x.encoder = fixed_point(bits)
+    return x
+
+
+def exp_wide(x: CrypTensor, iterations: int, order: int, threshold: float | None) -> CrypTensor:
+    """`exp_nonpositive` without its last truncation: the result carries `iterations` more
+    fractional bits than x (its encoder says so). Arguments as `exp_nonpositive`, unchecked."""
+    bits = precision_bits(x)
+    z = x + float(2**iterations)  # 2^n (1 + t), t = x / 2^n, exact
+    if order == 2:  # + 2^n t^2 / 2 = x^2 / 2^(n+1): one truncation by 2^(16 + n + 1)
+        z = z + rescale(_relabel(square(x), 2 * bits + iterations + 1), bits)
+    for _ in range(iterations):  # z <- z^2 / 2^n: one truncation by 2^(16 + n)
+        # z^2 <= 2^(2n) times 2^32 stays below 2^62 (exact truncation's range) for n <= 15
+        z = rescale(_relabel(square(z), 2 * bits + iterations), bits)
+    y = _relabel(z, bits + iterations)  # y = z / 2^n, kept at n more fractional bits
     if threshold is None:
         return y
-    (too_small,) = below(x, (threshold,))
-    return y * (1 - too_small)
+    (too_small,) = below_bits(x, (threshold,))  # secret 0/1 integer
+    return product(y, 1 - too_small)  # an integer bit: no truncation

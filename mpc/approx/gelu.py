@@ -12,24 +12,42 @@ Domain:  any x the 64-bit ring holds; accuracy measured on [-30, 30] and at +-10
          [-1.95, 3] the polynomial terms may wrap around the ring (x^6 for |x| > ~36) but are
          multiplied by an exact 0 bit, so they do not leak into the result.
 Error:   max |gelu_approx - gelu_erf| = 0.0199 in float64 (just below x = 3, the P6 -> x
-         seam). Measured with CrypTen (16 fractional bits) on 200k seeded points of [-30, 30]
-         plus the piece boundaries (+-1 ulp) and +-1000: 0.0164, at x = 3 - 2^-16 (the x^6
-         coefficient 0.0018 rounds to 118 / 2^16, which moves P6 near 3 by ~0.004).
+         seam). The coefficients are applied at 24 fractional bits (the products at 40), so
+         the fixed-point result follows the float64 spline: measured with CrypTen (16
+         fractional bits) on 200k seeded points of [-30, 30] plus the piece boundaries (+-1 ulp)
+         and +-1000: 0.0199, at x = 3 - 2^-16. (Rounding every coefficient to 16 bits, as
+         CrypTen's multiplication by a float does, moved P6 near 3 by ~0.004 to 0.0164.)
          Tolerance `MAX_ABS_ERROR` = 0.021.
 Knobs:   none (the spline is PUMA's).
-Cost:    1 batched comparison of 3 thresholds; 4 multiplications for x^2, x^3, x^4, x^6
-         (3 rounds); 3 bit-selection multiplications (1 round).
+Cost:    1 batched comparison of 3 thresholds; x^2, x^4, x^6 by Beaver squares (one opening
+         each) and x^3 by one multiplication, each truncated once; both polynomials summed at
+         40 fractional bits without truncation; the three pieces selected by one batched
+         multiplication with the integer comparison bits (no truncation) and the sum truncated
+         once: 5 truncations an element, where CrypTen's float arithmetic would make 14.
 """
 
 from __future__ import annotations
 
-from mpc.approx._mpc import CrypTensor, below
+from mpc.approx._mpc import (
+    CrypTensor,
+    below_bits,
+    linear_combination,
+    precision_bits,
+    product,
+    rescale,
+    square,
+    upscale,
+)
+from mpc.backends.crypten import load
 
 __all__ = ["MAX_ABS_ERROR", "gelu"]
 
-# Max |error| vs torch's erf GeLU: 0.0164 measured under CrypTen (16 fractional bits), 0.0199
-# for the spline in float64; the bound covers both plus 2-party truncation ulps.
+# Max |error| vs torch's erf GeLU: 0.0199 measured under CrypTen (16 fractional bits) and in
+# float64 (the spline's own error); the bound adds the truncations' last-place errors.
 MAX_ABS_ERROR = 0.021
+# The polynomials are summed at 24 more fractional bits than the input's: coefficients as
+# small as P6's 0.0018 keep 5 significant digits.
+_COEFFICIENT_BITS = 24
 
 _LOW = -4.0
 _MID = -1.95
@@ -55,13 +73,17 @@ def gelu(x: CrypTensor) -> CrypTensor:
     Returns:
         Secret tensor shaped like `x`, within `MAX_ABS_ERROR` of 0.5 x (1 + erf(x / sqrt 2)).
     """
-    lt_low, lt_mid, lt_high = below(x, (_LOW, _MID, _HIGH))
-    x2 = x * x
-    x3 = x * x2
-    x4 = x2 * x2
-    x6 = x3 * x3
-    p3 = x3 * _P3[3] + x2 * _P3[2] + x * _P3[1] + _P3[0]
-    p6 = x6 * _P6_B6 + x4 * _P6_B4 + x2 * _P6_B2 + x * _P6_B1 + _P6_B0
-    in_p3 = lt_mid - lt_low  # -4 <= x < -1.95 (lt_low implies lt_mid)
-    in_p6 = lt_high - lt_mid  # -1.95 <= x < 3
-    return (1 - lt_high) * x + in_p3 * p3 + in_p6 * p6
+    crypten = load()
+    bits = precision_bits(x)
+    wide = bits + _COEFFICIENT_BITS
+    lt_low, lt_mid, lt_high = below_bits(x, (_LOW, _MID, _HIGH))  # secret 0/1 integers
+    x2 = rescale(square(x), bits)
+    x3 = rescale(product(x, x2), bits)
+    x4 = rescale(square(x2), bits)
+    x6 = rescale(square(x3), bits)
+    p3 = linear_combination(((_P3[1], x), (_P3[2], x2), (_P3[3], x3)), _P3[0], wide)
+    p6 = linear_combination(((_P6_B1, x), (_P6_B2, x2), (_P6_B4, x4), (_P6_B6, x6)), _P6_B0, wide)
+    pieces = crypten.stack([1 - lt_high, lt_mid - lt_low, lt_high - lt_mid])  # one-hot
+    values = crypten.stack([upscale(x, wide), p3, p6])
+    # Outside [-1.95, 3) the powers may wrap around the ring; an exact 0 bit cancels them.
+    return rescale(product(pieces, values).sum(0), bits)

@@ -21,13 +21,20 @@ Cost:    max over a row of n: n - 1 comparisons in ceil(log2 n) rounds of one co
          one multiplication (CrypTen's `max(dim)` adds 2n comparisons for its `eq`);
          exp: 7 rounds of multiplications + 1 comparison per element (default knobs);
          1 reciprocal per row (2 rounds an iteration; 9 iterations for n = 128, 5 for n = 8);
-         1 multiplication per element.
+         1 multiplication per element, truncated once together with the exp's 2^n factor
+         (`exp.exp_wide`), and 1 truncation per row for the sum.
 """
 
 from __future__ import annotations
 
-from mpc.approx._mpc import CrypTensor, tree_max
-from mpc.approx.exp import DEFAULT_ITERATIONS, DEFAULT_ORDER, DEFAULT_THRESHOLD, exp_nonpositive
+from mpc.approx._mpc import CrypTensor, precision_bits, product, rescale, tree_max
+from mpc.approx.exp import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_ORDER,
+    DEFAULT_THRESHOLD,
+    MAX_ITERATIONS,
+    exp_wide,
+)
 from mpc.approx.reciprocal import reciprocal
 
 __all__ = ["MAX_ABS_ERROR", "softmax"]
@@ -61,10 +68,17 @@ def softmax(
     n = x.size(dim)
     if n == 1:
         return x * 0 + 1.0
+    if not 1 <= exp_iterations <= MAX_ITERATIONS:
+        raise ValueError(f"exp_iterations must be in 1..{MAX_ITERATIONS}, got {exp_iterations}")
+    if threshold is not None and not -(2.0**exp_iterations) <= threshold < 0:
+        raise ValueError(f"threshold must be in [-2^{exp_iterations}, 0), got {threshold}")
+    if exp_order not in (1, 2):
+        raise ValueError(f"exp_order must be 1 or 2, got {exp_order}")
+    bits = precision_bits(x)
     row_max = tree_max(x, dim)
-    e = exp_nonpositive(
-        x - row_max, iterations=exp_iterations, order=exp_order, threshold=threshold
-    )
-    total = e.sum(dim=dim, keepdim=True)
+    # e^(x - max) with n more fractional bits: the exp's last truncation is merged into the
+    # final product's.
+    e = exp_wide(x - row_max, exp_iterations, exp_order, threshold)
+    total = rescale(e.sum(dim=dim, keepdim=True), bits)  # one truncation a row
     inverse = reciprocal(total, lo=1.0, hi=float(n), iterations=reciprocal_iterations)
-    return e * inverse
+    return rescale(product(e, inverse), bits)  # one truncation an element
