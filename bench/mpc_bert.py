@@ -14,7 +14,9 @@ exactly T tokens, for each T in `--tokens`):
 Our variants run as 2 CrypTen parties + the TTP (`mpc.launch`: gloo on loopback, one torch
 thread per process); each sentence is one forward (B = 1).
 
-What is measured, per forward: party 0's wall time of the encoder (no sharing, no reveal);
+What is measured, once per session: the setup bytes (the weights shared by party 0 and, in
+weights_private, each weight matrix's Beaver mask opened once: `mpc.backends.crypten_weights`).
+Per forward: party 0's wall time of the encoder (no sharing, no reveal);
 bytes (sent + received, 8 bytes a ring element) and rounds from CrypTen's counters of party 0,
 which include its traffic with the dealer (the TTP serves party 0 only), and of party 1 (the
 online traffic between the two parties); since every byte on the wire has party 0 at one end,
@@ -82,7 +84,9 @@ def _party(
         if threat_model is ThreatModel.WEIGHTS_PRIVATE:
             layers = [{k: torch.zeros_like(v) for k, v in s.items()} for s in layers]
     suite = PUMA if approximations == "puma" else crypten_default()
+    comm.reset_communication_stats()
     encoder = SecureBertEncoder(layers, threat_model=threat_model, approximations=suite)
+    setup = comm.get_communication_stats()  # sharing the weights (and opening their masks)
     out = []
     for i in range(embedded.shape[0]):
         hidden = crypten.cryptensor(embedded[i : i + 1], src=0)  # (1, T, C)
@@ -97,6 +101,7 @@ def _party(
                 "rounds": stats["rounds"],
                 "bytes": stats["bytes"],
                 "hidden": result.get_plain_text().double(),
+                "setup_bytes": setup["bytes"],
             }
         )
     return out
@@ -135,6 +140,7 @@ def _ours(
                 "bytes_party1": p1["bytes"],
                 "rounds_party0_incl_dealer": p0["rounds"],
                 "rounds_party1": p1["rounds"],
+                "setup_bytes_party0_incl_dealer": p0["setup_bytes"],
                 "cosine": float(cosine),
                 "max_abs_error": float(error.max()),
             }
@@ -152,6 +158,9 @@ def _summary(forwards: list[dict[str, Any]]) -> dict[str, Any]:
         "median_bytes_total": med("bytes_party0_incl_dealer"),
         "median_bytes_party1": med("bytes_party1"),
         "median_rounds_party1": med("rounds_party1"),
+        # Once per session, before the first forward: sharing the weights and, in
+        # weights_private, opening each weight matrix's fixed Beaver mask (crypten_weights).
+        "setup_bytes_total": forwards[0]["setup_bytes_party0_incl_dealer"],
         "min_cosine": min(f["cosine"] for f in forwards),
         "max_abs_error": max(f["max_abs_error"] for f in forwards),
         "per_forward": forwards,

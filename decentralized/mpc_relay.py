@@ -42,9 +42,9 @@ logger = logging.getLogger(__name__)
 
 FRAGMENT_BYTES = 4 * 1024 * 1024
 _STOP_GRACE_S = 2.0
-# One protocol message, reassembled from fragments in the receiver's memory. CrypTen's Beaver
-# matmuls with secret weights open weight-sized masks: SmolLM2's tied 49152 x 576 embedding /
-# LM head is 226 MB at 8 bytes an element. A peer can make a rank buffer this much per message;
+# One protocol message, reassembled from fragments in the receiver's memory. A secret weight's
+# mask is opened once per session (`mpc.backends.crypten_weights`): SmolLM2's tied 49152 x 576
+# embedding / LM head is 226 MB at 8 bytes an element. A peer can make a rank buffer this much per message;
 # a node bounds it by its number of MPC sessions (`mpc_max_sessions`).
 MAX_PAYLOAD_BYTES = 512 * 1024 * 1024
 

@@ -25,7 +25,9 @@ omegaconf, onnx); this module applies the smallest fixes that make it import and
 6. Exact truncation (`mpc.backends.crypten_trunc`): two-party divisions by a public integer use
    a dealer-made truncation pair with the mask's top bit instead of CrypTen's local truncation,
    which silently returns values off by ~2^48 when the shares wrap around.
-7. Attribute access: CrypTen wraps `CrypTensor.__getattribute__` in its debug validator, which
+7. Fixed weight masks (`mpc.backends.crypten_weights`): a secret weight matrix opens its Beaver
+   mask once per session instead of on every product.
+8. Attribute access: CrypTen wraps `CrypTensor.__getattribute__` in its debug validator, which
    reads `cfg.debug.validation_mode` through omegaconf on every attribute access of every
    tensor (about half of a decode step's time in profiles). Validation mode is a debugging aid
    we never enable, so the wrapper is removed; `load()` refuses a config that enables it.
@@ -132,9 +134,10 @@ def load() -> ModuleType:
         _torchscript_onnx_export()
         _exact_decode(crypten)
         _install_csprng(crypten)
-        from mpc.backends import crypten_compare, crypten_dealer, crypten_trunc
+        from mpc.backends import crypten_compare, crypten_dealer, crypten_trunc, crypten_weights
 
         crypten_trunc.install(crypten)
+        crypten_weights.install(crypten)
         crypten_compare.install(crypten)
         crypten_dealer.install(crypten)
         _fast_attribute_access(crypten)

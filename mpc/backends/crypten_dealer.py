@@ -41,7 +41,17 @@ from mpc.errors import MPCError
 
 BATCH_FUNCTION = "secure_infer_batch"
 # What the TTP deals.
-_DEALT = ("additive", "square", "binary", "wraps", "B2A", "trunc_pair", "cmp_mask")
+_DEALT = (
+    "additive",
+    "square",
+    "binary",
+    "wraps",
+    "B2A",
+    "trunc_pair",
+    "cmp_mask",
+    "fixed_mask",  # mpc.backends.crypten_weights: build masked weights before recording a plan
+    "fixed_mask_matmul",
+)
 
 PlanEntry = tuple[str, str | None, tuple[Any, ...], dict[str, Any]]
 

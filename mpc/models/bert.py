@@ -27,19 +27,17 @@ Failure: two-party CrypTen truncated each share locally (SecureML), which is off
          that way any more; `check_output` still checks every revealed output against the
          bound the last LayerNorm imposes (`SecureBertEncoder.output_bound`) and raises
          `GarbageOutput` beyond it (a ring overflow of the computation itself).
-Cost:    per layer (B sequences of T tokens, C = 384, H = 12 heads, F = 1536), WEIGHTS_PRIVATE:
-         6 matmuls with triples: QKV (B T, C) x (C, 3C) fused, scores (B H, T, d) x (d, T),
-         probs x v, output (C, C), FFN (C, F) and (F, C); INPUT_PRIVATE: only scores and
-         probs x v need triples, the 4 weight matmuls are local (plus a local truncation).
-         Comparisons: softmax B H T (T - 1) in its max tree + B H T^2 for the exp threshold;
-         GeLU 3 B T F in one batched comparison; LayerNorm 24 B T per norm (rsqrt buckets), two
-         norms. Multiplications: exp n + 1 = 5 rounds, reciprocal, rsqrt (6 rounds), GeLU (4
-         rounds); a secret LayerNorm weight adds one multiplication per element. Measured
-         rounds and bytes: bench/mpc_bert.py (1 sentence, 16 tokens, 2 parties + TTP, party 1's
-         counters, sent + received): INPUT_PRIVATE 696 rounds, 251 MB; WEIGHTS_PRIVATE 732
-         rounds, 426 MB (each forward opens W - b for every weight matrix); 2 x 32 tokens
-         INPUT_PRIVATE 762 rounds, 1.08 GB. Most bytes are CrypTen's A2B comparisons (GeLU's
-         3 B T F dominate).
+Cost:    per layer (B sequences of T tokens, C = 384, H = 12 heads, F = 1536): the scores
+         (B H, T, d) x (d, T) and probs x v products need Beaver triples in both threat models.
+         The 4 weight matmuls (QKV fused, output, FFN in and out) are local in INPUT_PRIVATE
+         (plus one truncation); in WEIGHTS_PRIVATE each opens only the activation's mask
+         (`mpc.backends.crypten_weights`: the weight's mask is opened once, when the encoder
+         is built). Comparisons: softmax B H T (T - 1) in its max tree + B H T^2 for the exp
+         threshold; GeLU 3 B T F in one batched comparison (`mpc.backends.crypten_compare`);
+         LayerNorm 24 B T per norm (rsqrt buckets), two norms. Measured (bench/mpc_bert.py, 1
+         sentence of 32 tokens, 2 parties + TTP, party 0's counters, sent + received, dealer
+         included): INPUT_PRIVATE 273 MB, WEIGHTS_PRIVATE 291 MB; docs/benchmarks.md has the
+         rest. GeLU's comparisons and polynomial, then softmax's exp, carry most of the bytes.
 """
 
 from __future__ import annotations
@@ -55,6 +53,7 @@ import torch
 from mpc.approx import gelu, layer_norm, softmax
 from mpc.approx._mpc import CrypTensor
 from mpc.backends.crypten import load
+from mpc.backends.crypten_weights import matmul, share_weights
 from mpc.errors import GarbageOutput
 
 __all__ = [
@@ -167,8 +166,9 @@ def _prepare_layer(state: Mapping[str, torch.Tensor], num_heads: int) -> dict[st
 
 
 def _linear(x: CrypTensor, weight: Weight, bias: Weight) -> CrypTensor:
-    """x W + b for secret x (..., in) and W (in, out): local if W is public, a triple if not."""
-    return x.matmul(weight) + bias  # (..., out)
+    """x W + b for secret x (..., in) and W (in, out): local if W is public; if W is secret,
+    one opening of x's mask (W's was opened once, when the encoder was built)."""
+    return matmul(x, weight) + bias  # (..., out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +213,10 @@ def crypten_default() -> Approximations:
         gelu=_crypten_gelu,
         layer_norm=_crypten_layer_norm,
     )
+
+
+# Weight matrices: in WEIGHTS_PRIVATE their Beaver masks are opened once (crypten_weights).
+_MATRICES = ("qkv_w", "out_w", "ffn_in_w", "ffn_out_w")
 
 
 class SecureBertEncoder:
@@ -263,9 +267,8 @@ class SecureBertEncoder:
             last["output.LayerNorm.weight"], last["output.LayerNorm.bias"]
         )
         if threat_model is ThreatModel.WEIGHTS_PRIVATE:
-            crypten = load()
             self.layers: list[dict[str, Weight]] = [
-                {name: crypten.cryptensor(w, src=owner) for name, w in p.items()} for p in prepared
+                share_weights(p, _MATRICES, owner) for p in prepared
             ]
         else:
             self.layers = list(prepared)

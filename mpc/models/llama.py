@@ -52,8 +52,8 @@ Cost:    per layer, T new tokens, S = cached + T keys, C = 576, F = 1536, H = 9,
          (max tree) + H T S (exp threshold), SiLU 3 T F (the bulk); Beaver multiplications:
          scores and probs v (secret x secret), x sigma and the RMSNorm products, SiLU's
          polynomial, silu(g) u; INPUT_PRIVATE: the weight matmuls are local (one truncation
-         each); WEIGHTS_PRIVATE: they are Beaver matmuls that open weight-sized masks every step
-         (CrypTen's design; ~135 M elements a step). Head: a (1, C) x (C, V) matmul and the
+         each); WEIGHTS_PRIVATE: Beaver matmuls whose weight masks were opened once, when the
+         model was built (`mpc.backends.crypten_weights`), so a step opens only activations. Head: a (1, C) x (C, V) matmul and the
          argmax tree: V - 1 comparisons in 16 levels. Measured figures: docs/mpc-llama.md.
 """
 
@@ -73,6 +73,7 @@ from mpc.approx import rms_norm, silu, softmax
 from mpc.approx._mpc import CrypTensor, below_bits, bucket_lookup
 from mpc.approx.silu import SiLUMethod
 from mpc.backends.crypten import load
+from mpc.backends.crypten_weights import matmul, share_matrix, share_weights
 from mpc.models.bert import MASK_VALUE, ThreatModel, Weight, check_output, share_one_hot
 
 __all__ = [
@@ -276,6 +277,10 @@ class GenerationTrace:
     dealer: str = "CrypTen TTP (trusted dealer: an assumption, not a property)"
 
 
+# Weight matrices: in WEIGHTS_PRIVATE their Beaver masks are opened once (crypten_weights).
+_MATRICES = ("qkv_w", "o_w", "gu_w", "down_w")
+
+
 def _prepare_layer(state: Mapping[str, torch.Tensor], config: LlamaConfig) -> dict[str, Any]:
     """Holder-side plaintext preprocessing: (in, out) weights, norms and 1/sqrt(d) folded.
 
@@ -361,10 +366,10 @@ class SecureLlama:
             bound = torch.tensor([self.logits_bound], dtype=torch.float64)
             self.logits_bound = float(crypten.comm.get().broadcast(bound, owner)[0])
             self.layers: list[dict[str, Weight]] = [
-                {name: crypten.cryptensor(w, src=owner) for name, w in p.items()} for p in prepared
+                share_weights(p, _MATRICES, owner) for p in prepared
             ]
-            self.table: Weight = crypten.cryptensor(table, src=owner)
-            self.head: Weight = crypten.cryptensor(folded_head, src=owner)
+            self.table: Weight = share_matrix(crypten.cryptensor(table, src=owner))
+            self.head: Weight = share_matrix(crypten.cryptensor(folded_head, src=owner))
         else:
             self.layers = list(prepared)
             self.table, self.head = table, folded_head
@@ -408,7 +413,7 @@ class SecureLlama:
             raise ValueError(
                 f"one_hot must be (B, T, {self.config.vocab_size}), got {tuple(one_hot.size())}"
             )
-        return one_hot.matmul(self.table)  # (B, T, C) at the table's scale
+        return matmul(one_hot, self.table)  # (B, T, C) at the table's scale
 
     def _attention(
         self, h: CrypTensor, w: dict[str, Weight], layer: int, cache: KVCache
@@ -418,7 +423,7 @@ class SecureLlama:
         batch, tokens, _ = h.size()
         heads, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         rep = heads // kv
-        qkv = h.matmul(w["qkv_w"])  # (B, T, (H + 2 KV) d)
+        qkv = matmul(h, w["qkv_w"])  # (B, T, (H + 2 KV) d)
         qkv = qkv.view(batch, tokens, heads + 2 * kv, d)  # (B, T, H + 2 KV, d)
         positions = torch.arange(tokens) + cache.length
         rotation = rotary_matrices(positions, d, cfg.rope_theta)  # (T, d, d) public
@@ -435,14 +440,14 @@ class SecureLlama:
         probs = softmax(scores, dim=-1)  # (B, KV, rep T, S)
         context = probs.matmul(values)  # (B, KV, rep T, d)
         context = context.reshape(batch, heads, tokens, d).permute(0, 2, 1, 3)  # (B, T, H, d)
-        return context.reshape(batch, tokens, heads * d).matmul(w["o_w"])  # (B, T, C)
+        return matmul(context.reshape(batch, tokens, heads * d), w["o_w"])  # (B, T, C)
 
     def _mlp(self, h: CrypTensor, w: dict[str, Weight]) -> CrypTensor:
         """down(silu(gate(h)) * up(h)); h (B, T, C) -> (B, T, C)."""
         ffn = self.config.intermediate_size
-        gate_up = h.matmul(w["gu_w"])  # (B, T, 2F)
+        gate_up = matmul(h, w["gu_w"])  # (B, T, 2F)
         gate, up = gate_up.narrow(-1, 0, ffn), gate_up.narrow(-1, ffn, ffn)  # (B, T, F) each
-        return (silu(gate, method=self.silu_method) * up).matmul(w["down_w"])  # (B, T, C)
+        return matmul(silu(gate, method=self.silu_method) * up, w["down_w"])  # (B, T, C)
 
     def forward(self, hidden: CrypTensor, cache: KVCache) -> CrypTensor:
         """Run every layer on secret (B, T, C) hidden states of T new tokens.
@@ -474,7 +479,7 @@ class SecureLlama:
     def logits(self, hidden: CrypTensor) -> CrypTensor:
         """Secret (B, V) logits of the last position: final RMSNorm (folded) and LM head."""
         last = hidden.narrow(1, hidden.size(1) - 1, 1).squeeze(1)  # (B, C)
-        return wide_rms_norm(last, eps=self.config.rms_norm_eps).matmul(self.head)  # (B, V)
+        return matmul(wide_rms_norm(last, eps=self.config.rms_norm_eps), self.head)  # (B, V)
 
     def token_shares(self, hidden: CrypTensor) -> CrypTensor:
         """The greedy next token of each sequence as a secret (2, B): row 0 the token id, row 1

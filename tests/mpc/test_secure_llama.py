@@ -278,15 +278,17 @@ def _plain_greedy(model: Any, ids: torch.Tensor, new_tokens: int) -> list[int]:
 
 
 @pytest.mark.multiparty
-def test_two_parties_and_ttp_generate_like_plaintext(plain: Any) -> None:
-    """2 parties + TTP, 2 layers, 2 greedy tokens: the same tokens as plaintext."""
+@pytest.mark.parametrize("threat_model", list(ThreatModel))
+def test_two_parties_and_ttp_generate_like_plaintext(plain: Any, threat_model: ThreatModel) -> None:
+    """2 parties + TTP, 2 layers, 2 greedy tokens: the same tokens as plaintext, in both threat
+    models (WEIGHTS_PRIVATE: secret table, layers and head as masked weights)."""
     ids = _prompt_ids()
     results = run_parties(
         _party_generate,
         world_size=2,
         ttp=True,
         timeout_s=PARTY_TIMEOUT_S,
-        args=(_smollm2_path(), LAYERS, ids, 2, ThreatModel.INPUT_PRIVATE.value),
+        args=(_smollm2_path(), LAYERS, ids, 2, threat_model.value),
     )
     client, other = results
     assert client["tokens"] == _plain_greedy(plain, ids, 2)
