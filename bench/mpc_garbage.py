@@ -12,6 +12,7 @@ Output: one JSON line per forward to `--out` (so a long run can be read while it
 cut-short run still counts what it did), then one JSON summary on stdout.
 
 Run: `.venv/bin/python bench/mpc_garbage.py --forwards 200 --tokens 128 --out garbage.jsonl`
+(`--threat-model weights_private`, PUMA's setting, by default; `input_private` also works)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from decentralized.models._files import minilm_dir  # noqa: E402
 from mpc.backends.crypten import load  # noqa: E402
 from mpc.launch import run_parties  # noqa: E402
-from mpc.models import SecureBertEncoder, check_output  # noqa: E402
+from mpc.models import SecureBertEncoder, ThreatModel, check_output  # noqa: E402
 
 MIN_COSINE = 0.999
 
@@ -65,10 +66,14 @@ def _party(
     mask: torch.Tensor,
     out_path: str,
     plain: torch.Tensor,
+    threat_model: str,
 ) -> int:
     """Both parties run every forward; party 0 writes one line per forward."""
     crypten = load()
-    encoder = SecureBertEncoder(layers)
+    tm = ThreatModel(threat_model)
+    if rank != 0 and tm is ThreatModel.WEIGHTS_PRIVATE:  # only the owner's weights are used
+        layers = [{k: torch.zeros_like(v) for k, v in state.items()} for state in layers]
+    encoder = SecureBertEncoder(layers, threat_model=tm)
     count = 0
     with Path(out_path).open("a") as sink:
         for i in range(embedded.shape[0]):
@@ -100,6 +105,9 @@ def main() -> None:
     parser.add_argument("--forwards", type=int, default=200)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("mpc_garbage.jsonl"))
+    parser.add_argument(
+        "--threat-model", choices=[t.value for t in ThreatModel], default="weights_private"
+    )
     args = parser.parse_args()
     from transformers import AutoTokenizer, BertModel
 
@@ -131,7 +139,7 @@ def main() -> None:
         world_size=2,
         ttp=True,
         timeout_s=float(args.forwards) * 600.0,
-        args=(layers, embedded, mask, str(args.out), plain),
+        args=(layers, embedded, mask, str(args.out), plain, args.threat_model),
     )
     records = [json.loads(line) for line in args.out.read_text().splitlines()]
     cosines = [r["cosine"] for r in records]
@@ -140,6 +148,7 @@ def main() -> None:
             {
                 "forwards": len(records),
                 "tokens": args.tokens,
+                "threat_model": args.threat_model,
                 "distinct_inputs": len(set(texts)),
                 "garbage_forwards": sum(c < MIN_COSINE for c in cosines),
                 "garbage_checks_failed": sum(r["garbage_check"] != "passed" for r in records),
