@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,3 +145,72 @@ def test_invalid_construction() -> None:
         RelayTransport("short", 0, 2, Credentials(insecure_dev=True))
     with pytest.raises(InvalidRequest, match="rank 3 outside"):
         RelayTransport(SESSION, 3, 2, Credentials(insecure_dev=True))
+
+
+class _Recorder:
+    """A loopback TCP proxy that forwards to `target` and keeps every byte it forwards: the
+    packet capture of the test below, without needing capture privileges."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._target = (host, int(port))
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._server.getsockname()[1]}"
+        self.captured = bytearray()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self.captured += data
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_the_wire_carries_no_plaintext(pki: Path) -> None:
+    """Party 0 reaches party 1 through a recording proxy: the payload arrives intact, and the
+    captured stream is a TLS session (handshake record first) without the payload's bytes."""
+    parties = [
+        RelayTransport(SESSION, r, 3, _creds(pki, NAMES[r]), expect_names=NAMES, send_timeout_s=5)
+        for r in range(3)
+    ]
+    recorder = _Recorder(parties[1].address)
+    try:
+        addresses = {q.rank: q.address for q in parties}
+        parties[0].connect({**addresses, 1: recorder.address})
+        for p in parties[1:]:
+            p.connect(addresses)
+        secret = b"SECRET-SHARE-0123456789" * 4096  # 94 KB, compressible and easy to spot
+        parties[0].send(1, "p2p", secret)
+        assert parties[1].recv(0, "p2p", timeout_s=5) == secret
+        with recorder._lock:
+            wire = bytes(recorder.captured)
+        assert len(wire) > len(secret)  # the payload did cross the proxy
+        assert wire[0] == 0x16 and wire[1] == 0x03  # a TLS handshake record opens the stream
+        assert b"SECRET-SHARE" not in wire
+    finally:
+        recorder.close()
+        for p in parties:
+            p.close()
