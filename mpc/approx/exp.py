@@ -83,6 +83,12 @@ def exp_nonpositive(
     Raises:
         ValueError: `iterations` outside 1..15, or `threshold` outside [-2^n, 0).
     """
+    check_knobs(iterations, order, threshold)
+    return rescale(exp_wide(x, iterations, order, threshold), precision_bits(x))
+
+
+def check_knobs(iterations: int, order: int, threshold: float | None) -> None:
+    """Raise ValueError for knobs `exp_nonpositive` (and `exp_wide`) cannot run with."""
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise ValueError(f"iterations must be in 1..{MAX_ITERATIONS}, got {iterations}")
     if threshold is not None and not -(2.0**iterations) <= threshold < 0:
@@ -92,7 +98,6 @@ def exp_nonpositive(
         )
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
-    return rescale(exp_wide(x, iterations, order, threshold), precision_bits(x))
 
 
 def _relabel(x: CrypTensor, bits: int) -> CrypTensor:
@@ -103,7 +108,8 @@ def _relabel(x: CrypTensor, bits: int) -> CrypTensor:
 
 def exp_wide(x: CrypTensor, iterations: int, order: int, threshold: float | None) -> CrypTensor:
     """`exp_nonpositive` without its last truncation: the result carries `iterations` more
-    fractional bits than x (its encoder says so). Arguments as `exp_nonpositive`, unchecked."""
+    fractional bits than x (its encoder says so). Arguments as `exp_nonpositive`, checked by
+    the caller with `check_knobs`."""
     bits = precision_bits(x)
     z = x + float(2**iterations)  # 2^n (1 + t), t = x / 2^n, exact
     if order == 2:  # + 2^n t^2 / 2 = x^2 / 2^(n+1): one truncation by 2^(16 + n + 1)

@@ -35,7 +35,7 @@ from mpc.approx.exp import (
     DEFAULT_ITERATIONS,
     DEFAULT_ORDER,
     DEFAULT_THRESHOLD,
-    MAX_ITERATIONS,
+    check_knobs,
     exp_wide,
 )
 from mpc.approx.reciprocal import reciprocal
@@ -71,12 +71,7 @@ def softmax(
     n = x.size(dim)
     if n == 1:
         return x * 0 + 1.0
-    if not 1 <= exp_iterations <= MAX_ITERATIONS:
-        raise ValueError(f"exp_iterations must be in 1..{MAX_ITERATIONS}, got {exp_iterations}")
-    if threshold is not None and not -(2.0**exp_iterations) <= threshold < 0:
-        raise ValueError(f"threshold must be in [-2^{exp_iterations}, 0), got {threshold}")
-    if exp_order not in (1, 2):
-        raise ValueError(f"exp_order must be 1 or 2, got {exp_order}")
+    check_knobs(exp_iterations, exp_order, threshold)
     bits = precision_bits(x)
     row_max = tree_max(x, dim)
     # e^(x - max) with n more fractional bits: the exp's last truncation is merged into the

@@ -105,7 +105,6 @@ class MaskedWeight:
         share = weight._tensor.share
         self.shape = tuple(share.shape)
         self.encoder = weight.encoder
-        self.device = share.device
         b = _draw(crypten, share.size(), share.device)  # this party's share of B
         self.handle = -1
         if self._rank == 0:
