@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from decentralized.models._files import smollm2_dir  # noqa: E402
+from decentralized.models.llama import LlamaClientParts  # noqa: E402
 from mpc.backends.crypten import load  # noqa: E402
 from mpc.launch import run_parties  # noqa: E402
 from mpc.models.bert import ThreatModel  # noqa: E402
@@ -74,16 +75,8 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from transformers import AutoTokenizer
-
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir()))
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": PROMPT}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )["input_ids"]
+    ids = LlamaClientParts().encode(PROMPT)  # (1, T), the chat template as the SDK applies it
     expected = _plain_greedy(ids, args.new_tokens)
     report: dict[str, Any] = {
         "prompt": PROMPT,
