@@ -44,8 +44,8 @@ FRAGMENT_BYTES = 4 * 1024 * 1024
 _STOP_GRACE_S = 2.0
 # One protocol message, reassembled from fragments in the receiver's memory. A secret weight's
 # mask is opened once per session (`mpc.backends.crypten_weights`): SmolLM2's tied 49152 x 576
-# embedding / LM head is 226 MB at 8 bytes an element. A peer can make a rank buffer this much per message;
-# a node bounds it by its number of MPC sessions (`mpc_max_sessions`).
+# embedding / LM head is 226 MB at 8 bytes an element. A peer can make a rank buffer this much
+# per message; a node bounds it by its number of MPC sessions (`mpc_max_sessions`).
 MAX_PAYLOAD_BYTES = 512 * 1024 * 1024
 
 

@@ -53,8 +53,9 @@ Cost:    per layer, T new tokens, S = cached + T keys, C = 576, F = 1536, H = 9,
          scores and probs v (secret x secret), x sigma and the RMSNorm products, SiLU's
          polynomial, silu(g) u; INPUT_PRIVATE: the weight matmuls are local (one truncation
          each); WEIGHTS_PRIVATE: Beaver matmuls whose weight masks were opened once, when the
-         model was built (`mpc.backends.crypten_weights`), so a step opens only activations. Head: a (1, C) x (C, V) matmul and the
-         argmax tree: V - 1 comparisons in 16 levels. Measured figures: docs/mpc-llama.md.
+         model was built (`mpc.backends.crypten_weights`), so a step opens only activations.
+         Head: a (1, C) x (C, V) matmul and the argmax tree: V - 1 comparisons in 16 levels.
+         Measured figures: docs/mpc-llama.md.
 """
 
 from __future__ import annotations
