@@ -88,6 +88,12 @@ class RankReport:
     bytes_received: int
     rounds: int
     seconds: float
+    # Party 0 only: its dealer requests served online (one blocking round trip each), the
+    # round trips that fetched a preprocessed plan's values in chunks instead, and whether it
+    # had one (its node ran a computation of the same public shapes before).
+    dealer_online_requests: int = 0
+    dealer_round_trips: int = 0
+    dealer_preprocessed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +204,9 @@ def _attempt(
             bytes_received=results[r].bytes_received,
             rounds=results[r].rounds,
             seconds=results[r].seconds,
+            dealer_online_requests=results[r].dealer_online_requests,
+            dealer_round_trips=results[r].dealer_round_trips,
+            dealer_preprocessed=results[r].dealer_preprocessed,
         )
         for r in range(3)
     )
@@ -566,6 +575,9 @@ class _DecoderSession:
                 bytes_received=stats[r].bytes_received,
                 rounds=stats[r].rounds,
                 seconds=stats[r].seconds,
+                dealer_online_requests=stats[r].dealer_online_requests,
+                dealer_round_trips=stats[r].dealer_round_trips,
+                dealer_preprocessed=stats[r].dealer_preprocessed,
             )
             for r in range(3)
         )

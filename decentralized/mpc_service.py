@@ -19,6 +19,8 @@ session's metadata (model, threat model, batch size, sequence length, the other 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import logging
 import math
 import multiprocessing as mp
@@ -60,6 +62,7 @@ MAX_RUN_S = 1800.0  # longest any rank may compute
 START_TIMEOUT_S = 120.0  # for a worker process to import and bind its mailbox
 SEED_BYTES = 16
 EXIT_GRACE_S = 5.0  # a rank that answered may take this long to exit before it is killed
+MAX_DEALER_PLANS = 16  # party 0's dealer plans kept, by public shapes (least recently used out)
 
 
 @dataclass(slots=True)
@@ -101,6 +104,9 @@ class MPCHost:
         self.max_sessions = max_sessions
         self._ranks: dict[str, _Rank] = {}
         self._ctx = mp.get_context("spawn")
+        # Party 0's dealer plans (`mpc_worker`'s docstring): which correlated values a
+        # computation of these public shapes asks the dealer for, in order. Shapes only.
+        self._plans: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -199,9 +205,37 @@ class MPCHost:
             )
         return hosted.describe()
 
+    def _learn(self, job: mpc_worker.Job, reply: dict[str, Any]) -> None:
+        """Party 0's final reply: keep the dealer plan it recorded; forget the one it was
+        given if the session failed with it (a plan that no longer fits is not offered again)."""
+        if job.rank != 0:
+            return
+        key = job.plan_key()
+        plan = reply.pop("dealer_plan", None)
+        if "error" in reply:
+            if job.dealer_plan is not None:
+                self._plans.pop(key, None)
+            return
+        if plan is not None:
+            self._plans[key] = plan
+            while len(self._plans) > MAX_DEALER_PLANS:
+                self._plans.popitem(last=False)
+        if key in self._plans:
+            self._plans.move_to_end(key)
+        dealer = reply.get("dealer") or {}
+        logger.info(
+            "mpc session %s...: dealer %s: %d online requests, %d prefetch round trips",
+            job.session_id[:8],
+            "preprocessed" if job.dealer_plan is not None else "online (plan recorded)",
+            dealer.get("online_requests", 0),
+            dealer.get("round_trips", 0),
+        )
+
     async def open(self, request: mpc_pb2.OpenSession) -> str:
         self._reap()
         job = self._job(request)
+        if job.rank == 0 and (plan := self._plans.get(job.plan_key())) is not None:
+            job = dataclasses.replace(job, dealer_plan=plan)
         if request.session_id in self._ranks:
             raise SessionMismatch(f"session {request.session_id[:8]}... is already open here")
         if len(self._ranks) >= self.max_sessions:
@@ -293,9 +327,11 @@ class MPCHost:
             reply = await _receive(rank.conn, min(deadline_s, MAX_RUN_S))
         except BaseException as exc:
             why = type(exc).__name__
+            self._learn(rank.job, {"error": why})
             raise
         finally:
             self._end(first.session_id, rank, why)
+        self._learn(rank.job, reply)
         if "error" in reply:
             raise SessionAborted(f"rank {rank.job.rank} on {self.name}: {reply['error']}")
         return reply
@@ -312,6 +348,8 @@ class MPCHost:
         try:
             while True:
                 reply = await _receive(rank.conn, max(ends_at - time.monotonic(), 0.1))
+                if "step" not in reply:
+                    self._learn(job, reply)
                 if "error" in reply:
                     raise SessionAborted(f"rank {job.rank} on {self.name}: {reply['error']}")
                 yield reply
@@ -323,6 +361,8 @@ class MPCHost:
                     rank.conn.send({"input": share})
         except BaseException as exc:
             why = type(exc).__name__
+            if not isinstance(exc, SessionAborted):  # an error reply was learned from above
+                self._learn(job, {"error": why})
             raise
         finally:
             self._end(first.session_id, rank, why)
@@ -374,6 +414,18 @@ async def _receive(conn: Connection, timeout_s: float) -> dict[str, Any]:
     return message
 
 
+def _dealer_fields(reply: dict[str, Any]) -> dict[str, Any]:
+    """Party 0's dealer figures for RunResult / StepResult (empty for the other ranks)."""
+    dealer = reply.get("dealer")
+    if not dealer:
+        return {}
+    return {
+        "dealer_online_requests": int(dealer["online_requests"]),
+        "dealer_round_trips": int(dealer["round_trips"]),
+        "dealer_preprocessed": int(dealer["planned"]) > 0,
+    }
+
+
 class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
     def __init__(self, host: MPCHost, metrics: NodeMetrics) -> None:
         self._host = host
@@ -406,6 +458,7 @@ class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
                 bytes_received=int(reply["bytes_received"]),
                 rounds=int(reply["rounds"]),
                 seconds=float(reply["seconds"]),
+                **_dealer_fields(reply),
             )
         raise AssertionError("unreachable")  # pragma: no cover - _serving aborts
 
@@ -438,4 +491,5 @@ class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
                         bytes_received=int(reply["bytes_received"]),
                         rounds=int(reply["rounds"]),
                         seconds=float(reply["seconds"]),
+                        **_dealer_fields(reply),
                     )

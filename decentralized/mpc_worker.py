@@ -22,6 +22,14 @@ Computation:
         of the client's (B, T, P) image patches -> `mpc.vit.secure.SecureViT` -> this rank's
         share of the (B, classes) logits, returned unopened.
     rank 2: CrypTen's TTP server (the dealer), until party 0 ends the session.
+
+Dealer preprocessing: which correlated values a computation asks the dealer for depends only on
+the public shapes, so rank 0 records the dealer requests of its computation (after the model is
+built) and returns that plan to its node; the node keeps it (`MPCHost`, keyed by the public
+shapes) and hands it to the rank 0 of the next session of the same shapes, which fetches the
+planned shares in chunks of `DEALER_CHUNK_BYTES` (`mpc.backends.crypten_dealer.prefetch`): one
+dealer round trip a chunk instead of one a request. A request that differs from the plan aborts
+the session (`DealerPlanMismatch`) and the node forgets the plan.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import logging
 import signal
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -51,6 +60,7 @@ MPC_MODELS = ENCODERS + DECODERS
 DEALER_RANK = 2
 WORLD_SIZE = 3  # two computing parties and the dealer
 THREAT_MODELS = ("input_private", "weights_private")
+DEALER_CHUNK_BYTES = 64 * 1024 * 1024  # party 0's prefetched shares held (and sent) at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,19 @@ class Job:
     max_new_tokens: int = 0  # decoders: greedy steps; 0 for encoders
     checkpoint: str = ""  # MPC classifiers: the checkpoint path (no suffix)
     input_shape: tuple[int, ...] = ()  # MPC classifiers: (B, T, P)
+    dealer_plan: Any = None  # rank 0: a `DealerPlan` of an earlier session of the same shapes
+
+    def plan_key(self) -> tuple[Any, ...]:
+        """What a computation's dealer requests depend on: the model and the public shapes."""
+        mask_shape = () if self.attention_mask is None else tuple(self.attention_mask.shape)
+        return (
+            self.model,
+            self.threat_model,
+            self.checkpoint,
+            mask_shape,
+            self.input_shape,
+            self.max_new_tokens,
+        )
 
     def step_shape(self, step: int) -> tuple[int, int, int]:
         """Shape of a party's input share at `step` (encoders, classifiers: step 0 only)."""
@@ -83,6 +106,33 @@ class Job:
             return (batch, tokens, self.hidden_size)
         width = self.hidden_size if self.threat_model == "input_private" else self.vocab_size
         return (batch, tokens if step == 0 else 1, width)
+
+
+@contextlib.contextmanager
+def _dealer_planned(crypten: Any, job: Job, result: dict[str, Any]) -> Iterator[None]:
+    """Rank 0, around the computation proper (after the model is built): serve the dealer's
+    values from `job.dealer_plan` when there is one, else record the plan for the node."""
+    if job.rank != 0:
+        yield
+        return
+    from mpc.backends import crypten_dealer
+
+    client = crypten.mpc.provider.ttp_provider.TTPClient.get()
+    online_before = getattr(client, "online_requests", 0)
+    if job.dealer_plan is not None:
+        planned = crypten_dealer.prefetch(crypten, job.dealer_plan, max_bytes=DEALER_CHUNK_BYTES)
+        yield
+        result["dealer"] = {
+            "planned": planned,
+            "unused": crypten_dealer.pending(crypten),
+            "round_trips": getattr(client, "prefetch_round_trips", 0),
+        }
+    else:
+        with crypten_dealer.record_plan(crypten) as plan:
+            yield
+        result["dealer_plan"] = plan
+        result["dealer"] = {"planned": 0, "unused": 0, "round_trips": 0}
+    result["dealer"]["online_requests"] = getattr(client, "online_requests", 0) - online_before
 
 
 def _encoder_state(model: str) -> dict[str, torch.Tensor]:
@@ -109,12 +159,14 @@ def _party(crypten: Any, job: Job, first_input: bytes) -> dict[str, Any]:
     state = _encoder_state(job.model)
     if threat is ThreatModel.WEIGHTS_PRIVATE and job.rank != 0:
         state = {k: torch.zeros_like(v) for k, v in state.items()}  # only party 0's are used
+    result: dict[str, Any] = {}
     start = time.perf_counter()
     encoder = SecureBertEncoder.from_state_dict(state, threat_model=threat, owner=0)
-    hidden = crypten.mpc.MPCTensor.from_shares(share)  # 16 fractional bits, as encoded
-    pooled = mean_pool(encoder(hidden, mask), mask)  # (B, C) secret
+    with _dealer_planned(crypten, job, result):
+        hidden = crypten.mpc.MPCTensor.from_shares(share)  # 16 fractional bits, as encoded
+        pooled = mean_pool(encoder(hidden, mask), mask)  # (B, C) secret
     seconds = time.perf_counter() - start
-    return {
+    return result | {
         "output_share": pooled._tensor.share.contiguous().numpy().tobytes(),
         "output_shape": list(pooled.size()),
         "output_bound": encoder.output_bound,
@@ -135,15 +187,17 @@ def _classifier_party(crypten: Any, job: Job, first_input: bytes) -> dict[str, A
         share = AESCTRGenerator(first_input).random_ring(shape)
     else:
         share = torch.frombuffer(bytearray(first_input), dtype=torch.int64).reshape(shape)
+    result: dict[str, Any] = {}
     start = time.perf_counter()
     secure = SecureViT(model, relu_bound=float(metadata["relu_bound"]))
-    logits = secure(crypten.mpc.MPCTensor.from_shares(share))  # (B, classes) secret
+    with _dealer_planned(crypten, job, result):
+        logits = secure(crypten.mpc.MPCTensor.from_shares(share))  # (B, classes) secret
     seconds = time.perf_counter() - start
     # |logit_c| <= sum_j |W_cj| * (the final LayerNorm's bound) + |b_c|
     state = model.state_dict()
     norm = layer_norm_bound(state["norm.weight"], state["norm.bias"])
     bound = state["head.weight"].abs().sum(1) * norm + state["head.bias"].abs()
-    return {
+    return result | {
         "output_share": logits._tensor.share.contiguous().numpy().tobytes(),
         "output_shape": list(logits.size()),
         "output_bound": float(bound.max()),
@@ -170,27 +224,29 @@ def _decoder_party(crypten: Any, job: Job, conn: Connection, first_input: bytes)
     stream = AESCTRGenerator(first_input) if job.rank == 0 else None
     cache = model.new_cache()
     payload = first_input
+    result: dict[str, Any] = {}
     start = time.perf_counter()
-    for step in range(job.max_new_tokens):
-        shape = job.step_shape(step)
-        if stream is not None:
-            share = stream.random_ring(shape)
-        else:
-            share = torch.frombuffer(bytearray(payload), dtype=torch.int64).reshape(shape)
-        x = crypten.mpc.MPCTensor.from_shares(share, precision=precision)
-        hidden = model.embed_one_hot(x) if precision == 0 else x
-        token = model.token_shares(model.forward(hidden, cache))  # (2, B) secret
-        conn.send(
-            {
-                "step": step,
-                "token_share": token._tensor.share.contiguous().numpy().tobytes(),
-                "token_shape": list(token.size()),
-                "logit_bound": model.logits_bound,
-            }
-        )
-        if stream is None and step + 1 < job.max_new_tokens:
-            payload = conn.recv()["input"]
-    return {"seconds": time.perf_counter() - start}
+    with _dealer_planned(crypten, job, result):
+        for step in range(job.max_new_tokens):
+            shape = job.step_shape(step)
+            if stream is not None:
+                share = stream.random_ring(shape)
+            else:
+                share = torch.frombuffer(bytearray(payload), dtype=torch.int64).reshape(shape)
+            x = crypten.mpc.MPCTensor.from_shares(share, precision=precision)
+            hidden = model.embed_one_hot(x) if precision == 0 else x
+            token = model.token_shares(model.forward(hidden, cache))  # (2, B) secret
+            conn.send(
+                {
+                    "step": step,
+                    "token_share": token._tensor.share.contiguous().numpy().tobytes(),
+                    "token_shape": list(token.size()),
+                    "logit_bound": model.logits_bound,
+                }
+            )
+            if stream is None and step + 1 < job.max_new_tokens:
+                payload = conn.recv()["input"]
+    return result | {"seconds": time.perf_counter() - start}
 
 
 def _die_with_parent() -> None:

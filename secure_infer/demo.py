@@ -250,6 +250,15 @@ def _consensus(client: Any, say: _Progress) -> dict[str, Any]:
     }
 
 
+def _dealer_note(party: Any) -> str:
+    """Party 0's dealer traffic: online round trips, or a plan its node had preprocessed."""
+    if party.role != "party 0":
+        return ""
+    if party.dealer_preprocessed:
+        return f" (dealer values preprocessed: {party.dealer_round_trips} chunked round trips)"
+    return f" ({party.dealer_online_requests} dealer requests online; plan kept for next time)"
+
+
 def _embed_mpc(client: Any, say: _Progress) -> dict[str, Any]:
     texts = SENTENCES[:2]
     say(f"embedding {len(texts)} sentences with {MINILM} under MPC (input secret-shared)")
@@ -260,7 +269,7 @@ def _embed_mpc(client: Any, say: _Progress) -> dict[str, Any]:
     for party in report.parties:
         say(
             f"  {party.role:<7} {party.name}: sent {party.bytes_sent / 1e6:.0f} MB, "
-            f"{party.rounds} rounds, {party.seconds:.1f} s"
+            f"{party.rounds} rounds, {party.seconds:.1f} s{_dealer_note(party)}"
         )
     for line in str(res.privacy).splitlines():
         say(f"  {line}")
@@ -302,7 +311,7 @@ def _generate_mpc(client: Any, local: _LocalLM, say: _Progress) -> dict[str, Any
     for party in report.parties:
         say(
             f"  {party.role:<7} {party.name}: sent {party.bytes_sent / 1e6:.0f} MB, "
-            f"{party.rounds} rounds, {party.seconds:.1f} s"
+            f"{party.rounds} rounds, {party.seconds:.1f} s{_dealer_note(party)}"
         )
     say(f"  MPC:   {MPC_PROMPT}{res.text!r}")
     return {

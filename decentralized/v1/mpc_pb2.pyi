@@ -74,23 +74,29 @@ class RunChunk(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., relay_addresses: _Optional[_Iterable[str]] = ..., share: _Optional[bytes] = ...) -> None: ...
 
 class RunResult(_message.Message):
-    __slots__ = ("output_share", "output_bound", "bytes_sent", "bytes_received", "rounds", "seconds")
+    __slots__ = ("output_share", "output_bound", "bytes_sent", "bytes_received", "rounds", "seconds", "dealer_online_requests", "dealer_round_trips", "dealer_preprocessed")
     OUTPUT_SHARE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_BOUND_FIELD_NUMBER: _ClassVar[int]
     BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DEALER_ONLINE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DEALER_ROUND_TRIPS_FIELD_NUMBER: _ClassVar[int]
+    DEALER_PREPROCESSED_FIELD_NUMBER: _ClassVar[int]
     output_share: _common_pb2.Tensor
     output_bound: float
     bytes_sent: int
     bytes_received: int
     rounds: int
     seconds: float
-    def __init__(self, output_share: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., output_bound: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    dealer_online_requests: int
+    dealer_round_trips: int
+    dealer_preprocessed: bool
+    def __init__(self, output_share: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., output_bound: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds: _Optional[int] = ..., seconds: _Optional[float] = ..., dealer_online_requests: _Optional[int] = ..., dealer_round_trips: _Optional[int] = ..., dealer_preprocessed: _Optional[bool] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("step", "token_share", "logit_bound", "done", "bytes_sent", "bytes_received", "rounds", "seconds")
+    __slots__ = ("step", "token_share", "logit_bound", "done", "bytes_sent", "bytes_received", "rounds", "seconds", "dealer_online_requests", "dealer_round_trips", "dealer_preprocessed")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOKEN_SHARE_FIELD_NUMBER: _ClassVar[int]
     LOGIT_BOUND_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +105,9 @@ class StepResult(_message.Message):
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DEALER_ONLINE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DEALER_ROUND_TRIPS_FIELD_NUMBER: _ClassVar[int]
+    DEALER_PREPROCESSED_FIELD_NUMBER: _ClassVar[int]
     step: int
     token_share: _common_pb2.Tensor
     logit_bound: float
@@ -107,7 +116,10 @@ class StepResult(_message.Message):
     bytes_received: int
     rounds: int
     seconds: float
-    def __init__(self, step: _Optional[int] = ..., token_share: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., logit_bound: _Optional[float] = ..., done: _Optional[bool] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    dealer_online_requests: int
+    dealer_round_trips: int
+    dealer_preprocessed: bool
+    def __init__(self, step: _Optional[int] = ..., token_share: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., logit_bound: _Optional[float] = ..., done: _Optional[bool] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds: _Optional[int] = ..., seconds: _Optional[float] = ..., dealer_online_requests: _Optional[int] = ..., dealer_round_trips: _Optional[int] = ..., dealer_preprocessed: _Optional[bool] = ...) -> None: ...
 
 class MPCMessage(_message.Message):
     __slots__ = ("session_id", "src", "dst", "tag", "payload", "seq", "more")

@@ -24,14 +24,18 @@ values, so it can be planned ahead:
    silently using the wrong randomness.
 
 Cost: the online phase makes no dealer round trips; preprocessing is one round trip whose reply
-is the sum of the shares' sizes (8 bytes per ring element) plus a small header.
+is the sum of the shares' sizes (8 bytes per ring element) plus a small header. A recorded plan
+also knows each share's size, so `prefetch(..., max_bytes=...)` can split it into chunks of a
+bounded size: the first is fetched at once, each later one when the queue runs dry (one round
+trip a chunk; a full SmolLM2 prefill needs ~3 GB of party 0's shares, which should not sit in
+memory, or in one message, at once).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -54,6 +58,40 @@ _DEALT = (
 )
 
 PlanEntry = tuple[str, str | None, tuple[Any, ...], dict[str, Any]]
+_ELEMENT_BYTES = 8  # every dealt share is a tensor of int64 ring elements
+
+
+class DealerPlan(list[PlanEntry]):
+    """The dealer requests of one computation, in order (a list of `PlanEntry`), and beside
+    them `sizes`: the number of ring elements of each dealt share, as recorded."""
+
+    def __init__(self, entries: Iterable[PlanEntry] = (), sizes: Iterable[int] = ()) -> None:
+        super().__init__(entries)
+        self.sizes: list[int] = list(sizes)
+
+    @property
+    def share_bytes(self) -> int:
+        """Party 0's share bytes for the whole plan (0 when the sizes were not recorded)."""
+        return _ELEMENT_BYTES * sum(self.sizes)
+
+    def chunks(self, max_bytes: int | None) -> list[list[PlanEntry]]:
+        """Consecutive pieces of at most `max_bytes` of shares each (an entry larger than that
+        is a piece of its own); the whole plan as one piece without sizes or a bound."""
+        if max_bytes is None or len(self.sizes) != len(self):
+            return [list(self)] if self else []
+        pieces: list[list[PlanEntry]] = []
+        piece: list[PlanEntry] = []
+        held = 0
+        for entry, size in zip(self, self.sizes, strict=True):
+            need = _ELEMENT_BYTES * size
+            if piece and held + need > max_bytes:
+                pieces.append(piece)
+                piece, held = [], 0
+            piece.append(entry)
+            held += need
+        if piece:
+            pieces.append(piece)
+        return pieces
 
 
 class DealerPlanMismatch(MPCError):
@@ -116,27 +154,56 @@ def install(crypten: ModuleType) -> None:
         self: Any, function: str, device: object, *args: Any, **kwargs: Any
     ) -> torch.Tensor:
         entry = _normalize(function, device, args, kwargs)
-        recording = getattr(self, "_plan_recording", None)
+        share = _serve_planned(self, entry, device)
+        if share is None:
+            self.online_requests = getattr(self, "online_requests", 0) + 1
+            share = original(self, function, device, *args, **kwargs)
+        recording: DealerPlan | None = getattr(self, "_plan_recording", None)
         if recording is not None:
             recording.append(entry)
-        queue: collections.deque[tuple[PlanEntry, torch.Tensor]] | None = getattr(
-            self, "_prefetched", None
-        )
-        if queue:
-            planned, share = queue[0]
-            if planned != entry:
-                raise DealerPlanMismatch(
-                    f"dealer request {function}{tuple(args)} is not the planned "
-                    f"{planned[0]}{planned[2]}"
-                )
-            queue.popleft()
-            self.prefetched_used = getattr(self, "prefetched_used", 0) + 1
-            return share
-        self.online_requests = getattr(self, "online_requests", 0) + 1
-        return original(self, function, device, *args, **kwargs)  # type: ignore[no-any-return]
+            recording.sizes.append(share.numel())
+        return share  # type: ignore[no-any-return]
 
     client_cls.ttp_request = ttp_request
     client_cls._secure_infer_original_request = original
+
+
+def _serve_planned(client: Any, entry: PlanEntry, device: object) -> torch.Tensor | None:
+    """The next prefetched share if a plan is being served (fetching its next chunk when the
+    queue ran dry), after checking that `entry` is the planned request; None without a plan."""
+    queue: collections.deque[tuple[PlanEntry, torch.Tensor]] | None = getattr(
+        client, "_prefetched", None
+    )
+    deferred: collections.deque[list[PlanEntry]] | None = getattr(client, "_deferred", None)
+    if not queue and deferred:
+        _fetch(client, deferred.popleft(), None if device is None else str(device))
+        queue = client._prefetched
+    if not queue:
+        return None
+    planned, share = queue[0]
+    if planned != entry:
+        raise DealerPlanMismatch(
+            f"dealer request {entry[0]}{entry[2]} is not the planned {planned[0]}{planned[2]}"
+        )
+    queue.popleft()
+    client.prefetched_used = getattr(client, "prefetched_used", 0) + 1
+    return share
+
+
+def _fetch(client: Any, entries: list[PlanEntry], device: str | None) -> None:
+    """One dealer round trip: party 0's shares of `entries`, appended to the queue."""
+    wire_plan = [[f, d, list(a), k] for f, d, a, k in entries]
+    flat = client._secure_infer_original_request(BATCH_FUNCTION, device, wire_plan)
+    shares = _split(flat)
+    if len(shares) != len(entries):
+        raise DealerPlanMismatch(
+            f"dealer returned {len(shares)} shares for {len(entries)} requests"
+        )
+    client.prefetch_round_trips = getattr(client, "prefetch_round_trips", 0) + 1
+    queue = getattr(client, "_prefetched", None)
+    if queue is None:
+        queue = client._prefetched = collections.deque()
+    queue.extend(zip(entries, shares, strict=True))
 
 
 def _client(crypten: ModuleType) -> Any:
@@ -144,10 +211,11 @@ def _client(crypten: ModuleType) -> Any:
 
 
 @contextlib.contextmanager
-def record_plan(crypten: ModuleType) -> Iterator[list[PlanEntry]]:
-    """Party 0: record the dealer requests made inside the block (they are still served)."""
+def record_plan(crypten: ModuleType) -> Iterator[DealerPlan]:
+    """Party 0: record the dealer requests made inside the block (they are still served), with
+    each share's size."""
     client = _client(crypten)
-    plan: list[PlanEntry] = []
+    plan = DealerPlan()
     client._plan_recording = plan
     try:
         yield plan
@@ -155,28 +223,39 @@ def record_plan(crypten: ModuleType) -> Iterator[list[PlanEntry]]:
         client._plan_recording = None
 
 
-def prefetch(crypten: ModuleType, plan: list[PlanEntry], device: str | None = None) -> int:
-    """Party 0: fetch the shares for every request of `plan` in one dealer round trip.
+def prefetch(
+    crypten: ModuleType,
+    plan: list[PlanEntry],
+    device: str | None = None,
+    *,
+    max_bytes: int | None = None,
+) -> int:
+    """Party 0: fetch the shares for every request of `plan` ahead of the computation.
+
+    Without `max_bytes` (or for a plan without recorded sizes) this is one dealer round trip.
+    With it, a `DealerPlan` is split into chunks of at most `max_bytes` of shares: the first is
+    fetched now, each later one when the queue runs dry during the computation.
 
     Returns:
-        The number of correlated values now queued.
+        The number of correlated values planned (queued now or in later chunks).
     """
     client = _client(crypten)
-    if not plan:
+    pieces = plan.chunks(max_bytes) if isinstance(plan, DealerPlan) else [list(plan)]
+    pieces = [piece for piece in pieces if piece]
+    if not pieces:
         return 0
-    wire_plan = [[f, d, list(a), k] for f, d, a, k in plan]
-    flat = client._secure_infer_original_request(BATCH_FUNCTION, device, wire_plan)
-    shares = _split(flat)
-    if len(shares) != len(plan):
-        raise DealerPlanMismatch(f"dealer returned {len(shares)} shares for {len(plan)} requests")
-    queue = getattr(client, "_prefetched", None)
-    if queue is None:
-        queue = client._prefetched = collections.deque()
-    queue.extend(zip(plan, shares, strict=True))
-    return len(shares)
+    _fetch(client, pieces[0], device)
+    deferred = getattr(client, "_deferred", None)
+    if deferred is None:
+        deferred = client._deferred = collections.deque()
+    deferred.extend(pieces[1:])
+    return sum(len(piece) for piece in pieces)
 
 
 def pending(crypten: ModuleType) -> int:
-    """Prefetched values not used yet (party 0)."""
-    queue = getattr(_client(crypten), "_prefetched", None)
-    return len(queue) if queue else 0
+    """Planned values not used yet (party 0): queued, or in chunks not fetched yet."""
+    client = _client(crypten)
+    queue = getattr(client, "_prefetched", None)
+    deferred = getattr(client, "_deferred", None)
+    return (len(queue) if queue else 0) + (sum(map(len, deferred)) if deferred else 0)
+

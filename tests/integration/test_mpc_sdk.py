@@ -76,6 +76,34 @@ def test_mpc_embeddings_match_plaintext(
     assert result.route == ()
 
 
+def test_party_0_preprocesses_the_dealer_for_shapes_its_node_has_run(mesh: LocalMesh) -> None:
+    """A second session of the same public shapes with the same party 0 gets its node's dealer
+    plan: the correlated values arrive in a few chunked round trips ahead of use, none online,
+    party 0 makes about half the rounds, and the output is as right as the first one."""
+    from sentence_transformers import SentenceTransformer
+
+    from decentralized.models._files import minilm_dir
+
+    texts = ["Dealer plans depend on the public shapes, never on the input."]
+    reference = SentenceTransformer(str(minilm_dir()), device="cpu").encode(
+        texts, normalize_embeddings=True
+    )
+    options = MPCOptions(parties=("mpc-b", "mpc-c", "mpc-a"))
+    with _client(mesh) as client:
+        first, second = (client.embed(MINILM, texts, privacy="mpc", mpc=options) for _ in range(2))
+    assert first.mpc is not None and second.mpc is not None
+    online, planned = first.mpc.parties[0], second.mpc.parties[0]
+    assert (online.name, planned.name) == ("mpc-b", "mpc-b")
+    assert not online.dealer_preprocessed and online.dealer_round_trips == 0
+    assert online.dealer_online_requests > 100  # one blocking round trip each
+    assert planned.dealer_preprocessed and planned.dealer_online_requests == 0
+    assert 1 <= planned.dealer_round_trips <= 4  # 64 MiB chunks
+    # every online dealer request was a round of party 0's; a prefetched chunk is one or two
+    assert planned.rounds <= online.rounds - online.dealer_online_requests + 2 * 4
+    for result in (first, second):
+        assert float((result.embeddings * reference).sum()) >= MIN_COSINE
+
+
 def test_a_dead_party_is_replaced_and_the_session_retried(
     mesh: LocalMesh, reference: np.ndarray
 ) -> None:
