@@ -63,6 +63,7 @@ __all__ = [
     "calibrate_relu_bound",
     "client_input",
     "secure_classify",
+    "secure_classify_interleaved",
 ]
 
 # softmax's exp at n = 4, as `mpc.models.bert` (fewer two-party truncation failures).
@@ -300,30 +301,31 @@ class SecureClassification:
 
 
 def _classify_party(
-    rank: int, model: MPCViT, relu_bound: float, inputs: list[torch.Tensor], dst: int
-) -> dict[str, Any]:
-    """One party: build the secure model, then share, run and reveal each batch."""
+    rank: int, models: list[tuple[MPCViT, float]], inputs: list[torch.Tensor], dst: int
+) -> list[dict[str, Any]]:
+    """One party: build each secure model, then for each batch run every model on it in turn
+    (interleaved, so that a change in the machine's speed hits every model alike)."""
     crypten = load()
     crypten.cfg.communicator.verbose = True
     comm = crypten.comm.get()
-    secure = SecureViT(model, relu_bound=relu_bound)
-    comm.reset_communication_stats()
-    logits, seconds = [], []
+    secure = [SecureViT(model, relu_bound=bound) for model, bound in models]
+    out: list[dict[str, Any]] = [
+        {"logits": [], "seconds": [], "bytes": 0, "rounds": 0} for _ in models
+    ]
     for batch in inputs:
-        start = time.perf_counter()
         data = batch if rank == 0 else torch.zeros_like(batch)  # only rank 0's values are used
-        out = secure(crypten.cryptensor(data, src=0))  # (B, classes)
-        revealed = out.reveal(dst=dst)
-        seconds.append(time.perf_counter() - start)
-        if rank == dst:
-            logits.append(revealed.double() / out.encoder.scale)
-    stats = comm.get_communication_stats()
-    return {
-        "logits": logits,
-        "seconds": seconds,
-        "bytes": stats["bytes"],
-        "rounds": stats["rounds"],
-    }
+        for forward, row in zip(secure, out, strict=True):
+            comm.reset_communication_stats()
+            start = time.perf_counter()
+            result = forward(crypten.cryptensor(data, src=0))  # (B, classes)
+            revealed = result.reveal(dst=dst)
+            row["seconds"].append(time.perf_counter() - start)
+            stats = comm.get_communication_stats()
+            row["bytes"] += stats["bytes"]
+            row["rounds"] += stats["rounds"]
+            if rank == dst:
+                row["logits"].append(revealed.double() / result.encoder.scale)
+    return out
 
 
 def secure_classify(
@@ -346,28 +348,53 @@ def secure_classify(
         ValueError / TypeError: bad images (shape, dtype, non-finite) or batch size.
         mpc.errors.PartyFailed, PartyTimeout: a party failed or ran past `timeout_s`.
     """
+    (result,) = secure_classify_interleaved(
+        [(model, relu_bound)], images, batch_size=batch_size, timeout_s=timeout_s
+    )
+    return result
+
+
+def secure_classify_interleaved(
+    models: Sequence[tuple[MPCViT, float]],
+    images: torch.Tensor,
+    *,
+    batch_size: int = 50,
+    timeout_s: float = 600.0,
+) -> list[SecureClassification]:
+    """`secure_classify` for several (model, relu_bound) pairs of one image size in one party
+    session: each batch goes through every model in turn, so that the models' latencies are
+    compared under the same machine conditions (for benchmarks on a shared machine).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model.check_images(images)
-    if model.search:
-        raise ValueError("discretize the supernet first (MPCViT.discretized())")
-    patches = client_input(images, model.config)
+    if not models:
+        raise ValueError("no models to run")
+    for model, _ in models:
+        model.check_images(images)
+        if model.search:
+            raise ValueError("discretize the supernet first (MPCViT.discretized())")
+    patches = client_input(images, models[0][0].config)
     inputs = [patches[i : i + batch_size] for i in range(0, len(patches), batch_size)]
     results = run_parties(
         _classify_party,
         world_size=2,
         ttp=True,
         timeout_s=timeout_s,
-        args=(model, relu_bound, inputs, 0),
+        args=([(m, float(b)) for m, b in models], inputs, 0),
     )
-    logits = torch.cat(results[0]["logits"])  # (N, classes)
-    return SecureClassification(
-        logits=logits,
-        predictions=logits.argmax(-1),
-        online_seconds=sum(results[0]["seconds"]),
-        bytes_sent_received=int(results[1]["bytes"]),
-        rounds=int(results[1]["rounds"]),
-        images=len(images),
-        batch_size=batch_size,
-        per_batch_seconds=list(results[0]["seconds"]),
-    )
+    out = []
+    for row0, row1 in zip(results[0], results[1], strict=True):
+        logits = torch.cat(row0["logits"])  # (N, classes)
+        out.append(
+            SecureClassification(
+                logits=logits,
+                predictions=logits.argmax(-1),
+                online_seconds=sum(row0["seconds"]),
+                bytes_sent_received=int(row1["bytes"]),
+                rounds=int(row1["rounds"]),
+                images=len(images),
+                batch_size=batch_size,
+                per_batch_seconds=list(row0["seconds"]),
+            )
+        )
+    return out
