@@ -95,6 +95,7 @@ class MPCHost:
         *,
         max_sessions: int = 2,
         classifiers: tuple[HostedClassifier, ...] = (),
+        warm_spare: bool = True,
     ) -> None:
         self.name = name
         self.models = models
@@ -107,6 +108,51 @@ class MPCHost:
         # Party 0's dealer plans (`mpc_worker`'s docstring): which correlated values a
         # computation of these public shapes asks the dealer for, in order. Shapes only.
         self._plans: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
+        # One warm worker process (`mpc_worker.serve_spare`: its imports done) for the next
+        # session. A taken spare is replaced when its session ends, not while it runs: the
+        # imports (~4 s of CPU) would slow the session down.
+        self._warm_spare = warm_spare and bool(models or classifiers)
+        self._spare: tuple[Any, Connection] | None = None
+        self._spawned = 0
+        if self._warm_spare:
+            self._start_spare()
+
+    def _start_spare(self) -> None:
+        mine, theirs = self._ctx.Pipe()
+        self._spawned += 1
+        process = self._ctx.Process(
+            target=mpc_worker.serve_spare,
+            args=(theirs,),
+            name=f"mpc-spare-{self._spawned}",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        self._spare = (process, mine)
+
+    def _worker(self, job: mpc_worker.Job) -> tuple[Any, Connection]:
+        """A process running `job`: the warm spare if it is alive, else a fresh one."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            process, conn = spare
+            if process.is_alive():
+                try:
+                    conn.send({"job": job, "creds": self.creds})
+                except OSError:
+                    pass
+                else:
+                    return process, conn
+            _Rank(job, process, conn).kill()
+        mine, theirs = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=mpc_worker.run,
+            args=(theirs, job, self.creds),
+            name=f"mpc-{job.session_id[:8]}-r{job.rank}",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        return process, mine
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -115,6 +161,8 @@ class MPCHost:
             if stale or (not rank.process.is_alive() and not rank.running):
                 rank.kill()
                 del self._ranks[sid]
+        if self._warm_spare and self._spare is None and not self._ranks:
+            self._start_spare()  # a rank that ended without `_end` (never run, failed open)
 
     def _job(self, request: mpc_pb2.OpenSession) -> mpc_worker.Job:
         if not _wire.SESSION_ID_RE.match(request.session_id):
@@ -240,15 +288,7 @@ class MPCHost:
             raise SessionMismatch(f"session {request.session_id[:8]}... is already open here")
         if len(self._ranks) >= self.max_sessions:
             raise Overloaded(f"{self.name} runs {self.max_sessions} MPC ranks already")
-        mine, theirs = self._ctx.Pipe()
-        process = self._ctx.Process(
-            target=mpc_worker.run,
-            args=(theirs, job, self.creds),
-            name=f"mpc-{job.session_id[:8]}-r{job.rank}",
-            daemon=True,
-        )
-        process.start()
-        theirs.close()
+        process, mine = self._worker(job)
         rank = _Rank(job, process, mine)
         self._ranks[job.session_id] = rank
         try:
@@ -317,6 +357,8 @@ class MPCHost:
             )
         rank.kill(grace_s=EXIT_GRACE_S)
         self._ranks.pop(session_id, None)
+        if self._warm_spare and self._spare is None:
+            self._start_spare()
 
     async def run(
         self, chunks: AsyncIterator[mpc_pb2.RunChunk], deadline_s: float
@@ -371,6 +413,14 @@ class MPCHost:
         for rank in self._ranks.values():
             rank.kill()
         self._ranks.clear()
+        self._warm_spare = False
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare[1].close()  # the spare sees EOF and exits
+            spare[0].join(2)
+            if spare[0].is_alive():
+                spare[0].kill()
+            spare[0].join(5)
 
 
 def _expected_share_bytes(job: mpc_worker.Job, step: int) -> int:

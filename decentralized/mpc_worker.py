@@ -2,7 +2,8 @@
 
 CrypTen keeps its communicator, generators and dealer client in process-wide globals, so every
 session rank runs in a fresh process: sessions cannot see each other's state, and a rank that
-hangs or crashes is killed without touching the node.
+hangs or crashes is killed without touching the node. The node keeps one such process warm
+(`serve_spare`: imports done, no session state yet) and hands it the next session.
 
 The process talks to its node over a local pipe (`Connection`, the node's own child: nothing
 from the network is unpickled there; the client's share arrives as raw bytes) and to the other
@@ -255,6 +256,29 @@ def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def serve_spare(conn: Connection) -> None:
+    """Process entry point of a warm spare: import what a session needs (torch, CrypTen with
+    its fixes, the relay, the secure models), then wait for the node to hand over one session
+    ({"job", "creds"}) and run it as `run` would. The node keeps one spare ready, so a session
+    does not wait for a fresh interpreter's imports; a closed pipe (the node did not need it)
+    ends the spare quietly."""
+    _die_with_parent()
+    torch.set_num_threads(1)
+    try:
+        from decentralized import mpc_relay  # noqa: F401 - imported ahead for the session
+        from decentralized.models import _files, bert  # noqa: F401 - transformers: ~4 s
+        from mpc import models  # noqa: F401
+        from mpc.backends.crypten import load
+        from mpc.models import llama  # noqa: F401
+        from mpc.vit import secure  # noqa: F401
+
+        load()
+        message = conn.recv()
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+    run(conn, message["job"], message["creds"])
 
 
 def run(conn: Connection, job: Job, creds: Credentials) -> None:

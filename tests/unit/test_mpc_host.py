@@ -1,5 +1,6 @@
 """A node keeps party 0's dealer plans by public shapes, offers them to the next session of the
-same shapes only, forgets one that failed, and keeps at most `MAX_DEALER_PLANS`."""
+same shapes only, forgets one that failed, and keeps at most `MAX_DEALER_PLANS`; and it keeps one
+warm spare worker process for the next session."""
 
 from __future__ import annotations
 
@@ -64,3 +65,20 @@ def test_at_most_max_dealer_plans_are_kept_least_recently_used_out() -> None:
     assert len(host._plans) == mpc_service.MAX_DEALER_PLANS
     assert _job(tokens=1).plan_key() not in host._plans
     assert _job(tokens=2).plan_key() in host._plans
+
+
+def test_a_node_keeps_one_warm_spare_worker_and_ends_it_on_close() -> None:
+    host = mpc_service.MPCHost(
+        "a",
+        ("all-MiniLM-L6-v2",),
+        None,  # type: ignore[arg-type] - the spare gets credentials only with a job
+        "127.0.0.1",
+    )
+    try:
+        assert host._spare is not None
+        process = host._spare[0]
+        assert process.is_alive()
+        assert _host()._spare is None  # a node without MPC models keeps none
+    finally:
+        host.close()
+    assert not process.is_alive() and host._spare is None
