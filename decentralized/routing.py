@@ -62,7 +62,12 @@ def plan_route(
             if span.model != model or span.start < start or span.end > end:
                 continue
             hop = Hop(
-                rec.node_id, rec.name, rec.address, span.start, span.end, span.weight_digest,
+                rec.node_id,
+                rec.name,
+                rec.address,
+                span.start,
+                span.end,
+                span.weight_digest,
                 rec.public_key,
             )
             cost = hop_cost(rec, span.end - span.start, rtt_s.get(rec.node_id))

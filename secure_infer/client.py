@@ -92,7 +92,9 @@ class Client:
         verdict_key: Ed25519PrivateKey | None = None,
         reputation: Reputation | None = None,
     ) -> None:
-        """Args:
+        """A client of the mesh reached through `seeds`.
+
+        Args:
             verdict_key: signs the client's consensus verdicts (default: a fresh key per
                 Client; pass a stable one so others can pin it).
             reputation: node standings for verify="consensus", shared by every request of
@@ -657,10 +659,7 @@ class Client:
         from decentralized.models.calibrate import local_manifest
 
         served = {
-            (s.start, s.end)
-            for r in self._mesh.refresh()
-            for s in r.spans
-            if s.model == model
+            (s.start, s.end) for r in self._mesh.refresh() for s in r.spans if s.model == model
         }
         manifest = self._manifests.get((model, None))
         if manifest is None or not served <= set(manifest.tolerances):

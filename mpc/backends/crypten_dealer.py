@@ -258,4 +258,3 @@ def pending(crypten: ModuleType) -> int:
     queue = getattr(client, "_prefetched", None)
     deferred = getattr(client, "_deferred", None)
     return (len(queue) if queue else 0) + (sum(map(len, deferred)) if deferred else 0)
-

@@ -96,6 +96,7 @@ def test_a_plan_splits_into_bounded_chunks_and_survives_pickling() -> None:
     # 100 elements alone exceed 80 bytes: a chunk of its own; 5 + 5 fit together.
     assert plan.chunks(80) == [entries[:1], entries[1:2], entries[2:]]
     assert plan.chunks(8 * 120) == [entries]
-    copy = pickle.loads(pickle.dumps(plan))  # the node caches plans its worker sends it
+    # the worker sends its plan to the node through a multiprocessing pipe (pickle)
+    copy = pickle.loads(pickle.dumps(plan))  # noqa: S301 - bytes this test just made
     assert copy == plan and copy.sizes == plan.sizes
     assert DealerPlan(entries).chunks(80) == [entries]  # no sizes: one piece

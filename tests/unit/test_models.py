@@ -45,6 +45,7 @@ def test_span_digest_commits_to_the_published_weights() -> None:
             for k in f.keys()  # noqa: SIM118
             if k.startswith(("encoder.layer.2.", "encoder.layer.3."))
         }
+
     def layer(i: int) -> dict[str, torch.Tensor]:
         return {k: v for k, v in tensors.items() if k.startswith(f"encoder.layer.{i}.")}
 
