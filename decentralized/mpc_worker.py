@@ -137,12 +137,11 @@ def _dealer_planned(crypten: Any, job: Job, result: dict[str, Any]) -> Iterator[
 
 
 def _encoder_state(model: str) -> dict[str, torch.Tensor]:
-    from decentralized.models._files import minilm_dir
-    from decentralized.models.bert import _read
+    from decentralized.models._files import minilm_dir, read_tensors
 
     if model not in ENCODERS:
         raise ValueError(f"{model} is not served under MPC as an encoder")
-    return _read(minilm_dir(), "encoder.layer.")
+    return read_tensors(minilm_dir(), "encoder.layer.")
 
 
 def _party(crypten: Any, job: Job, first_input: bytes) -> dict[str, Any]:
@@ -268,7 +267,7 @@ def serve_spare(conn: Connection) -> None:
     torch.set_num_threads(1)
     try:
         from decentralized import mpc_relay  # noqa: F401 - imported ahead for the session
-        from decentralized.models import _files, bert  # noqa: F401 - transformers: ~4 s
+        from decentralized.models import _files  # noqa: F401
         from mpc import models  # noqa: F401
         from mpc.backends.crypten import load
         from mpc.models import llama  # noqa: F401

@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,14 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class ModelFilesMissing(RuntimeError):
     """The package that ships a model's weights is not installed."""
+
+
+def read_tensors(path: Path, prefix: str | tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors of `path`/model.safetensors whose names start with `prefix` (or one of them).
+
+    Needs only safetensors (no transformers import: MPC worker processes use it)."""
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118
 
 
 def cache_root() -> Path:

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from transformers import AutoTokenizer, BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
 
 from decentralized.models._digest import layered_digest
-from decentralized.models._files import minilm_dir
+from decentralized.models._files import minilm_dir, read_tensors
 
 MAX_TOKENS = 512  # BERT's position table; longer inputs are truncated by the tokenizer.
 
@@ -25,11 +24,6 @@ def _config(path: Path) -> BertConfig:
     config = BertConfig.from_pretrained(str(path))
     config._attn_implementation = "sdpa"
     return config
-
-
-def _read(path: Path, prefix: str) -> dict[str, torch.Tensor]:
-    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118
 
 
 def extended_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -50,7 +44,7 @@ class BertSpan:
         self.start, self.end, self.device = start, end, device
         tensors: dict[str, torch.Tensor] = {}
         for i in range(start, end):
-            tensors.update(_read(path, f"encoder.layer.{i}."))
+            tensors.update(read_tensors(path, f"encoder.layer.{i}."))
         self.weight_digest, self.layer_digests = layered_digest(
             tensors, "encoder.layer.", start, end
         )
@@ -86,7 +80,7 @@ class BertClientParts:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.embeddings = BertEmbeddings(self.config)
         prefix = "embeddings."
-        state = {k[len(prefix) :]: v for k, v in _read(path, prefix).items()}
+        state = {k[len(prefix) :]: v for k, v in read_tensors(path, prefix).items()}
         self.embeddings.load_state_dict(state, strict=False)
         self.embeddings.eval()
 

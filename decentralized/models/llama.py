@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from transformers import AutoTokenizer, DynamicCache, LlamaConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import (
@@ -23,18 +22,13 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from decentralized.models._digest import layered_digest
-from decentralized.models._files import smollm2_dir
+from decentralized.models._files import read_tensors, smollm2_dir
 
 
 def _config(path: Path) -> LlamaConfig:
     config = LlamaConfig.from_pretrained(str(path))
     config._attn_implementation = "sdpa"
     return config
-
-
-def _read(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}  # noqa: SIM118
 
 
 class LlamaSpan:
@@ -52,7 +46,7 @@ class LlamaSpan:
         self.span_config.num_hidden_layers = end - start
         if getattr(self.span_config, "layer_types", None):
             self.span_config.layer_types = config.layer_types[start:end]
-        tensors = _read(path, tuple(f"model.layers.{i}." for i in range(start, end)))
+        tensors = read_tensors(path, tuple(f"model.layers.{i}." for i in range(start, end)))
         self.weight_digest, self.layer_digests = layered_digest(
             tensors, "model.layers.", start, end
         )
@@ -108,7 +102,7 @@ class LlamaClientParts:
         path = smollm2_dir()
         self.config = _config(path)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        tensors = _read(path, ("model.embed_tokens.", "model.norm.", "lm_head."))
+        tensors = read_tensors(path, ("model.embed_tokens.", "model.norm.", "lm_head."))
         self.embed_tokens = torch.nn.Embedding(self.config.vocab_size, self.config.hidden_size)
         self.embed_tokens.weight.data.copy_(tensors["model.embed_tokens.weight"])
         self.norm = LlamaRMSNorm(self.config.hidden_size, eps=self.config.rms_norm_eps)
