@@ -54,7 +54,7 @@ MIN_LATENCY_RATIO = 3.0
 
 
 def _row(
-    name: str, model: Any, metadata: dict[str, Any], result: Any, split: Any, args: Any, table: Any
+    model: Any, metadata: dict[str, Any], result: Any, split: Any, args: Any, table: Any
 ) -> dict:
     images, labels = split.test_x[: args.images], split.test_y[: args.images]
     with torch.no_grad():
@@ -112,7 +112,7 @@ def main() -> None:
         timeout_s=1800.0,
     )
     models = {
-        name: _row(name, *family[name], result, split, args, table)
+        name: _row(*family[name], result, split, args, table)
         for name, result in zip(FAMILY, results, strict=True)
     }
     base = models["vit"]

@@ -200,15 +200,7 @@ class ConsensusChain:
                 if why is not None:
                     self.refused[rec.name] = why
                     continue
-                hop = Hop(
-                    rec.node_id,
-                    rec.name,
-                    rec.address,
-                    span.start,
-                    span.end,
-                    span.weight_digest,
-                    rec.public_key,
-                )
+                hop = Hop.of(rec, span)
                 by_span.setdefault((span.start, span.end), []).append(hop)
         return by_span
 

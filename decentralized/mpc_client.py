@@ -95,6 +95,23 @@ class RankReport:
     dealer_round_trips: int = 0
     dealer_preprocessed: bool = False
 
+    @classmethod
+    def of(cls, rank: int, node: common_pb2.NodeRecord, result: Any) -> RankReport:
+        """The report of `rank` on `node` from its final RunResult / StepResult."""
+        return cls(
+            role=RANK_ROLES[rank],
+            name=node.name,
+            node_id=node.node_id,
+            address=node.address,
+            bytes_sent=result.bytes_sent,
+            bytes_received=result.bytes_received,
+            rounds=result.rounds,
+            seconds=result.seconds,
+            dealer_online_requests=result.dealer_online_requests,
+            dealer_round_trips=result.dealer_round_trips,
+            dealer_preprocessed=result.dealer_preprocessed,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class MPCOutcome:
@@ -194,22 +211,7 @@ def _attempt(
     # Under weights_private only party 0 (the owner) knows the weights, hence the bound.
     bounds = [results[r].output_bound for r in (0, 1)]
     bound = bounds[0] if options.threat_model == "weights_private" else min(bounds)
-    reports = tuple(
-        RankReport(
-            role=RANK_ROLES[r],
-            name=nodes[r].name,
-            node_id=nodes[r].node_id,
-            address=nodes[r].address,
-            bytes_sent=results[r].bytes_sent,
-            bytes_received=results[r].bytes_received,
-            rounds=results[r].rounds,
-            seconds=results[r].seconds,
-            dealer_online_requests=results[r].dealer_online_requests,
-            dealer_round_trips=results[r].dealer_round_trips,
-            dealer_preprocessed=results[r].dealer_preprocessed,
-        )
-        for r in range(3)
-    )
+    reports = tuple(RankReport.of(r, nodes[r], results[r]) for r in range(3))
     return output, bound, reports, seconds
 
 
@@ -565,22 +567,7 @@ class _DecoderSession:
         self._pool.shutdown(wait=False)
         seconds = time.perf_counter() - self._started
         stats = (r0, r1, dealer)
-        reports = tuple(
-            RankReport(
-                role=RANK_ROLES[r],
-                name=self.nodes[r].name,
-                node_id=self.nodes[r].node_id,
-                address=self.nodes[r].address,
-                bytes_sent=stats[r].bytes_sent,
-                bytes_received=stats[r].bytes_received,
-                rounds=stats[r].rounds,
-                seconds=stats[r].seconds,
-                dealer_online_requests=stats[r].dealer_online_requests,
-                dealer_round_trips=stats[r].dealer_round_trips,
-                dealer_preprocessed=stats[r].dealer_preprocessed,
-            )
-            for r in range(3)
-        )
+        reports = tuple(RankReport.of(r, self.nodes[r], stats[r]) for r in range(3))
         return reports, seconds
 
     def cancel(self) -> None:

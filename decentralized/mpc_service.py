@@ -117,18 +117,17 @@ class MPCHost:
         if self._warm_spare:
             self._start_spare()
 
-    def _start_spare(self) -> None:
+    def _spawn(self, target: Any, args: tuple[Any, ...], name: str) -> tuple[Any, Connection]:
+        """A worker process running `target(their_end, *args)`, and the node's end of its pipe."""
         mine, theirs = self._ctx.Pipe()
-        self._spawned += 1
-        process = self._ctx.Process(
-            target=mpc_worker.serve_spare,
-            args=(theirs,),
-            name=f"mpc-spare-{self._spawned}",
-            daemon=True,
-        )
+        process = self._ctx.Process(target=target, args=(theirs, *args), name=name, daemon=True)
         process.start()
         theirs.close()
-        self._spare = (process, mine)
+        return process, mine
+
+    def _start_spare(self) -> None:
+        self._spawned += 1
+        self._spare = self._spawn(mpc_worker.serve_spare, (), f"mpc-spare-{self._spawned}")
 
     def _worker(self, job: mpc_worker.Job) -> tuple[Any, Connection]:
         """A process running `job`: the warm spare if it is alive, else a fresh one."""
@@ -143,16 +142,9 @@ class MPCHost:
                 else:
                     return process, conn
             _Rank(job, process, conn).kill()
-        mine, theirs = self._ctx.Pipe()
-        process = self._ctx.Process(
-            target=mpc_worker.run,
-            args=(theirs, job, self.creds),
-            name=f"mpc-{job.session_id[:8]}-r{job.rank}",
-            daemon=True,
+        return self._spawn(
+            mpc_worker.run, (job, self.creds), f"mpc-{job.session_id[:8]}-r{job.rank}"
         )
-        process.start()
-        theirs.close()
-        return process, mine
 
     def _reap(self) -> None:
         now = time.monotonic()

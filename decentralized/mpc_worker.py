@@ -125,14 +125,13 @@ def _dealer_planned(crypten: Any, job: Job, result: dict[str, Any]) -> Iterator[
         yield
         result["dealer"] = {
             "planned": planned,
-            "unused": crypten_dealer.pending(crypten),
             "round_trips": getattr(client, "prefetch_round_trips", 0),
         }
     else:
         with crypten_dealer.record_plan(crypten) as plan:
             yield
         result["dealer_plan"] = plan
-        result["dealer"] = {"planned": 0, "unused": 0, "round_trips": 0}
+        result["dealer"] = {"planned": 0, "round_trips": 0}
     result["dealer"]["online_requests"] = getattr(client, "online_requests", 0) - online_before
 
 

@@ -34,6 +34,19 @@ class Hop:
     weight_digest: str
     public_key: bytes = b""  # the node's raw Ed25519 key (checks its forward receipts)
 
+    @classmethod
+    def of(cls, record: common_pb2.NodeRecord, span: common_pb2.Span) -> Hop:
+        """The hop of `span` (one of `record.spans`) on the node `record` describes."""
+        return cls(
+            record.node_id,
+            record.name,
+            record.address,
+            span.start,
+            span.end,
+            span.weight_digest,
+            record.public_key,
+        )
+
 
 def hop_cost(record: common_pb2.NodeRecord, layers: int, rtt_s: float | None) -> float:
     rate = record.layers_per_s if record.layers_per_s > 0 else _DEFAULT_LAYERS_PER_S
@@ -61,15 +74,7 @@ def plan_route(
         for span in rec.spans:
             if span.model != model or span.start < start or span.end > end:
                 continue
-            hop = Hop(
-                rec.node_id,
-                rec.name,
-                rec.address,
-                span.start,
-                span.end,
-                span.weight_digest,
-                rec.public_key,
-            )
+            hop = Hop.of(rec, span)
             cost = hop_cost(rec, span.end - span.start, rtt_s.get(rec.node_id))
             edges.setdefault(span.start, []).append((cost, hop))
     route = shortest_path(
