@@ -145,6 +145,15 @@ def product(x: CrypTensor, y: CrypTensor) -> CrypTensor:
     return out
 
 
+def matmul_product(x: CrypTensor, y: CrypTensor) -> CrypTensor:
+    """x @ y by one Beaver matrix multiplication, NOT truncated (like `product`)."""
+    beaver = load().mpc.primitives.beaver
+    out = x.shallow_copy()
+    out._tensor = beaver.matmul(x._tensor, y._tensor)
+    out.encoder = fixed_point(precision_bits(x) + precision_bits(y))
+    return out
+
+
 def square(x: CrypTensor) -> CrypTensor:
     """x^2 by one Beaver square (opens only x - r), NOT truncated: twice x's precision."""
     beaver = load().mpc.primitives.beaver

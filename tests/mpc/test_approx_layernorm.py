@@ -84,6 +84,18 @@ def test_rms_norm_matches_reference(lo_ms: float, hi_ms: float) -> None:
     assert relative.max().item() <= MAX_REL_ERROR_RMS, relative.max().item()
 
 
+@pytest.mark.parametrize("width", [64, 256])
+def test_layer_norm_power_of_two_width(width: int) -> None:
+    # a width of 2^m takes the path whose one truncation also divides the sum of squares by it
+    g = torch.Generator().manual_seed(10)
+    log_var = torch.rand(300, 1, generator=g) * math.log(128.0 / 0.002) + math.log(0.002)
+    x = torch.randn(300, width, generator=g) * log_var.exp().sqrt() + torch.randn(300, 1)
+    secret = encrypt(x)
+    expected = torch.nn.functional.layer_norm(decode(secret), (width,), eps=1e-5)
+    error = (decode(layer_norm(secret, eps=1e-5)) - expected).abs().max().item()
+    assert error <= MAX_ABS_ERROR, error
+
+
 def test_layer_norm_constant_row_gives_bias() -> None:
     weight, bias = _affine(9)
     out = decode(layer_norm(encrypt(torch.full((2, HIDDEN), 3.25)), weight, bias))
