@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mpc.backends import crypten_dealer
+
 if TYPE_CHECKING:
     from decentralized.transport import Credentials
 
@@ -61,7 +63,7 @@ MPC_MODELS = ENCODERS + DECODERS
 DEALER_RANK = 2
 WORLD_SIZE = 3  # two computing parties and the dealer
 THREAT_MODELS = ("input_private", "weights_private")
-DEALER_CHUNK_BYTES = 64 * 1024 * 1024  # party 0's prefetched shares held (and sent) at once
+DEALER_CHUNK_BYTES = crypten_dealer.CHUNK_BYTES  # party 0's prefetched shares held and sent at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +118,6 @@ def _dealer_planned(crypten: Any, job: Job, result: dict[str, Any]) -> Iterator[
     if job.rank != 0:
         yield
         return
-    from mpc.backends import crypten_dealer
-
     client = crypten.mpc.provider.ttp_provider.TTPClient.get()
     online_before = getattr(client, "online_requests", 0)
     if job.dealer_plan is not None:

@@ -58,6 +58,7 @@ _DEALT = (
 )
 
 PlanEntry = tuple[str, str | None, tuple[Any, ...], dict[str, Any]]
+CHUNK_BYTES = 64 * 1024 * 1024  # a good `prefetch(max_bytes=...)`: party 0's shares held at once
 _ELEMENT_BYTES = 8  # every dealt share is a tensor of int64 ring elements
 
 

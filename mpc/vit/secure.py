@@ -8,9 +8,11 @@ Method:  The weight holder prepares the weights once, in plaintext (`_prepare_bl
          scaling), which lets each kind run as ONE batched call on a `narrow`ed slice; the
          attention scale is folded into W_q per head (1/sqrt(d), and 1/(sqrt(d) T) for scaling
          heads, whose weights then ARE the scores: no work at all); a linearized MLP
-         (MPCViT+) is fused into one (C, C) matrix W1 W2. The client turns its images into
-         patches and prepends one zero patch for the CLS token (`client_input`); the CLS
-         vector is then the patch bias plus a public correction folded into the position table.
+         (MPCViT+) is fused into one (C, C) matrix W1 W2; every LayerNorm's affine (gamma,
+         beta) is folded into the matmul that follows it (`_fold_norm`). The client turns its
+         images into patches and prepends one zero patch for the CLS token (`client_input`);
+         the CLS vector is then the patch bias plus a public correction folded into the
+         position table.
          Per block on secret x (B, T, C): LayerNorm, qkv = x W + b (public W: local), scores
          q k^T (Beaver matmul), weights per kind (softmax: `mpc.approx.softmax`; relu_softmax:
          relu(s) times `reciprocal`(sum + 1) on the public range [1, `relu_bound`]; scaling:
@@ -32,9 +34,10 @@ Failure: truncations are exact (`mpc.backends.crypten_trunc`, loaded by `load()`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +45,7 @@ import torch
 
 from mpc.approx import gelu, layer_norm, reciprocal, softmax
 from mpc.approx._mpc import CrypTensor
+from mpc.backends import crypten_dealer
 from mpc.backends.crypten import load
 from mpc.launch import run_parties
 from mpc.vit.model import (
@@ -167,27 +171,39 @@ def _prepare_block(
     w_qkv, b_qkv = state["attention.qkv.weight"], state["attention.qkv.bias"]  # (3C, C), (3C,)
     w = torch.cat([w_qkv[:c][rows] * scale[:, None], w_qkv[c : 2 * c][rows], w_qkv[2 * c :][rows]])
     b = torch.cat([b_qkv[:c][rows] * scale, b_qkv[c : 2 * c][rows], b_qkv[2 * c :][rows]])
+    ln1 = (state["norm1.weight"], state["norm1.bias"])
     prepared: dict[str, Any] = {
         "runs": runs,
-        "ln1": (state["norm1.weight"], state["norm1.bias"]),
-        "qkv": (w.T.contiguous(), b),  # (C, 3C), (3C,)
+        "qkv": _fold_norm(ln1, w.T, b),  # (C, 3C), (3C,)
         "proj": (
             state["attention.proj.weight"][:, rows].T.contiguous(),
             state["attention.proj.bias"],
         ),  # (C, C), (C,)
-        "ln2": (state["norm2.weight"], state["norm2.bias"]),
         "mlp": mlp,
     }
+    ln2 = (state["norm2.weight"], state["norm2.bias"])
     w1, b1 = state["fc1.weight"].T, state["fc1.bias"]  # (C, F), (F,)
     w2, b2 = state["fc2.weight"].T, state["fc2.bias"]  # (F, C), (C,)
     if mlp is MLPKind.LINEAR:
-        prepared["fused"] = (
+        prepared["fused"] = _fold_norm(
+            ln2,
             (w1.double() @ w2.double()).float(),
             (b1.double() @ w2.double() + b2.double()).float(),
         )  # (C, C), (C,)
     else:
-        prepared["fc1"], prepared["fc2"] = (w1.contiguous(), b1), (w2.contiguous(), b2)
+        prepared["fc1"], prepared["fc2"] = _fold_norm(ln2, w1, b1), (w2.contiguous(), b2)
     return prepared
+
+
+def _fold_norm(
+    norm: tuple[torch.Tensor, torch.Tensor], weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LayerNorm's affine (gamma, beta) folded into the linear layer after it (plaintext):
+    (n gamma + beta) W + b = n (diag(gamma) W) + (beta W + b), so the secret normalized n goes
+    straight into the matmul (one truncation fewer per norm, and no rounding of n gamma)."""
+    gamma, beta = (t.double() for t in norm)
+    folded = (gamma[:, None] * weight.double()).float().contiguous()  # (C, out)
+    return folded, (beta @ weight.double() + bias.double()).float()  # (out,)
 
 
 class SecureViT:
@@ -229,8 +245,8 @@ class SecureViT:
         pos = state["pos_embed"][0].clone()  # (T, C)
         pos[0] += state["cls_token"][0, 0] - state["patch_embed.bias"]  # CLS slot correction
         self.pos = pos
-        self.norm = (state["norm.weight"], state["norm.bias"])
-        self.head = (state["head.weight"].T.contiguous(), state["head.bias"])
+        norm = (state["norm.weight"], state["norm.bias"])
+        self.head = _fold_norm(norm, state["head.weight"].T, state["head.bias"])  # (C, classes)
 
     def _attention(self, x: CrypTensor, block: dict[str, Any]) -> CrypTensor:
         crypten = load()
@@ -268,10 +284,10 @@ class SecureViT:
             raise ValueError(f"patches must be (B, {want[0]}, {want[1]}), got {size}")
         eps = self.config.ln_eps
         x = patches.matmul(self.patch[0]) + self.patch[1] + self.pos  # (B, T, C)
-        for block in self.blocks:
-            x = x + self._attention(layer_norm(x, *block["ln1"], eps=eps), block)
-            x = x + self._mlp(layer_norm(x, *block["ln2"], eps=eps), block)
-        cls = layer_norm(x.narrow(1, 0, 1), *self.norm, eps=eps)  # (B, 1, C)
+        for block in self.blocks:  # each norm's affine is folded into the matmul after it
+            x = x + self._attention(layer_norm(x, eps=eps), block)
+            x = x + self._mlp(layer_norm(x, eps=eps), block)
+        cls = layer_norm(x.narrow(1, 0, 1), eps=eps)  # (B, 1, C)
         return cls.matmul(self.head[0]).squeeze(1) + self.head[1]  # (B, classes)
 
     __call__ = forward
@@ -290,6 +306,9 @@ class SecureClassification:
     batch_size: int
     threat_model: str = THREAT_MODEL
     per_batch_seconds: list[float] = field(default_factory=list)
+    # batches whose dealer values were fetched in chunks from a plan recorded on an earlier
+    # batch of the same shape (`preprocess`); the others made one dealer round trip per value
+    preprocessed_batches: int = 0
 
     @property
     def seconds_per_image(self) -> float:
@@ -300,8 +319,38 @@ class SecureClassification:
         return self.bytes_sent_received / self.images
 
 
+@contextlib.contextmanager
+def _dealer_preprocessed(
+    crypten: Any, rank: int, plans: dict[Any, crypten_dealer.DealerPlan], key: Any, row: dict
+) -> Iterator[None]:
+    """Party 0, around one forward: record the dealer plan of `key` (model, batch shape) the
+    first time, and from then on fetch its dealer shares in chunks instead of one dealer round
+    trip per correlated value (`mpc.backends.crypten_dealer`; what the mesh's MPC nodes do for
+    every session after the first of a shape). The other party never talks to the dealer."""
+    if rank != 0:
+        yield
+        return
+    plan = plans.get(key)
+    if plan is None:
+        with crypten_dealer.record_plan(crypten) as recorded:
+            yield
+        plans[key] = recorded
+        return
+    client = crypten.mpc.provider.ttp_provider.TTPClient.get()
+    online = getattr(client, "online_requests", 0)
+    crypten_dealer.prefetch(crypten, plan, max_bytes=crypten_dealer.CHUNK_BYTES)
+    yield
+    if crypten_dealer.pending(crypten) or getattr(client, "online_requests", 0) != online:
+        raise crypten_dealer.DealerPlanMismatch("the forward did not follow its dealer plan")
+    row["preprocessed_batches"] += 1
+
+
 def _classify_party(
-    rank: int, models: list[tuple[MPCViT, float]], inputs: list[torch.Tensor], dst: int
+    rank: int,
+    models: list[tuple[MPCViT, float]],
+    inputs: list[torch.Tensor],
+    dst: int,
+    preprocess: bool,
 ) -> list[dict[str, Any]]:
     """One party: build each secure model, then for each batch run every model on it in turn
     (interleaved, so that a change in the machine's speed hits every model alike)."""
@@ -310,14 +359,22 @@ def _classify_party(
     comm = crypten.comm.get()
     secure = [SecureViT(model, relu_bound=bound) for model, bound in models]
     out: list[dict[str, Any]] = [
-        {"logits": [], "seconds": [], "bytes": 0, "rounds": 0} for _ in models
+        {"logits": [], "seconds": [], "bytes": 0, "rounds": 0, "preprocessed_batches": 0}
+        for _ in models
     ]
+    plans: dict[Any, crypten_dealer.DealerPlan] = {}
     for batch in inputs:
         data = batch if rank == 0 else torch.zeros_like(batch)  # only rank 0's values are used
-        for forward, row in zip(secure, out, strict=True):
+        for index, (forward, row) in enumerate(zip(secure, out, strict=True)):
             comm.reset_communication_stats()
             start = time.perf_counter()
-            result = forward(crypten.cryptensor(data, src=0))  # (B, classes)
+            dealer = (
+                _dealer_preprocessed(crypten, rank, plans, (index, tuple(batch.shape)), row)
+                if preprocess
+                else contextlib.nullcontext()
+            )
+            with dealer:
+                result = forward(crypten.cryptensor(data, src=0))  # (B, classes)
             revealed = result.reveal(dst=dst)
             row["seconds"].append(time.perf_counter() - start)
             stats = comm.get_communication_stats()
@@ -334,6 +391,7 @@ def secure_classify(
     *,
     relu_bound: float,
     batch_size: int = 50,
+    preprocess: bool = True,
     timeout_s: float = 600.0,
 ) -> SecureClassification:
     """Classify `images` with 2 CrypTen parties + TTP on this machine (`mpc.launch`).
@@ -344,12 +402,22 @@ def secure_classify(
     `SecureViT` inside its own CrypTen sessions: it needs the public model, `relu_bound` and
     the client's `client_input(images, model.config)` as a secret (B, T, P) tensor.
 
+    With `preprocess` (default), party 0 records the dealer requests of the first batch of
+    each shape and fetches those of every later batch of that shape ahead, in chunks
+    (`mpc.backends.crypten_dealer`), as the mesh's MPC nodes do from a node's second session
+    of a shape on; the chunk fetches are inside the measured time. The dealer is the same
+    trusted TTP either way.
+
     Raises:
         ValueError / TypeError: bad images (shape, dtype, non-finite) or batch size.
         mpc.errors.PartyFailed, PartyTimeout: a party failed or ran past `timeout_s`.
     """
     (result,) = secure_classify_interleaved(
-        [(model, relu_bound)], images, batch_size=batch_size, timeout_s=timeout_s
+        [(model, relu_bound)],
+        images,
+        batch_size=batch_size,
+        preprocess=preprocess,
+        timeout_s=timeout_s,
     )
     return result
 
@@ -359,6 +427,7 @@ def secure_classify_interleaved(
     images: torch.Tensor,
     *,
     batch_size: int = 50,
+    preprocess: bool = True,
     timeout_s: float = 600.0,
 ) -> list[SecureClassification]:
     """`secure_classify` for several (model, relu_bound) pairs of one image size in one party
@@ -380,7 +449,7 @@ def secure_classify_interleaved(
         world_size=2,
         ttp=True,
         timeout_s=timeout_s,
-        args=([(m, float(b)) for m, b in models], inputs, 0),
+        args=([(m, float(b)) for m, b in models], inputs, 0, preprocess),
     )
     out = []
     for row0, row1 in zip(results[0], results[1], strict=True):
@@ -395,6 +464,7 @@ def secure_classify_interleaved(
                 images=len(images),
                 batch_size=batch_size,
                 per_batch_seconds=list(row0["seconds"]),
+                preprocessed_batches=int(row0["preprocessed_batches"]),
             )
         )
     return out
