@@ -35,7 +35,7 @@ Knobs:   `min_exponent`, `max_exponent` (range; bytes grow with it, rounds do no
 Cost:    1 batched comparison of (e_max - e_min) thresholds; 1 multiplication for u; 3 for
          the polynomial (t^2, then t^3 and t^4) with 2 truncations; 3 per Newton iteration
          (default 0); 1 for the final scale. (Before 2026-12-06 the polynomial truncated each
-         of its 4 terms and one Newton iteration always ran: 8 more openings in sequence.)
+         of its 4 terms and one Newton iteration always ran: 12 more openings in sequence.)
 """
 
 from __future__ import annotations
