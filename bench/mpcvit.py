@@ -7,10 +7,12 @@ What runs
        searched, KD fine-tuned) and MPCViT+ (attention and MLPs searched), cached as
        safetensors + JSON under `$SECURE_INFER_CACHE/mpcvit` (else ~/.cache/secure-infer/mpcvit).
     3. `mpc.vit.secure.secure_classify_interleaved` on the first `--images` test images in
-       batches of `--batch`: 2 CrypTen parties + CrypTen's TTP, gloo over 127.0.0.1, one torch
-       thread per process, input-private threat model (weights public to the parties). The
-       three models run in one party session, each batch through every model in turn, so a
-       change in the shared machine's speed hits all three alike. Party 0 records each model's
+       batches of `--batch`: 2 CrypTen parties + CrypTen's TTP as local processes joined by
+       CrypTen's gloo over 127.0.0.1 (`--transport gloo`, default) or by this repository's
+       communicator over OS pipes (`pipe`), one torch thread per process, input-private threat
+       model (weights public to the parties). The three models run in one party session,
+       each batch through every model in turn, so a change in the shared machine's speed
+       hits all three alike. Party 0 records each model's
        dealer plan on its first batch and fetches the dealer values of the later batches in
        chunks, as the mesh's MPC nodes do (`--no-preprocess`: one dealer round trip per value
        throughout).
@@ -45,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mpc.launch import TRANSPORTS  # noqa: E402
 from mpc.vit.costs import NetworkModel, latency_of, measure_costs  # noqa: E402
 from mpc.vit.data import load_split  # noqa: E402
 from mpc.vit.model import ViTConfig  # noqa: E402
@@ -99,6 +102,14 @@ def main() -> None:
         action="store_true",
         help="one dealer round trip per correlated value in every batch (no dealer plan)",
     )
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="gloo",
+        help="between the party processes: CrypTen's gloo (fast bulk transfers, ~1.3 ms an "
+        "opening here) or this repository's communicator over OS pipes (one exchange an "
+        "opening, ~0.4 ms, but slower bulk transfers: it favours latency-bound models)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -119,6 +130,7 @@ def main() -> None:
         images,
         batch_size=args.batch,
         preprocess=not args.no_preprocess,
+        transport=args.transport,
         timeout_s=1800.0,
     )
     models = {
@@ -160,7 +172,11 @@ def main() -> None:
                 "batches of that shape fetch their dealer values in 64 MiB chunks (in the "
                 "measured time), as the mesh's MPC nodes do"
             ),
-            "transport": "gloo over loopback",
+            "transport": (
+                "mpc.backends.crypten_comm over OS pipes (mpc.comm.PipeTransport)"
+                if args.transport == "pipe"
+                else "CrypTen's gloo communicator over loopback TCP"
+            ),
             "images": args.images,
             "batch": args.batch,
             "threat_model": THREAT_MODEL,

@@ -392,13 +392,15 @@ def secure_classify(
     relu_bound: float,
     batch_size: int = 50,
     preprocess: bool = True,
+    transport: str = "gloo",
     timeout_s: float = 600.0,
 ) -> SecureClassification:
     """Classify `images` with 2 CrypTen parties + TTP on this machine (`mpc.launch`).
 
     Party 0 stands in for the client: it turns the images into patches (`client_input`) and
     secret-shares them; the logits are revealed to party 0 only. Transport is gloo over
-    loopback (development harness; see `mpc.launch` for its limits). The SDK can instead run
+    loopback, or with `transport="pipe"` this repository's communicator over OS pipes
+    (development harness; see `mpc.launch` for both and their limits). The SDK can instead run
     `SecureViT` inside its own CrypTen sessions: it needs the public model, `relu_bound` and
     the client's `client_input(images, model.config)` as a secret (B, T, P) tensor.
 
@@ -417,6 +419,7 @@ def secure_classify(
         images,
         batch_size=batch_size,
         preprocess=preprocess,
+        transport=transport,
         timeout_s=timeout_s,
     )
     return result
@@ -428,6 +431,7 @@ def secure_classify_interleaved(
     *,
     batch_size: int = 50,
     preprocess: bool = True,
+    transport: str = "gloo",
     timeout_s: float = 600.0,
 ) -> list[SecureClassification]:
     """`secure_classify` for several (model, relu_bound) pairs of one image size in one party
@@ -450,6 +454,7 @@ def secure_classify_interleaved(
         ttp=True,
         timeout_s=timeout_s,
         args=([(m, float(b)) for m, b in models], inputs, 0, preprocess),
+        transport=transport,
     )
     out = []
     for row0, row1 in zip(results[0], results[1], strict=True):

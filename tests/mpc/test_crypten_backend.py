@@ -131,6 +131,19 @@ def _three_party_truncation(rank: int) -> dict[str, torch.Tensor]:
     return {"half": (x * 0.5).get_plain_text(), "square": x.square().get_plain_text()}
 
 
+def _over_pipes(rank: int) -> dict[str, Any]:
+    crypten = backend.load()
+    x, y = crypten.cryptensor(X, src=0), crypten.cryptensor(Y, src=1)
+    a, b = crypten.cryptensor(A, src=0), crypten.cryptensor(B, src=1)
+    return {
+        "product": (x * y).get_plain_text(),
+        "matmul": a.matmul(b).get_plain_text(),
+        "greater": (x > y).get_plain_text(),
+        "communicator": type(crypten.communicator.get()).__name__,
+        "torch_distributed": torch.distributed.is_initialized(),
+    }
+
+
 def _raise_on_rank_one(rank: int, message: str) -> int:
     if rank == 1:
         raise ValueError(message)
@@ -252,6 +265,28 @@ def test_three_parties_with_ttp_truncate_and_square() -> None:
 def test_run_parties_rejects_unsupported_layouts(world_size: int, ttp: bool) -> None:
     with pytest.raises(ValueError, match="world_size"):
         run_parties(_sleep, world_size=world_size, ttp=ttp, args=(0.0,))
+
+
+def test_pipe_transport_runs_crypten_over_our_communicator() -> None:
+    results = run_parties(_over_pipes, world_size=2, timeout_s=RUN_TIMEOUT_S, transport="pipe")
+    for party in results:
+        torch.testing.assert_close(party["product"], X * Y, atol=FIXED_POINT_ATOL, rtol=0)
+        torch.testing.assert_close(party["matmul"], A @ B, atol=MATMUL_ATOL, rtol=0)
+        assert torch.equal(party["greater"], (X > Y).long())
+        assert party["communicator"] == "TransportCommunicator"
+        assert not party["torch_distributed"]  # no gloo at all
+
+
+def test_pipe_transport_reraises_a_party_exception() -> None:
+    with pytest.raises(ValueError, match="boom over pipes"):
+        run_parties(
+            _raise_on_rank_one, args=("boom over pipes",), timeout_s=RUN_TIMEOUT_S, transport="pipe"
+        )
+
+
+def test_run_parties_rejects_an_unknown_transport() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        run_parties(_sleep, args=(0.0,), transport="carrier-pigeon")
 
 
 def test_party_exception_is_reraised_with_its_message() -> None:

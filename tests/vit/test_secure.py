@@ -115,7 +115,9 @@ def test_secure_model_rejects_bad_input(crypten: Any, teacher: MPCViT, digits: I
 def test_two_parties_and_ttp_classify_like_plaintext(mixed: MPCViT, digits: ImageSplit) -> None:
     images = digits.test_x[:30]  # batches of 12, 12 and 6
     bound = calibrate_relu_bound(mixed, digits.train_x)
-    result = secure_classify(mixed, images, relu_bound=bound, batch_size=12, timeout_s=300.0)
+    result = secure_classify(
+        mixed, images, relu_bound=bound, batch_size=12, transport="pipe", timeout_s=300.0
+    )
     with torch.no_grad():
         plain = mixed(images).double()
     assert result.logits.shape == (30, 10)
