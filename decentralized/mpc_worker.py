@@ -118,21 +118,15 @@ def _dealer_planned(crypten: Any, job: Job, result: dict[str, Any]) -> Iterator[
     if job.rank != 0:
         yield
         return
-    client = crypten.mpc.provider.ttp_provider.TTPClient.get()
-    online_before = getattr(client, "online_requests", 0)
-    if job.dealer_plan is not None:
-        planned = crypten_dealer.prefetch(crypten, job.dealer_plan, max_bytes=DEALER_CHUNK_BYTES)
+    with crypten_dealer.planned(crypten, job.dealer_plan, max_bytes=DEALER_CHUNK_BYTES) as use:
         yield
-        result["dealer"] = {
-            "planned": planned,
-            "round_trips": getattr(client, "prefetch_round_trips", 0),
-        }
-    else:
-        with crypten_dealer.record_plan(crypten) as plan:
-            yield
-        result["dealer_plan"] = plan
-        result["dealer"] = {"planned": 0, "round_trips": 0}
-    result["dealer"]["online_requests"] = getattr(client, "online_requests", 0) - online_before
+    if use.recorded is not None:
+        result["dealer_plan"] = use.recorded
+    result["dealer"] = {
+        "planned": use.planned,
+        "round_trips": use.round_trips,
+        "online_requests": use.online_requests,
+    }
 
 
 def _encoder_state(model: str) -> dict[str, torch.Tensor]:

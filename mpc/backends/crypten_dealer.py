@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
@@ -251,6 +252,38 @@ def prefetch(
         deferred = client._deferred = collections.deque()
     deferred.extend(pieces[1:])
     return sum(len(piece) for piece in pieces)
+
+
+@dataclasses.dataclass
+class PlanUse:
+    """What `planned` did around one computation (party 0)."""
+
+    recorded: DealerPlan | None = None  # the plan recorded, when none was given
+    planned: int = 0  # correlated values served from the given plan
+    round_trips: int = 0  # chunk fetches of the given plan
+    online_requests: int = 0  # requests the dealer answered one at a time
+
+
+@contextlib.contextmanager
+def planned(
+    crypten: ModuleType, plan: DealerPlan | None, *, max_bytes: int | None = CHUNK_BYTES
+) -> Iterator[PlanUse]:
+    """Party 0, around a computation: with `plan`, serve its dealer values from chunked
+    prefetches (`prefetch`); without, record the computation's plan (`record_plan`) into the
+    yielded `PlanUse`, whose counters are filled in when the block ends."""
+    client = _client(crypten)
+    use = PlanUse()
+    online = getattr(client, "online_requests", 0)
+    trips = getattr(client, "prefetch_round_trips", 0)
+    if plan is not None:
+        use.planned = prefetch(crypten, plan, max_bytes=max_bytes)
+        yield use
+    else:
+        with record_plan(crypten) as recorded:
+            yield use
+        use.recorded = recorded
+    use.online_requests = getattr(client, "online_requests", 0) - online
+    use.round_trips = getattr(client, "prefetch_round_trips", 0) - trips
 
 
 def pending(crypten: ModuleType) -> int:

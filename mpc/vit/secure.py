@@ -331,16 +331,12 @@ def _dealer_preprocessed(
         yield
         return
     plan = plans.get(key)
-    if plan is None:
-        with crypten_dealer.record_plan(crypten) as recorded:
-            yield
-        plans[key] = recorded
+    with crypten_dealer.planned(crypten, plan) as use:
+        yield
+    if use.recorded is not None:
+        plans[key] = use.recorded
         return
-    client = crypten.mpc.provider.ttp_provider.TTPClient.get()
-    online = getattr(client, "online_requests", 0)
-    crypten_dealer.prefetch(crypten, plan, max_bytes=crypten_dealer.CHUNK_BYTES)
-    yield
-    if crypten_dealer.pending(crypten) or getattr(client, "online_requests", 0) != online:
+    if crypten_dealer.pending(crypten) or use.online_requests:
         raise crypten_dealer.DealerPlanMismatch("the forward did not follow its dealer plan")
     row["preprocessed_batches"] += 1
 
