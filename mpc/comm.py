@@ -400,7 +400,8 @@ def local_transports(world_size: int) -> list[LocalTransport]:
 # --------------------------------------------------------------------------------------------
 # PipeTransport: one duplex OS pipe per pair of ranks, for processes on one host.
 
-_FRAME = struct.Struct("<H")  # tag length, then the UTF-8 tag, then the payload
+_FRAME = struct.Struct("<QH")  # payload length, tag length; then the UTF-8 tag, the payload
+_SMALL_FRAME = 1 << 16  # payloads up to this size leave in one write with their header
 _FLUSH_TIMEOUT_S = 10.0
 
 
@@ -423,13 +424,31 @@ def pipe_mesh(world_size: int) -> list[dict[int, Connection]]:
     return ends
 
 
-class PipeTransport(Transport):
-    """Transport over `multiprocessing` pipes (`send_bytes` / `recv_bytes`: raw bytes, no pickle).
+def _recv_exactly(sock: socket.socket, view: memoryview) -> bool:
+    """Fill `view` from `sock`; False at end-of-file before the first byte, raise after it."""
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            if got:
+                raise EOFError(f"end-of-file after {got} of {len(view)} bytes")
+            return False
+        got += n
+    return True
 
-    One reader thread per peer drains its pipe into a mailbox, so a peer's sends never block
-    on this end's progress; one writer thread per peer makes `send` eager. A peer whose pipe
-    reaches end-of-file (closed, or its process died) is marked disconnected. Buffers are
-    unbounded (no flow control): this is a single-host test and development transport.
+
+class PipeTransport(Transport):
+    """Transport over the socket pairs of `pipe_mesh` (raw frames, nothing pickled).
+
+    One reader thread per peer drains its socket into a mailbox, so a peer's sends never block
+    on this end's progress; one writer thread per peer makes `send` eager. A frame is a 10-byte
+    header (payload and tag lengths), the tag and the payload; the reader receives a payload
+    straight into its own buffer (`recv_into`), and the writer hands a large payload to the
+    kernel without joining it to its header, so a message costs the kernel's copy and no
+    Python-level one. A peer whose socket reaches end-of-file (closed, or its process died) is
+    marked disconnected. Buffers are unbounded (no flow control): this is a single-host test,
+    development and benchmark transport. `recv` returns a writable `memoryview` of a buffer
+    that belongs to the caller (bytes-like: `bytes(...)` makes it bytes).
 
     Args:
         rank: This end's rank.
@@ -451,9 +470,14 @@ class PipeTransport(Transport):
         if set(conns) != expected:
             raise ValueError(f"rank {rank} needs a pipe to each of {sorted(expected)}")
         self._conns = dict(conns)
+        # Socket objects over duplicates of the pipes' descriptors (blocking, no timeout):
+        # recv_into and a header-less sendall, which `Connection` does not offer.
+        self._socks = {peer: socket.socket(fileno=os.dup(c.fileno())) for peer, c in conns.items()}
         self._mailbox = _Mailbox()
         self._flush_timeout_s = flush_timeout_s
-        self._outbox: dict[int, queue.Queue[bytes | None]] = {p: queue.Queue() for p in expected}
+        self._outbox: dict[int, queue.Queue[tuple[bytes, bytes] | None]] = {
+            p: queue.Queue() for p in expected
+        }
         self._send_failed: dict[int, BaseException] = {}
         self._threads: list[threading.Thread] = []
         for peer in sorted(expected):
@@ -465,27 +489,33 @@ class PipeTransport(Transport):
                 self._threads.append(thread)
 
     def _read_loop(self, peer: int) -> None:
-        conn = self._conns[peer]
+        sock = self._socks[peer]
+        header = bytearray(_FRAME.size)
         try:
-            while True:
-                frame = conn.recv_bytes()
-                if len(frame) < _FRAME.size:
+            while _recv_exactly(sock, memoryview(header)):
+                length, tag_len = _FRAME.unpack(header)
+                raw_tag = bytearray(tag_len)
+                payload = memoryview(np.empty(length, dtype=np.uint8))  # not zero-filled
+                if not (_recv_exactly(sock, memoryview(raw_tag)) and _recv_exactly(sock, payload)):
                     break
-                (tag_len,) = _FRAME.unpack_from(frame)
-                tag = frame[_FRAME.size : _FRAME.size + tag_len].decode("utf-8")
-                self._mailbox.put(peer, tag, frame[_FRAME.size + tag_len :])
-        except (EOFError, OSError, UnicodeDecodeError):
+                self._mailbox.put(peer, raw_tag.decode("utf-8"), payload)
+        except (EOFError, OSError, UnicodeDecodeError, MemoryError, ValueError):
             pass
         self._mailbox.mark_gone(peer)
 
     def _write_loop(self, peer: int) -> None:
-        conn, outbox = self._conns[peer], self._outbox[peer]
+        sock, outbox = self._socks[peer], self._outbox[peer]
         while True:
             frame = outbox.get()
             if frame is None:
                 return
+            head, payload = frame
             try:
-                conn.send_bytes(frame)
+                if len(payload) <= _SMALL_FRAME:
+                    sock.sendall(head + payload)
+                else:
+                    sock.sendall(head)
+                    sock.sendall(payload)
             except (OSError, ValueError) as exc:
                 self._send_failed[peer] = exc
                 self._mailbox.mark_gone(peer)
@@ -495,7 +525,7 @@ class PipeTransport(Transport):
         if dst in self._send_failed:
             raise PeerDisconnected(f"rank {self.rank}: pipe to rank {dst} is broken", rank=dst)
         raw_tag = tag.encode("utf-8")
-        self._outbox[dst].put(_FRAME.pack(len(raw_tag)) + raw_tag + payload)
+        self._outbox[dst].put((_FRAME.pack(len(payload), len(raw_tag)) + raw_tag, payload))
 
     def _receive(self, src: int, tag: str, timeout_s: float) -> bytes:
         return self._mailbox.take(self, src, tag, timeout_s)
@@ -509,6 +539,8 @@ class PipeTransport(Transport):
                 thread.join(max(0.0, deadline - time.monotonic()))
         for conn in self._conns.values():
             _hang_up(conn)
+        for sock in self._socks.values():
+            sock.close()
         self._mailbox.close()
 
 
@@ -559,7 +591,9 @@ _DTYPES: dict[int, tuple[torch.dtype, str]] = {
 _CODES = {dtype: code for code, (dtype, _) in _DTYPES.items()}
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> tuple[int, bytes]:
+def _tensor_bytes(tensor: torch.Tensor) -> tuple[int, memoryview]:
+    """The dtype code and a flat byte view of `tensor`'s little-endian data (no copy when the
+    tensor is a contiguous CPU tensor on a little-endian host)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(tensor).__name__}")
     code = _CODES.get(tensor.dtype)
@@ -568,20 +602,21 @@ def _tensor_bytes(tensor: torch.Tensor) -> tuple[int, bytes]:
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     if tensor.dtype == torch.bfloat16:
         flat = flat.view(torch.int16)
-    array = flat.resolve_conj().numpy()
-    return code, array.astype(_DTYPES[code][1], copy=False).tobytes()
+    array = flat.resolve_conj().numpy().astype(_DTYPES[code][1], copy=False)
+    return code, memoryview(np.ascontiguousarray(array).view(np.uint8))
 
 
-def encode_tensors(tensors: Sequence[torch.Tensor]) -> bytes:
+def encode_tensors(tensors: Sequence[torch.Tensor], *, prefix: bytes = b"") -> bytes:
     """Encode tensors (any shape, a dtype of `_DTYPES`) as one message; the inverse of decode.
 
     CUDA tensors are copied to the host. Cost: one copy of the data plus 8 + 16 + 8 * ndim
-    header bytes per tensor.
+    header bytes per tensor. `prefix` (a caller's own framing) is placed before the message in
+    that same copy, so `prefix + encode_tensors(...)` needs no second one.
 
     Raises:
         UnencodableObject: a dtype without an encoding, or more than `MAX_NDIM` dimensions.
     """
-    parts = [_MESSAGE_HEADER.pack(_TENSOR_MAGIC, len(tensors))]
+    parts: list[bytes | memoryview] = [prefix, _MESSAGE_HEADER.pack(_TENSOR_MAGIC, len(tensors))]
     for tensor in tensors:
         code, data = _tensor_bytes(tensor)
         if tensor.dim() > MAX_NDIM or any(dim > MAX_DIM for dim in tensor.shape):
@@ -592,8 +627,12 @@ def encode_tensors(tensors: Sequence[torch.Tensor]) -> bytes:
     return b"".join(parts)
 
 
-def decode_tensors(payload: bytes) -> list[torch.Tensor]:
-    """Decode `encode_tensors` output into fresh, writable CPU tensors.
+def decode_tensors(payload: bytes, *, share: bool = False) -> list[torch.Tensor]:
+    """Decode `encode_tensors` output into writable CPU tensors.
+
+    By default every tensor is a fresh copy. With `share=True` the caller hands `payload` over
+    (it must not touch the buffer again): a tensor whose data lies aligned in a writable buffer
+    uses that memory in place, saving the copy; the others are copied.
 
     Raises:
         MalformedMessage: bad magic, unknown dtype code, a length that does not match the
@@ -631,7 +670,8 @@ def decode_tensors(payload: bytes) -> list[torch.Tensor]:
         if dtype == torch.bool and bool((array.view(np.uint8) > 1).any()):
             raise MalformedMessage("bool tensor with bytes other than 0 and 1")
         offset += nbytes
-        native = array.astype(array.dtype.newbyteorder("="), copy=True)
+        in_place = share and not view.readonly and array.flags.aligned and array.dtype.isnative
+        native = array if in_place else array.astype(array.dtype.newbyteorder("="), copy=True)
         tensor = torch.from_numpy(native)
         if dtype == torch.bfloat16:
             tensor = tensor.view(torch.int16).view(torch.bfloat16)

@@ -78,10 +78,14 @@ _log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 60.0  # longest wait for one message from a peer
 DEFAULT_TTP_IDLE_TIMEOUT_S = 600.0  # longest the TTP waits for party 0's next request
 
-# Operation byte at the start of every message.
+# Operation code at the start of every message: one letter padded to 8 bytes, so that the
+# tensor data after it (its headers are multiples of 8 bytes) stays 8-byte aligned in the
+# receiver's buffer and `decode_tensors(..., share=True)` can use it in place.
+_OP_SIZE = 8
 _P2P, _BCAST, _REDUCE, _ALLREDUCE, _GATHER, _ALLGATHER, _SCATTER, _BARRIER, _OBJ, _BOBJ = (
-    b"P", b"B", b"R", b"A", b"G", b"H", b"S", b"Y", b"O", b"Q"
-)  # fmt: skip
+    letter.ljust(_OP_SIZE, b"\0")
+    for letter in (b"P", b"B", b"R", b"A", b"G", b"H", b"S", b"Y", b"O", b"Q")
+)
 
 _REDUCERS: dict[Any, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     ReduceOp.SUM: torch.add,
@@ -236,29 +240,31 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
                 raise ValueError(f"rank {rank} is not in group {group.name} {group.ranks}")
         return group
 
-    def _post(self, dst: int, op: bytes, body: bytes) -> None:
+    def _post(self, dst: int, message: bytes) -> None:
+        """Send `message` (its operation byte, then the body) as this link's next message."""
         tag = str(self._send_seq[dst])
         self._send_seq[dst] += 1
-        self.transport.send(dst, tag, op + body)
+        self.transport.send(dst, tag, message)
 
     def _reserve(self, src: int) -> str:
         tag = str(self._recv_seq[src])
         self._recv_seq[src] += 1
         return tag
 
-    def _take(self, src: int, op: bytes, tag: str | None = None, idle: bool = False) -> bytes:
+    def _take(self, src: int, op: bytes, tag: str | None = None, idle: bool = False) -> memoryview:
         tag = self._reserve(src) if tag is None else tag
         timeout = self.ttp_idle_timeout_s if idle else self.timeout_s
         payload = self.transport.recv(src, tag, timeout)
-        if payload[:1] != op:
+        if payload[:_OP_SIZE] != op:
             raise MalformedMessage(
                 f"rank {self.rank}: message {tag} from rank {src} is operation "
-                f"{payload[:1]!r}, expected {op!r}: the parties are out of step"
+                f"{bytes(payload[:1])!r}, expected {op[:1]!r}: the parties are out of step"
             )
-        return payload[1:]
+        return memoryview(payload)[_OP_SIZE:]  # no copy of the body
 
     def _take_tensors(self, src: int, op: bytes, count: int, tag: str | None = None) -> list[Any]:
-        tensors = decode_tensors(self._take(src, op, tag))
+        # The transport's buffer is ours alone: tensors may use it in place.
+        tensors = decode_tensors(self._take(src, op, tag), share=True)
         if len(tensors) != count:
             raise MalformedMessage(f"rank {src} sent {len(tensors)} tensors, expected {count}")
         return tensors
@@ -304,7 +310,7 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         """Send `tensor` to `dst`. Cost: 1 message."""
         self._check(group, dst)
         with self._counted():
-            self._post(dst, _P2P, encode_tensors([tensor.data]))
+            self._post(dst, encode_tensors([tensor.data], prefix=_P2P))
 
     def recv(
         self, tensor: torch.Tensor, src: int | None = None, group: Group | None = None
@@ -349,10 +355,10 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         tensors = list(input) if batched else [input]
         with self._counted():
             if self.rank == src:
-                body = encode_tensors([t.data for t in tensors])
+                body = encode_tensors([t.data for t in tensors], prefix=_BCAST)
                 for rank in group.ranks:
                     if rank != src:
-                        self._post(rank, _BCAST, body)
+                        self._post(rank, body)
             else:
                 received = self._take_tensors(src, _BCAST, len(tensors))
                 for tensor, new in zip(tensors, received, strict=True):
@@ -365,7 +371,9 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         reducer = _REDUCERS.get(op)
         if reducer is None:
             raise ValueError(f"unsupported reduce op {op!r}")
-        result = [t.clone() for t in by_rank[ranks[0]]]
+        if len(ranks) == 1:
+            return [t.clone() for t in by_rank[ranks[0]]]
+        result = by_rank[ranks[0]]  # not modified: every reducer returns a new tensor
         for rank in ranks[1:]:
             result = [reducer(acc, t) for acc, t in zip(result, by_rank[rank], strict=True)]
         return result
@@ -379,7 +387,7 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         mine = [t.data for t in input] if batched else [input.data]
         with self._counted():
             if self.rank != dst:
-                self._post(dst, _REDUCE, encode_tensors(mine))
+                self._post(dst, encode_tensors(mine, prefix=_REDUCE))
                 return None
             by_rank = {dst: mine}
             for rank in group.ranks:
@@ -397,10 +405,10 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         mine = [t.data for t in input] if batched else [input.data]
         with self._counted():
             by_rank = {self.rank: mine}
-            body = encode_tensors(mine)
+            body = encode_tensors(mine, prefix=_ALLREDUCE)
             for rank in group.ranks:
                 if rank != self.rank:
-                    self._post(rank, _ALLREDUCE, body)
+                    self._post(rank, body)
             for rank in group.ranks:
                 if rank != self.rank:
                     by_rank[rank] = self._take_like(rank, _ALLREDUCE, mine)
@@ -415,7 +423,7 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         group = self._check(None, dst)
         with self._counted():
             if self.rank != dst:
-                self._post(dst, _GATHER, encode_tensors([tensor.data]))
+                self._post(dst, encode_tensors([tensor.data], prefix=_GATHER))
                 return [None]
             out: list[torch.Tensor | None] = []
             for rank in group.ranks:
@@ -433,10 +441,10 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         """
         group = self._check(None)
         with self._counted():
-            body = encode_tensors([tensor.data])
+            body = encode_tensors([tensor.data], prefix=_ALLGATHER)
             for rank in group.ranks:
                 if rank != self.rank:
-                    self._post(rank, _ALLGATHER, body)
+                    self._post(rank, body)
             out = []
             for rank in group.ranks:
                 if rank == self.rank:
@@ -464,7 +472,8 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
                     raise ValueError(f"scatter needs {len(group.ranks)} tensors")
                 for rank in group.ranks:
                     if rank != src:
-                        self._post(rank, _SCATTER, encode_tensors([scatter_list[rank].data]))
+                        message = encode_tensors([scatter_list[rank].data], prefix=_SCATTER)
+                        self._post(rank, message)
                 own: torch.Tensor = scatter_list[src].data
                 return own
             (received,) = self._take_tensors(src, _SCATTER, 1)
@@ -479,7 +488,7 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         with self._counted():
             for rank in group.ranks:
                 if rank != self.rank:
-                    self._post(rank, _BARRIER, b"")
+                    self._post(rank, _BARRIER)
             for rank in group.ranks:
                 if rank != self.rank:
                     self._take(rank, _BARRIER)
@@ -490,7 +499,7 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         """Send a control object (JSON, see `mpc.comm.encode_object`). Cost: 1 message."""
         self._check(group, dst)
         with self._counted():
-            self._post(dst, _OBJ, encode_object(obj))
+            self._post(dst, _OBJ + encode_object(obj))
 
     def recv_obj(self, src: int, group: Group | None = None) -> object:
         """Receive a control object. The TTP waits up to `ttp_idle_timeout_s` for a request."""
@@ -504,10 +513,10 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         group = self._check(group, src)
         with self._counted():
             if self.rank == src:
-                body = encode_object(obj)
+                body = _BOBJ + encode_object(obj)
                 for rank in group.ranks:
                     if rank != src:
-                        self._post(rank, _BOBJ, body)
+                        self._post(rank, body)
                 return obj
             return decode_object(self._take(src, _BOBJ))
 

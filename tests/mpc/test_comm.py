@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch.distributed import ReduceOp
@@ -100,6 +101,30 @@ def test_several_tensors_in_one_message() -> None:
     tensors = [torch.ones(2, dtype=torch.int64), torch.zeros(3, 1), torch.tensor(True)]
     out = decode_tensors(encode_tensors(tensors))
     assert len(out) == 3 and all(torch.equal(a, b) for a, b in zip(out, tensors, strict=True))
+
+
+def test_a_prefix_shares_the_encoding_copy() -> None:
+    tensors = [torch.arange(6).reshape(2, 3), torch.tensor([0.5])]
+    assert encode_tensors(tensors, prefix=b"OP\0\0\0\0\0\0") == b"OP" + bytes(6) + encode_tensors(
+        tensors
+    )
+
+
+def test_shared_decoding_uses_an_owned_buffer_in_place_and_copies_otherwise() -> None:
+    tensors = [torch.arange(4, dtype=torch.int64), torch.tensor([True, False, True])]
+    payload = encode_tensors(tensors + [torch.arange(3, dtype=torch.int64)])
+    owned = bytearray(payload)
+    shared = decode_tensors(memoryview(owned), share=True)
+    address = np.frombuffer(owned, dtype=np.uint8).ctypes.data
+    first = shared[0].data_ptr() - address
+    assert 0 <= first < len(owned)  # the int64 data is used where it lies (8-byte aligned)
+    # after the 3-byte bool tensor the next int64 data is misaligned: that one is copied
+    assert not 0 <= shared[2].data_ptr() - address < len(owned)
+    assert all(torch.equal(a, b) for a, b in zip(shared, decode_tensors(payload), strict=True))
+    # bytes are read-only: even with share=True the tensors are fresh, writable copies
+    for tensor in decode_tensors(payload, share=True):
+        tensor.zero_()
+    assert decode_tensors(payload)[0].tolist() == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize(
@@ -268,6 +293,27 @@ def test_pipe_transport_in_one_process() -> None:
         t0.recv(1, "more", 30.0)  # end-of-file, not the deadline
     assert time.monotonic() - start < DEADLINE_SLACK_S
     t0.close()
+
+
+def test_pipe_transport_moves_large_and_empty_messages_both_ways() -> None:
+    ends = pipe_mesh(2)
+    t0, t1 = PipeTransport(0, 2, ends[0]), PipeTransport(1, 2, ends[1])
+    try:
+        big = np.random.default_rng(0).integers(0, 256, 24 << 20, dtype=np.uint8).tobytes()
+        for tag in ("a", "b"):  # 24 MiB each way at once, twice, then an empty message
+            t0.send(1, tag, big)
+            t1.send(0, tag, big[::-1])
+        t0.send(1, "empty", b"")
+        for tag in ("a", "b"):
+            assert t1.recv(0, tag, 30.0) == big
+            received = t0.recv(1, tag, 30.0)
+            assert received == big[::-1]
+            received[:4] = b"mine"  # the receiver owns a writable buffer
+        assert len(t1.recv(0, "empty", 5.0)) == 0
+        assert t0.stats.bytes_sent == t1.stats.bytes_received == 2 * len(big)
+    finally:
+        t0.close()
+        t1.close()
 
 
 # ---- the communicator in-process (threads, no CrypTen init) ---------------------------------
