@@ -45,6 +45,16 @@ _MAX_BLOCKS = 2**48  # per key; PRP/PRF switching loss q^2/2^129 <= 2^-33 at thi
 _HKDF_INFO_PREFIX = b"secure-infer/mpc/prg/v1/"
 # Narrowest little-endian unsigned dtype holding `bits` bits, by byte width.
 _UINT_DTYPES = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
+_zero_buffer = bytes(1 << 20)  # the plaintext AES-CTR encrypts into keystream; grows on demand
+
+
+def _zeros(n: int) -> memoryview:
+    """n zero bytes, shared (read-only). bytes(n) is calloc'd: pages never written stay the
+    kernel's zero page, so a large buffer costs address space, not memory."""
+    global _zero_buffer
+    if len(_zero_buffer) < n:
+        _zero_buffer = bytes(max(n, 2 * len(_zero_buffer)))
+    return memoryview(_zero_buffer)[:n]
 
 ShapeLike = int | Sequence[int] | torch.Size
 
@@ -133,6 +143,11 @@ class AESCTRGenerator:
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InvalidPRGArgument(f"n must be a non-negative int, got {n!r}")
+        return self._keystream(n).tobytes()
+
+    def _keystream(self, n: int) -> np.ndarray:
+        """The next `n` keystream bytes as a fresh, writable uint8 array (no extra copy:
+        AES-CTR encrypts a shared zero buffer straight into it)."""
         with self._lock:
             new_blocks = -(-(max(n - self._pending, 0)) // _BLOCK_BYTES)
             if self._blocks + new_blocks > _MAX_BLOCKS:
@@ -142,12 +157,16 @@ class AESCTRGenerator:
                 )
             self._blocks += new_blocks
             self._pending = (self._pending - n) % _BLOCK_BYTES
-            return self._encryptor.update(bytes(n))
+            out = np.empty(n + _BLOCK_BYTES - 1, dtype=np.uint8)  # update_into's minimum
+            written = self._encryptor.update_into(_zeros(n), out)
+        if written != n:
+            raise RuntimeError(f"AES-CTR wrote {written} of {n} keystream bytes")
+        return out[:n]
 
     def _uint(self, numel: int, width: int) -> np.ndarray:
         """`numel` little-endian unsigned ints of `width` bytes each, in native byte order."""
-        raw = self.random_bytes(numel * width)
-        return np.frombuffer(raw, dtype=_UINT_DTYPES[width]).astype(_UINT_DTYPES[width][1:])
+        raw = self._keystream(numel * width).view(_UINT_DTYPES[width])
+        return raw if raw.dtype.isnative else raw.astype(_UINT_DTYPES[width][1:])
 
     def random_ring(self, shape: ShapeLike) -> torch.Tensor:
         """Uniform elements of Z_2^64 as a `torch.int64` tensor (two's complement).
@@ -160,8 +179,9 @@ class AESCTRGenerator:
         """
         dims = _normalize_shape(shape)
         numel = int(np.prod(dims, dtype=np.int64))
-        raw = self.random_bytes(8 * numel)
-        values = np.frombuffer(raw, dtype="<i8").astype(np.int64)
+        values = self._keystream(8 * numel).view("<i8")
+        if not values.dtype.isnative:
+            values = values.astype(np.int64)
         return torch.from_numpy(values).reshape(dims)
 
     def random_bits(self, shape: ShapeLike, bits: int) -> torch.Tensor:

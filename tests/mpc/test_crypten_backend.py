@@ -105,7 +105,13 @@ def _compute(rank: int) -> dict[str, Any]:
         restore()
     cpu = torch.device("cpu")
     gens = crypten.generators
+    blank, blank_draws = _blank_and_its_draws(crypten)
+    triple, ring_matmuls = _matmul_triple(crypten)
     return {
+        "blank_type": type(blank._tensor).__name__,
+        "blank_draws": blank_draws,
+        "triple": triple,
+        "ring_matmuls_for_the_triple": ring_matmuls,
         "product": product,
         "matmul": matmul,
         "greater": greater,
@@ -122,6 +128,42 @@ def _compute(rank: int) -> dict[str, Any]:
         "global_draw": gens["global"][cpu].random_ring(4),
         "local_draw": gens["local"][cpu].random_ring(4),
     }
+
+
+def _blank_and_its_draws(crypten: Any) -> tuple[Any, int]:
+    """`MPCTensor([])` (CrypTen's blank for copies) and how many zero sharings (PRZS) it ran."""
+    shared = crypten.mpc.primitives.ArithmeticSharedTensor
+    original, ran = shared.PRZS, []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        ran.append(args)
+        return original(*args, **kwargs)
+
+    shared.PRZS = staticmethod(counting)
+    try:
+        blank = crypten.mpc.MPCTensor([])
+    finally:
+        shared.PRZS = original
+    return blank, len(ran)
+
+
+def _matmul_triple(crypten: Any) -> tuple[list[torch.Tensor], int]:
+    """A TTP matmul triple (a, b, c) revealed in the ring, and how many int64 matmuls this
+    party ran to make its share (meta-tensor shape inference does not count)."""
+    provider = crypten.mpc.get_default_provider()
+    original, ran = torch.matmul, []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        if not args[0].is_meta:
+            ran.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    torch.matmul = counting
+    try:
+        triple = provider.generate_additive_triple((3, 4), (4, 5), "matmul")
+    finally:
+        torch.matmul = original
+    return [t.get_plain_text() for t in triple], len(ran)
 
 
 def _three_party_truncation(rank: int) -> dict[str, torch.Tensor]:
@@ -216,6 +258,25 @@ def test_two_parties_with_ttp_compute_correctly(two_runs: Any) -> None:
             torch.testing.assert_close(party["product"], X * Y, atol=FIXED_POINT_ATOL, rtol=0)
             torch.testing.assert_close(party["matmul"], A @ B, atol=MATMUL_ATOL, rtol=0)
             assert torch.equal(party["greater"], (X > Y).long())
+
+
+def test_blank_tensors_share_nothing(two_runs: Any) -> None:
+    """Fix 9: CrypTen's blank `MPCTensor([])` no longer runs a sharing (no PRZS draw)."""
+    for results in two_runs:
+        for party in results:
+            assert party["blank_type"] == "Tensor"  # a placeholder, not a sharing
+            assert party["blank_draws"] == 0
+
+
+def test_ttp_matmul_triples_are_correct_and_cost_party_one_no_matmul(two_runs: Any) -> None:
+    """Fix 10: party 1 sizes its share of c by shape inference; the triple still satisfies
+    c = a @ b in Z_2^64 (int64 matmul wraps the same way)."""
+    for results in two_runs:
+        for party in results:
+            a, b, c = party["triple"]
+            assert a.shape == (3, 4) and b.shape == (4, 5)
+            assert torch.equal(c, a.long() @ b.long())
+        assert results[1]["ring_matmuls_for_the_triple"] == 0
 
 
 def test_no_torch_sampler_is_used_during_the_computation(two_runs: Any) -> None:
