@@ -11,12 +11,12 @@ Transport (`transport=`): "gloo" (default): torch.distributed's gloo over TCP on
 interface). "pipe": this repository's own communicator (`mpc.backends.crypten_comm`, the one the
 mesh runs over its mTLS relay) over OS pipes between the processes (`mpc.comm.PipeTransport`):
 an opening is one exchange of one message each way, where gloo's all-reduce takes several
-(measured on the 2-core development machine: an opening of 10 values 0.42 ms over pipes vs
-2.4 ms through CrypTen's gloo communicator; a multiplication of 2,500 values with exact
-truncation 2.8-3.8 ms vs 14-20 ms). Either sends shares in PLAINTEXT between local processes
-and authenticates no one, so this harness is for development, tests and benchmarks on one
-machine only; between real nodes the ranks talk over the mTLS gRPC relay
-(`decentralized/mpc_relay.py`, `decentralized/mpc_worker.py`).
+(measured on the 2-core development machine: an opening of 10 values 0.3-0.5 ms over pipes vs
+0.7-2.4 ms through CrypTen's gloo communicator; an all-reduce of 1M int64 10.1 ms vs 11.1 ms;
+a multiplication of 160,000 values with exact truncation 31-33 ms vs 38-44 ms). Either sends
+shares in PLAINTEXT between local processes and authenticates no one, so this harness is for
+development, tests and benchmarks on one machine only; between real nodes the ranks talk over
+the mTLS gRPC relay (`decentralized/mpc_relay.py`, `decentralized/mpc_worker.py`).
 
 Threat model of what it runs: CrypTen's semi-honest protocols; with `ttp=True` the TTP process
 is a trusted dealer that learns every triple (an assumption, not a property).

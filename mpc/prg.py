@@ -56,6 +56,7 @@ def _zeros(n: int) -> memoryview:
         _zero_buffer = bytes(max(n, 2 * len(_zero_buffer)))
     return memoryview(_zero_buffer)[:n]
 
+
 ShapeLike = int | Sequence[int] | torch.Size
 
 

@@ -1,11 +1,12 @@
 """Measured MPC cost of each MPCViT variant on our engine, the latency table of the search.
 
-Method:  `measure_costs` runs every variant under CrypTen, 2 parties + TTP over loopback
-         (`mpc.launch.run_parties`), exactly as `mpc.vit.secure` runs it: the attention
-         weights of u heads (one (T, T) score matrix each) per kind, and the MLP activation of u
-         blocks ((T, F) each) per kind, on random secret inputs, at two sizes u = `units`
-         (small, large). For each it records party 1's communication (bytes sent + received,
-         rounds: CrypTen's counters) and party 0's wall time, the least of `repeats` runs.
+Method:  `measure_costs` runs every variant under CrypTen, 2 parties + TTP over OS pipes
+         (`mpc.launch.run_parties(transport="pipe")`), exactly as `mpc.vit.secure` runs it:
+         the attention weights of u heads (one (T, T) score matrix each) per kind, and the MLP
+         activation of u blocks ((T, F) each) per kind, on random secret inputs, at two sizes
+         u = `units` (small, large). For each it records party 1's communication (bytes sent +
+         received, rounds: CrypTen's counters) and party 0's wall time, the least of `repeats`
+         runs.
          Seconds are split into a per-unit part (the slope between the two sizes) and a
          per-call part (the intercept: round latency and fixed overheads, shared by a batch);
          bytes are per unit (large size); rounds are per call. Only the variant-dependent part
@@ -18,7 +19,8 @@ Model:   per image, a head of kind k costs seconds_k + bytes_k / bandwidth; each
          A single size is not enough: at 32 heads a call, softmax's 98 rounds made it look as
          costly per head as a GeLU block, while at the benchmark's batches GeLU costs ~30x more.
 Cache:   the table is JSON under `checkpoint.cache_dir()`, keyed by T, F, units and the
-         engine version; delete the file to re-measure.
+         engine version and transport; a table that lacks a variant is measured again; delete
+         the file to re-measure.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from mpc.vit.secure import DEFAULT_EXP_ITERATIONS, attention_weights_secure
 
 __all__ = ["CostTable", "NetworkModel", "VariantCost", "expected_latency", "measure_costs"]
 
+_TRANSPORT = "pipe"  # mpc.launch transport the table is measured over (bench/mpcvit.py's default)
 _SCORE_STD = 2.0  # spread of the random secret scores the variants are timed on
 
 
@@ -110,7 +113,7 @@ def expected_latency(
 
     Args:
         attention_mix: (depth, heads, 3) probabilities of each head's kind.
-        mlp_mix: (depth, 2) probabilities of each block's MLP kind.
+        mlp_mix: (depth, len(MLP_KINDS)) probabilities of each block's MLP kind.
     """
     v = table.vectors(network)
     per_head = (attention_mix * v["attention"]).sum()
@@ -163,6 +166,7 @@ def _time_party(
             )
         timed(f"mlp/{MLPKind.GELU.value}@{units}", lambda a=activations: gelu(a))
         timed(f"mlp/{MLPKind.LINEAR.value}@{units}", lambda a=activations: a)
+        timed(f"mlp/{MLPKind.RELU.value}@{units}", lambda a=activations: a.relu())
     return runs
 
 
@@ -198,12 +202,15 @@ def measure_costs(
     small, large = units
     if not 1 <= small < large or repeats < 1:
         raise ValueError(f"need 1 <= units[0] < units[1] and repeats >= 1, got {units}, {repeats}")
-    engine = f"crypten-{CRYPTEN_VERSION}/2pc+ttp/loopback/exp{DEFAULT_EXP_ITERATIONS}"
+    engine = f"crypten-{CRYPTEN_VERSION}/2pc+ttp/{_TRANSPORT}/exp{DEFAULT_EXP_ITERATIONS}"
     folder = cache or cache_dir()
     path = folder / f"costs-T{config.tokens}-F{config.hidden}-u{small}-{large}.json"
     if path.is_file() and not refresh:
         table = CostTable.from_dict(json.loads(path.read_text()))
-        if table.engine == engine:
+        complete = set(table.attention) == {k.value for k in AttentionKind} and set(table.mlp) == {
+            k.value for k in MLPKind
+        }
+        if table.engine == engine and complete:
             return table
     p0, p1 = run_parties(
         _time_party,
@@ -211,6 +218,7 @@ def measure_costs(
         ttp=True,
         timeout_s=600.0,
         args=(config.tokens, config.hidden, (small, large), repeats),
+        transport=_TRANSPORT,
     )
     table = CostTable(
         tokens=config.tokens,

@@ -10,13 +10,18 @@ Method:  scores s = q k^T / sqrt(d) per head, (B, H, T, T). The head's attention
            scaling:       s / T (a linear map; no exponent, no comparison, no division).
          `RELU_EPS` = 1 is part of the definition: it keeps the denominator in [1, hi] so that
          the secure reciprocal (`mpc.approx.reciprocal`) has a public range; the network learns
-         the score scale around it. The MLP of each block is fc2(gelu(fc1(x))) or, linearized
-         (MPCViT+), fc2(fc1(x)).
+         the score scale around it. The MLP of each block is fc2(gelu(fc1(x))), linearized
+         (MPCViT+) fc2(fc1(x)), or fc2(relu(fc1(x))). The ReLU option is this repository's
+         extension of MPCViT+'s search space (the paper chooses GeLU or linear): under MPC a
+         ReLU is one comparison an element where PUMA's GeLU compares against three thresholds
+         and evaluates polynomials (about 5x fewer bytes here), so it is the cheap non-linear
+         middle ground between the two.
 Search:  with `search=True` the model is a supernet: per-head logits `alpha_attention`
-         (depth, heads, 3) and per-block logits `alpha_mlp` (depth, 2); a head's weights are the
+         (depth, heads, 3) and per-block logits `alpha_mlp` (depth, 3); a head's weights are the
          softmax(alpha)-weighted sum of the three variants' weights, an MLP output the weighted
-         sum of its GeLU and linear outputs (DARTS-style continuous relaxation). `mpc.vit.search`
-         trains the logits with a latency term and discretizes them with `Architecture.argmax`.
+         sum of its GeLU, linear and ReLU outputs (DARTS-style continuous relaxation).
+         `mpc.vit.search` trains the logits with a latency term and discretizes them with
+         `Architecture.argmax`.
 """
 
 from __future__ import annotations
@@ -52,10 +57,19 @@ class AttentionKind(enum.Enum):
 
 
 class MLPKind(enum.Enum):
-    """A block's MLP activation: PUMA's GeLU under MPC, or none (MPCViT+ linearization)."""
+    """A block's MLP activation: PUMA's GeLU under MPC, none (MPCViT+ linearization), or ReLU
+    (one secure comparison an element; an extension of the paper's search space)."""
 
     GELU = "gelu"
     LINEAR = "linear"
+    RELU = "relu"
+
+
+_MLP_ACTIVATIONS = {
+    MLPKind.GELU: nn.functional.gelu,
+    MLPKind.LINEAR: lambda hidden: hidden,
+    MLPKind.RELU: nn.functional.relu,
+}
 
 
 ATTENTION_KINDS = tuple(AttentionKind)  # index order of `alpha_attention`'s last axis
@@ -235,10 +249,14 @@ class _Block(nn.Module):
         self.fc2 = nn.Linear(config.hidden, config.dim)
 
     def forward(self, x: torch.Tensor, mix: torch.Tensor, mlp_mix: torch.Tensor) -> torch.Tensor:
-        """x (B, T, C); mix (H, 3); mlp_mix (2,) weights of GeLU and linear."""
+        """x (B, T, C); mix (H, 3); mlp_mix (len(MLP_KINDS),) weights of the MLP kinds."""
         x = x + self.attention(self.norm1(x), mix)
         hidden = self.fc1(self.norm2(x))  # (B, T, F)
-        activated = mlp_mix[0] * nn.functional.gelu(hidden) + mlp_mix[1] * hidden
+        activated = sum(
+            weight * _MLP_ACTIVATIONS[kind](hidden)
+            for weight, kind in zip(mlp_mix, MLP_KINDS, strict=True)
+            if weight.requires_grad or float(weight) != 0.0  # a discrete model: one kind
+        )
         return x + self.fc2(activated)  # (B, T, C)
 
 
@@ -249,7 +267,7 @@ class MPCViT(nn.Module):
         config: the shape.
         architecture: the discrete variant choice (default: all softmax, all GeLU: the plain
             ViT teacher). Ignored while `search` is on.
-        search: hold learnable `alpha_attention` (depth, heads, 3) and `alpha_mlp` (depth, 2)
+        search: hold learnable `alpha_attention` (depth, heads, 3) and `alpha_mlp` (depth, 3)
             and mix the variants (module docstring).
         search_mlp: with `search`, also search the MLP kinds (MPCViT+); otherwise the MLPs
             keep `architecture`'s kinds (MPCViT: attention only).
@@ -294,7 +312,7 @@ class MPCViT(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def mixing(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Variant weights: (depth, heads, 3) and (depth, 2); one-hot unless searching."""
+        """Variant weights (depth, heads, 3) and (depth, MLP kinds); one-hot unless searching."""
         attention = torch.zeros(self.config.depth, self.config.heads, len(ATTENTION_KINDS))
         for layer, row in enumerate(self.architecture.attention):
             for head, kind in enumerate(row):

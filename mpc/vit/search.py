@@ -9,7 +9,7 @@ Method:  1. The supernet (`MPCViT(search=True)`) starts from the trained softmax
             (1 - w) CE + w KD(teacher) + latency_weight * L(alpha) / L(softmax ViT), where L is
             the expected variant-dependent latency of the mixture from the MEASURED cost table
             (`mpc.vit.costs.expected_latency`); MPCViT searches the attention only, MPCViT+
-            (`search_mlp=True`) also each block's GeLU-or-linear MLP.
+            (`search_mlp=True`) also each block's MLP kind (GeLU, linear or ReLU).
          3. Discretize: every head takes its most likely variant (`Architecture.argmax`).
          4. Fine-tune the discrete model with KD from the teacher (`distill`).
 Limits:  single-level, first-order search on the training set (no held-out architecture split);

@@ -16,8 +16,9 @@ Method:  The weight holder prepares the weights once, in plaintext (`_prepare_bl
          Per block on secret x (B, T, C): LayerNorm, qkv = x W + b (public W: local), scores
          q k^T (Beaver matmul), weights per kind (softmax: `mpc.approx.softmax`; relu_softmax:
          relu(s) times `reciprocal`(sum + 1) on the public range [1, `relu_bound`]; scaling:
-         s), weights v (Beaver matmul), projection, residual; LayerNorm, MLP (PUMA GeLU or
-         fused linear), residual. Head: LayerNorm of the CLS token, linear.
+         s), weights v (Beaver matmul), projection, residual; LayerNorm, MLP (PUMA GeLU, ReLU:
+         one secure comparison an element, or fused linear), residual. Head: LayerNorm of the
+         CLS token, linear.
 Threat:  INPUT_PRIVATE as in `mpc.models.ThreatModel`: the weights (and the architecture) are
          known to the compute parties; the images and every activation are secret-shared
          between 2 semi-honest parties (CrypTen, Z_2^64, 16 fractional bits). CrypTen's TTP is a
@@ -273,7 +274,8 @@ class SecureViT:
     def _mlp(self, x: CrypTensor, block: dict[str, Any]) -> CrypTensor:
         if block["mlp"] is MLPKind.LINEAR:
             return x.matmul(block["fused"][0]) + block["fused"][1]  # (B, T, C)
-        hidden = gelu(x.matmul(block["fc1"][0]) + block["fc1"][1])  # (B, T, F)
+        hidden = x.matmul(block["fc1"][0]) + block["fc1"][1]  # (B, T, F)
+        hidden = hidden.relu() if block["mlp"] is MLPKind.RELU else gelu(hidden)
         return hidden.matmul(block["fc2"][0]) + block["fc2"][1]  # (B, T, C)
 
     def forward(self, patches: CrypTensor) -> CrypTensor:

@@ -6,7 +6,7 @@
   baseline and the distillation teacher.
 - "mpcvit": attention searched per head (softmax / relu_softmax / scaling) with latency
   weight `recipe.latency_weight`, then fine-tuned with KD. MLPs keep the GeLU.
-- "mpcvit_plus": attention AND each block's MLP (GeLU or linear) searched with
+- "mpcvit_plus": attention AND each block's MLP (GeLU, linear or ReLU) searched with
   `recipe.latency_weight_plus`, then fine-tuned with KD.
 
 Each model is saved with `mpc.vit.checkpoint` under `cache_dir()/<data set>-<teacher hash>/`

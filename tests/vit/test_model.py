@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -71,6 +73,26 @@ def test_model_forward_uses_each_heads_variant() -> None:
     h = x + b1.attention(b1.norm1(x), mix[1])
     linear = h + b1.fc2(b1.fc1(b1.norm2(h)))
     assert torch.allclose(b1(x, mix[1], model.mixing()[1][1]), linear, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kind", "activation"),
+    [
+        (MLPKind.GELU, torch.nn.functional.gelu),
+        (MLPKind.RELU, torch.relu),
+        (MLPKind.LINEAR, lambda h: h),
+    ],
+)
+def test_each_mlp_kind_applies_its_activation(kind: MLPKind, activation: Any) -> None:
+    torch.manual_seed(4)
+    heads = (AttentionKind.SCALING,) * 4
+    model = MPCViT(TINY, Architecture((heads, heads), (kind, kind))).eval()
+    x = torch.randn(2, TINY.tokens, TINY.dim)
+    block = model.blocks[0]
+    attention_mix, mlp_mix = model.mixing()
+    h = x + block.attention(block.norm1(x), attention_mix[0])
+    want = h + block.fc2(activation(block.fc1(block.norm2(h))))
+    assert torch.allclose(block(x, attention_mix[0], mlp_mix[0]), want, atol=1e-6)
 
 
 def test_patchify_is_row_major_patches() -> None:

@@ -40,7 +40,8 @@ def test_measured_costs_order_the_variants(table: CostTable) -> None:
     att, mlp = table.attention, table.mlp
     assert att["softmax"].bytes > att["relu_softmax"].bytes > att["scaling"].bytes == 0
     assert att["softmax"].rounds > att["relu_softmax"].rounds > att["scaling"].rounds == 0
-    assert mlp["gelu"].bytes > 0 == mlp["linear"].bytes
+    assert mlp["gelu"].bytes > mlp["relu"].bytes > 0 == mlp["linear"].bytes
+    assert mlp["gelu"].rounds > mlp["relu"].rounds > 0 == mlp["linear"].rounds
     softmax_call = att["softmax"].call_seconds + att["softmax"].seconds
     assert softmax_call > att["scaling"].call_seconds + att["scaling"].seconds
     assert (table.tokens, table.hidden) == (TINY.tokens, TINY.hidden)
@@ -62,14 +63,14 @@ def test_expected_latency_counts_rounds_once_per_kind_and_block() -> None:
         (1, 2),
         "test",
         {"softmax": cost, "relu_softmax": free, "scaling": free},
-        {"gelu": free, "linear": free},
+        {"gelu": free, "linear": free, "relu": free},
     )
     network = NetworkModel(rtt_s=0.01, bandwidth_bytes_per_s=1e4, batch=10)
     model = MPCViT(TINY)  # 2 blocks x 4 softmax heads
     want = 8 * (0.5 + 1000 / 1e4) + 2 * (2.0 + 10 * 0.01) / 10
     assert latency_of(model, table, network) == pytest.approx(want)
     mix = torch.full((2, 4, 3), 1 / 3, requires_grad=True)
-    value = expected_latency(mix, torch.tensor([[1.0, 0.0]] * 2), table, network)
+    value = expected_latency(mix, torch.tensor([[1.0, 0.0, 0.0]] * 2), table, network)
     value.backward()
     assert mix.grad is not None and float(mix.grad[0, 0, 0]) > 0
 
