@@ -13,7 +13,7 @@ from mpc.approx.exp import MAX_ABS_ERROR as EXP_MAX_ABS_ERROR
 from mpc.approx.exp import exp_nonpositive
 from mpc.approx.reciprocal import MAX_ABS_ERROR as RECIPROCAL_MAX_ABS_ERROR
 from mpc.approx.reciprocal import MAX_REL_ERROR as RECIPROCAL_MAX_REL_ERROR
-from mpc.approx.reciprocal import newton_iterations, reciprocal
+from mpc.approx.reciprocal import newton_iterations, octave_guesses, reciprocal
 from tests.mpc.test_approx_common import crypten_session, decode, encrypt
 
 # exp error bound per (iterations, order): the float64 error of the base raised to 2^n on
@@ -70,13 +70,16 @@ def test_exp_rejects_bad_knobs(kwargs: dict[str, Any], message: str) -> None:
         exp_nonpositive(encrypt(torch.zeros(2)), **kwargs)
 
 
+@pytest.mark.parametrize("octaves", [False, True], ids=["interval-guess", "octave-guess"])
 @pytest.mark.parametrize(("lo", "hi"), [(1.0, 8.0), (1.0, 128.0), (1.0, 1024.0), (0.5, 3.0)])
-def test_reciprocal_on_its_interval(lo: float, hi: float) -> None:
+def test_reciprocal_on_its_interval(lo: float, hi: float, octaves: bool) -> None:
     g = torch.Generator().manual_seed(int(hi))
-    x = torch.cat([lo + torch.rand(20_000, generator=g) * (hi - lo), torch.tensor([lo, hi])])
+    powers = [lo * 2.0**j for j in range(1, 11) if lo * 2.0**j < hi]  # octave edges
+    edges = torch.tensor([lo, hi] + powers + [p * (1 - 2**-12) for p in powers])
+    x = torch.cat([lo + torch.rand(20_000, generator=g) * (hi - lo), edges])
     secret = encrypt(x)
     expected = 1 / decode(secret)
-    out = decode(reciprocal(secret, lo=lo, hi=hi))
+    out = decode(reciprocal(secret, lo=lo, hi=hi, octaves=octaves))
     error = (out - expected).abs()
     bound = RECIPROCAL_MAX_ABS_ERROR + RECIPROCAL_MAX_REL_ERROR * expected
     assert bool((error <= bound).all()), (error / expected).max().item()
@@ -85,5 +88,9 @@ def test_reciprocal_on_its_interval(lo: float, hi: float) -> None:
 def test_reciprocal_iteration_counts() -> None:
     assert newton_iterations(1.0, 128.0) == 9
     assert newton_iterations(1.0, 1024.0) == 14
+    for hi in (8.0, 128.0, 1024.0):  # the octave guess: 1/3 off at worst, whatever the width
+        thresholds, guesses, delta = octave_guesses(1.0, hi, 16)
+        assert len(guesses) == len(thresholds) + 1 == math.ceil(math.log2(hi))
+        assert delta < 0.34 and newton_iterations(1.0, hi, delta=delta) == 4
     with pytest.raises(ValueError, match="lo < hi"):
         newton_iterations(2.0, 1.0)
