@@ -46,6 +46,9 @@ SENTENCES = [
     "Two dogs are playing in the snow.",
 ]
 MPC_MIN_COSINE = 0.999
+VIT_FAMILY = ("vit", "mpcvit_plus")  # the softmax ViT and the searched MPCViT+
+VIT_IMAGES = 16  # digits classified under MPC by each (one session each)
+VIT_MIN_AGREEMENT = 15 / 16  # MPC vs plaintext argmax; a near-tie may flip one
 PROMPT = "What is the capital of France?"
 MPC_PROMPT = "The capital of France is"  # raw text (no chat template): a short MPC prefill
 MPC_NEW_TOKENS = 2
@@ -118,13 +121,48 @@ class _LocalLM:
         return out[0, ids.shape[1] :].tolist(), dt
 
 
-def _nodes(mpc: bool, fides_args: dict[str, tuple[str, ...]]) -> list[NodeSpec]:
+def _nodes(
+    mpc: bool, fides_args: dict[str, tuple[str, ...]], classifiers: tuple[str, ...] = ()
+) -> list[NodeSpec]:
     extra = (MINILM, SMOL) if mpc else ()
     roles = {"node-a": fides_args["service"], "node-b": fides_args["verifier"]}
     return [
-        NodeSpec(name=n.name, spans=n.spans, mpc_models=extra, extra_args=roles.get(n.name, ()))
+        NodeSpec(
+            name=n.name,
+            spans=n.spans,
+            mpc_models=extra,
+            extra_args=roles.get(n.name, ()) + classifiers,
+        )
         for n in NODES
     ]
+
+
+def _vit_family(directory: Path) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The MPCViT family at demo scale (sklearn digits, 8x8 images, T = 5, 2 blocks): trained
+    once (about a minute on 2 cores) and cached like the benchmark's; saved for the nodes.
+    Returns the nodes' `--mpc-classifier` arguments and, per model, (model, metadata)."""
+    from mpc.vit import checkpoint
+    from mpc.vit.costs import measure_costs
+    from mpc.vit.data import load_split
+    from mpc.vit.model import ViTConfig
+    from mpc.vit.train import TrainSettings
+    from mpc.vit.zoo import Recipe, build_family
+
+    config = ViTConfig(image_size=8, patch_size=4, dim=32, depth=2, heads=4, mlp_ratio=2)
+    recipe = Recipe(
+        teacher=TrainSettings(epochs=20, batch_size=32, lr=3e-3, shift=0, warmup_epochs=1),
+        search=TrainSettings(epochs=4, batch_size=32, lr=1e-3, shift=0, warmup_epochs=0),
+        finetune=TrainSettings(epochs=8, batch_size=32, lr=1e-3, shift=0, warmup_epochs=1),
+    )
+    split = load_split("digits")
+    family = build_family(split, config, measure_costs(config, units=(4, 16)), recipe)
+    args: list[str] = []
+    for name in VIT_FAMILY:
+        model, metadata = family[name]
+        (directory / name).mkdir(parents=True, exist_ok=True)
+        checkpoint.save(model, directory / name / "model", metadata)
+        args += ["--mpc-classifier", f"{name}={directory / name}"]
+    return tuple(args), {"split": split, **{n: family[n] for n in VIT_FAMILY}}
 
 
 def run_demo(*, json_output: bool = False, workdir: Path | None = None, mpc: bool = False) -> int:
@@ -142,7 +180,12 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None, mpc: boo
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="secure-infer-demo-")
         workdir = Path(tmp.name)
-    mesh = LocalMesh(workdir, _nodes(mpc, node_args(artefacts)))
+    classifiers: tuple[str, ...] = ()
+    vit: dict[str, Any] = {}
+    if mpc:
+        say("preparing the MPCViT family on sklearn digits (about a minute, cached)")
+        classifiers, vit = _vit_family(workdir / "mpcvit")
+    mesh = LocalMesh(workdir, _nodes(mpc, node_args(artefacts), classifiers))
     say(f"starting 3 node daemons with mTLS on 127.0.0.1 (certs, logs in {workdir})")
     report: dict[str, Any] = {"nodes": len(NODES)}
     try:
@@ -160,6 +203,7 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None, mpc: boo
             report["generate"] = _generate(client, local, say)
             if mpc:
                 report["mpc_generate"] = _generate_mpc(client, local, say)
+                report["mpc_classify"] = _classify_mpc(client, vit, say)
             report["consensus"] = _consensus(client, say)
             report["fides"] = _fides(client, mesh, artefacts, say)
             report["failover"] = _failover(client, local, mesh, say)  # kills a node: last
@@ -180,6 +224,10 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None, mpc: boo
                 report["mpc"]["cosine_min"] >= MPC_MIN_COSINE
                 and report["mpc"]["repeat_dealer_preprocessed"]
                 and report["mpc_generate"]["matches_local"]
+                and all(
+                    r["agreement"] >= VIT_MIN_AGREEMENT
+                    for r in report["mpc_classify"]["models"].values()
+                )
             )
         )
     )
@@ -296,6 +344,47 @@ def _embed_mpc(client: Any, say: _Progress) -> dict[str, Any]:
     }
 
 
+def _classify_mpc(client: Any, vit: dict[str, Any], say: _Progress) -> dict[str, Any]:
+    import torch
+
+    split = vit["split"]
+    images, labels = split.test_x[:VIT_IMAGES], split.test_y[:VIT_IMAGES]
+    say(f"classifying {VIT_IMAGES} digits under MPC: the softmax ViT, then the searched MPCViT+")
+    models: dict[str, dict[str, Any]] = {}
+    for name in VIT_FAMILY:
+        model, metadata = vit[name]
+        res = client.classify(name, images.numpy(), privacy="mpc")
+        with torch.no_grad():
+            plain = model(images).argmax(-1).numpy()
+        party0 = res.mpc.parties[0]
+        models[name] = {
+            "architecture": metadata["architecture_counts"],
+            "plaintext_test_accuracy": metadata["test_accuracy"],
+            "agreement": float((res.predictions == plain).mean()),
+            "mpc_accuracy": float((res.predictions == labels.numpy()).mean()),
+            "latency_s": res.timings["total_s"],
+            "bytes_total": res.mpc.bytes_total,
+            "party0_rounds": party0.rounds,
+            "parties": [p.name for p in res.mpc.parties],
+        }
+        counts = metadata["architecture_counts"]
+        say(
+            f"  {name:<11} heads softmax/relu_softmax/scaling {counts['softmax']}/"
+            f"{counts['relu_softmax']}/{counts['scaling']}, MLPs GeLU/ReLU/linear "
+            f"{counts['mlp_gelu']}/{counts.get('mlp_relu', 0)}/{counts['mlp_linear']}: "
+            f"{res.timings['total_s']:.1f} s, {res.mpc.bytes_total / 1e6:.0f} MB, "
+            f"{party0.rounds} rounds at party 0, agrees with plaintext on "
+            f"{models[name]['agreement']:.0%}"
+        )
+    base, plus = models[VIT_FAMILY[0]], models[VIT_FAMILY[1]]
+    return {
+        "images": VIT_IMAGES,
+        "models": models,
+        "latency_ratio": base["latency_s"] / plus["latency_s"],
+        "bytes_ratio": base["bytes_total"] / plus["bytes_total"],
+    }
+
+
 def _generate(client: Any, local: _LocalLM, say: _Progress) -> dict[str, Any]:
     max_new = 24
     say(f"generating with {SMOL} through the mesh: {PROMPT!r}")
@@ -408,6 +497,7 @@ def _table(report: dict[str, Any]) -> None:
             " -> ".join(g["route"]),
         ),
         *_mpc_rows(report.get("mpc"), report.get("mpc_generate")),
+        *_vit_rows(report.get("mpc_classify")),
         ("fail-over: killed node", f["killed_node"], f"{f['rebuilt_tokens']} tokens rebuilt"),
         ("fail-over: completed, same tokens", str(f["completed"]), ""),
         *_fides_rows(report["fides"]),
@@ -440,6 +530,25 @@ def _mpc_rows(m: dict[str, Any] | None, g: dict[str, Any] | None) -> list[tuple[
             "MPC generate s/token / bytes",
             f"{g['seconds_per_token']:.0f} s / {g['bytes_total'] / 1e6:.0f} MB",
             " + ".join(g["parties"]) + " (dealer last, TRUSTED)",
+        ),
+    ]
+
+
+def _vit_rows(r: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if r is None:
+        return []
+    base, plus = r["models"][VIT_FAMILY[0]], r["models"][VIT_FAMILY[1]]
+    return [
+        (
+            "MPC classify agrees with plaintext",
+            f"{base['agreement']:.0%} / {plus['agreement']:.0%}",
+            f"softmax ViT / MPCViT+, {r['images']} digits (>= {VIT_MIN_AGREEMENT:.0%})",
+        ),
+        (
+            "MPC classify latency (ViT / MPCViT+)",
+            f"{base['latency_s']:.1f} s / {plus['latency_s']:.1f} s",
+            f"{r['latency_ratio']:.2f}x faster, {r['bytes_ratio']:.1f}x fewer bytes (demo scale;"
+            " bench/mpcvit.py: MNIST)",
         ),
     ]
 
