@@ -34,7 +34,7 @@ NODES = ("vit-a", "vit-b", "vit-c")
 K = AttentionKind
 MIXED = Architecture(
     ((K.SOFTMAX, K.RELU_SOFTMAX, K.SCALING, K.RELU_SOFTMAX), (K.SCALING,) * 4),
-    (MLPKind.GELU, MLPKind.LINEAR),
+    (MLPKind.GELU, MLPKind.RELU),  # the fused linear MLP: tests/vit/test_secure.py
 )
 LOGIT_TOL = 0.1  # as tests/vit/test_secure.py: PUMA approximations on a 2-block ViT
 
@@ -84,6 +84,7 @@ def test_mpc_classification_matches_plaintext(
     assert np.array_equal(result.predictions, plain.argmax(-1).numpy())
     np.testing.assert_allclose(result.probs.sum(1), 1.0, atol=1e-5)
     assert len(result.architecture) == 2 and "relu_softmax" in result.architecture[0]
+    assert result.architecture[1].endswith("| relu")  # the ReLU MLP block, as described
     assert len(result.model_digest) == 64
     report = result.mpc
     assert report.threat_model == "input_private" and report.trusted_dealer
