@@ -537,29 +537,15 @@ class PipeTransport(Transport):
         for thread in self._threads:
             if thread.name.startswith("pipe-writer"):
                 thread.join(max(0.0, deadline - time.monotonic()))
-        for conn in self._conns.values():
-            _hang_up(conn)
+        # shutdown(), not just close(): it wakes our reader blocked in recv and gives the peer
+        # end-of-file at once (a close alone waits for that recv to return).
         for sock in self._socks.values():
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+        for conn in self._conns.values():
+            conn.close()
         self._mailbox.close()
-
-
-def _hang_up(conn: Connection) -> None:
-    """Close `conn` so that the peer sees end-of-file even while our reader blocks on it.
-
-    A plain close() does not wake a thread blocked in recv on the same socket, and the kernel
-    keeps the socket open (no end-of-file at the peer) until that call returns; shutdown() does
-    both. Pipes from `pipe_mesh` are socket pairs on POSIX.
-    """
-    try:
-        sock = socket.socket(fileno=os.dup(conn.fileno()))
-    except (OSError, ValueError):
-        sock = None
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-    conn.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -124,8 +124,9 @@ def reciprocal(
         count = newton_iterations(lo, hi, delta=delta) if iterations is None else iterations
         if count < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
-        y = bucket_lookup(below_bits(x, thresholds), guesses, like=x) if thresholds else None
-        if y is None:  # one octave: the guess is public
+        if thresholds:
+            y = bucket_lookup(below_bits(x, thresholds), guesses, like=x)
+        else:  # one octave: the guess is public, so the first iteration needs no product
             y = (2 - x * guesses[0]) * guesses[0]
             count -= 1
         for _ in range(count):

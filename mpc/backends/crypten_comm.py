@@ -241,7 +241,7 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         return group
 
     def _post(self, dst: int, message: bytes) -> None:
-        """Send `message` (its operation byte, then the body) as this link's next message."""
+        """Send `message` (its operation code, then the body) as this link's next message."""
         tag = str(self._send_seq[dst])
         self._send_seq[dst] += 1
         self.transport.send(dst, tag, message)
