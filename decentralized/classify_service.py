@@ -6,7 +6,9 @@ and answers `Classify` with the output distribution. With `--fides-verifier NAME
 one enclave per verifier (`tee.ConfigfsTsmEnclave` inside an SEV-SNP/TDX guest; otherwise, or
 with `--enclave simulated`, an INSECURE `tee.SimulatedEnclave`), loads the verification model
 into it (`verification.fides.enclave_app`), and answers `Verify` with the enclave's output and
-its quote, which binds the client's nonce, the code+model measurement and the output digest.
+its quote, which binds the client's nonce, the code+model measurement and the digests of the
+input the enclave ran on and of its output; or, within an attested session (`OpenSession`,
+`tee.session`: one quote when the session opens), with the output and its HMAC tag.
 
 Threat model: a classifier node sees inputs and outputs in the clear and is not trusted for
 integrity (that is what Fides checks). The verifier node's host process sees the input in the
@@ -30,11 +32,26 @@ import grpc.aio
 import numpy as np
 import torch
 
-from decentralized.errors import Draining, EnclaveFailed, InvalidRequest, Overloaded, UnknownModel
+from decentralized.errors import (
+    Draining,
+    EnclaveFailed,
+    InvalidRequest,
+    Overloaded,
+    SessionMismatch,
+    UnknownModel,
+)
 from decentralized.service import _serving
 from decentralized.v1 import classify_pb2, classify_pb2_grpc
-from tee import ConfigfsTsmEnclave, Enclave, EnclaveError, SimulatedEnclave, tsm_available
+from tee import (
+    ConfigfsTsmEnclave,
+    Enclave,
+    EnclaveError,
+    SimulatedEnclave,
+    UnknownSession,
+    tsm_available,
+)
 from tee.measurement import NONCE_SIZE
+from tee.session import SESSION_ID_SIZE
 from verification.fides import InvalidInput
 from verification.fides.enclave_app import ENTRY, encode_request, verifier_bundle
 from verification.fides.nets import read_json
@@ -71,6 +88,20 @@ def decode_inputs(msg: classify_pb2.Inputs, kind: str, shape: tuple[int, ...]) -
             f"(float32: expected {want})"
         )
     return torch.from_numpy(np.frombuffer(msg.images, dtype="<f4").reshape(n, *shape).copy())
+
+
+def enclave_request(inputs: classify_pb2.Inputs, task: str) -> bytes:
+    """The bytes a verifier's enclave runs on for these wire inputs (`InvalidRequest` if bad).
+
+    The enclave's quote or session tag binds their digest, so a client computes the same bytes
+    from the inputs it sent (this function) and checks that the enclave answered its question.
+    """
+    shape = (1, 28, 28) if task == "image" else ()
+    x = decode_inputs(inputs, task, shape)
+    try:
+        return encode_request(x, task)
+    except InvalidInput as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 @dataclass
@@ -202,32 +233,70 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         """Classifier `name`'s (N, C) distribution: the one place a reply's numbers come from."""
         return model.probs(x).numpy()
 
+    def _verifier(self, name: str) -> HostedVerifier:
+        hosted = self._verifiers.get(name)
+        if hosted is None:
+            raise UnknownModel(f"unknown verifier {name!r}; see ListModels")
+        return hosted
+
+    async def _enclave(self, hosted: HostedVerifier, fn: Any) -> Any:
+        """Run `fn(enclave)` on the verifier's own worker thread; enclave errors map here."""
+        try:
+            return await self._run(hosted.executor, fn, hosted.enclave)
+        except UnknownSession as exc:
+            raise SessionMismatch(f"verifier {hosted.name!r}: {exc}") from None
+        except EnclaveError as exc:
+            raise EnclaveFailed(f"verifier {hosted.name!r}: {exc}") from None
+
     async def Verify(  # noqa: N802 - gRPC method name
         self, request: classify_pb2.VerifyRequest, context: grpc.aio.ServicerContext
     ) -> classify_pb2.VerifyReply:
         async with _serving("Classify.Verify", context, self._node.metrics):
-            hosted = self._verifiers.get(request.verifier)
-            if hosted is None:
-                raise UnknownModel(f"unknown verifier {request.verifier!r}; see ListModels")
+            hosted = self._verifier(request.verifier)
+            session = request.session_id
+            if session and (len(session) != SESSION_ID_SIZE or not 0 < request.seq < 1 << 64):
+                raise InvalidRequest(
+                    f"a session id is {SESSION_ID_SIZE} bytes and its sequence numbers start at 1"
+                )
+            if not session and len(request.nonce) < NONCE_SIZE:
+                raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
+            data = enclave_request(request.inputs, hosted.task)
+            t0 = time.perf_counter()
+            if session:
+                result = await self._enclave(
+                    hosted, lambda e: e.run_in_session(data, session_id=session, seq=request.seq)
+                )
+                return classify_pb2.VerifyReply(
+                    output=result.output,
+                    tag=result.tag,
+                    seq=result.seq,
+                    compute_s=time.perf_counter() - t0,
+                    node_id=self._node.identity.node_id,
+                )
+            attested = await self._enclave(hosted, lambda e: e.run(data, nonce=request.nonce))
+            return classify_pb2.VerifyReply(
+                output=attested.output,
+                quote_json=attested.quote.to_json(),
+                compute_s=time.perf_counter() - t0,
+                node_id=self._node.identity.node_id,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def OpenSession(  # noqa: N802 - gRPC method name
+        self, request: classify_pb2.AttestedSessionRequest, context: grpc.aio.ServicerContext
+    ) -> classify_pb2.AttestedSessionReply:
+        async with _serving("Classify.OpenSession", context, self._node.metrics):
+            hosted = self._verifier(request.verifier)
             if len(request.nonce) < NONCE_SIZE:
                 raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
-            shape = (1, 28, 28) if hosted.task == "image" else ()
-            x = decode_inputs(request.inputs, hosted.task, shape)
-            try:
-                data = encode_request(x, hosted.task)
-            except InvalidInput as exc:
-                raise InvalidRequest(str(exc)) from None
-            t0 = time.perf_counter()
-            try:
-                result = await self._run(
-                    hosted.executor, lambda: hosted.enclave.run(data, nonce=request.nonce)
-                )
-            except EnclaveError as exc:
-                raise EnclaveFailed(f"verifier {hosted.name!r}: {exc}") from None
-            return classify_pb2.VerifyReply(
-                output=result.output,
-                quote_json=result.quote.to_json(),
-                compute_s=time.perf_counter() - t0,
+            if len(request.client_public) != 32:
+                raise InvalidRequest("client_public must be a 32-byte X25519 public key")
+            offer = await self._enclave(
+                hosted, lambda e: e.open_session(request.client_public, nonce=request.nonce)
+            )
+            return classify_pb2.AttestedSessionReply(
+                offer=offer.offer,
+                quote_json=offer.quote.to_json(),
                 node_id=self._node.identity.node_id,
             )
         raise AssertionError("unreachable")  # pragma: no cover

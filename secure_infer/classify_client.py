@@ -230,6 +230,8 @@ def result_dict(res: ClassificationResult) -> dict[str, Any]:
             "measurement": res.quote.measurement,
             "verifier_node": res.quote.verifier_node,
             "key_pinning": res.quote.key_pinning,
+            "attestation": res.quote.attestation,
+            "session_age_s": res.quote.session_age_s,
         }
         doc["threat_model"] = res.threat_model
     return doc

@@ -1,12 +1,23 @@
 """The client side of `verify="fides"`: a service answer checked by an attested verifier.
 
-Protocol (per call): the client draws a fresh nonce, then sends the same input CONCURRENTLY to
-a service node (`Classify`: the distribution it will use) and to a verifier node (`Verify`:
-the Fides verification model inside the node's enclave, bound to the nonce). It verifies the
-quote (`tee.verify_quote`: the nonce, the digest of the enclave's output, the code+model
-measurement against the one computed from the client's own copy of the published Fides
-directory, the platform evidence against pinned roots or keys, and single use of the nonce),
-then runs Fides' detector and re-classifier locally on the two distributions.
+Protocol (per call): the client sends the same input CONCURRENTLY to a service node
+(`Classify`: the distribution it will use) and to a verifier node (`Verify`: the Fides
+verification model inside the node's enclave). How the enclave's answer is attested
+(`FidesOptions.attestation`):
+
+    "session" (default)  once per verifier node, `OpenSession`: the enclave's quote binds an
+                         X25519 key exchange with the client (`tee.session`); every `Verify`
+                         then carries an HMAC under the session key over the client's sequence
+                         number, the digest of the input the enclave ran on and its output.
+                         Re-opened after `max_session_age_s` or when the enclave lost it.
+    "request"            a fresh nonce per call; the quote binds nonce, input and output.
+
+Either way the client checks the quote (`tee.verify_quote`: the nonce, the input and output
+digests, the code+model measurement against the one computed from the client's own copy of the
+published Fides directory, the platform evidence against pinned roots or keys, and single use
+of the nonce), computes the enclave's input from what it sent itself, then runs Fides' detector
+and re-classifier locally on the two distributions. A session saves the platform's quote (a
+firmware call on SEV-SNP/TDX) and the client's signature and chain checks on every request.
 
 Threat model (also in every result's `threat_model`):
     untrusted  the service node (its model, its inputs after arrival, its answer); the
@@ -26,22 +37,37 @@ Threat model (also in every result's `threat_model`):
 from __future__ import annotations
 
 import functools
+import hashlib
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from decentralized.errors import InvalidRequest, PeerMisbehaved
+from cryptography.hazmat.primitives import serialization
+
+from decentralized.classify_service import enclave_request
+from decentralized.errors import InvalidRequest, PeerMisbehaved, SessionMismatch
 from decentralized.v1 import classify_pb2
-from secure_infer.classify_client import Catalog, count, decode_probs, encode_inputs, start, wait
+from secure_infer.classify_client import (
+    Catalog,
+    call,
+    count,
+    decode_probs,
+    encode_inputs,
+    start,
+    wait,
+)
 from secure_infer.results import ClassificationResult, FidesCheck, Privacy, QuoteSummary
 from tee import (
     AttestationError,
+    AttestedSession,
     CodeRef,
     MalformedEvidence,
     NonceStore,
     Policy,
     Quote,
+    SessionKey,
     TrustAnchors,
     VerifiedQuote,
     code_digest,
@@ -82,6 +108,9 @@ class FidesOptions:
             pinned, i.e. any guest image).
         service_node, verifier_node: pin nodes by name, address or id (default: least loaded).
         timeout_s: per RPC.
+        attestation: "session" (one quote per session, an HMAC per result; the default) or
+            "request" (a quote per request); see the module docstring.
+        max_session_age_s: re-open (re-attest) a session older than this.
     """
 
     bundle: Path
@@ -93,15 +122,49 @@ class FidesOptions:
     service_node: str | None = None
     verifier_node: str | None = None
     timeout_s: float = 30.0
+    attestation: str = "session"
+    max_session_age_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.attestation not in ATTESTATIONS:
+            raise InvalidRequest(f"attestation must be one of {ATTESTATIONS}")
+        if self.max_session_age_s <= 0:
+            raise InvalidRequest("max_session_age_s must be positive")
+
+
+ATTESTATIONS = ("session", "request")
 
 
 class FidesChecker:
-    """The client's Fides state for one bundle: detector, expected measurement, nonces."""
+    """The client's Fides state for one bundle: detector, expected measurement, nonces, and
+    the attested sessions open with verifier nodes."""
 
     def __init__(self, bundle: Path) -> None:
         self.fides = FidesVerifier.load(bundle)
         self.measurement = published_measurement(bundle)
         self.nonces = NonceStore()
+        # (verifier node address, verifier name, acceptance rules) -> open session: a session
+        # is reused only under the rules its opening quote was checked against
+        self._sessions: dict[tuple[str, str, bytes], tuple[AttestedSession, str]] = {}
+        self._lock = threading.Lock()
+
+    def session(
+        self, key: tuple[str, str, bytes], max_age_s: float
+    ) -> tuple[AttestedSession, str] | None:
+        with self._lock:
+            found = self._sessions.get(key)
+            if found is not None and found[0].age_s() > max_age_s:
+                del self._sessions[key]
+                return None
+            return found
+
+    def keep(self, key: tuple[str, str, bytes], session: AttestedSession, pinning: str) -> None:
+        with self._lock:
+            self._sessions[key] = (session, pinning)
+
+    def drop(self, key: tuple[str, str, bytes]) -> None:
+        with self._lock:
+            self._sessions.pop(key, None)
 
 
 def published_measurement(bundle: Path) -> bytes:
@@ -138,17 +201,28 @@ def classify_fides(
         )
     wire = encode_inputs(inputs, info.input_kind)
     n = count(wire)
-    nonce = checker.nonces.issue()
-    # Both requests go out at once (gRPC futures); the quote is checked while the service,
-    # usually the slower of the two, is still computing.
+    channel = mesh.channel(verifier.address, verifier.name)
+    key = (verifier.address, vname, _acceptance(options))
+    session: AttestedSession | None = None
+    nonce = b""
+    if options.attestation == "session":
+        session, pinning = _session(channel, key, options, vinfo, checker, catalog)
+    else:
+        nonce = checker.nonces.issue()
+    # Both requests go out at once (gRPC futures); the verifier's answer is checked while the
+    # service, usually the slower of the two, is still computing.
     sent = time.perf_counter()
     done: dict[str, float] = {}
-    f_verify = start(
-        mesh.channel(verifier.address, verifier.name),
-        "Verify",
-        classify_pb2.VerifyRequest(verifier=vname, inputs=wire, nonce=nonce),
-        options.timeout_s,
-    )
+
+    def verify_request() -> classify_pb2.VerifyRequest:
+        if session is None:
+            return classify_pb2.VerifyRequest(verifier=vname, inputs=wire, nonce=nonce)
+        return classify_pb2.VerifyRequest(
+            verifier=vname, inputs=wire, session_id=session.session_id, seq=session.next_seq()
+        )
+
+    request = verify_request()
+    f_verify = start(channel, "Verify", request, options.timeout_s)
     f_service = start(
         mesh.channel(service.address, service.name),
         "Classify",
@@ -158,17 +232,38 @@ def classify_fides(
     f_verify.add_done_callback(lambda _: done.setdefault("verifier", time.perf_counter()))
     f_service.add_done_callback(lambda _: done.setdefault("service", time.perf_counter()))
     try:
-        vreply = wait(f_verify, "Verify", catalog, verifier.address)
-        t_check = time.perf_counter()
         try:
-            verified, pinning = _check_quote(vreply, nonce, options, vinfo, checker)
+            vreply = wait(f_verify, "Verify", catalog, verifier.address)
+        except SessionMismatch:  # the enclave no longer holds the session (restart, eviction)
+            checker.drop(key)
+            session, pinning = _session(channel, key, options, vinfo, checker, catalog)
+            request = verify_request()
+            vreply = call(channel, "Verify", request, options.timeout_s)
+        t_check = time.perf_counter()
+        # What the enclave must have run on, computed from what this client sent (after the
+        # node's own validation answered, so that bad inputs get the node's INVALID_ARGUMENT).
+        data = enclave_request(wire, vinfo.task)
+        try:
+            if session is None:
+                verified, pinning = _check_quote(vreply, nonce, data, options, vinfo, checker)
+            else:
+                session.check(
+                    seq=request.seq,
+                    answered_seq=vreply.seq,
+                    data=data,
+                    output=vreply.output,
+                    tag=vreply.tag,
+                )
+                verified = session.quote
         except AttestationError:
+            checker.drop(key)
             catalog.forget(verifier.address)  # ask again next time (e.g. a restarted node)
             raise
         check_s = time.perf_counter() - t_check
         reply = wait(f_service, "Classify", catalog, service.address)
-    finally:
-        f_service.cancel()  # no-op when done; stops waiting on a service after a bad quote
+    finally:  # no-ops when done; stop waiting on the other node after a bad answer
+        f_service.cancel()
+        f_verify.cancel()
     t_judge = time.perf_counter()
     probs = decode_probs(reply, n)
     try:
@@ -200,6 +295,8 @@ def classify_fides(
         provider=verified.provider,
         verifier_node=verifier.name,
         key_pinning=pinning,
+        attestation=options.attestation,
+        session_age_s=None if session is None else round(session.age_s(), 3),
     )
     predictions = probs.argmax(1)
     return ClassificationResult(
@@ -225,34 +322,103 @@ def classify_fides(
     )
 
 
+def _policy(
+    options: FidesOptions, vinfo: classify_pb2.VerifierInfo, checker: FidesChecker
+) -> tuple[Policy, TrustAnchors, str]:
+    """The options' policy pinning the published measurement, the trust anchors, and how the
+    platform keys or roots were pinned."""
+    keys, pinning = _simulated_keys(options, vinfo)
+    policy = Policy(
+        allowed_launch_measurements=options.allowed_launch_measurements,
+        allowed_code_measurements=frozenset({checker.measurement}),
+        allow_simulated=options.allow_simulated,
+    )
+    trust = TrustAnchors(
+        snp=options.trust.snp,
+        tdx_root=options.trust.tdx_root,
+        simulated_keys=options.trust.simulated_keys + keys,
+        crls=options.trust.crls,
+    )
+    return policy, trust, pinning
+
+
+def _acceptance(options: FidesOptions) -> bytes:
+    """A digest of everything in `options` that decides whether a quote is accepted."""
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    trust = options.trust
+    parts = [
+        b"simulated" if options.allow_simulated else b"hardware only",
+        *sorted(options.simulated_keys),
+        *sorted(options.allowed_launch_measurements or ()),
+        b"launch pinned" if options.allowed_launch_measurements is not None else b"any launch",
+        *(c.public_bytes(der) for t in trust.snp for c in (t.ask, t.ark)),
+        trust.tdx_root.public_bytes(der) if trust.tdx_root is not None else b"no tdx root",
+        *(k.public_bytes(der, spki) for k in trust.simulated_keys),
+        *(crl.public_bytes(der) for crl in trust.crls),
+    ]
+    return hashlib.sha256(b"".join(len(p).to_bytes(8, "big") + p for p in parts)).digest()
+
+
 def _check_quote(
     vreply: classify_pb2.VerifyReply,
     nonce: bytes,
+    data: bytes,
     options: FidesOptions,
     vinfo: classify_pb2.VerifierInfo,
     checker: FidesChecker,
 ) -> tuple[VerifiedQuote, str]:
-    """`tee.verify_quote` under the options' policy, pinning the published measurement;
-    returns the verified quote and how the platform keys or roots were pinned."""
-    keys, pinning = _simulated_keys(options, vinfo)
+    """`tee.verify_quote` of a per-request quote; returns it and how keys were pinned."""
+    policy, trust, pinning = _policy(options, vinfo, checker)
     verified = verify_quote(
         Quote.from_json(vreply.quote_json),
+        input=data,
         output=vreply.output,
         nonce=nonce,
-        policy=Policy(
-            allowed_launch_measurements=options.allowed_launch_measurements,
-            allowed_code_measurements=frozenset({checker.measurement}),
-            allow_simulated=options.allow_simulated,
-        ),
-        trust=TrustAnchors(
-            snp=options.trust.snp,
-            tdx_root=options.trust.tdx_root,
-            simulated_keys=options.trust.simulated_keys + keys,
-            crls=options.trust.crls,
-        ),
+        policy=policy,
+        trust=trust,
         nonce_store=checker.nonces,
     )
     return verified, pinning
+
+
+def _session(
+    channel: Any,
+    key: tuple[str, str, bytes],
+    options: FidesOptions,
+    vinfo: classify_pb2.VerifierInfo,
+    checker: FidesChecker,
+    catalog: Catalog,
+) -> tuple[AttestedSession, str]:
+    """The open session with this verifier, or a new one (`OpenSession`, quote verified)."""
+    found = checker.session(key, options.max_session_age_s)
+    if found is not None:
+        return found
+    policy, trust, pinning = _policy(options, vinfo, checker)
+    client_key, nonce = SessionKey(), checker.nonces.issue()
+    reply = call(
+        channel,
+        "OpenSession",
+        classify_pb2.AttestedSessionRequest(
+            verifier=key[1], client_public=client_key.public, nonce=nonce
+        ),
+        options.timeout_s,
+    )
+    try:
+        session = AttestedSession.open(
+            Quote.from_json(reply.quote_json),
+            offer=reply.offer,
+            key=client_key,
+            nonce=nonce,
+            policy=policy,
+            trust=trust,
+            nonce_store=checker.nonces,
+        )
+    except AttestationError:
+        catalog.forget(key[0])
+        raise
+    checker.keep(key, session, pinning)
+    return session, pinning
 
 
 @functools.lru_cache(maxsize=64)

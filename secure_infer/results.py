@@ -170,6 +170,11 @@ class QuoteSummary:
     provider: str  # configfs-tsm provider, or "simulated"
     verifier_node: str  # name of the node that hosted the enclave
     key_pinning: str  # how the platform key / roots were pinned
+    # "request": this quote was made for this request's nonce, input and output; "session":
+    # it opened the attested session (tee.session) `session_age_s` ago, and this result's HMAC
+    # under the session key (bound by that quote) was checked against this request's input
+    attestation: str = "request"
+    session_age_s: float | None = None
 
     def __str__(self) -> str:
         tee = (
@@ -177,7 +182,15 @@ class QuoteSummary:
             if self.simulated
             else f"{self.platform} TEE ({self.provider})"
         )
-        return f"{tee}; measurement {self.measurement[:16]}...; verifier node {self.verifier_node}"
+        how = (
+            f"session quote from {self.session_age_s:.0f} s ago + per-result HMAC"
+            if self.attestation == "session"
+            else "per-request quote"
+        )
+        return (
+            f"{tee}; measurement {self.measurement[:16]}...; verifier node {self.verifier_node}; "
+            f"{how}"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,10 +2,12 @@
 
 Backends: `SimulatedEnclave` (INSECURE, its own process, a local software platform key: for
 development and tests) and `ConfigfsTsmEnclave` (AMD SEV-SNP / Intel TDX guests through Linux
-configfs-tsm). Verifiers: `verify_quote` for enclave quotes, and the platform verifiers
-`verify_snp_report` and `verify_tdx_quote` against pinned AMD and Intel roots. Errors are rooted
-at `TEEError` (tree in `tee.errors`). This package never imports gRPC or the other bottom packages
-(`mpc`, `verification`). See docs/attestation.md for the threat model.
+configfs-tsm); quotes bind the nonce, the code+model measurement and the input and output
+digests. Attested sessions (`tee.session`) amortize one quote over many results (HMAC per
+result under a key the quote binds). Verifiers: `verify_quote` for enclave quotes, and the
+platform verifiers `verify_snp_report` and `verify_tdx_quote` against pinned AMD and Intel
+roots. Errors are rooted at `TEEError` (tree in `tee.errors`). This package never imports gRPC
+or the other bottom packages (`mpc`, `verification`). See docs/attestation.md for the threat model.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from tee.errors import (
     StaleNonce,
     TCBTooLow,
     TEEError,
+    UnknownSession,
     UnsupportedPlatform,
 )
-from tee.measurement import CodeRef, code_digest, enclave_measurement, model_digest
+from tee.measurement import CodeRef, code_digest, enclave_measurement, input_digest, model_digest
 from tee.policy import NonceStore, Policy
 from tee.quote import AttestedResult, Platform, Quote
+from tee.session import AttestedSession, SessionKey, SessionOffer, SessionResult
 from tee.simulated import SimulatedClaims, load_platform_key
 from tee.snp import SnpClaims, SnpTrust, verify_snp_report
 from tee.tcb import SnpTcb
@@ -46,6 +50,7 @@ from tee.verifier import TrustAnchors, VerifiedQuote, verify_quote
 __all__ = [
     "AttestationError",
     "AttestedResult",
+    "AttestedSession",
     "BadChain",
     "BadSignature",
     "BindingMismatch",
@@ -67,6 +72,9 @@ __all__ = [
     "QuoteTooOld",
     "ReplayedNonce",
     "Revoked",
+    "SessionKey",
+    "SessionOffer",
+    "SessionResult",
     "SimulatedClaims",
     "SimulatedEnclave",
     "SimulatedNotAllowed",
@@ -79,11 +87,13 @@ __all__ = [
     "TdxClaims",
     "TrustAnchors",
     "TsmReport",
+    "UnknownSession",
     "UnsupportedPlatform",
     "VerifiedQuote",
     "code_digest",
     "enclave_measurement",
     "get_report",
+    "input_digest",
     "load_platform_key",
     "model_digest",
     "tsm_available",

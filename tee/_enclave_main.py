@@ -7,6 +7,10 @@ Protocol (one frame each way per request, see `tee._channel`):
     child -> host         {measurement, code_digest, model_digest as hex}
     host -> child  run    {nonce: hex}, [input bytes]
     child -> host         {provider, platform}, [output, evidence, auxblob]
+    host -> child  open   {nonce: hex}, [client X25519 public key]
+    child -> host         {provider, platform}, [offer, evidence, auxblob]   (tee.session)
+    host -> child  srun   {session: hex, seq: int}, [input bytes]
+    child -> host         {}, [output, tag]   or {error: "UnknownSession"}
     host -> child  close
 
 What crosses the boundary: the entry-point string, the model bytes, input and output bytes, the
@@ -33,11 +37,13 @@ from tee.measurement import (
     CodeRef,
     code_digest,
     enclave_measurement,
+    input_digest,
     model_digest,
     report_data,
     result_digest,
 )
 from tee.quote import Platform
+from tee.session import EnclaveSessions, result_tag
 from tee.simulated import SimulatedPlatform
 
 logger = logging.getLogger("tee.enclave")
@@ -51,6 +57,7 @@ class _Enclave:
         self.simulated = SimulatedPlatform() if backend == "simulated" else None
         self.handler: Handler | None = None
         self.measurement = b""
+        self.sessions = EnclaveSessions()
 
     def hello(self) -> tuple[dict[str, Any], list[bytes]]:
         if self.simulated is not None:
@@ -76,27 +83,45 @@ class _Enclave:
             "model_digest": md.hex(),
         }
 
-    def run(self, nonce: bytes, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    def _compute(self, data: bytes) -> bytes:
         if self.handler is None:
             raise EnclaveError("run before load")
         output = self.handler(data)
         if not isinstance(output, bytes | bytearray):
             raise EnclaveError(f"handler returned {type(output).__name__}, not bytes")
-        output = bytes(output)
-        binding = report_data(nonce, self.measurement, result_digest(output))
+        return bytes(output)
+
+    def _quote(
+        self, nonce: bytes, data: bytes, output: bytes
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """The platform's evidence over nonce, measurement, input and output digests."""
+        binding = report_data(nonce, self.measurement, input_digest(data), result_digest(output))
         if self.simulated is not None:
             evidence = self.simulated.quote(binding, self.measurement)
-            return {"platform": Platform.SIMULATED.value, "provider": "simulated"}, [
-                output,
-                evidence,
-                b"",
-            ]
+            header = {"platform": Platform.SIMULATED.value, "provider": "simulated"}
+            return header, [output, evidence, b""]
         report = get_report(binding)
         header = {
             "platform": platform_for_provider(report.provider).value,
             "provider": report.provider,
         }
         return header, [output, report.outblob, report.auxblob]
+
+    def run(self, nonce: bytes, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+        return self._quote(nonce, data, self._compute(data))
+
+    def open(self, nonce: bytes, client_public: bytes) -> tuple[dict[str, Any], list[bytes]]:
+        if self.handler is None:
+            raise EnclaveError("open before load")
+        quoted_input, offer = self.sessions.open(client_public, nonce, self.measurement)
+        return self._quote(nonce, quoted_input, offer)
+
+    def session_run(self, session: bytes, seq: int, data: bytes) -> list[bytes]:
+        if not 0 < seq < 1 << 64:
+            raise EnclaveError("sequence numbers are 1 .. 2**64 - 1")
+        key = self.sessions.key(session)  # before computing: UnknownSession costs nothing
+        output = self._compute(data)
+        return [output, result_tag(key, session, seq, data, output)]
 
 
 def _serve(enclave: _Enclave, fd_in: int, fd_out: int) -> None:
@@ -113,6 +138,14 @@ def _serve(enclave: _Enclave, fd_in: int, fd_out: int) -> None:
             elif op == "run":
                 reply, out = enclave.run(bytes.fromhex(str(request["nonce"])), blobs[0])
                 write_frame(fd_out, reply, *out)
+            elif op == "open":
+                reply, out = enclave.open(bytes.fromhex(str(request["nonce"])), blobs[0])
+                write_frame(fd_out, reply, *out)
+            elif op == "srun":
+                out = enclave.session_run(
+                    bytes.fromhex(str(request["session"])), int(request["seq"]), blobs[0]
+                )
+                write_frame(fd_out, {}, *out)
             else:
                 raise EnclaveError(f"unknown operation {op!r}")
         except Exception as exc:  # noqa: BLE001 - reported to the host, which raises EnclaveError

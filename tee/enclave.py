@@ -30,9 +30,10 @@ from types import TracebackType
 
 from tee._channel import read_frame, write_frame
 from tee.configfs_tsm import tsm_available
-from tee.errors import EnclaveError, MalformedEvidence, UnsupportedPlatform
+from tee.errors import EnclaveError, MalformedEvidence, UnknownSession, UnsupportedPlatform
 from tee.measurement import NONCE_SIZE, CodeRef
 from tee.quote import AttestedResult, Platform, Quote
+from tee.session import SESSION_ID_SIZE, SessionOffer, SessionResult, open_request
 from tee.simulated import load_platform_key
 
 __all__ = ["ConfigfsTsmEnclave", "Enclave", "SimulatedEnclave"]
@@ -59,7 +60,17 @@ class Enclave(ABC):
 
     @abstractmethod
     def run(self, data: bytes, *, nonce: bytes) -> AttestedResult:
-        """Run the handler on `data`; the quote binds `nonce`, the measurement and the output."""
+        """Run the handler on `data`; the quote binds `nonce`, the measurement, `data` and the
+        output."""
+
+    @abstractmethod
+    def open_session(self, client_public: bytes, *, nonce: bytes) -> SessionOffer:
+        """Open an attested session (`tee.session`) with a client's X25519 public key."""
+
+    @abstractmethod
+    def run_in_session(self, data: bytes, *, session_id: bytes, seq: int) -> SessionResult:
+        """Run the handler on `data`; the output is tagged with the session's key for `seq`.
+        Raises `UnknownSession` when the enclave does not hold the session."""
 
     @abstractmethod
     def close(self) -> None:
@@ -119,7 +130,10 @@ class _ProcessEnclave(Enclave):
             self._proc.wait()
             raise
         if "error" in header:
-            raise EnclaveError(f"enclave raised {header['error']}: {header.get('message', '')}")
+            message = f"enclave raised {header['error']}: {header.get('message', '')}"
+            if header["error"] == UnknownSession.__name__:
+                raise UnknownSession(message)
+            raise EnclaveError(message)
         return header, blobs
 
     @property
@@ -136,13 +150,12 @@ class _ProcessEnclave(Enclave):
         self._measurement = bytes.fromhex(str(header["measurement"]))
         return self._measurement
 
-    def run(self, data: bytes, *, nonce: bytes) -> AttestedResult:
-        if len(nonce) < NONCE_SIZE:
-            raise ValueError(f"nonce must be at least {NONCE_SIZE} bytes")
-        self._send({"op": "run", "nonce": nonce.hex()}, data)
-        header, blobs = self._recv()
+    def _quoted(
+        self, header: dict[str, object], blobs: list[bytes], nonce: bytes, data: bytes
+    ) -> tuple[bytes, Quote]:
+        """The output and the quote the enclave's evidence makes for `data` under `nonce`."""
         if len(blobs) != 3:
-            raise EnclaveError("enclave answered a run with the wrong number of blobs")
+            raise EnclaveError("enclave answered with the wrong number of blobs")
         output, evidence, auxblob = blobs
         platform = Platform(str(header["platform"]))
         quote = Quote.for_output(
@@ -150,12 +163,37 @@ class _ProcessEnclave(Enclave):
             provider=str(header["provider"]),
             nonce=nonce,
             measurement=self.measurement,
+            input=data,
             output=output,
             evidence=evidence,
             auxblob=auxblob,
         )
         self.platform = platform
+        return output, quote
+
+    def run(self, data: bytes, *, nonce: bytes) -> AttestedResult:
+        if len(nonce) < NONCE_SIZE:
+            raise ValueError(f"nonce must be at least {NONCE_SIZE} bytes")
+        self._send({"op": "run", "nonce": nonce.hex()}, data)
+        output, quote = self._quoted(*self._recv(), nonce, data)
         return AttestedResult(output=output, quote=quote)
+
+    def open_session(self, client_public: bytes, *, nonce: bytes) -> SessionOffer:
+        if len(nonce) < NONCE_SIZE:
+            raise ValueError(f"nonce must be at least {NONCE_SIZE} bytes")
+        self._send({"op": "open", "nonce": nonce.hex()}, client_public)
+        header, blobs = self._recv()
+        offer, quote = self._quoted(header, blobs, nonce, open_request(client_public))
+        return SessionOffer(offer=offer, quote=quote)
+
+    def run_in_session(self, data: bytes, *, session_id: bytes, seq: int) -> SessionResult:
+        if len(session_id) != SESSION_ID_SIZE or not 0 < seq < 1 << 64:
+            raise ValueError("a session id is 16 bytes and a sequence number 1 .. 2**64 - 1")
+        self._send({"op": "srun", "session": session_id.hex(), "seq": seq}, data)
+        _, blobs = self._recv()
+        if len(blobs) != 2:
+            raise EnclaveError("enclave answered a session run with the wrong number of blobs")
+        return SessionResult(output=blobs[0], tag=blobs[1], seq=seq)
 
     def close(self) -> None:
         proc = self._proc

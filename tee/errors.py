@@ -2,6 +2,7 @@
 
     TEEError
     +-- EnclaveError                 the enclave process failed, or was used out of order
+    |   +-- UnknownSession           no such session in the enclave (expired, or a restart)
     +-- UnsupportedPlatform          the backend is absent here (e.g. no configfs-tsm)
     +-- AttestationError             evidence was not accepted; never a bare False
         +-- MalformedEvidence        truncated, wrong version/size, unparseable (also ValueError)
@@ -47,6 +48,7 @@ __all__ = [
     "StaleNonce",
     "TCBTooLow",
     "TEEError",
+    "UnknownSession",
     "UnsupportedPlatform",
 ]
 
@@ -57,6 +59,10 @@ class TEEError(Exception):
 
 class EnclaveError(TEEError):
     """The enclave process failed (crashed, raised, timed out) or was called out of order."""
+
+
+class UnknownSession(EnclaveError):
+    """The enclave holds no such session (dropped, expired, or the enclave restarted): re-open."""
 
 
 class UnsupportedPlatform(TEEError):

@@ -6,11 +6,16 @@ two different field lists encode to the same bytes):
     code_digest   = H("secure-infer/tee/code/v1",   entry point "pkg.mod:fn", module source bytes)
     model_digest  = H("secure-infer/tee/model/v1",  model bytes)
     measurement   = H("secure-infer/tee/measurement/v1", code_digest, model_digest)
+    input_digest  = H("secure-infer/tee/input/v1",  input bytes the enclave received)
     result_digest = H("secure-infer/tee/result/v1", output bytes)
-    report_data   = SHA-512("secure-infer/tee/report-data/v1", nonce, measurement, result_digest)
+    report_data   = SHA-512("secure-infer/tee/report-data/v2", nonce, measurement, input_digest,
+                            result_digest)
 
 `report_data` is the 64-byte value a hardware TEE signs (SEV-SNP REPORT_DATA, TDX REPORTDATA), so
-one platform signature covers the client's fresh nonce, what code and model ran, and what came out.
+one platform signature covers the client's fresh nonce, what code and model ran, what went in and
+what came out. Binding the input matters: without it the enclave's host could run the measured
+code on an input of its choosing (say, the adversarial one a colluding service used) and hand the
+client a genuine quote for the wrong question.
 
 Limit: `code_digest` covers the source file of the module that defines the entry point, not the
 modules it imports, the interpreter or the libraries. On real hardware the launch measurement
@@ -35,6 +40,7 @@ __all__ = [
     "CodeRef",
     "code_digest",
     "enclave_measurement",
+    "input_digest",
     "model_digest",
     "report_data",
     "result_digest",
@@ -101,17 +107,22 @@ def enclave_measurement(code: bytes, model: bytes) -> bytes:
     return _h384(b"secure-infer/tee/measurement/v1", code, model)
 
 
+def input_digest(data: bytes) -> bytes:
+    """SHA-384 of the input bytes an enclave ran on."""
+    return _h384(b"secure-infer/tee/input/v1", data)
+
+
 def result_digest(output: bytes) -> bytes:
     """SHA-384 of the output bytes an enclave returned."""
     return _h384(b"secure-infer/tee/result/v1", output)
 
 
-def report_data(nonce: bytes, measurement: bytes, result: bytes) -> bytes:
-    """The 64 bytes a platform signs: SHA-512 over nonce, measurement and result digest."""
+def report_data(nonce: bytes, measurement: bytes, input_: bytes, result: bytes) -> bytes:
+    """The 64 bytes a platform signs: SHA-512 over nonce, measurement, input and result digests."""
     if len(nonce) < NONCE_SIZE:
         raise ValueError(f"nonce must be at least {NONCE_SIZE} bytes, got {len(nonce)}")
-    if len(measurement) != DIGEST_SIZE or len(result) != DIGEST_SIZE:
-        raise ValueError("measurement and result digest must be 48-byte SHA-384 values")
+    if any(len(d) != DIGEST_SIZE for d in (measurement, input_, result)):
+        raise ValueError("measurement, input and result digests must be 48-byte SHA-384 values")
     return hashlib.sha512(
-        encode(b"secure-infer/tee/report-data/v1", nonce, measurement, result)
+        encode(b"secure-infer/tee/report-data/v2", nonce, measurement, input_, result)
     ).digest()

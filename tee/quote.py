@@ -1,8 +1,8 @@
 """Evidence objects that leave an enclave: the platform, the quote and the attested result.
 
-A `Quote` is an envelope: the request binding (nonce, code+model measurement, result digest and
-the 64-byte `report_data` derived from them, see `tee.measurement`) plus the platform's own
-evidence bytes, which a verifier checks against pinned roots:
+A `Quote` is an envelope: the request binding (nonce, code+model measurement, input and result
+digests and the 64-byte `report_data` derived from them, see `tee.measurement`) plus the
+platform's own evidence bytes, which a verifier checks against pinned roots:
 
     Platform.SIMULATED  evidence = a statement signed by a locally generated ECDSA P-384 key.
                         INSECURE: no hardware root of trust; for development and tests only.
@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from tee.errors import MalformedEvidence
-from tee.measurement import report_data, result_digest
+from tee.measurement import input_digest, report_data, result_digest
 
 __all__ = ["AttestedResult", "Platform", "Quote"]
+
+_BLOBS = ("nonce", "measurement", "input_digest", "result_digest", "report_data", "evidence")
 
 
 class Platform(enum.Enum):
@@ -44,6 +46,7 @@ class Quote:
     provider: str  # configfs-tsm provider ("sev_guest", "tdx_guest") or "simulated"
     nonce: bytes  # the client's fresh nonce
     measurement: bytes  # code+model measurement, 48 bytes
+    input_digest: bytes  # SHA-384 of the input the enclave ran on, 48 bytes
     result_digest: bytes  # SHA-384 of the output, 48 bytes
     report_data: bytes  # 64 bytes the platform signed
     evidence: bytes  # platform evidence, see the module docstring
@@ -63,20 +66,23 @@ class Quote:
         provider: str,
         nonce: bytes,
         measurement: bytes,
+        input: bytes,
         output: bytes,
         evidence: bytes,
         auxblob: bytes = b"",
     ) -> Quote:
-        """Assemble the envelope for `output`: its digest and the report data it must bind."""
-        digest = result_digest(output)
+        """Assemble the envelope for `input` -> `output`: the digests and the report data the
+        platform evidence must bind."""
+        din, dout = input_digest(input), result_digest(output)
         return cls(
             platform=platform,
             simulated=platform is Platform.SIMULATED,
             provider=provider,
             nonce=nonce,
             measurement=measurement,
-            result_digest=digest,
-            report_data=report_data(nonce, measurement, digest),
+            input_digest=din,
+            result_digest=dout,
+            report_data=report_data(nonce, measurement, din, dout),
             evidence=evidence,
             auxblob=auxblob,
         )
@@ -88,7 +94,7 @@ class Quote:
             "simulated": self.simulated,
             "provider": self.provider,
         }
-        for name in ("nonce", "measurement", "result_digest", "report_data", "evidence", "auxblob"):
+        for name in _BLOBS + ("auxblob",):
             fields[name] = base64.b64encode(getattr(self, name)).decode()
         return json.dumps(fields, sort_keys=True)
 
@@ -97,10 +103,7 @@ class Quote:
         """Parse `to_json` output; raises MalformedEvidence on anything else."""
         try:
             obj = json.loads(text)
-            blobs = {
-                name: base64.b64decode(obj[name], validate=True)
-                for name in ("nonce", "measurement", "result_digest", "report_data", "evidence")
-            }
+            blobs = {name: base64.b64decode(obj[name], validate=True) for name in _BLOBS}
             return cls(
                 platform=Platform(obj["platform"]),
                 simulated=bool(obj["simulated"]),

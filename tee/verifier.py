@@ -4,9 +4,11 @@
 
     1. simulated evidence is refused unless `policy.allow_simulated` (SimulatedNotAllowed);
     2. the quote answers the nonce this client sent (NonceMismatch);
-    3. the output the client received hashes to the quoted result digest (BindingMismatch);
+    3. the input the client sent and the output it received hash to the quoted input and result
+       digests (BindingMismatch);
     4. the code+model measurement is allowed (MeasurementNotAllowed);
-    5. the quote's report data is SHA-512(nonce, measurement, result digest) (BindingMismatch);
+    5. the quote's report data is SHA-512(nonce, measurement, input digest, result digest)
+       (BindingMismatch);
     6. the platform evidence verifies against the pinned anchors and the policy, with
        `expected_report_data` set to that binding (see `tee.snp`, `tee.tdx`, `tee.simulated`);
     7. the nonce is consumed from the client's `NonceStore` (ReplayedNonce / StaleNonce).
@@ -31,7 +33,7 @@ from tee.errors import (
     NonceMismatch,
     SimulatedNotAllowed,
 )
-from tee.measurement import report_data, result_digest
+from tee.measurement import input_digest, report_data, result_digest
 from tee.policy import NonceStore, Policy
 from tee.quote import Platform, Quote
 from tee.simulated import SimulatedClaims, verify_simulated_evidence
@@ -60,6 +62,7 @@ class VerifiedQuote:
     provider: str
     nonce: bytes
     measurement: bytes  # code+model
+    input_digest: bytes
     result_digest: bytes
     claims: SnpClaims | TdxClaims | SimulatedClaims
 
@@ -94,6 +97,7 @@ def _verify_platform(
 def verify_quote(
     quote: Quote,
     *,
+    input: bytes,
     output: bytes,
     nonce: bytes,
     policy: Policy,
@@ -101,10 +105,11 @@ def verify_quote(
     nonce_store: NonceStore,
     now: datetime | None = None,
 ) -> VerifiedQuote:
-    """Verify that `output` was produced for `nonce` by allowed code on an attested platform.
+    """Verify that allowed code on an attested platform turned `input` into `output` for `nonce`.
 
     Args:
         quote: The quote that came with the output.
+        input: The input bytes the enclave was to run on, as the client computes them.
         output: The output bytes the client received.
         nonce: The nonce the client sent (drawn from `nonce_store.issue()`).
         policy: The acceptance rules; `expected_report_data` is set here from the binding.
@@ -116,6 +121,9 @@ def verify_quote(
         raise SimulatedNotAllowed("the quote is SIMULATED and policy.allow_simulated=False")
     if not hmac.compare_digest(quote.nonce, nonce):
         raise NonceMismatch("the quote was made for another nonce")
+    din = input_digest(input)
+    if not hmac.compare_digest(din, quote.input_digest):
+        raise BindingMismatch("the enclave ran on another input than the one the client sent")
     digest = result_digest(output)
     if not hmac.compare_digest(digest, quote.result_digest):
         raise BindingMismatch("the output does not match the quoted result digest")
@@ -124,9 +132,9 @@ def verify_quote(
         raise MeasurementNotAllowed(
             f"code+model measurement {quote.measurement.hex()} is not in the allow list"
         )
-    binding = report_data(nonce, quote.measurement, digest)
+    binding = report_data(nonce, quote.measurement, din, digest)
     if not hmac.compare_digest(binding, quote.report_data):
-        raise BindingMismatch("the quote's report data does not bind nonce, code and result")
+        raise BindingMismatch("the quote's report data does not bind nonce, code, input and result")
     when = now if now is not None else datetime.now(UTC)
     claims = _verify_platform(
         quote, dataclasses.replace(policy, expected_report_data=binding), trust, when
@@ -142,6 +150,7 @@ def verify_quote(
         provider=quote.provider,
         nonce=nonce,
         measurement=quote.measurement,
+        input_digest=din,
         result_digest=digest,
         claims=claims,
     )

@@ -87,23 +87,51 @@ class ClassifyReply(_message.Message):
     def __init__(self, probs: _Optional[bytes] = ..., n_classes: _Optional[int] = ..., compute_s: _Optional[float] = ..., node_id: _Optional[str] = ..., model_digest: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("verifier", "inputs", "nonce")
+    __slots__ = ("verifier", "inputs", "nonce", "session_id", "seq")
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     verifier: str
     inputs: Inputs
     nonce: bytes
-    def __init__(self, verifier: _Optional[str] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+    session_id: bytes
+    seq: int
+    def __init__(self, verifier: _Optional[str] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ..., nonce: _Optional[bytes] = ..., session_id: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
-    __slots__ = ("output", "quote_json", "compute_s", "node_id")
+    __slots__ = ("output", "quote_json", "compute_s", "node_id", "tag", "seq")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     QUOTE_JSON_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     output: bytes
     quote_json: str
     compute_s: float
     node_id: str
-    def __init__(self, output: _Optional[bytes] = ..., quote_json: _Optional[str] = ..., compute_s: _Optional[float] = ..., node_id: _Optional[str] = ...) -> None: ...
+    tag: bytes
+    seq: int
+    def __init__(self, output: _Optional[bytes] = ..., quote_json: _Optional[str] = ..., compute_s: _Optional[float] = ..., node_id: _Optional[str] = ..., tag: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class AttestedSessionRequest(_message.Message):
+    __slots__ = ("verifier", "client_public", "nonce")
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    verifier: str
+    client_public: bytes
+    nonce: bytes
+    def __init__(self, verifier: _Optional[str] = ..., client_public: _Optional[bytes] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class AttestedSessionReply(_message.Message):
+    __slots__ = ("offer", "quote_json", "node_id")
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    QUOTE_JSON_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    offer: bytes
+    quote_json: str
+    node_id: str
+    def __init__(self, offer: _Optional[bytes] = ..., quote_json: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...

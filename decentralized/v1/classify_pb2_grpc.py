@@ -51,6 +51,11 @@ class ClassifyStub:
                 request_serializer=decentralized_dot_v1_dot_classify__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=decentralized_dot_v1_dot_classify__pb2.VerifyReply.FromString,
                 _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/decentralized.v1.Classify/OpenSession',
+                request_serializer=decentralized_dot_v1_dot_classify__pb2.AttestedSessionRequest.SerializeToString,
+                response_deserializer=decentralized_dot_v1_dot_classify__pb2.AttestedSessionReply.FromString,
+                _registered_method=True)
 
 
 class ClassifyServicer:
@@ -82,6 +87,15 @@ class ClassifyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenSession(self, request, context):
+        """Open an attested session with a verification model's enclave: one quote over the client's
+        X25519 key and the enclave's offer (its key and the session id). Errors: NOT_FOUND,
+        INVALID_ARGUMENT (key or nonce), INTERNAL (the enclave failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClassifyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +113,11 @@ def add_ClassifyServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=decentralized_dot_v1_dot_classify__pb2.VerifyRequest.FromString,
                     response_serializer=decentralized_dot_v1_dot_classify__pb2.VerifyReply.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=decentralized_dot_v1_dot_classify__pb2.AttestedSessionRequest.FromString,
+                    response_serializer=decentralized_dot_v1_dot_classify__pb2.AttestedSessionReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +203,33 @@ class Classify:
             '/decentralized.v1.Classify/Verify',
             decentralized_dot_v1_dot_classify__pb2.VerifyRequest.SerializeToString,
             decentralized_dot_v1_dot_classify__pb2.VerifyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decentralized.v1.Classify/OpenSession',
+            decentralized_dot_v1_dot_classify__pb2.AttestedSessionRequest.SerializeToString,
+            decentralized_dot_v1_dot_classify__pb2.AttestedSessionReply.FromString,
             options,
             channel_credentials,
             insecure,

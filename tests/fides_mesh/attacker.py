@@ -8,9 +8,11 @@ this process only, so that product code carries no attack injection:
   random_label_switch, fgsm (the model is fed FGSM-perturbed inputs, eps 0.2), substitution
   (answers with `--substitute DIR`'s cheaper model).
 * Quote attacks on a verifier hosted as `NAME@ATTACK`: replay (answers every request with the
-  first reply it produced: its quote names an old nonce), tamper (swaps the top two classes of
-  the enclave's output and keeps the quote). A wrong measurement needs no code: host another
-  model under the verifier's name.
+  first reply it produced: its quote names an old nonce, its session tag an old sequence
+  number), tamper (swaps the top two classes of the enclave's output and keeps the quote or
+  tag), reroute (runs the enclave on another input than the client's: every image inverted,
+  1 - x; the quote or tag is genuine, for the wrong question). A wrong measurement needs no
+  code: host another model under the verifier's name.
 """
 
 from __future__ import annotations
@@ -67,10 +69,17 @@ def install(substitute: Classifier | None) -> None:
     async def verify(
         self: ClassifyServicer, request: classify_pb2.VerifyRequest, context: Any
     ) -> classify_pb2.VerifyReply:
-        reply = await honest_verify(self, request, context)
         _, _, attack = request.verifier.partition("@")
+        if attack == "reroute":
+            x = np.frombuffer(request.inputs.images, dtype="<f4")
+            rerouted = classify_pb2.VerifyRequest()
+            rerouted.CopyFrom(request)
+            rerouted.inputs.images = (1 - x).astype("<f4").tobytes()
+            request = rerouted
+        reply = await honest_verify(self, request, context)
         if attack == "replay":
-            return replies.setdefault(request.verifier, reply)
+            mode = "session" if request.session_id else "quote"  # replay like for like
+            return replies.setdefault(f"{request.verifier}/{mode}", reply)
         if attack == "tamper":
             from safetensors.torch import save
 

@@ -8,8 +8,9 @@ MNIST images, a small CNN, ~15 s on one idle CPU thread; cached under the Fides 
               tests only)
     service   hosts the honest classifiers "mnist" and "reviews" (MiniLM + head)
     attacker  tests/fides_mesh/attacker.py: "mnist@<attack>" for every Fides attack
-    liar      tests/fides_mesh/attacker.py: verifiers "mnist@replay", "mnist@tamper" (quote
-              attacks) and "mnist@wrong" (a verifier with other weights: another measurement)
+    liar      tests/fides_mesh/attacker.py: verifiers "mnist@replay", "mnist@tamper",
+              "mnist@reroute" (attacks on the quote or session tag) and "mnist@wrong" (a
+              verifier with other weights: another measurement)
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ def mesh(
                 f"mnist@tamper={fides}",
                 "--fides-verifier",
                 f"mnist@wrong={wrong}",
+                "--fides-verifier",
+                f"mnist@reroute={fides}",
             ),
         ),
     ]

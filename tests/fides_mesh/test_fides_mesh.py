@@ -7,6 +7,7 @@ below are "well above chance" for it (as in tests/verification), not the paper's
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from decentralized.classify_service import enclave_request
 from decentralized.transport import sync_channel
 from decentralized.v1 import classify_pb2, classify_pb2_grpc
 from secure_infer import cli
@@ -30,7 +32,15 @@ from secure_infer.errors import (
 )
 from secure_infer.fides_client import FidesOptions, published_measurement
 from secure_infer.localmesh import LocalMesh
-from tee import NonceStore, Policy, Quote, TrustAnchors, load_platform_key, verify_quote
+from tee import (
+    AttestedSession,
+    NonceStore,
+    Policy,
+    Quote,
+    TrustAnchors,
+    load_platform_key,
+    verify_quote,
+)
 from verification.fides import FidesVerifier
 from verification.fides.service_model import load_classifier
 
@@ -62,6 +72,7 @@ def test_honest_service_passes(
     assert res.quote.measurement == published_measurement(artefacts / "fides").hex()
     assert res.quote.simulated and res.simulated and res.quote.verifier_node == "verifier"
     assert "SIMULATED" in repr(res) and "SIMULATED" in str(res.quote)
+    assert res.quote.attestation == "session" and "per-result HMAC" in str(res.quote)
     assert "verifier node" in res.threat_model or "verifier" in res.threat_model
     assert res.timings["service_s"] > 0 and res.timings["verifier_s"] > 0
 
@@ -88,9 +99,14 @@ def test_attacking_service_is_flagged_and_reclassified(
         assert np.mean(recl == truth[flagged]) > np.mean(res.predictions[flagged] == truth[flagged])
 
 
+@pytest.mark.parametrize("attestation", ["session", "request"])
 @pytest.mark.parametrize(
     ("verifier", "error"),
-    [("mnist@tamper", BindingMismatch), ("mnist@wrong", MeasurementNotAllowed)],
+    [
+        ("mnist@tamper", BindingMismatch),
+        ("mnist@reroute", BindingMismatch),
+        ("mnist@wrong", MeasurementNotAllowed),
+    ],
 )
 def test_bad_quotes_are_rejected(
     client: Client,
@@ -98,22 +114,49 @@ def test_bad_quotes_are_rejected(
     test_images: torch.Tensor,
     verifier: str,
     error: type[Exception],
+    attestation: str,
 ) -> None:
-    opts = dataclasses.replace(options, verifier=verifier, verifier_node="liar")
+    opts = dataclasses.replace(
+        options, verifier=verifier, verifier_node="liar", attestation=attestation
+    )
     with pytest.raises(error) as info:
         client.classify("mnist", test_images[:8].numpy(), verify="fides", fides=opts)
     assert status_code(info.value) == grpc.StatusCode.PERMISSION_DENIED
 
 
+@pytest.mark.parametrize("attestation", ["session", "request"])
 def test_replayed_quote_is_rejected(
-    client: Client, options: FidesOptions, test_images: torch.Tensor
+    client: Client, options: FidesOptions, test_images: torch.Tensor, attestation: str
 ) -> None:
-    opts = dataclasses.replace(options, verifier="mnist@replay", verifier_node="liar")
+    opts = dataclasses.replace(
+        options, verifier="mnist@replay", verifier_node="liar", attestation=attestation
+    )
     x = test_images[:8].numpy()
     client.classify("mnist", x, verify="fides", fides=opts)  # the first answer is genuine
-    with pytest.raises(FreshnessError) as info:  # then the same quote comes back: old nonce
+    with pytest.raises(FreshnessError) as info:  # then the same answer comes back: old nonce/seq
         client.classify("mnist", x, verify="fides", fides=opts)
     assert status_code(info.value) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_sessions_are_reused_and_reopened_when_the_enclave_lost_them(
+    client: Client, options: FidesOptions, test_images: torch.Tensor
+) -> None:
+    x = test_images[:4].numpy()
+    first = client.classify("mnist", x, verify="fides", fides=options)
+    checker = client._fides[options.bundle.resolve()]
+
+    def open_session() -> AttestedSession:
+        ((session, _),) = [v for k, v in checker._sessions.items() if k[1] == "mnist"]
+        return session
+
+    session = open_session()
+    again = client.classify("mnist", x, verify="fides", fides=options)
+    assert first.quote is not None and again.quote is not None
+    assert open_session() is session and again.quote.session_age_s is not None  # reused
+    session.session_id = os.urandom(16)  # as if the enclave restarted: it holds no such session
+    res = client.classify("mnist", x, verify="fides", fides=options)
+    assert open_session() is not session and len(res.checks) == 4
+    np.testing.assert_allclose(res.probs, first.probs, atol=1e-6)
 
 
 def test_simulated_evidence_needs_opt_in(
@@ -138,16 +181,13 @@ def test_a_quote_verifies_once(mesh: LocalMesh, test_images: torch.Tensor) -> No
         store = NonceStore()
         nonce = store.issue()
         x = test_images[:2].numpy()
+        inputs = classify_pb2.Inputs(images=x.tobytes(), count=2)
         reply = stub.Verify(
-            classify_pb2.VerifyRequest(
-                verifier="mnist",
-                inputs=classify_pb2.Inputs(images=x.tobytes(), count=2),
-                nonce=nonce,
-            ),
-            timeout=30,
+            classify_pb2.VerifyRequest(verifier="mnist", inputs=inputs, nonce=nonce), timeout=30
         )
     quote = Quote.from_json(reply.quote_json)
     kwargs = {
+        "input": enclave_request(inputs, "image"),
         "output": reply.output,
         "nonce": nonce,
         "policy": Policy(

@@ -37,29 +37,39 @@ from .forge import flip_bit
 
 ROOT = Path(__file__).resolve().parents[2]
 NONCE, MEASUREMENT, DIGEST = b"n" * 32, b"m" * 48, b"r" * 48
+INPUT = b"i" * 48  # an input digest
 
 
 def test_report_data_is_sha512_of_the_length_prefixed_fields() -> None:
     expected = hashlib.sha512(
-        encode(b"secure-infer/tee/report-data/v1", NONCE, MEASUREMENT, DIGEST)
+        encode(b"secure-infer/tee/report-data/v2", NONCE, MEASUREMENT, INPUT, DIGEST)
     ).digest()
-    assert report_data(NONCE, MEASUREMENT, DIGEST) == expected and len(expected) == 64
+    assert report_data(NONCE, MEASUREMENT, INPUT, DIGEST) == expected and len(expected) == 64
     changed = {
-        report_data(b"N" * 32, MEASUREMENT, DIGEST),
-        report_data(NONCE, b"M" * 48, DIGEST),
-        report_data(NONCE, MEASUREMENT, b"R" * 48),
-        report_data(NONCE + b"x", MEASUREMENT, DIGEST),
+        report_data(b"N" * 32, MEASUREMENT, INPUT, DIGEST),
+        report_data(NONCE, b"M" * 48, INPUT, DIGEST),
+        report_data(NONCE, MEASUREMENT, b"I" * 48, DIGEST),
+        report_data(NONCE, MEASUREMENT, INPUT, b"R" * 48),
+        report_data(NONCE, MEASUREMENT, DIGEST, INPUT),  # input and output swapped
+        report_data(NONCE + b"x", MEASUREMENT, INPUT, DIGEST),
     }
-    assert expected not in changed and len(changed) == 4
+    assert expected not in changed and len(changed) == 6
 
 
 @pytest.mark.parametrize(
-    ("nonce", "measurement", "digest"),
-    [(b"short", MEASUREMENT, DIGEST), (NONCE, b"m" * 47, DIGEST), (NONCE, MEASUREMENT, b"r")],
+    ("nonce", "measurement", "input_", "digest"),
+    [
+        (b"short", MEASUREMENT, INPUT, DIGEST),
+        (NONCE, b"m" * 47, INPUT, DIGEST),
+        (NONCE, MEASUREMENT, b"i", DIGEST),
+        (NONCE, MEASUREMENT, INPUT, b"r"),
+    ],
 )
-def test_report_data_rejects_bad_sizes(nonce: bytes, measurement: bytes, digest: bytes) -> None:
+def test_report_data_rejects_bad_sizes(
+    nonce: bytes, measurement: bytes, input_: bytes, digest: bytes
+) -> None:
     with pytest.raises(ValueError, match="must be"):
-        report_data(nonce, measurement, digest)
+        report_data(nonce, measurement, input_, digest)
 
 
 @pytest.mark.parametrize("entry", ["os", "os:", ":f", "a b:c", "pkg.mod:fn()", "1pkg:fn"])
@@ -95,6 +105,7 @@ def test_quote_refuses_inconsistent_simulated_flag_and_garbage_json() -> None:
             provider="x",
             nonce=NONCE,
             measurement=MEASUREMENT,
+            input_digest=INPUT,
             result_digest=DIGEST,
             report_data=bytes(64),
             evidence=b"",
@@ -117,6 +128,7 @@ def _tsm_quote(report: TsmReport, output: bytes) -> Quote:
         provider=report.provider,
         nonce=NONCE,
         measurement=MEASUREMENT,
+        input=b"in",
         output=output,
         evidence=report.outblob,
         auxblob=report.auxblob,
@@ -135,7 +147,14 @@ def test_snp_tsm_report_parses_and_reaches_the_binding_check(snp_report, vcek, m
     trust = TrustAnchors(snp=(milan,))
     quote = _tsm_quote(TsmReport(provider="sev_guest", outblob=snp_report, auxblob=aux), b"out")
     assert quote.platform is Platform.SEV_SNP and not quote.simulated
-    kw = {"output": b"out", "nonce": NONCE, "policy": _policy(), "trust": trust, "now": SNP_NOW}
+    kw = {
+        "input": b"in",
+        "output": b"out",
+        "nonce": NONCE,
+        "policy": _policy(),
+        "trust": trust,
+        "now": SNP_NOW,
+    }
     with pytest.raises(BindingMismatch, match="REPORT_DATA"):
         verify_quote(quote, nonce_store=NonceStore(), **kw)  # type: ignore[arg-type]
     tampered = _tsm_quote(
@@ -153,7 +172,7 @@ def test_snp_tsm_report_parses_and_reaches_the_binding_check(snp_report, vcek, m
 def test_tdx_tsm_report_parses_and_reaches_the_binding_check(tdx_v4, intel_root) -> None:
     quote = _tsm_quote(TsmReport(provider="tdx_guest", outblob=tdx_v4, auxblob=b""), b"out")
     assert quote.platform is Platform.TDX
-    kw = {"output": b"out", "nonce": NONCE, "policy": _policy(), "now": TDX_V4_NOW}
+    kw = {"input": b"in", "output": b"out", "nonce": NONCE, "policy": _policy(), "now": TDX_V4_NOW}
     with pytest.raises(BindingMismatch, match="REPORTDATA"):
         verify_quote(quote, trust=TrustAnchors(tdx_root=intel_root), nonce_store=NonceStore(), **kw)  # type: ignore[arg-type]
     with pytest.raises(BadChain, match="no Intel SGX root"):

@@ -35,7 +35,7 @@ from tee import (
     model_digest,
     verify_quote,
 )
-from tee.measurement import report_data, result_digest
+from tee.measurement import input_digest, report_data, result_digest
 from tee.tensors import decode_tensors, encode_tensors
 
 from .forge import flip_bit
@@ -74,6 +74,7 @@ def _check(
     **kw: object,
 ) -> VerifiedQuote:
     args: dict[str, object] = {
+        "input": b"input",  # what the client asked `_run` to compute on
         "policy": _policy(enclave),
         "trust": TrustAnchors(simulated_keys=(enclave.platform_public_key,)),
         "nonce_store": store,
@@ -142,7 +143,9 @@ def test_tampered_result_is_refused(enclave) -> None:
             store,
         )
     rebound = dataclasses.replace(  # ... and the envelope's report data: the signed one differs
-        q, result_digest=forged_digest, report_data=report_data(nonce, q.measurement, forged_digest)
+        q,
+        result_digest=forged_digest,
+        report_data=report_data(nonce, q.measurement, q.input_digest, forged_digest),
     )
     with pytest.raises(BindingMismatch):
         _check(enclave, rebound, b"another answer", nonce, store)
@@ -155,6 +158,19 @@ def test_tampered_result_is_refused(enclave) -> None:
             store,
         )
     _check(enclave, q, result.output, nonce, store)  # the untouched quote still verifies
+
+
+def test_a_quote_for_another_input_is_refused(enclave) -> None:
+    """The host runs the measured code on an input of its choosing: a genuine quote, but not
+    for the client's question."""
+    store = NonceStore()
+    nonce, result = _run(enclave, store, data=b"the host's input")
+    with pytest.raises(BindingMismatch, match="another input"):
+        _check(enclave, result.quote, result.output, nonce, store)  # the client sent b"input"
+    forged = dataclasses.replace(result.quote, input_digest=input_digest(b"input"))
+    with pytest.raises(BindingMismatch, match="report data"):
+        _check(enclave, forged, result.output, nonce, store)
+    _check(enclave, result.quote, result.output, nonce, store, input=b"the host's input")
 
 
 def test_unpinned_platform_key_and_other_measurements(enclave) -> None:
@@ -226,9 +242,11 @@ def test_torch_model_runs_inside_the_enclave() -> None:
     with SimulatedEnclave(timeout_s=120) as enc:
         measurement = enc.load("tests.tee.torch_apps:linear_classifier", weights)
         nonce = store.issue()
-        result = enc.run(encode_tensors({"x": x}), nonce=nonce)
+        request = encode_tensors({"x": x})
+        result = enc.run(request, nonce=nonce)
         verified = verify_quote(
             result.quote,
+            input=request,
             output=result.output,
             nonce=nonce,
             policy=Policy(
