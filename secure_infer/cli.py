@@ -209,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept INSECURE simulated enclave quotes (development only)",
     )
+    cls.add_argument(
+        "--attestation",
+        choices=["session", "request"],
+        default="session",
+        help="one enclave quote per session and an HMAC per result (default), or a quote per "
+        "request",
+    )
     cls.add_argument("--json", action="store_true")
     _tls_flags(cls)
 
@@ -551,7 +558,10 @@ def _classify(args: argparse.Namespace) -> int:
         if args.fides_bundle is None:
             raise SystemExit("error: --verify fides needs --fides-bundle DIR")
         options = FidesOptions(
-            bundle=args.fides_bundle, verifier=args.verifier, allow_simulated=args.allow_simulated
+            bundle=args.fides_bundle,
+            verifier=args.verifier,
+            allow_simulated=args.allow_simulated,
+            attestation=args.attestation,
         )
     seeds = [s for s in args.seeds.split(",") if s]
     with Client(seeds, tls=_tls(args), insecure_dev=args.insecure_dev) as client:

@@ -250,6 +250,9 @@ def test_cli_prints_the_verdict_and_the_simulated_tee(
     assert cli.main([*args, "--allow-simulated"]) == 0
     out = capsys.readouterr().out
     assert "fides:" in out and "SIMULATED" in out and "INSECURE" in out.upper()
+    assert "per-result HMAC" in out
+    assert cli.main([*args, "--allow-simulated", "--attestation", "request"]) == 0
+    assert "per-request quote" in capsys.readouterr().out
     assert cli.main(args) == 1  # without the opt-in: refused, typed error on stderr
     assert "SimulatedNotAllowed" in capsys.readouterr().err
 
