@@ -68,6 +68,7 @@ SCALES = {
         widths=[[], [32], [64], [128]],
         fgsm_eps=0.2,
         shifted_copies=2,
+        gan_shifted_copies=4,
         gdtl=GdtlConfig(epochs=30, finetune_epochs=5, target_fidelity=0.99),
         gan=GanConfig(epochs=80),
     ),
@@ -140,15 +141,19 @@ def latency(
     }
 
 
-def fides_task(task: str, requests: int, train_attacks: tuple[str, ...] | None) -> dict[str, Any]:
-    scale = dataclasses.replace(SCALES[task], train_attacks=train_attacks)
+def fides_task(
+    task: str, requests: int, train_attacks: tuple[str, ...] | None, seed: int = 0
+) -> dict[str, Any]:
+    scale = dataclasses.replace(SCALES[task], train_attacks=train_attacks, seed=seed)
     t0 = time.time()
     encoder = MiniLMEncoder() if task == "reviews" else None
     data = prepare_mnist(scale) if task == "mnist" else prepare_reviews(scale, encoder)
     outcome = run(data, scale)
     m = outcome.metrics
     m["latency"] = latency(task, data, outcome, encoder, requests)
-    name = f"bench-{task}" + ("-heldout" if train_attacks else "")
+    name = (
+        f"bench-{task}" + ("-heldout" if train_attacks else "") + (f"-seed{seed}" if seed else "")
+    )
     m["saved_to"] = str(outcome.fides.save(cache_dir() / name))
     att = m["attacks"].values()
     m["targets_met"] = {
@@ -160,6 +165,7 @@ def fides_task(task: str, requests: int, train_attacks: tuple[str, ...] | None) 
         ),
         "latency": m["latency"]["ratio"] <= TARGETS["latency_ratio_max"],
     }
+    m["seed"] = seed
     m["wall_s"] = time.time() - t0
     return m
 
@@ -179,12 +185,13 @@ def main() -> None:
         help="comma-separated attacks known to the GAN training (default: all); the others "
         "are evaluated as unseen",
     )
+    parser.add_argument("--seed", type=int, default=0, help="Scale.seed: splits, training, attacks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     known = tuple(args.train_attacks.split(",")) if args.train_attacks else None
     tasks = args.tasks.split(",")
-    fides = {t: fides_task(t, args.requests, known) for t in tasks if t != "consensus"}
+    fides = {t: fides_task(t, args.requests, known, args.seed) for t in tasks if t != "consensus"}
     consensus = None
     if "consensus" in tasks:
         from bench.consensus_mesh import run as run_consensus

@@ -16,6 +16,7 @@ TINY = Scale(
     channels=[8, 16],
     widths=[[], [16]],
     fgsm_eps=0.2,
+    gan_shifted_copies=1,
     verifier_budget=0.25,
     gdtl=GdtlConfig(epochs=15, finetune_epochs=2, target_fidelity=0.97),
     gan=GanConfig(epochs=30),

@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from verification.fides import FidesVerifier, InvalidInput, ModelFormatError
-from verification.fides.detector import N_STATS
+from verification.fides.detector import (
+    LEGACY_LOG_FLOOR,
+    LOG_FLOOR,
+    N_STATS,
+    divergence_features,
+)
 from verification.fides.experiment import Outcome, TaskData
 from verification.fides.gdtl import ConvFamily, TextFamily
 from verification.fides.nets import MLPNet
@@ -116,3 +121,26 @@ def test_text_verifier_accepts_strings_and_round_trips(
         fides.verify("not a list", probs[:1])
     with pytest.raises(InvalidInput, match="token ids"):
         fides.verify(torch.full((3, 5), 10**6, dtype=torch.int64), probs)
+
+
+def test_format_1_directories_load_with_the_legacy_floor(
+    tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
+) -> None:
+    data, out = tiny_mnist
+    path = out.fides.save(tmp_path / "fides")
+    cfg = json.loads((path / "fides.json").read_text())
+    assert cfg["format_version"] == 2 and cfg["log_floor"] == out.fides.log_floor == LOG_FLOOR
+    assert FidesVerifier.load(path).log_floor == LOG_FLOOR
+    del cfg["log_floor"]
+    cfg["format_version"] = 1  # as written before the floor was recorded
+    (path / "fides.json").write_text(json.dumps(cfg))
+    old = FidesVerifier.load(path)
+    assert old.log_floor == LEGACY_LOG_FLOOR
+    x = data.inputs["test"][:40]
+    ps, pv = batched(out.service, x).softmax(1), out.fides.verifier_probs(x)
+    expected = old.detector(divergence_features(ps, pv, LEGACY_LOG_FLOOR)).squeeze(1)
+    assert torch.allclose(old.scores(ps, pv), expected.detach())
+    for bad in ({"format_version": 3}, {"format_version": 2}, {"log_floor": float("nan")}):
+        (path / "fides.json").write_text(json.dumps({**cfg, "format_version": 2, **bad}))
+        with pytest.raises(ModelFormatError):
+            FidesVerifier.load(path)

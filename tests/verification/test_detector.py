@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import torch
+import math
 
-from verification.fides.detector import N_STATS, calibrate_threshold, divergence_features
+import torch
+from torch import nn
+
+from verification.fides.attacks import swap_top2
+from verification.fides.detector import (
+    LEGACY_LOG_FLOOR,
+    LOG_FLOOR,
+    N_STATS,
+    GanConfig,
+    calibrate_threshold,
+    divergence_features,
+    reclassifier_features,
+    train_detector_gan,
+)
 
 
 def _probs(n: int, c: int, seed: int) -> torch.Tensor:
@@ -41,3 +54,48 @@ def test_threshold_keeps_false_positives_within_target() -> None:
         t = calibrate_threshold(scores, fpr)
         assert (scores > t).float().mean() <= fpr
         assert (scores >= t).float().mean() > fpr  # and no stricter than needed
+
+
+def _saturated(tail: float) -> torch.Tensor:
+    """A confident 10-class output: every non-top class at `tail`."""
+    p = torch.full((1, 10), tail, dtype=torch.float32)
+    p[0, 3] = 1.0 - 9 * tail
+    return p
+
+
+def test_features_see_tails_below_the_legacy_floor() -> None:
+    # FGSM that keeps the service's top-1 often leaves it at ~1.0 and only lifts the tail.
+    pv, clean, attacked = _saturated(1e-25), _saturated(1e-25), _saturated(1e-12)
+    new = divergence_features(clean, pv), divergence_features(attacked, pv)
+    assert not torch.allclose(*new)
+    assert new[1][0, :10].min() > new[0][0, :10].min() + 20  # tail log-probs: -28 vs -58
+    old = [divergence_features(p, pv, LEGACY_LOG_FLOOR) for p in (clean, attacked)]
+    # below 1e-7 the log-probabilities looked the same; the statistics moved by < 1e-5
+    assert torch.equal(old[0][:, :20], old[1][:, :20])
+    assert (old[0] - old[1]).abs().max() < 1e-5
+
+
+def test_features_with_given_logs_match_the_computed_ones() -> None:
+    ps, pv = _probs(16, 10, 6), _probs(16, 10, 7)
+    logs = (ps.clamp_min(LOG_FLOOR).log(), pv.clamp_min(LOG_FLOOR).log())
+    assert torch.equal(divergence_features(ps, pv), divergence_features(ps, pv, logs=logs))
+    rec = reclassifier_features(ps, pv)
+    assert rec.shape == (16, 4 * 10 + N_STATS)
+    assert torch.equal(rec[:, -20:-10], logs[0]) and torch.equal(rec[:, -10:], logs[1])
+
+
+def test_gan_training_stays_finite_on_saturated_outputs() -> None:
+    # Near-one-hot outputs (probabilities down to ~1e-35) and the generator's log-softmax
+    # must not produce NaN/inf gradients at the low floor.
+    g = torch.Generator().manual_seed(8)
+    labels = torch.randint(0, 10, (96,), generator=g)
+    logits = 80 * nn.functional.one_hot(labels, 10).float() + torch.randn(96, 10, generator=g)
+    ps, pv = logits.softmax(1), (logits + torch.randn(96, 10, generator=g)).softmax(1)
+    assert ps.min() < 1e-30
+    gan = train_detector_gan(
+        ps, pv, {"swap_top2": swap_top2(ps)}, GanConfig(epochs=3, batch=32, hidden=(16,))
+    )
+    assert all(math.isfinite(v) for h in gan.history for v in h.values())
+    scores = gan.detector(divergence_features(ps, pv)).squeeze(1)
+    assert torch.isfinite(scores).all()
+    assert all(torch.isfinite(p).all() for p in gan.detector.parameters())

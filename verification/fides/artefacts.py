@@ -11,6 +11,9 @@ writes, under `<cache>/mesh-<task>-<scale>/` (`cache_dir()`: `$SECURE_INFER_CACH
                   detector and re-classifier (run by the client)
     metrics.json  the experiment's held-out metrics (`experiment.run`)
 
+`--seed N` (N != the scale's seed, 0) trains with `Scale.seed = N` (another split, other
+initialisations and attacks) into `mesh-<task>-<scale>-seedN/`.
+
 Scales: "test" is a small but real configuration for the test suite (1,500 MNIST images, a
 small CNN; its rates are far from the paper's targets, see tests/verification); "full" is the
 configuration of `bench/integrity.py` (all 5,000 images; its figures are in docs/fides.md);
@@ -21,6 +24,7 @@ A directory whose metrics.json records the same scale is reused, not retrained.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -56,6 +60,7 @@ SCALES: dict[str, dict[str, Scale]] = {
             widths=[[], [32], [64], [128]],
             fgsm_eps=0.2,
             shifted_copies=2,
+            gan_shifted_copies=4,
             gdtl=GdtlConfig(epochs=30, finetune_epochs=5, target_fidelity=0.99),
             gan=GanConfig(epochs=80),
         ),
@@ -69,6 +74,7 @@ SCALES: dict[str, dict[str, Scale]] = {
             widths=[[], [32], [64], [128], [256], [512]],
             fgsm_eps=0.2,
             shifted_copies=2,
+            gan_shifted_copies=4,
             gdtl=GdtlConfig(
                 epochs=30, finetune_epochs=5, target_fidelity=0.99, latency_budget=0.10
             ),
@@ -104,16 +110,26 @@ def artefacts_dir(task: str, scale: str) -> Path:
     return cache_dir() / f"mesh-{task}-{scale}"
 
 
-def build(task: str = "mnist", scale: str = "test", out: Path | None = None) -> Path:
-    """Train (unless already saved) and save the artefacts; returns their directory."""
+def build(
+    task: str = "mnist", scale: str = "test", out: Path | None = None, seed: int | None = None
+) -> Path:
+    """Train (unless already saved) and save the artefacts; returns their directory.
+
+    `seed` replaces the scale's `Scale.seed` (splits, training and attacks all follow it)."""
     if task not in SCALES or scale not in SCALES[task]:
         raise ValueError(f"unknown task/scale {task}/{scale}; known: {list_scales()}")
-    out = out or artefacts_dir(task, scale)
+    cfg = SCALES[task][scale]
+    if seed is not None and seed != cfg.seed:
+        cfg = dataclasses.replace(cfg, seed=seed)
+        scale_id = f"{task}/{scale}/seed{seed}"
+        out = out or artefacts_dir(task, f"{scale}-seed{seed}")
+    else:
+        scale_id = f"{task}/{scale}"
+        out = out or artefacts_dir(task, scale)
     marker = out / "metrics.json"
-    if marker.exists() and json.loads(marker.read_text()).get("scale") == f"{task}/{scale}":
+    if marker.exists() and json.loads(marker.read_text()).get("scale") == scale_id:
         return out
     torch.set_num_threads(1)
-    cfg = SCALES[task][scale]
     data: TaskData = prepare_mnist(cfg) if task == "mnist" else prepare_reviews(cfg)
     outcome = run(data, cfg)
     text = task == "reviews"
@@ -121,7 +137,7 @@ def build(task: str = "mnist", scale: str = "test", out: Path | None = None) -> 
     if not text:  # the text substitute reads MiniLM's 2nd layer: not a hosted family
         save_classifier(out / "substitute", outcome.substitute, LABELS[task])
     outcome.fides.save(out / "fides")
-    metrics: dict[str, Any] = {"scale": f"{task}/{scale}", **outcome.metrics}
+    metrics: dict[str, Any] = {"scale": scale_id, "seed": cfg.seed, **outcome.metrics}
     marker.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     log.info("Fides mesh artefacts for %s/%s written to %s", task, scale, out)
     return out
@@ -136,9 +152,10 @@ def main() -> None:
     parser.add_argument("--task", default="mnist", choices=sorted(SCALES))
     parser.add_argument("--scale", default="test")
     parser.add_argument("--out", type=Path, help="directory (default: the cache)")
+    parser.add_argument("--seed", type=int, help="Scale.seed (default: the scale's own, 0)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    sys.stdout.write(f"{build(args.task, args.scale, args.out)}\n")
+    sys.stdout.write(f"{build(args.task, args.scale, args.out, args.seed)}\n")
 
 
 if __name__ == "__main__":

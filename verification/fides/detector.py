@@ -8,7 +8,8 @@ Features (`divergence_features`): both log-distributions with the classes ordere
 verifier's ranking (so the detector does not depend on class identity), and statistics of their
 divergence: KL both ways, Jensen-Shannon, total variation, Hellinger, both entropies, top-1
 agreement, the verifier's log-probability of the service's top-1 and vice versa, and both
-top-1/top-2 margins.
+top-1/top-2 margins. Probabilities are floored at `GanConfig.log_floor` (saved with the detector)
+before taking logs.
 
 Models: the detector maps features to one logit (attack if above a threshold calibrated on clean
 traffic); the re-classifier maps features plus both class-aligned log-distributions to the class
@@ -16,7 +17,8 @@ the service model would have returned.
 
 GAN training (`train_detector_gan`), each mini-batch:
     1. The generator G takes (log ps, log pv, noise) of clean queries and emits an attacked
-       distribution pg = softmax(G(...)).
+       distribution pg = softmax(G(...)) (as floored log-probabilities, so that no gradient goes
+       through log(p) at tiny p).
     2. Detector step: binary cross-entropy with clean outputs labelled 0, and the catalogue of
        known attacks plus pg labelled 1 (attacks weighted equally, together as much as clean).
     3. Re-classifier step: cross-entropy towards the clean top-1 on every attacked output
@@ -28,6 +30,7 @@ GAN training (`train_detector_gan`), each mini-batch:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,15 +38,35 @@ from torch import nn
 
 from .nets import MLPNet
 
-LOG_FLOOR = 1e-7  # probabilities are floored here before taking logs
+# Probabilities are floored here before taking logs. The floor must sit far below the tails of a
+# confident service model's output: an FGSM query that keeps the service's top-1 often still
+# has probability ~1.0 there, and only its tail (non-top probabilities of 1e-20 instead of
+# 1e-35, say) shows that the logits moved. Float32 softmax outputs reach ~1e-38.
+LOG_FLOOR = 1e-30
+LEGACY_LOG_FLOOR = 1e-7  # the floor of format-1 Fides directories (which do not record one)
 N_STATS = 12
 
 
-def divergence_features(ps: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
-    """(N, 2C + 12) detector features of service probs `ps` and verifier probs `pv` (N, C)."""
-    ls, lv = ps.clamp_min(LOG_FLOOR).log(), pv.clamp_min(LOG_FLOOR).log()
+def log_probs(p: torch.Tensor, floor: float = LOG_FLOOR) -> torch.Tensor:
+    """log(p), with p floored at `floor` first."""
+    return p.clamp_min(floor).log()
+
+
+def divergence_features(
+    ps: torch.Tensor,
+    pv: torch.Tensor,
+    floor: float = LOG_FLOOR,
+    logs: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(N, 2C + 12) detector features of service probs `ps` and verifier probs `pv` (N, C).
+
+    Probabilities are floored at `floor` before taking logs. `logs` = (log ps, log pv) when the
+    caller already has them (the GAN's generator emits log-probabilities: differentiating
+    through `log(p)` at tiny p would explode).
+    """
+    ls, lv = logs if logs is not None else (log_probs(ps, floor), log_probs(pv, floor))
     order = pv.argsort(1, descending=True)
-    lm = (0.5 * (ps + pv)).clamp_min(LOG_FLOOR).log()
+    lm = log_probs(0.5 * (ps + pv), floor)
     s_top, v_top = ps.argmax(1, keepdim=True), pv.argmax(1, keepdim=True)
     gaps_s, gaps_v = ps.topk(2, 1).values, pv.topk(2, 1).values
     stats = [
@@ -64,13 +87,17 @@ def divergence_features(ps: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
 
 
 def reclassifier_features(
-    ps: torch.Tensor, pv: torch.Tensor, divergence: torch.Tensor | None = None
+    ps: torch.Tensor,
+    pv: torch.Tensor,
+    divergence: torch.Tensor | None = None,
+    floor: float = LOG_FLOOR,
+    logs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Divergence features (computed unless given) plus both log-distributions in class
     order: (N, 4C + 12)."""
-    logs = [ps.clamp_min(LOG_FLOOR).log(), pv.clamp_min(LOG_FLOOR).log()]
-    div = divergence_features(ps, pv) if divergence is None else divergence
-    return torch.cat([div, *logs], 1)
+    ls, lv = logs if logs is not None else (log_probs(ps, floor), log_probs(pv, floor))
+    div = divergence_features(ps, pv, floor, (ls, lv)) if divergence is None else divergence
+    return torch.cat([div, ls, lv], 1)
 
 
 @dataclass
@@ -81,6 +108,7 @@ class GanConfig:
     hidden: tuple[int, ...] = (64, 64)
     noise_dim: int = 8
     margin: float = 0.5  # log-margin by which pg's top-1 must beat the clean top-1
+    log_floor: float = LOG_FLOOR  # probabilities are floored here before taking logs
     seed: int = 0
 
 
@@ -101,6 +129,7 @@ def train_detector_gan(
     """
     torch.manual_seed(cfg.seed)
     n, c = ps.shape
+    floor, log_floor = cfg.log_floor, math.log(cfg.log_floor)
     orig = ps.argmax(1)
     names = sorted(attacked)
     hidden = list(cfg.hidden)
@@ -110,9 +139,9 @@ def train_detector_gan(
     all_att = torch.cat([attacked[k] for k in names])
     pv_rep = pv.repeat(len(names), 1)
     det.standardise_on(
-        torch.cat([divergence_features(ps, pv), divergence_features(all_att, pv_rep)])
+        torch.cat([divergence_features(ps, pv, floor), divergence_features(all_att, pv_rep, floor)])
     )
-    rec.standardise_on(reclassifier_features(all_att, pv_rep))
+    rec.standardise_on(reclassifier_features(all_att, pv_rep, floor=floor))
     opt_d = torch.optim.Adam(det.parameters(), lr=cfg.lr)
     opt_r = torch.optim.Adam(rec.parameters(), lr=cfg.lr)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr)
@@ -122,19 +151,19 @@ def train_detector_gan(
         sums = {"detector": 0.0, "reclassifier": 0.0, "generator": 0.0}
         for rows in torch.randperm(n, generator=g).split(cfg.batch):
             b_ps, b_pv, b_orig = ps[rows], pv[rows], orig[rows]
+            l_ps, l_pv = log_probs(b_ps, floor), log_probs(b_pv, floor)
             noise = torch.randn(len(rows), cfg.noise_dim, generator=g)
-            gen_in = torch.cat(
-                [b_ps.clamp_min(LOG_FLOOR).log(), b_pv.clamp_min(LOG_FLOOR).log(), noise], 1
-            )
-            pg = gen(gen_in).softmax(1)  # step 1
+            # step 1; the generator's log-probabilities are floored like any other input's
+            lg = gen(torch.cat([l_ps, l_pv, noise], 1)).log_softmax(1).clamp_min(log_floor)
+            pg = lg.exp()
             fakes = [attacked[k][rows] for k in names] + [pg.detach()]
             # step 2: detector
-            clean_logit = det(divergence_features(b_ps, b_pv)).squeeze(1)
+            clean_logit = det(divergence_features(b_ps, b_pv, floor, (l_ps, l_pv))).squeeze(1)
             loss_d = nn.functional.binary_cross_entropy_with_logits(
                 clean_logit, torch.zeros_like(clean_logit)
             )
             for fake in fakes:
-                logit = det(divergence_features(fake, b_pv)).squeeze(1)
+                logit = det(divergence_features(fake, b_pv, floor)).squeeze(1)
                 loss_d = loss_d + nn.functional.binary_cross_entropy_with_logits(
                     logit, torch.ones_like(logit)
                 ) / len(fakes)
@@ -143,7 +172,9 @@ def train_detector_gan(
             opt_d.step()
             # step 3: re-classifier
             loss_r = sum(
-                nn.functional.cross_entropy(rec(reclassifier_features(f, b_pv)), b_orig)
+                nn.functional.cross_entropy(
+                    rec(reclassifier_features(f, b_pv, floor=floor)), b_orig
+                )
                 for f in fakes
             )
             loss_r = loss_r / len(fakes)
@@ -151,8 +182,7 @@ def train_detector_gan(
             loss_r.backward()
             opt_r.step()
             # step 4: generator
-            fool = det(divergence_features(pg, b_pv)).squeeze(1)
-            lg = pg.clamp_min(LOG_FLOOR).log()
+            fool = det(divergence_features(pg, b_pv, floor, (lg, l_pv))).squeeze(1)
             at_orig = lg.gather(1, b_orig[:, None]).squeeze(1)
             best_other = lg.scatter(1, b_orig[:, None], float("-inf")).max(1).values
             loss_g = (

@@ -6,7 +6,9 @@
        under a cost budget of `verifier_budget` times the service model's multiply-accumulates,
     3. attacks the service's outputs on `fides` and `test` (every attack in `attacks`),
     4. trains detector and re-classifier in the GAN framework on `fides` (with the attacks in
-       `train_attacks` as the known catalogue; the rest are unseen until `test`),
+       `train_attacks` as the known catalogue; the rest are unseen until `test`); for images,
+       plus `gan_shifted_copies` copies of the `fides` images shifted by up to 2 pixels (new
+       clean queries for both models, attacked like the originals),
     5. calibrates the detection threshold on clean `calib` outputs to `max_fpr`,
     6. reports, on `test`: false positives on clean outputs and, per attack, detection rate and
        re-classification accuracy (against the service's honest top-1 and the true label).
@@ -53,6 +55,7 @@ class Scale:
     attacks: tuple[str, ...] = ATTACKS  # evaluated on `test`
     train_attacks: tuple[str, ...] | None = None  # known to the GAN training; None = `attacks`
     shifted_copies: int = 0  # image only: extra distillation inputs shifted by up to 2 pixels
+    gan_shifted_copies: int = 0  # image only: extra GAN training queries (shifted `fides` images)
     seed: int = 0
 
 
@@ -146,33 +149,68 @@ def service_macs(data: TaskData, service: torch.nn.Module) -> int:
     return bert_macs(cfg.to_dict(), cfg.num_hidden_layers, MAX_LENGTH) + service.macs()
 
 
-def distillation_inputs(data: TaskData, scale: Scale) -> torch.Tensor:
-    """The `train` inputs, plus (images) `scale.shifted_copies` copies shifted by -2..2 pixels.
+def shifted_copies(x: torch.Tensor, copies: int, seed: int) -> torch.Tensor:
+    """`copies` copies of the images `x` (N, 1, 28, 28), each image shifted by -2..2 pixels.
 
-    Distillation needs no labels, only the service's outputs, so shifted copies of the training
-    images are extra distillation data at no labelling cost (MNIST digits have empty borders,
-    so a cyclic shift of at most 2 pixels is a translation).
+    MNIST digits have empty borders, so a cyclic shift of at most 2 pixels is a translation.
     """
-    x = data.inputs["train"]
-    if data.task != "image" or not scale.shifted_copies:
-        return x
-    gen = torch.Generator().manual_seed(scale.seed)
-    copies = [x]
-    for _ in range(scale.shifted_copies):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(copies):
         shifts = torch.randint(-2, 3, (len(x), 2), generator=gen)  # one shift per image
         moved = x.clone()
         for dy, dx in shifts.unique(dim=0).tolist():
             rows = (shifts == torch.tensor([dy, dx])).all(1)
             moved[rows] = torch.roll(x[rows], shifts=(dy, dx), dims=(2, 3))
-        copies.append(moved)
-    return torch.cat(copies)
+        out.append(moved)
+    return torch.cat(out) if out else x[:0]
+
+
+def distillation_inputs(data: TaskData, scale: Scale) -> torch.Tensor:
+    """The `train` inputs, plus (images) `scale.shifted_copies` copies shifted by -2..2 pixels.
+
+    Distillation needs no labels, only the service's outputs, so shifted copies of the training
+    images are extra distillation data at no labelling cost.
+    """
+    x = data.inputs["train"]
+    if data.task != "image" or not scale.shifted_copies:
+        return x
+    return torch.cat([x, shifted_copies(x, scale.shifted_copies, scale.seed)])
+
+
+def gan_inputs(data: TaskData, scale: Scale) -> torch.Tensor:
+    """The GAN's training queries: `fides` plus (images) `scale.gan_shifted_copies` shifted copies.
+
+    Neither the service model nor the verifier has seen these images (the verifier was distilled
+    on shifted *training* images), so each copy is a new clean query with its own honest output,
+    verifier output and attacks: more rows for the detector, notably for FGSM, whose effect on
+    the returned distribution depends on the query.
+    """
+    x = data.inputs["fides"]
+    if data.task != "image" or not scale.gan_shifted_copies:
+        return x
+    extra = shifted_copies(x, scale.gan_shifted_copies, scale.seed + 1)
+    return torch.cat([x, extra])
 
 
 def attack_outputs(
-    data: TaskData, split: str, service: torch.nn.Module, substitute: torch.nn.Module, scale: Scale
+    data: TaskData,
+    split: str,
+    service: torch.nn.Module,
+    substitute: torch.nn.Module,
+    scale: Scale,
+    images: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every attack in `scale.attacks` applied to the service's outputs on `split`."""
-    ps = batched(service, data.surface[split]).softmax(1)
+    """Every attack in `scale.attacks` applied to the service's outputs on `split`.
+
+    `images` (image task only) replaces the split's inputs (e.g. `gan_inputs`); the random label
+    switch keeps the split's seed.
+    """
+    if images is not None and data.task != "image":
+        raise ValueError("images= is for the image task only")
+    surface = data.surface[split] if images is None else images
+    cheap = data.cheap[split] if images is None else images
+    ps = batched(service, surface).softmax(1)
     gen = torch.Generator().manual_seed(scale.seed * 100 + SPLITS.index(split))
     bounds = (0.0, 1.0) if data.task == "image" else None
     out: dict[str, torch.Tensor] = {}
@@ -184,10 +222,10 @@ def attack_outputs(
         elif name == "random_label_switch":
             out[name] = attacks.random_label_switch(ps, gen)
         elif name == "fgsm":
-            adv = attacks.fgsm(service, data.surface[split], scale.fgsm_eps, bounds)
+            adv = attacks.fgsm(service, surface, scale.fgsm_eps, bounds)
             out[name] = batched(service, adv).softmax(1)
         elif name == "substitution":
-            out[name] = batched(substitute, data.cheap[split]).softmax(1)
+            out[name] = batched(substitute, cheap).softmax(1)
         else:
             raise ValueError(f"unknown attack {name!r}")
     return out
@@ -216,18 +254,25 @@ def run(data: TaskData, scale: Scale) -> Outcome:
     gd = greedy_distill(family, x_distil, t_distil, data.inputs["fides"], logits["fides"], gdtl_cfg)
     pv = {s: batched(gd.net, x, 64).softmax(1) for s, x in data.inputs.items()}
     ps = {s: t.softmax(1) for s, t in logits.items()}
-    att_fides = attack_outputs(data, "fides", service, substitute, scale)
+    x_gan = gan_inputs(data, scale)
+    if len(x_gan) == len(data.inputs["fides"]):
+        ps_gan, pv_gan, images = ps["fides"], pv["fides"], None
+    else:
+        ps_gan, pv_gan = batched(service, x_gan).softmax(1), batched(gd.net, x_gan, 64).softmax(1)
+        images = x_gan
+    att_fides = attack_outputs(data, "fides", service, substitute, scale, images)
     if scale.train_attacks is not None:  # attacks held out of training stay unseen until test
         att_fides = {k: v for k, v in att_fides.items() if k in scale.train_attacks}
-    gan = train_detector_gan(ps["fides"], pv["fides"], att_fides, scale.gan)
+    gan = train_detector_gan(ps_gan, pv_gan, att_fides, scale.gan)
     fides = FidesVerifier(
         data.task,
         gd.net,
         gan.detector,
         gan.reclassifier,
         0.0,
-        metadata={"attacks_trained": sorted(att_fides)},
+        metadata={"attacks_trained": sorted(att_fides), "gan_rows": len(ps_gan)},
         max_length=MAX_LENGTH,
+        log_floor=scale.gan.log_floor,
     )
     fides.threshold = calibrate_threshold(fides.scores(ps["calib"], pv["calib"]), scale.max_fpr)
     metrics = evaluate(
@@ -271,7 +316,7 @@ def evaluate(
     for name, pa in attacked.items():
         flagged = fides.scores(pa, pv) > fides.threshold
         changed = pa.argmax(1) != honest
-        recl = fides.reclassifier(reclassifier_features(pa, pv)).argmax(1)
+        recl = fides.reclassifier(reclassifier_features(pa, pv, floor=fides.log_floor)).argmax(1)
         per_attack[name] = {
             "detection_rate": flagged.float().mean().item(),
             "label_changed_fraction": changed.float().mean().item(),

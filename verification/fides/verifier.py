@@ -10,8 +10,10 @@ and re-classifier run on the client. Detection is statistical: it errs at the ra
 `bench/integrity.py`, and an attack that leaves the returned distribution statistically close to
 the service model's honest one (e.g. a substitute that agrees closely) can go undetected.
 
-Saved layout (no pickle): `fides.json` (format version, task, configs, threshold, metadata) and
-`verifier.safetensors`, `detector.safetensors`, `reclassifier.safetensors`.
+Saved layout (no pickle): `fides.json` (format version, task, configs, threshold, the detector's
+probability floor `log_floor`, metadata) and `verifier.safetensors`, `detector.safetensors`,
+`reclassifier.safetensors`. Format 1 (no `log_floor`; its detectors used a floor of 1e-7) still
+loads.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import torch
 from torch import nn
 
 from .checks import as_images, as_probs, as_texts
-from .detector import divergence_features, reclassifier_features
+from .detector import LEGACY_LOG_FLOOR, LOG_FLOOR, divergence_features, reclassifier_features
 from .errors import InvalidInput, ModelFormatError
 from .nets import load_net, read_json, save_net, write_json
 from .text import load_tokenizer, tokenize
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added `log_floor`
+READABLE_VERSIONS = (1, 2)
 TASKS = ("image", "text")  # image: (N, 784) or (N, 1, 28, 28) in [0, 1]; text: strings or ids
 
 
@@ -57,9 +60,12 @@ class FidesVerifier:
         threshold: float,
         metadata: dict[str, Any] | None = None,
         max_length: int = 128,
+        log_floor: float = LOG_FLOOR,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if not 0.0 < log_floor < 1.0:  # also rejects NaN
+            raise ValueError(f"log_floor must lie in (0, 1), got {log_floor!r}")
         self.task = task
         self.verifier, self.detector, self.reclassifier = (
             verifier.eval(),
@@ -70,6 +76,7 @@ class FidesVerifier:
         self.n_classes = int(verifier.config["n_classes"])
         self.metadata = dict(metadata or {})
         self.max_length = max_length
+        self.log_floor = float(log_floor)  # the detector's feature floor (`GanConfig.log_floor`)
         self._tokenizer: Any = None
 
     def prepare(self, inputs: object) -> torch.Tensor:
@@ -95,7 +102,8 @@ class FidesVerifier:
     @torch.no_grad()
     def scores(self, service_probs: torch.Tensor, verifier_probs: torch.Tensor) -> torch.Tensor:
         """Detector logits (N,) for already validated distributions."""
-        return self.detector(divergence_features(service_probs, verifier_probs)).squeeze(1)
+        features = divergence_features(service_probs, verifier_probs, self.log_floor)
+        return self.detector(features).squeeze(1)
 
     @torch.no_grad()
     def verify(self, inputs: object, service_probs: object) -> list[Verdict]:
@@ -111,13 +119,13 @@ class FidesVerifier:
         Both are validated (`InvalidInput` on shape, range or normalisation errors)."""
         pv = as_probs(verifier_probs, self.n_classes)
         ps = as_probs(service_probs, self.n_classes, n_rows=len(pv))
-        features = divergence_features(ps, pv)
+        features = divergence_features(ps, pv, self.log_floor)
         score = self.detector(features).squeeze(1)
         flagged = score > self.threshold
         recl: list[int | None] = [None] * len(ps)
         if flagged.any():  # the re-classifier runs only where an attack was flagged
             rows = flagged.nonzero().squeeze(1)
-            feats = reclassifier_features(ps[rows], pv[rows], features[rows])
+            feats = reclassifier_features(ps[rows], pv[rows], features[rows], self.log_floor)
             labels = self.reclassifier(feats).argmax(1)
             for i, label in zip(rows.tolist(), labels.tolist(), strict=True):
                 recl[i] = label
@@ -143,6 +151,7 @@ class FidesVerifier:
             "task": self.task,
             "threshold": self.threshold,
             "max_length": self.max_length,
+            "log_floor": self.log_floor,
             "metadata": self.metadata,
             "nets": {
                 name: save_net(getattr(self, name), path, name)
@@ -157,7 +166,8 @@ class FidesVerifier:
         """Load a directory written by `save`; raises `ModelFormatError` if inconsistent."""
         path = Path(directory)
         config = read_json(path / "fides.json")
-        if config.get("format_version") != FORMAT_VERSION:
+        version = config.get("format_version")
+        if version not in READABLE_VERSIONS:
             raise ModelFormatError(f"unsupported format_version {config.get('format_version')!r}")
         try:
             nets = {
@@ -172,6 +182,7 @@ class FidesVerifier:
                 config["threshold"],
                 config.get("metadata"),
                 config["max_length"],
+                float(config["log_floor"]) if version >= 2 else LEGACY_LOG_FLOOR,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFormatError(f"{path / 'fides.json'} is malformed: {exc!r}") from exc
