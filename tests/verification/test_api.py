@@ -18,7 +18,7 @@ from verification.fides.detector import (
 )
 from verification.fides.experiment import Outcome, TaskData
 from verification.fides.gdtl import ConvFamily, TextFamily
-from verification.fides.nets import MLPNet
+from verification.fides.nets import ConvPrefixNet, MLPNet
 from verification.fides.text import MiniLMEncoder
 from verification.fides.training import batched
 
@@ -144,3 +144,18 @@ def test_format_1_directories_load_with_the_legacy_floor(
         (path / "fides.json").write_text(json.dumps({**cfg, "format_version": 2, **bad}))
         with pytest.raises(ModelFormatError):
             FidesVerifier.load(path)
+
+
+@pytest.mark.parametrize("channels", [[8], [8, 16], [8, 16, 4]])  # 28 -> 14 -> 7 -> 3 (odd)
+def test_conv_blocks_pool_before_relu_exactly(channels: list[int]) -> None:
+    """`ConvBlock` computes conv -> pool -> ReLU: the same values as conv -> ReLU -> max-pool,
+    on even and odd sides, with the weights under the same names."""
+    torch.manual_seed(0)
+    net = ConvPrefixNet(channels, [16], 10).eval()
+    reference = nn.Sequential(
+        *(nn.Sequential(b[0], nn.ReLU(), nn.MaxPool2d(2)) for b in net.prefix)
+    )
+    x = torch.rand(5, 1, 28, 28) - 0.3
+    with torch.no_grad():
+        assert torch.equal(net.prefix(x), reference(x))
+    assert "prefix.0.0.weight" in net.state_dict()

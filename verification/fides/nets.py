@@ -37,8 +37,31 @@ class MLP(nn.Module):
         return sum(a * b for a, b in zip(self.dims[:-1], self.dims[1:], strict=True))
 
 
+class ConvBlock(nn.Sequential):
+    """5x5 conv (padding 2), ReLU, 2x2 max-pool, computed as conv -> pool -> ReLU.
+
+    ReLU is monotone, so it commutes with max: pooling first gives the same values with a
+    quarter of the ReLU work, and on even sides the pool is two elementwise maxima over strided
+    views, ~2x faster than `max_pool2d` on CPU for these small maps (a verifier's full-resolution
+    first block is memory-bound). The modules stay (conv, ReLU, pool) so saved weights keep their
+    names (`prefix.<i>.0.weight`).
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(nn.Conv2d(c_in, c_out, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self[0](x)
+        n, c, h, w = y.shape
+        if h % 2 or w % 2:
+            return self[2](y).relu()
+        y = y.view(n, c, h // 2, 2, w // 2, 2)
+        y = torch.maximum(y[:, :, :, 0], y[:, :, :, 1])
+        return torch.maximum(y[..., 0], y[..., 1]).relu()
+
+
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+    return ConvBlock(c_in, c_out)
 
 
 class ConvPrefixNet(nn.Module):
