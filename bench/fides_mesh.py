@@ -13,6 +13,11 @@ one quote per session, an HMAC per result, the SDK's default; "request": a quote
 reported: median wall time per request of each, the added latency (ratio - 1), and the
 verified request's parts (service RPC, verifier RPC, local checks + detector). One JSON object
 on stdout. Wall times on a shared CPU are noisy.
+
+`--pin` pins the service node's process to CPU 0 and the verifier node's process and its
+enclave child to CPU 1 (every thread, `sched_setaffinity`), leaving the client unpinned: the
+two nodes then stop competing for one core, as they would not on separate machines; the
+client still shares both cores with them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -174,12 +180,38 @@ def fixed_costs(bundle: Path, x: torch.Tensor, repeats: int = 50) -> dict[str, f
     }
 
 
+def pin_nodes(mesh: LocalMesh) -> dict[str, list[int]]:
+    """Pin each node's process tree (all threads, the enclave child included) to one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    pinned: dict[str, list[int]] = {}
+    for name, cpu in (("service", cpus[0]), ("verifier", cpus[1])):
+        root = mesh.nodes[name].process.pid
+        pids = [root, *_children(root)]
+        for pid in pids:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                os.sched_setaffinity(int(task.name), {cpu})
+        pinned[name] = [cpu, *pids]
+    return pinned
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for tid in Path(f"/proc/{pid}/task").iterdir():
+        kids = (tid / "children").read_text().split()
+        for kid in map(int, kids):
+            found += [kid, *_children(kid)]
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--scale", default="full", choices=sorted(SCALES["mnist"]))
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--batches", default="1,64")
+    parser.add_argument("--pin", action="store_true", help="one CPU per node (see above)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     artefacts = build("mnist", args.scale)
@@ -202,6 +234,7 @@ def main() -> None:
         LocalMesh(Path(tmp), specs, threads=1) as mesh,
         Client(mesh.seeds, tls=mesh.client_tls()) as client,
     ):
+        pinned = pin_nodes(mesh) if args.pin else None
         rows = [
             measure(client, images[:b], options, args.requests)
             for b in (int(v) for v in args.batches.split(","))
@@ -212,6 +245,7 @@ def main() -> None:
         "scale": f"mnist/{args.scale}",
         "tee": "SIMULATED (INSECURE): enclave process + software-signed quote / session HMAC",
         "transport": "mTLS on loopback, one process per node, 1 torch thread each",
+        "pinned": pinned,  # node -> [cpu, pids...], or None
         "target_added_latency": TARGET_ADDED,
         "results": rows,
     }

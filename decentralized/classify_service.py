@@ -53,7 +53,7 @@ from tee import (
 from tee.measurement import NONCE_SIZE
 from tee.session import SESSION_ID_SIZE
 from verification.fides import InvalidInput
-from verification.fides.enclave_app import ENTRY, encode_request, verifier_bundle
+from verification.fides.enclave_app import ENTRY, encode_request, image_request, verifier_bundle
 from verification.fides.nets import read_json
 from verification.fides.service_model import Classifier, load_classifier
 
@@ -66,8 +66,8 @@ MAX_INPUTS_PER_CALL = 256
 ENCLAVE_KINDS = ("auto", "simulated", "configfs-tsm")
 
 
-def decode_inputs(msg: classify_pb2.Inputs, kind: str, shape: tuple[int, ...]) -> Any:
-    """Texts (list) or images (float32 tensor (N, *shape)) from the wire; InvalidRequest if bad."""
+def _checked(msg: classify_pb2.Inputs, kind: str, shape: tuple[int, ...]) -> Any:
+    """Texts (list) or images (a read-only float32 view (N, *shape)); InvalidRequest if bad."""
     if msg.texts and msg.images:
         raise InvalidRequest("send either texts or images, not both")
     n = len(msg.texts) if msg.texts else msg.count
@@ -87,7 +87,13 @@ def decode_inputs(msg: classify_pb2.Inputs, kind: str, shape: tuple[int, ...]) -
             f"{len(msg.images)} image bytes for {n} examples of shape {list(shape)} "
             f"(float32: expected {want})"
         )
-    return torch.from_numpy(np.frombuffer(msg.images, dtype="<f4").reshape(n, *shape).copy())
+    return np.frombuffer(msg.images, dtype="<f4").reshape(n, *shape)
+
+
+def decode_inputs(msg: classify_pb2.Inputs, kind: str, shape: tuple[int, ...]) -> Any:
+    """Texts (list) or images (float32 tensor (N, *shape)) from the wire; InvalidRequest if bad."""
+    x = _checked(msg, kind, shape)
+    return x if kind == "text" else torch.from_numpy(x.copy())
 
 
 def enclave_request(inputs: classify_pb2.Inputs, task: str) -> bytes:
@@ -95,13 +101,17 @@ def enclave_request(inputs: classify_pb2.Inputs, task: str) -> bytes:
 
     The enclave's quote or session tag binds their digest, so a client computes the same bytes
     from the inputs it sent (this function) and checks that the enclave answered its question.
+    Images are passed as the wire's bytes (no decoding or copying beyond one concatenation).
     """
-    shape = (1, 28, 28) if task == "image" else ()
-    x = decode_inputs(inputs, task, shape)
-    try:
-        return encode_request(x, task)
-    except InvalidInput as exc:
-        raise InvalidRequest(str(exc)) from None
+    if task == "text":
+        try:
+            return encode_request(_checked(inputs, task, ()), task)
+        except InvalidInput as exc:
+            raise InvalidRequest(str(exc)) from None
+    x = _checked(inputs, task, (1, 28, 28))
+    if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise InvalidRequest("image inputs must be finite and scaled to [0, 1]")
+    return image_request(inputs.images, len(x))
 
 
 @dataclass

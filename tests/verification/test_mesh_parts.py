@@ -14,6 +14,7 @@ from verification.fides.enclave_app import (
     decode_output,
     decode_request,
     encode_request,
+    image_request,
     verifier_bundle,
     verifier_handler,
 )
@@ -71,7 +72,7 @@ def test_enclave_app_reproduces_the_verifier(
     pv = decode_output(handle(encode_request(x, "image")))
     torch.testing.assert_close(pv, out.fides.verifier_probs(x))
     with pytest.raises(InvalidInput):
-        handle(b"not safetensors")
+        handle(b"not a request")
     with pytest.raises(InvalidInput):
         decode_request(encode_request(["a text"], "text")[:-3])
     with pytest.raises(InvalidInput):
@@ -114,3 +115,17 @@ def test_text_classifier_and_enclave_app_tokenise_alike(tmp_path: Path) -> None:
     torch.testing.assert_close(
         decode_output(handle(encode_request(texts, "text"))), fides.verifier_probs(texts)
     )
+
+
+def test_image_requests_are_the_wire_bytes() -> None:
+    """Host and client build the enclave's request from the float32 wire bytes without decoding;
+    it equals the encoding of the tensor, and the enclave rejects truncated or bad pixels."""
+    x = torch.rand(3, 1, 28, 28)
+    wire = x.numpy().astype("<f4").tobytes()
+    assert image_request(wire, 3) == encode_request(x, "image")
+    torch.testing.assert_close(decode_request(image_request(wire, 3)), x, rtol=0, atol=0)
+    for bad in (image_request(wire[:-4], 3), image_request(wire, 0), image_request(wire, 2)):
+        with pytest.raises(InvalidInput, match="pixel bytes"):
+            decode_request(bad)
+    with pytest.raises(InvalidInput, match="scaled"):
+        decode_request(image_request((x * 2).numpy().tobytes(), 3))
