@@ -77,7 +77,7 @@ from tee import (
     verify_quote,
 )
 from verification.fides import FidesVerifier, InvalidInput
-from verification.fides.enclave_app import ENTRY, decode_output, verifier_bundle
+from verification.fides.enclave_app import ENTRY, decode_output, image_request, verifier_bundle
 
 THREAT_MODEL = (
     "untrusted: the service node (model, inputs after arrival, answer) and the verifier node's "
@@ -241,8 +241,13 @@ def classify_fides(
             vreply = call(channel, "Verify", request, options.timeout_s)
         t_check = time.perf_counter()
         # What the enclave must have run on, computed from what this client sent (after the
-        # node's own validation answered, so that bad inputs get the node's INVALID_ARGUMENT).
-        data = enclave_request(wire, vinfo.task)
+        # node's own validation answered, so that bad inputs get the node's INVALID_ARGUMENT;
+        # images are the wire bytes as sent, with no second check of their values here).
+        data = (
+            image_request(wire.images, n)
+            if vinfo.task == "image"
+            else enclave_request(wire, vinfo.task)
+        )
         try:
             if session is None:
                 verified, pinning = _check_quote(vreply, nonce, data, options, vinfo, checker)
@@ -259,6 +264,12 @@ def classify_fides(
             checker.drop(key)
             catalog.forget(verifier.address)  # ask again next time (e.g. a restarted node)
             raise
+        try:
+            pv = decode_output(vreply.output)  # attested: the enclave's own output
+            if len(pv) != n:
+                raise InvalidInput(f"verifier answered {len(pv)} rows for {n} inputs")
+        except InvalidInput as exc:
+            raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
         check_s = time.perf_counter() - t_check
         reply = wait(f_service, "Classify", catalog, service.address)
     finally:  # no-ops when done; stop waiting on the other node after a bad answer
@@ -266,12 +277,6 @@ def classify_fides(
         f_verify.cancel()
     t_judge = time.perf_counter()
     probs = decode_probs(reply, n)
-    try:
-        pv = decode_output(vreply.output)  # attested: the enclave's own output
-        if len(pv) != n:
-            raise InvalidInput(f"verifier answered {len(pv)} rows for {n} inputs")
-    except InvalidInput as exc:
-        raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
     try:
         verdicts = checker.fides.judge(probs, pv)
     except InvalidInput as exc:
