@@ -18,7 +18,7 @@ from verification.fides.detector import (
 )
 from verification.fides.experiment import Outcome, TaskData
 from verification.fides.gdtl import ConvFamily, TextFamily
-from verification.fides.nets import ConvPrefixNet, MLPNet
+from verification.fides.nets import INFERENCE_CHUNK, ConvPrefixNet, MLPNet
 from verification.fides.text import MiniLMEncoder
 from verification.fides.training import batched
 
@@ -159,3 +159,16 @@ def test_conv_blocks_pool_before_relu_exactly(channels: list[int]) -> None:
     with torch.no_grad():
         assert torch.equal(net.prefix(x), reference(x))
     assert "prefix.0.0.weight" in net.state_dict()
+
+
+def test_conv_nets_infer_in_chunks_with_the_same_results() -> None:
+    """Without autograd a conv net runs more than `INFERENCE_CHUNK` images in chunks (cache-
+    sized feature maps); rows equal a whole-batch run, and training still sees the batch."""
+    torch.manual_seed(0)
+    net = ConvPrefixNet([8, 16], [16], 10).eval()
+    x = torch.rand(3 * INFERENCE_CHUNK + 5, 1, 28, 28)
+    with torch.no_grad():
+        chunked = net(x)
+        whole = net.head(net.prefix(x))
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    assert net(x).requires_grad  # with autograd: one pass, as in training

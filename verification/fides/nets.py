@@ -60,6 +60,9 @@ class ConvBlock(nn.Sequential):
         return torch.maximum(y[..., 0], y[..., 1]).relu()
 
 
+INFERENCE_CHUNK = 32  # images per chunk when a conv net runs without autograd
+
+
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     return ConvBlock(c_in, c_out)
 
@@ -92,6 +95,11 @@ class ConvPrefixNet(nn.Module):
         return self.prefix(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 1, 28, 28) -> (N, C) logits
+        if len(x) > INFERENCE_CHUNK and not torch.is_grad_enabled():
+            # Full-resolution feature maps are ~100 KB an image: in chunks they stay in cache
+            # (a 1-block verifier on 256 images: 34 -> 15 ms on one thread), and a node doing
+            # this leaves more memory bandwidth to whatever shares its machine.
+            return torch.cat([self.head(self.prefix(c)) for c in x.split(INFERENCE_CHUNK)])
         return self.head(self.prefix(x))
 
     def macs(self) -> int:
