@@ -1,15 +1,21 @@
-"""Public attestation vectors (read in place from ../shared, never copied) and their anchors."""
+"""Public attestation vectors (read in place from ../shared, never copied) and their anchors;
+a simulated enclave running the test app, shared by the modules that need one."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from tee import SnpTrust
+from tee import Policy, SimulatedEnclave, SnpTrust
 from tee._x509 import load_certificates
+
+APP = "tests.tee.enclave_apps:process_id"  # answers model | input | its process id
+MODEL = b"model-bytes-v1"
 
 VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "attestation"
 
@@ -72,3 +78,21 @@ def intel_crls() -> tuple[x509.CertificateRevocationList, ...]:
         x509.load_der_x509_crl(vector("tdx/rootcrl.der")),
         x509.load_der_x509_crl(vector("tdx/pckcrl")),
     )
+
+
+@pytest.fixture(scope="module")
+def enclave() -> Iterator[SimulatedEnclave]:
+    """A SIMULATED enclave process with `APP` loaded on `MODEL` (one per test module)."""
+    with SimulatedEnclave(timeout_s=60) as enc:
+        enc.load(APP, MODEL)
+        yield enc
+
+
+def simulated_policy(enclave: SimulatedEnclave, **kw: object) -> Policy:
+    """Accept simulated evidence for `enclave`'s measurement only; `kw` overrides fields."""
+    base = Policy(
+        allowed_launch_measurements=None,
+        allowed_code_measurements=frozenset({enclave.measurement}),
+        allow_simulated=True,
+    )
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]

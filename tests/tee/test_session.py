@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,32 +23,19 @@ from tee import (
 )
 from tee.session import EnclaveSessions, open_request, parse_offer
 
-APP = "tests.tee.enclave_apps:process_id"
-MODEL = b"model-bytes-v1"
-
-
-@pytest.fixture(scope="module")
-def enclave() -> Iterator[SimulatedEnclave]:
-    with SimulatedEnclave(timeout_s=60) as enc:
-        enc.load(APP, MODEL)
-        yield enc
+from .conftest import MODEL, simulated_policy
 
 
 def _open(enclave: SimulatedEnclave, **policy: object) -> AttestedSession:
     store, key = NonceStore(), SessionKey()
     nonce = store.issue()
     offer = enclave.open_session(key.public, nonce=nonce)
-    base = Policy(
-        allowed_launch_measurements=None,
-        allowed_code_measurements=frozenset({enclave.measurement}),
-        allow_simulated=True,
-    )
     return AttestedSession.open(
         offer.quote,
         offer=offer.offer,
         key=key,
         nonce=nonce,
-        policy=dataclasses.replace(base, **policy),  # type: ignore[arg-type]
+        policy=simulated_policy(enclave, **policy),
         trust=TrustAnchors(simulated_keys=(enclave.platform_public_key,)),
         nonce_store=store,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -38,26 +37,8 @@ from tee import (
 from tee.measurement import input_digest, report_data, result_digest
 from tee.tensors import decode_tensors, encode_tensors
 
+from .conftest import APP, MODEL, simulated_policy
 from .forge import flip_bit
-
-APP = "tests.tee.enclave_apps:process_id"
-MODEL = b"model-bytes-v1"
-
-
-@pytest.fixture(scope="module")
-def enclave() -> Iterator[SimulatedEnclave]:
-    with SimulatedEnclave(timeout_s=60) as enc:
-        enc.load(APP, MODEL)
-        yield enc
-
-
-def _policy(enclave: SimulatedEnclave, **kw: object) -> Policy:
-    base = Policy(
-        allowed_launch_measurements=None,
-        allowed_code_measurements=frozenset({enclave.measurement}),
-        allow_simulated=True,
-    )
-    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
 def _run(enclave: SimulatedEnclave, store: NonceStore, data: bytes = b"input"):
@@ -75,7 +56,7 @@ def _check(
 ) -> VerifiedQuote:
     args: dict[str, object] = {
         "input": b"input",  # what the client asked `_run` to compute on
-        "policy": _policy(enclave),
+        "policy": simulated_policy(enclave),
         "trust": TrustAnchors(simulated_keys=(enclave.platform_public_key,)),
         "nonce_store": store,
     } | kw
@@ -105,7 +86,7 @@ def test_quote_verifies_only_with_explicit_opt_in(enclave, caplog) -> None:
             result.output,
             nonce,
             store,
-            policy=_policy(enclave, allow_simulated=False),
+            policy=simulated_policy(enclave, allow_simulated=False),
         )
     with caplog.at_level(logging.WARNING, logger="tee.simulated"):
         verified = _check(enclave, result.quote, result.output, nonce, store)
@@ -193,7 +174,7 @@ def test_unpinned_platform_key_and_other_measurements(enclave) -> None:
             result.output,
             nonce,
             store,
-            policy=_policy(enclave, allowed_code_measurements=frozenset({bytes(48)})),
+            policy=simulated_policy(enclave, allowed_code_measurements=frozenset({bytes(48)})),
         )
 
 
