@@ -47,10 +47,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from verification.fides.artefacts import SCALES as ARTEFACT_SCALES  # noqa: E402
 from verification.fides.data import cache_dir  # noqa: E402
-from verification.fides.detector import GanConfig  # noqa: E402
-from verification.fides.experiment import Scale, TaskData, prepare_mnist, prepare_reviews, run  # noqa: E402
-from verification.fides.gdtl import GdtlConfig  # noqa: E402
+from verification.fides.experiment import TaskData, prepare_mnist, prepare_reviews, run  # noqa: E402
 from verification.fides.text import MiniLMEncoder  # noqa: E402
 
 TARGETS = {
@@ -59,29 +58,8 @@ TARGETS = {
     "reclassification_accuracy_min": 0.94,
     "latency_ratio_max": 0.10,
 }
-SCALES = {
-    "mnist": Scale(
-        n_samples=None,
-        service_epochs=12,
-        service_hidden=[256],
-        channels=[32, 64],
-        widths=[[], [32], [64], [128]],
-        fgsm_eps=0.2,
-        shifted_copies=2,
-        gan_shifted_copies=4,
-        gdtl=GdtlConfig(epochs=30, finetune_epochs=5, target_fidelity=0.99),
-        gan=GanConfig(epochs=80),
-    ),
-    "reviews": Scale(
-        n_samples=4000,
-        service_epochs=40,
-        service_hidden=[256],
-        widths=[[], [64], [256]],
-        fgsm_eps=0.01,
-        gdtl=GdtlConfig(epochs=60, finetune_epochs=10, target_fidelity=0.99),
-        gan=GanConfig(epochs=80),
-    ),
-}
+# The "full" configurations of verification.fides.artefacts (the mesh's artefacts are the same).
+SCALES = {task: scales["full"] for task, scales in ARTEFACT_SCALES.items()}
 
 
 def paired_median_ms(
