@@ -278,20 +278,27 @@ def classify_fides(
     t_judge = time.perf_counter()
     probs = decode_probs(reply, n)
     try:
-        verdicts = checker.fides.judge(probs, pv)
+        judged = checker.fides.judge_columns(probs, pv)
     except InvalidInput as exc:
         raise PeerMisbehaved(f"service node {service.name} answered garbage: {exc}") from None
     check_s += time.perf_counter() - t_judge
     checks = tuple(
         FidesCheck(
-            service_label=v.service_label,
-            attacked=v.attacked,
-            score=v.score,
-            threshold=v.threshold,
-            verifier_label=v.verifier_label,
-            reclassified_label=v.reclassified_label,
+            service_label=s,
+            attacked=a,
+            score=sc,
+            threshold=judged.threshold,
+            verifier_label=v,
+            reclassified_label=r,
         )
-        for v in verdicts
+        for a, sc, s, v, r in zip(
+            judged.attacked,
+            judged.score,
+            judged.service_label,
+            judged.verifier_label,
+            judged.reclassified_label,
+            strict=True,
+        )
     )
     summary = QuoteSummary(
         platform=verified.platform.value,

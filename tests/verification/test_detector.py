@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -15,7 +17,9 @@ from verification.fides.detector import (
     GanConfig,
     calibrate_threshold,
     divergence_features,
+    divergence_features_np,
     reclassifier_features,
+    reclassifier_features_np,
     train_detector_gan,
 )
 
@@ -99,3 +103,38 @@ def test_gan_training_stays_finite_on_saturated_outputs() -> None:
     scores = gan.detector(divergence_features(ps, pv)).squeeze(1)
     assert torch.isfinite(scores).all()
     assert all(torch.isfinite(p).all() for p in gan.detector.parameters())
+
+
+def _hard_cases() -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows that stress the ordering and the floor: exact ties, zeros, one-hot, saturated."""
+    ps, pv = _probs(64, 10, 9), _probs(64, 10, 10)
+    ps[0], pv[0] = torch.full((10,), 0.1), torch.full((10,), 0.1)  # all tied
+    pv[1] = torch.tensor([0.5, 0.5] + [0.0] * 8)  # tied top-2 and tied zeros
+    ps[2] = torch.nn.functional.one_hot(torch.tensor(7), 10).float()
+    pv[3], ps[4] = _saturated(1e-35)[0], _saturated(1e-12)[0]
+    pv[5] = pv[5].flip(0).contiguous()
+    return ps, pv
+
+
+@pytest.mark.parametrize("floor", [LOG_FLOOR, LEGACY_LOG_FLOOR])
+def test_numpy_features_match_the_torch_ones(floor: float) -> None:
+    # The client judges with the numpy features; the detector was trained on the torch ones.
+    ps, pv = _hard_cases()
+    want = divergence_features(ps, pv, floor)
+    got = divergence_features_np(ps.numpy(), pv.numpy(), floor)
+    assert got.dtype == np.float32 and got.shape == tuple(want.shape)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+    rec = reclassifier_features_np(ps.numpy(), pv.numpy(), got, floor)
+    np.testing.assert_allclose(
+        rec, reclassifier_features(ps, pv, floor=floor).numpy(), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_feature_order_breaks_ties_by_class_index() -> None:
+    # Classes the verifier ties on are ordered by index (a stable sort), in both versions, so
+    # their service log-probabilities land in the same feature columns.
+    ps = torch.tensor([[0.4, 0.1, 0.2, 0.3]])
+    pv = torch.full((1, 4), 0.25)
+    expect = ps.log()
+    assert torch.allclose(divergence_features(ps, pv)[0, :4], expect[0])
+    np.testing.assert_allclose(divergence_features_np(ps.numpy(), pv.numpy())[0, :4], expect[0])

@@ -14,6 +14,13 @@ Threat model and limits: see `verifier`. Experiments on real data: `experiment`;
 """
 
 from .errors import FidesError, InvalidInput, ModelFormatError
-from .verifier import FidesVerifier, Verdict
+from .verifier import FidesVerifier, Judgement, Verdict
 
-__all__ = ["FidesError", "FidesVerifier", "InvalidInput", "ModelFormatError", "Verdict"]
+__all__ = [
+    "FidesError",
+    "FidesVerifier",
+    "InvalidInput",
+    "Judgement",
+    "ModelFormatError",
+    "Verdict",
+]

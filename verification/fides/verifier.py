@@ -22,11 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from .checks import as_images, as_probs, as_texts
-from .detector import LEGACY_LOG_FLOOR, LOG_FLOOR, divergence_features, reclassifier_features
+from .checks import as_images, as_probs, as_texts, probs_array
+from .detector import (
+    LEGACY_LOG_FLOOR,
+    LOG_FLOOR,
+    divergence_features_np,
+    reclassifier_features_np,
+)
 from .errors import InvalidInput, ModelFormatError
 from .nets import load_net, read_json, save_net, write_json
 from .text import load_tokenizer, tokenize
@@ -46,6 +52,31 @@ class Verdict:
     service_label: int  # top-1 of the distribution the service returned
     verifier_label: int  # top-1 of the verification model
     reclassified_label: int | None  # the re-classifier's estimate of the honest class, if attacked
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """Fides' decisions on a batch of queries, one list per `Verdict` field."""
+
+    attacked: list[bool]
+    score: list[float]
+    threshold: float
+    service_label: list[int]
+    verifier_label: list[int]
+    reclassified_label: list[int | None]
+
+    def verdicts(self) -> list[Verdict]:
+        return [
+            Verdict(a, s, self.threshold, sl, vl, r)
+            for a, s, sl, vl, r in zip(
+                self.attacked,
+                self.score,
+                self.service_label,
+                self.verifier_label,
+                self.reclassified_label,
+                strict=True,
+            )
+        ]
 
 
 class FidesVerifier:
@@ -99,11 +130,16 @@ class FidesVerifier:
         """The verification model's distribution (N, C) on the client's inputs."""
         return self.verifier(self.prepare(inputs)).softmax(1)
 
-    @torch.no_grad()
     def scores(self, service_probs: torch.Tensor, verifier_probs: torch.Tensor) -> torch.Tensor:
-        """Detector logits (N,) for already validated distributions."""
-        features = divergence_features(service_probs, verifier_probs, self.log_floor)
-        return self.detector(features).squeeze(1)
+        """Detector logits (N,) for already validated distributions (the same computation as
+        `judge`'s, so a threshold calibrated on these scores is the one `judge` applies)."""
+        ps, pv = (np.asarray(p.detach(), np.float32) for p in (service_probs, verifier_probs))
+        return torch.from_numpy(self._detect(ps, pv)[1])
+
+    def _detect(self, ps: np.ndarray, pv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(divergence features, detector logits) for validated float32 arrays."""
+        features = divergence_features_np(ps, pv, self.log_floor)
+        return features, _apply(self.detector, features)[:, 0]
 
     @torch.no_grad()
     def verify(self, inputs: object, service_probs: object) -> list[Verdict]:
@@ -112,35 +148,36 @@ class FidesVerifier:
         ps = as_probs(service_probs, self.n_classes, n_rows=len(x))
         return self.judge(ps, self.verifier(x).softmax(1))
 
-    @torch.no_grad()
     def judge(self, service_probs: object, verifier_probs: object) -> list[Verdict]:
         """Verdicts from both distributions, the verifier's computed elsewhere (an enclave).
 
         Both are validated (`InvalidInput` on shape, range or normalisation errors)."""
-        pv = as_probs(verifier_probs, self.n_classes)
-        ps = as_probs(service_probs, self.n_classes, n_rows=len(pv))
-        features = divergence_features(ps, pv, self.log_floor)
-        score = self.detector(features).squeeze(1)
+        return self.judge_columns(service_probs, verifier_probs).verdicts()
+
+    def judge_columns(self, service_probs: object, verifier_probs: object) -> Judgement:
+        """`judge`'s decisions as columns (what a caller that builds its own per-row objects
+        wants: the client does, on every verified request). Features in numpy, the two small
+        networks in torch: ~0.15 ms for one row, ~0.5 ms for 256 on one core."""
+        pv = probs_array(verifier_probs, self.n_classes)
+        ps = probs_array(service_probs, self.n_classes, n_rows=len(pv))
+        features, score = self._detect(ps, pv)
         flagged = score > self.threshold
         recl: list[int | None] = [None] * len(ps)
         if flagged.any():  # the re-classifier runs only where an attack was flagged
-            rows = flagged.nonzero().squeeze(1)
-            feats = reclassifier_features(ps[rows], pv[rows], features[rows], self.log_floor)
-            labels = self.reclassifier(feats).argmax(1)
-            for i, label in zip(rows.tolist(), labels.tolist(), strict=True):
+            rows = flagged.nonzero()[0]
+            feats = reclassifier_features_np(ps[rows], pv[rows], features[rows], self.log_floor)
+            labels = _apply(self.reclassifier, feats).argmax(1).tolist()
+            for i, label in zip(rows.tolist(), labels, strict=True):
                 recl[i] = label
-        # Python lists first: iterating tensors element by element costs ~10 us a row.
-        return [
-            Verdict(f, s, self.threshold, a, b, r)
-            for f, s, a, b, r in zip(
-                flagged.tolist(),
-                score.tolist(),
-                ps.argmax(1).tolist(),
-                pv.argmax(1).tolist(),
-                recl,
-                strict=True,
-            )
-        ]
+        # Python lists: iterating arrays element by element costs microseconds a row.
+        return Judgement(
+            attacked=flagged.tolist(),
+            score=score.tolist(),
+            threshold=self.threshold,
+            service_label=ps.argmax(1).tolist(),
+            verifier_label=pv.argmax(1).tolist(),
+            reclassified_label=recl,
+        )
 
     def save(self, directory: str | Path) -> Path:
         """Write the safetensors weights and `fides.json` into `directory` (created)."""
@@ -186,3 +223,9 @@ class FidesVerifier:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFormatError(f"{path / 'fides.json'} is malformed: {exc!r}") from exc
+
+
+def _apply(net: nn.Module, x: np.ndarray) -> np.ndarray:
+    """`net` on a float32 array, without autograd bookkeeping."""
+    with torch.inference_mode():
+        return net(torch.from_numpy(x)).numpy()
