@@ -192,12 +192,15 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     for task, m in fides.items():
+        lo, hi = m["false_positive_rate_ci95"]
         print(
-            f"{task}: FP {m['false_positive_rate']:.3f}  latency ratio {m['latency']['ratio']:.3f}"
+            f"{task}: FP {m['false_positive_rate']:.3f} [95 % CI {lo:.3f}, {hi:.3f}]  "
+            f"latency ratio {m['latency']['ratio']:.3f}"
         )
         for name, a in m["attacks"].items():
+            lo, hi = a["detection_rate_ci95"]
             print(
-                f"  {name:20s} detect {a['detection_rate']:.3f}  "
+                f"  {name:20s} detect {a['detection_rate']:.3f} [{lo:.3f}, {hi:.3f}]  "
                 f"reclassify {a['reclassification_accuracy']}"
             )
 

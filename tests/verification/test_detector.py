@@ -18,6 +18,7 @@ from verification.fides.detector import (
     calibrate_threshold,
     divergence_features,
     divergence_features_np,
+    rate_interval,
     reclassifier_features,
     reclassifier_features_np,
     train_detector_gan,
@@ -53,11 +54,36 @@ def test_divergence_grows_when_the_service_disagrees() -> None:
 
 
 def test_threshold_keeps_false_positives_within_target() -> None:
-    scores = torch.randn(1000, generator=torch.Generator().manual_seed(5))
-    for fpr in (0.0, 0.02, 0.1):
+    scores = torch.randn(999, generator=torch.Generator().manual_seed(5))
+    for fpr, above in ((0.0, 0), (0.001, 0), (0.02, 19), (0.1, 99)):
         t = calibrate_threshold(scores, fpr)
-        assert (scores > t).float().mean() <= fpr
-        assert (scores >= t).float().mean() > fpr  # and no stricter than needed
+        assert int((scores > t).sum()) == above
+        # expected rate on a new exchangeable score: (above + 1) / (n + 1) <= fpr, and one more
+        # allowed score would break that (no stricter than needed)
+        assert (above + 1) / 1000 <= max(fpr, 1 / 1000)
+        assert (above + 2) / 1000 > fpr
+
+
+def test_threshold_holds_its_rate_on_new_clean_scores() -> None:
+    # Many draws of 500 calibration + 500 test scores from one distribution: the mean test
+    # false-positive rate stays at the target (1.996 % expected), where the old rule (2 % of
+    # the calibration scores above t) gives 2.2 %. 2,000 draws: standard error ~0.02 %.
+    rng = np.random.default_rng(11)
+    new, old = [], []
+    for _ in range(2000):
+        calib, test = np.sort(rng.standard_normal(500)), rng.standard_normal(500)
+        new.append((test > calibrate_threshold(torch.from_numpy(calib), 0.02)).mean())
+        old.append((test > calib[500 - 10 - 1]).mean())
+    assert np.mean(new) <= 0.0205
+    assert np.mean(old) > 0.021
+
+
+def test_rate_interval_is_the_exact_binomial_one() -> None:
+    low, high = rate_interval(11, 500)  # 2.2 %
+    assert 0.011 < low < 0.0115 and 0.038 < high < 0.0395
+    assert rate_interval(0, 500)[0] == 0.0 and rate_interval(500, 500)[1] == 1.0
+    with pytest.raises(ValueError, match="hits"):
+        rate_interval(3, 2)
 
 
 def _saturated(tail: float) -> torch.Tensor:

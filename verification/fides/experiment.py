@@ -9,7 +9,8 @@
        `train_attacks` as the known catalogue; the rest are unseen until `test`); for images,
        plus `gan_shifted_copies` copies of the `fides` images shifted by up to 2 pixels (new
        clean queries for both models, attacked like the originals),
-    5. calibrates the detection threshold on clean `calib` outputs to `max_fpr`,
+    5. calibrates the detection threshold on clean `calib` outputs to an expected false-positive
+       rate of at most `max_fpr` on new clean queries (`calibrate_threshold`),
     6. reports, on `test`: false positives on clean outputs and, per attack, detection rate and
        re-classification accuracy (against the service's honest top-1 and the true label).
 """
@@ -25,7 +26,13 @@ from torch import nn
 
 from . import attacks
 from .data import SPLITS, load_mnist, load_reviews, split_indices
-from .detector import GanConfig, calibrate_threshold, reclassifier_features, train_detector_gan
+from .detector import (
+    GanConfig,
+    calibrate_threshold,
+    rate_interval,
+    reclassifier_features,
+    train_detector_gan,
+)
 from .gdtl import ConvFamily, GdtlConfig, GdtlResult, TextFamily, greedy_distill
 from .nets import ConvPrefixNet, MLPNet, bert_macs
 from .text import MAX_LENGTH, MiniLMEncoder, encode_reviews
@@ -309,7 +316,10 @@ def evaluate(
     pv: torch.Tensor,
     attacked: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
-    """False positives on clean `ps`; per attack detection and re-classification on `test`."""
+    """False positives on clean `ps`; per attack detection and re-classification on `test`.
+
+    Rates come with their exact 95 % binomial intervals (`*_ci95`): on 500 test queries a
+    measured 2.2 % false-positive rate is [1.1 %, 3.9 %], so one run cannot tell it from 2 %."""
     honest = ps.argmax(1)
     truth = data.labels["test"]
     per_attack = {}
@@ -319,6 +329,7 @@ def evaluate(
         recl = fides.reclassifier(reclassifier_features(pa, pv, floor=fides.log_floor)).argmax(1)
         per_attack[name] = {
             "detection_rate": flagged.float().mean().item(),
+            "detection_rate_ci95": rate_interval(int(flagged.sum()), len(flagged)),
             "label_changed_fraction": changed.float().mean().item(),
             "detection_rate_label_changed": _mean(flagged[changed]),
             "reclassification_accuracy": _mean((recl == honest)[flagged]),
@@ -326,7 +337,11 @@ def evaluate(
             "attacked_output_accuracy": _mean((pa.argmax(1) == honest)[flagged]),
         }
     clean_flagged = fides.scores(ps, pv) > fides.threshold
-    return {"false_positive_rate": clean_flagged.float().mean().item(), "attacks": per_attack}
+    return {
+        "false_positive_rate": clean_flagged.float().mean().item(),
+        "false_positive_rate_ci95": rate_interval(int(clean_flagged.sum()), len(clean_flagged)),
+        "attacks": per_attack,
+    }
 
 
 def _mean(mask: torch.Tensor) -> float | None:
