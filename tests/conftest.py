@@ -36,6 +36,27 @@ def mpc_stub(mesh: LocalMesh, name: str) -> Any:
     return mpc_pb2_grpc.MPCSessionStub(channel)
 
 
+def smol_greedy(prompt_ids: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """Greedy tokens of SmolLM2 run whole by transformers in this process: what split, MPC or
+    consensus generation through the mesh must reproduce. `prompt_ids` (1, T) as the client
+    encodes them (`client.parts(SMOL).encode(...)`)."""
+    import transformers
+
+    from decentralized.models._files import smollm2_dir
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_dir())).eval()
+    with torch.inference_mode():
+        out = model.generate(
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            top_p=None,
+            top_k=None,
+            temperature=None,
+        )
+    return out[0, prompt_ids.shape[1] :].tolist()
+
+
 def start_mesh(workdir: Path, nodes: list[NodeSpec], **kwargs: object) -> LocalMesh:
     mesh = LocalMesh(workdir, nodes, **kwargs)  # type: ignore[arg-type]
     try:

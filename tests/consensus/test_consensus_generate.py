@@ -1,25 +1,24 @@
 """verify="consensus" for generation: every replica keeps its own KV cache; a lazy replica that
 repeats its previous step is convicted mid-generation and replaced by a fresh node rebuilt from
-the span's inputs, and the tokens stay those of plain split generation."""
+the span's inputs, and the tokens stay the whole model's greedy ones."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from secure_infer import ConsensusOptions
 from secure_infer.client import Client
 from secure_infer.localmesh import LocalMesh, NodeSpec
+from tests.conftest import smol_greedy
 from verification.consensus import verify_verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOL = "SmolLM2-135M-Instruct"
 PROMPT = "Name a primary colour."
 NEW_TOKENS = 4
-PLAIN_TRIES = 20
 
 
 @pytest.fixture(scope="module")
@@ -40,25 +39,16 @@ def smol_mesh(
         yield running
 
 
-def _honest_plain_generation(client: Client) -> Any:
-    """Plain split generation on a route without the liar: the client picks among the four
-    nodes serving the span, and through "stale" plain generation repeats a token (what the
-    liar does), which made this reference wrong about one run in four."""
-    for _ in range(PLAIN_TRIES):
-        plain = client.generate(SMOL, PROMPT, max_new_tokens=NEW_TOKENS)
-        if all(hop.name != "stale" for hop in plain.route):
-            return plain
-    pytest.fail(f"{PLAIN_TRIES} plain generations all routed through the liar")
-
-
 def test_a_stale_decoder_is_convicted_mid_generation_and_replaced(smol_mesh: LocalMesh) -> None:
     with Client(smol_mesh.seeds, tls=smol_mesh.client_tls()) as client:
-        plain = _honest_plain_generation(client)
+        # The honest tokens: the whole model run locally (plain split generation through the
+        # mesh could be routed through the liar, which the route planner may prefer).
+        expected = smol_greedy(client.parts(SMOL).encode(PROMPT), NEW_TOKENS)
         options = ConsensusOptions(k=3, candidates=("g1", "g2", "stale"))
         res = client.generate(
             SMOL, PROMPT, max_new_tokens=NEW_TOKENS, verify="consensus", consensus=options
         )
-    assert res.token_ids == plain.token_ids
+    assert list(res.token_ids) == expected
     report = res.consensus
     assert report is not None and report.checked
     (span,) = report.spans

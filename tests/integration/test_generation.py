@@ -20,7 +20,7 @@ from decentralized.transport import Credentials, sync_channel
 from decentralized.v1 import shard_pb2, shard_pb2_grpc
 from secure_infer import Client, NoRoute
 from secure_infer.localmesh import LocalMesh, NodeSpec
-from tests.conftest import MINILM, SMOL, start_mesh
+from tests.conftest import MINILM, SMOL, smol_greedy, start_mesh
 
 pytestmark = [pytest.mark.grpc, pytest.mark.slow]
 PROMPT = "Write two sentences about mountains."
@@ -44,29 +44,18 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
 @pytest.fixture(scope="module")
 def local_tokens() -> list[int]:
     """Greedy tokens of the whole model run locally by transformers: the reference."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from decentralized.models._files import smollm2_dir
 
-    path = str(smollm2_dir())
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir()))
     ids = tok.apply_chat_template(
         [{"role": "user", "content": PROMPT}],
         add_generation_prompt=True,
         return_tensors="pt",
         return_dict=True,
     )["input_ids"]
-    with torch.inference_mode():
-        out = model.generate(
-            ids,
-            max_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            top_p=None,
-            top_k=None,
-            temperature=None,
-        )
-    return out[0, ids.shape[1] :].tolist()
+    return smol_greedy(ids, NEW_TOKENS)
 
 
 def _client(mesh: LocalMesh, **kw: float) -> Client:

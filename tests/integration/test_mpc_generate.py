@@ -18,7 +18,7 @@ from decentralized import _wire
 from decentralized.v1 import mpc_pb2
 from secure_infer import Client, InvalidRequest, MPCOptions
 from secure_infer.localmesh import LocalMesh, NodeSpec
-from tests.conftest import MINILM, mpc_stub, start_mesh
+from tests.conftest import MINILM, mpc_stub, smol_greedy, start_mesh
 
 pytestmark = [pytest.mark.grpc, pytest.mark.multiparty, pytest.mark.slow]
 
@@ -35,17 +35,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     mesh.stop()
 
 
-def _plaintext_greedy(prompt_ids: torch.Tensor, steps: int) -> list[int]:
-    import transformers
-
-    from decentralized.models._files import smollm2_dir
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_dir())).eval()
-    with torch.no_grad():
-        out = model.generate(prompt_ids, max_new_tokens=steps, do_sample=False)
-    return out[0, prompt_ids.shape[1] :].tolist()
-
-
 def test_mpc_generation_matches_plaintext_greedy(mesh: LocalMesh) -> None:
     with Client(mesh.seeds, tls=mesh.client_tls()) as client:
         events = list(
@@ -54,7 +43,7 @@ def test_mpc_generation_matches_plaintext_greedy(mesh: LocalMesh) -> None:
         prompt_ids = client.parts(SMOL).encode(PROMPT, chat=False)
     result = events[-1].result
     assert result is not None and all(e.result is None for e in events[:-1])
-    expected = _plaintext_greedy(prompt_ids, 2)
+    expected = smol_greedy(prompt_ids, 2)
     stop = expected.index(2) + 1 if 2 in expected else len(expected)  # <|im_end|> ends it
     assert list(result.token_ids) == expected[:stop]
     assert [e.token_id for e in events] == list(result.token_ids)
