@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from secure_infer.client import Client  # noqa: E402
-from secure_infer.fides_client import ATTESTATIONS, FidesOptions  # noqa: E402
+from secure_infer.fides_client import ATTESTATIONS, FidesOptions, client_bundle  # noqa: E402
 from secure_infer.localmesh import LocalMesh, NodeSpec  # noqa: E402
 from secure_infer.results import ClassificationResult  # noqa: E402
 from verification.fides.artefacts import SCALES, build  # noqa: E402
@@ -216,7 +216,7 @@ def main() -> None:
     torch.set_num_threads(1)
     artefacts = build("mnist", args.scale)
     images = prepare_mnist(SCALES["mnist"][args.scale]).inputs["test"]
-    options = FidesOptions(bundle=artefacts / "fides", allow_simulated=True)
+    options = FidesOptions(bundle=client_bundle(artefacts / "fides"), allow_simulated=True)
     specs = [
         NodeSpec(name="service", extra_args=("--classifier", f"mnist={artefacts / 'service'}")),
         NodeSpec(

@@ -202,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--text", action="append", help="text to classify (repeatable)")
     cls.add_argument("--images", type=Path, help=".npy file of float images (N, 784) in [0, 1]")
     cls.add_argument("--verify", choices=["fides"], help="check the answer with Fides")
-    cls.add_argument("--fides-bundle", type=Path, help="the published Fides directory")
+    cls.add_argument(
+        "--fides-bundle", type=Path, help="the Fides client bundle (fides export-client)"
+    )
     cls.add_argument("--verifier", help="verifier name on the nodes (default: --model)")
     cls.add_argument(
         "--allow-simulated",
@@ -218,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cls.add_argument("--json", action="store_true")
     _tls_flags(cls)
+
+    fides = sub.add_parser("fides", help="Fides verifier bundles", formatter_class=fmt)
+    fides_sub = fides.add_subparsers(dest="fides_command", required=True)
+    export = fides_sub.add_parser(
+        "export-client",
+        help="write the client bundle of a full Fides directory (no verifier weights: publish "
+        "this one; the full one stays with the verifier's enclave host)",
+        formatter_class=fmt,
+    )
+    export.add_argument("full", type=Path, help="full Fides directory (with verifier.safetensors)")
+    export.add_argument("out", type=Path, help="where to write the client bundle")
 
     demo = sub.add_parser(
         "demo", help="three local nodes, two models, end to end", formatter_class=fmt
@@ -593,6 +606,22 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fides_export(args: argparse.Namespace) -> int:
+    from secure_infer.fides_client import export_client_bundle, published_measurement
+    from verification.fides import ModelFormatError
+
+    try:
+        out = export_client_bundle(args.full, args.out)
+    except ModelFormatError as exc:
+        sys.stderr.write(f"ModelFormatError: {exc}\n")
+        return _EXIT_ERROR
+    sys.stdout.write(
+        f"client bundle written to {out} (no verification model weights)\n"
+        f"enclave measurement clients will pin: {published_measurement(out).hex()}\n"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -627,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
             return _manifest(args)
         if args.command == "verdict":
             return _verdicts(args)
+        if args.command == "fides":
+            return _fides_export(args)
         if args.command == "demo":
             from secure_infer.demo import run_demo
 

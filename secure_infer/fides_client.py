@@ -27,6 +27,12 @@ Threat model (also in every result's `threat_model`):
     leaks      both nodes see the input in the clear; the verifier node's enclave protects it
                from the host only on real hardware; the service node sees the input and its
                own answer, the verifier node sees the verifier's answer
+    secret     the verification model's weights: a service operator that knows them can answer
+               with the verifier's own distribution (~10 % of its cost) and is NEVER flagged
+               (bench/fides_mimic.py). Clients get the client bundle, without them; the host
+               of the verifier's enclave holds them (on real hardware they would be provisioned
+               sealed to the attested enclave: not implemented; a simulated enclave's host
+               reads them). The service and the verifier node must not collude.
     SIMULATED  with a simulated enclave NOTHING is protected or proven: the host holds the
                platform key; it is accepted only with `allow_simulated=True` and is labelled
                in the result, its repr and the CLI
@@ -38,6 +44,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,13 +84,18 @@ from tee import (
     model_digest,
     verify_quote,
 )
-from verification.fides import FidesVerifier, InvalidInput
+from verification.fides import FidesError, FidesVerifier, InvalidInput
 from verification.fides.enclave_app import ENTRY, decode_output, image_request, verifier_bundle
+
+logger = logging.getLogger(__name__)
 
 THREAT_MODEL = (
     "untrusted: the service node (model, inputs after arrival, answer) and the verifier node's "
     "host; trusted: the client, the enclave platform (hardware roots pinned by the client) and "
-    "the published Fides verifier whose measurement the client computes itself; leaks: both "
+    "the Fides verifier whose measurement the client computes from its client bundle; secret: the "
+    "verifier's weights, which the service's operator must not know (with them it can answer "
+    "with the verifier's own distribution unflagged) nor learn from a colluding verifier node; "
+    "leaks: both "
     "nodes see the input in the clear (the verifier's enclave hides it from its host only on "
     "real SEV-SNP/TDX hardware); a SIMULATED enclave protects and proves nothing; detection "
     "is statistical (see docs/fides.md for measured rates)"
@@ -94,9 +107,12 @@ class FidesOptions:
     """How to check a classification with Fides.
 
     Args:
-        bundle: the published Fides directory for the model (`FidesVerifier.save`): the client
-            runs its detector and re-classifier, and computes from it the enclave measurement it
-            accepts (code digest of `verification.fides.enclave_app` + the verifier's weights).
+        bundle: the published CLIENT bundle for the model (`export_client_bundle`,
+            `secure-infer fides export-client`): the client runs its detector and
+            re-classifier, and computes from it the enclave measurement it accepts (code digest
+            of `verification.fides.enclave_app` + the verifier's model digest). A full bundle
+            (with the verifier's weights) works too, with a warning: those weights must stay
+            secret from the service's operator.
         verifier: the verifier's name on the nodes (default: the model's name).
         allow_simulated: accept INSECURE simulated quotes (development only); results are
             labelled SIMULATED.
@@ -141,7 +157,14 @@ class FidesChecker:
 
     def __init__(self, bundle: Path) -> None:
         self.fides = FidesVerifier.load(bundle)
-        self.measurement = published_measurement(bundle)
+        if not self.fides.client_only:
+            logger.warning(
+                "%s is a FULL Fides bundle (it holds the verification model); publish the "
+                "client bundle instead (`secure-infer fides export-client`): a service that "
+                "knows the verifier's weights can evade Fides",
+                bundle,
+            )
+        self.measurement = _measurement(self.fides, bundle)
         self.nonces = NonceStore()
         # (verifier node address, verifier name, acceptance rules) -> open session: a session
         # is reused only under the rules its opening quote was checked against
@@ -168,10 +191,57 @@ class FidesChecker:
 
 
 def published_measurement(bundle: Path) -> bytes:
-    """The enclave measurement a verifier node must report for the Fides directory `bundle`."""
-    return enclave_measurement(
-        code_digest(CodeRef.parse(ENTRY)), model_digest(verifier_bundle(bundle))
-    )
+    """The enclave measurement a verifier node must report for the Fides directory `bundle`
+    (a full bundle: computed from the verifier's weights; a client bundle: from the model
+    digest it records)."""
+    return _measurement(FidesVerifier.load(bundle), bundle)
+
+
+def _measurement(fides: FidesVerifier, bundle: Path) -> bytes:
+    if fides.client_only:
+        assert fides.verifier_model_digest is not None  # noqa: S101 - client bundles carry it
+        model = bytes.fromhex(fides.verifier_model_digest)
+    else:
+        model = model_digest(verifier_bundle(bundle))
+    return enclave_measurement(code_digest(CodeRef.parse(ENTRY)), model)
+
+
+def export_client_bundle(full: Path, out: Path) -> Path:
+    """Write the CLIENT bundle of the full Fides directory `full` into `out`: what clients get.
+
+    It holds the detector, the re-classifier, the threshold and the verifier's enclave model
+    digest, and NOT the verification model: a service operator that had the verifier's weights
+    could answer with the verifier's own distribution and never be flagged (`bench/
+    fides_mimic.py`), so only the host of the verifier's enclave gets the full bundle."""
+    fides = FidesVerifier.load(full)
+    if fides.client_only:
+        raise InvalidRequest(f"{full} is already a client bundle")
+    return fides.save_client(out, model_digest(verifier_bundle(full)).hex())
+
+
+def client_bundle(full: Path) -> Path:
+    """`full`'s client bundle in the sibling directory `fides-client`, (re)written unless it
+    is there already for the same verifier weights, threshold and nets."""
+    out = full.parent / "fides-client"
+    try:
+        current = FidesVerifier.load(out)
+        wanted = model_digest(verifier_bundle(full)).hex()
+        same = (
+            current.client_only
+            and current.verifier_model_digest == wanted
+            and all(
+                (out / f"{n}.safetensors").read_bytes() == (full / f"{n}.safetensors").read_bytes()
+                for n in ("detector", "reclassifier")
+            )
+            and current.threshold == FidesVerifier.load(full).threshold
+        )
+    except (OSError, ValueError, FidesError):
+        same = False
+    if not same:
+        if out.exists():
+            shutil.rmtree(out)
+        export_client_bundle(full, out)
+    return out
 
 
 def classify_fides(

@@ -28,7 +28,7 @@ import torch
 from secure_infer.classify_client import result_dict
 from secure_infer.client import Client
 from secure_infer.errors import SimulatedNotAllowed
-from secure_infer.fides_client import FidesOptions
+from secure_infer.fides_client import FidesOptions, client_bundle
 from secure_infer.localmesh import LocalMesh
 from verification.fides import FidesVerifier
 from verification.fides.artefacts import SCALES, build
@@ -61,7 +61,7 @@ def run_fides_demo(
     "full": the bench's configuration, ~5 min to train on first use)."""
     data = prepare_mnist(SCALES["mnist"][scale])
     x, y = data.inputs["test"][:N_IMAGES], data.labels["test"][:N_IMAGES].numpy()
-    options = FidesOptions(bundle=artefacts / "fides", allow_simulated=True)
+    options = FidesOptions(bundle=client_bundle(artefacts / "fides"), allow_simulated=True)
     client.classify(MODEL, x.numpy(), verify="fides", fides=options)  # warm-up: cold enclave
     res = client.classify(MODEL, x.numpy(), verify="fides", fides=options)
     plain = client.classify(MODEL, x.numpy(), privacy="none")

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from secure_infer.client import Client
-from secure_infer.fides_client import FidesOptions
+from secure_infer.fides_client import FidesOptions, client_bundle
 from secure_infer.localmesh import LocalMesh, NodeSpec
 from verification.fides.artefacts import SCALES, build
 from verification.fides.experiment import prepare_mnist
@@ -131,4 +131,6 @@ def client(mesh: LocalMesh) -> Iterator[Client]:
 
 @pytest.fixture
 def options(artefacts: Path) -> FidesOptions:
-    return FidesOptions(bundle=artefacts / "fides", allow_simulated=True, verifier_node="verifier")
+    return FidesOptions(
+        bundle=client_bundle(artefacts / "fides"), allow_simulated=True, verifier_node="verifier"
+    )

@@ -30,7 +30,7 @@ from secure_infer.errors import (
     UnknownModel,
     status_code,
 )
-from secure_infer.fides_client import FidesOptions, published_measurement
+from secure_infer.fides_client import FidesOptions, client_bundle, published_measurement
 from secure_infer.localmesh import LocalMesh
 from tee import (
     AttestedSession,
@@ -75,6 +75,8 @@ def test_honest_service_passes(
     assert flagged <= 0.1, flagged  # threshold calibrated to <= 2 % on clean calib outputs
     assert all(c.reclassified_label is None for c in res.checks if not c.attacked)
     assert res.quote.measurement == published_measurement(artefacts / "fides").hex()
+    assert res.quote.measurement == published_measurement(options.bundle).hex()
+    assert not (options.bundle / "verifier.safetensors").exists()  # the client's bundle
     assert res.quote.simulated and res.simulated and res.quote.verifier_node == "verifier"
     assert "SIMULATED" in repr(res) and "SIMULATED" in str(res.quote)
     assert res.quote.attestation == "session" and "per-result HMAC" in str(res.quote)
@@ -251,7 +253,12 @@ def test_cli_prints_the_verdict_and_the_simulated_tee(
     np.save(images, test_images[:3].reshape(3, 784).numpy())
     args = ["classify", "--seeds", ",".join(mesh.seeds), "--model", "mnist@swap_top2"]
     args += ["--images", str(images), "--verify", "fides", "--verifier", "mnist"]
-    args += ["--fides-bundle", str(artefacts / "fides"), "--certs", str(mesh.certs_dir)]
+    bundle = tmp_path / "client-bundle"
+    assert cli.main(["fides", "export-client", str(artefacts / "fides"), str(bundle)]) == 0
+    assert "no verification model weights" in capsys.readouterr().out
+    assert cli.main(["fides", "export-client", str(bundle), str(tmp_path / "again")]) == 1
+    assert "already a client bundle" in capsys.readouterr().err
+    args += ["--fides-bundle", str(bundle), "--certs", str(mesh.certs_dir)]
     assert cli.main([*args, "--allow-simulated"]) == 0
     out = capsys.readouterr().out
     assert "fides:" in out and "SIMULATED" in out and "INSECURE" in out.upper()
@@ -270,7 +277,7 @@ def test_text_classification_is_verified_end_to_end(client: Client, text_artefac
         "Dull, predictable and far too long.",
         "I laughed, I cried, I would watch it again tomorrow.",
     ]
-    opts = FidesOptions(bundle=text_artefacts / "fides", allow_simulated=True)
+    opts = FidesOptions(bundle=client_bundle(text_artefacts / "fides"), allow_simulated=True)
     res = client.classify("reviews", texts, verify="fides", fides=opts)
     want = load_classifier(text_artefacts / "service").probs(texts).numpy()
     np.testing.assert_allclose(res.probs, want, atol=1e-5)

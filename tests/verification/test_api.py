@@ -45,6 +45,42 @@ def test_save_load_round_trip(tiny_mnist: tuple[TaskData, Outcome], tmp_path: Pa
     assert loaded.threshold == out.fides.threshold
 
 
+def test_client_bundle_has_no_verifier_and_judges_alike(
+    tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
+) -> None:
+    """The bundle clients get: detector, re-classifier, threshold, digest; no verifier weights
+    (a service that had them could answer with the verifier's own distribution unflagged)."""
+    data, out = tiny_mnist
+    x = data.inputs["test"][:50]
+    ps = batched(out.service, x).softmax(1)
+    digest = "ab" * 48
+    path = out.fides.save_client(tmp_path / "client", digest)
+    assert sorted(p.name for p in path.iterdir()) == [
+        "detector.safetensors",
+        "fides.json",
+        "reclassifier.safetensors",
+    ]
+    client = FidesVerifier.load(path)
+    assert client.client_only and not out.fides.client_only
+    assert client.verifier_model_digest == digest and client.n_classes == 10
+    pv = out.fides.verifier_probs(x)
+    assert client.judge(ps, pv) == out.fides.judge(ps, pv) == out.fides.verify(x, ps)
+    for run_verifier in (
+        lambda: client.verifier_probs(x),
+        lambda: client.verify(x, ps),
+        lambda: client.save(tmp_path / "full"),
+    ):
+        with pytest.raises(ModelFormatError, match="client bundle"):
+            run_verifier()
+    with pytest.raises(ValueError, match="96 lower-case hex"):
+        out.fides.save_client(tmp_path / "bad", "AB" * 48)
+    full = out.fides.save(tmp_path / "fides")
+    with pytest.raises(ValueError, match="holds verification model weights"):
+        out.fides.save_client(full, digest)
+    with pytest.raises(ValueError, match="needs n_classes"):
+        FidesVerifier("image", None, out.fides.detector, out.fides.reclassifier, 0.0)
+
+
 def test_load_rejects_broken_directories(
     tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
 ) -> None:

@@ -129,3 +129,30 @@ def test_image_requests_are_the_wire_bytes() -> None:
             decode_request(bad)
     with pytest.raises(InvalidInput, match="scaled"):
         decode_request(image_request((x * 2).numpy().tobytes(), 3))
+
+
+def test_exported_client_bundle_pins_the_same_measurement(
+    tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
+) -> None:
+    from secure_infer.fides_client import (
+        client_bundle,
+        export_client_bundle,
+        published_measurement,
+    )
+
+    full = tiny_mnist[1].fides.save(tmp_path / "fides")
+    out = export_client_bundle(full, tmp_path / "client")
+    assert not (out / "verifier.safetensors").exists()
+    assert published_measurement(out) == published_measurement(full)
+    sibling = client_bundle(full)
+    assert sibling == tmp_path / "fides-client"
+    assert published_measurement(sibling) == published_measurement(full)
+    stamp = (sibling / "fides.json").stat().st_mtime_ns
+    assert client_bundle(full) == sibling and (sibling / "fides.json").stat().st_mtime_ns == stamp
+    # other verifier weights: the sibling is rewritten and pins the new measurement
+    weights = full / "verifier.safetensors"
+    tampered = bytearray(weights.read_bytes())
+    tampered[-1] ^= 1
+    weights.write_bytes(bytes(tampered))
+    assert published_measurement(client_bundle(full)) == published_measurement(full)
+    assert published_measurement(full) != published_measurement(out)

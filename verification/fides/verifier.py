@@ -10,10 +10,19 @@ and re-classifier run on the client. Detection is statistical: it errs at the ra
 `bench/integrity.py`, and an attack that leaves the returned distribution statistically close to
 the service model's honest one (e.g. a substitute that agrees closely) can go undetected.
 
+The verification model's weights must stay SECRET from the service's operator: a service that
+knows them can answer with the verifier's own distribution (a substitution by a model that costs
+~10 % of its own) and is never flagged (`bench/fides_mimic.py`: detection 0.0 on MNIST, at the
+service's accuracy). So there are two bundles. The full one (`save`) is for whoever hosts the
+verifier's enclave; the CLIENT bundle (`save_client`: no verifier weights, only what the client
+runs, the detector and re-classifier, plus the verifier's model digest that the client pins as
+the enclave's measurement) is what gets published to clients.
+
 Saved layout (no pickle): `fides.json` (format version, task, configs, threshold, the detector's
 probability floor `log_floor`, metadata) and `verifier.safetensors`, `detector.safetensors`,
 `reclassifier.safetensors`. Format 1 (no `log_floor`; its detectors used a floor of 1e-7) still
-loads.
+loads. A client bundle's `fides.json` says `"kind": "client"`, records `n_classes` and
+`verifier_model_digest`, and has no verifier net.
 """
 
 from __future__ import annotations
@@ -85,30 +94,49 @@ class FidesVerifier:
     def __init__(
         self,
         task: str,
-        verifier: nn.Module,
+        verifier: nn.Module | None,
         detector: nn.Module,
         reclassifier: nn.Module,
         threshold: float,
         metadata: dict[str, Any] | None = None,
         max_length: int = 128,
         log_floor: float = LOG_FLOOR,
+        *,
+        n_classes: int | None = None,
+        verifier_model_digest: str | None = None,
     ) -> None:
+        """`verifier` None makes a client-side instance (a client bundle): it judges
+        distributions computed elsewhere and cannot run the verification model itself; it then
+        needs `n_classes`, and carries the enclave model digest it was exported with."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if not 0.0 < log_floor < 1.0:  # also rejects NaN
             raise ValueError(f"log_floor must lie in (0, 1), got {log_floor!r}")
         self.task = task
-        self.verifier, self.detector, self.reclassifier = (
-            verifier.eval(),
-            detector.eval(),
-            reclassifier.eval(),
-        )
+        if verifier is None and n_classes is None:
+            raise ValueError("a client-side FidesVerifier (no verifier net) needs n_classes")
+        self.verifier = verifier.eval() if verifier is not None else None
+        self.detector, self.reclassifier = detector.eval(), reclassifier.eval()
         self.threshold = float(threshold)
-        self.n_classes = int(verifier.config["n_classes"])
+        self.n_classes = int(n_classes if verifier is None else verifier.config["n_classes"])
+        self.verifier_model_digest = verifier_model_digest
         self.metadata = dict(metadata or {})
         self.max_length = max_length
         self.log_floor = float(log_floor)  # the detector's feature floor (`GanConfig.log_floor`)
         self._tokenizer: Any = None
+
+    @property
+    def client_only(self) -> bool:
+        """True for a client bundle: no verification model here (it runs in an enclave)."""
+        return self.verifier is None
+
+    def _net(self) -> nn.Module:
+        if self.verifier is None:
+            raise ModelFormatError(
+                "this is a client bundle: the verification model is not in it (it runs in the "
+                "verifier's enclave); judge distributions with `judge` / `judge_columns`"
+            )
+        return self.verifier
 
     def prepare(self, inputs: object) -> torch.Tensor:
         """Validate client inputs and turn them into the verification model's input tensor."""
@@ -117,7 +145,7 @@ class FidesVerifier:
         if isinstance(inputs, torch.Tensor):
             if inputs.dtype != torch.int64 or inputs.dim() != 2 or len(inputs) == 0:
                 raise InvalidInput("text token ids must be a non-empty int64 (N, T) tensor")
-            vocab = self.verifier.config["bert"]["vocab_size"]
+            vocab = self._net().config["bert"]["vocab_size"]
             if (inputs < 0).any() or (inputs >= vocab).any():
                 raise InvalidInput(f"token ids must lie in [0, {vocab})")
             return inputs
@@ -128,7 +156,7 @@ class FidesVerifier:
     @torch.no_grad()
     def verifier_probs(self, inputs: object) -> torch.Tensor:
         """The verification model's distribution (N, C) on the client's inputs."""
-        return self.verifier(self.prepare(inputs)).softmax(1)
+        return self._net()(self.prepare(inputs)).softmax(1)
 
     def scores(self, service_probs: torch.Tensor, verifier_probs: torch.Tensor) -> torch.Tensor:
         """Detector logits (N,) for already validated distributions (the same computation as
@@ -144,9 +172,10 @@ class FidesVerifier:
     @torch.no_grad()
     def verify(self, inputs: object, service_probs: object) -> list[Verdict]:
         """One `Verdict` per query; raises `InvalidInput` on malformed inputs or outputs."""
+        net = self._net()
         x = self.prepare(inputs)
         ps = as_probs(service_probs, self.n_classes, n_rows=len(x))
-        return self.judge(ps, self.verifier(x).softmax(1))
+        return self.judge(ps, net(x).softmax(1))
 
     def judge(self, service_probs: object, verifier_probs: object) -> list[Verdict]:
         """Verdicts from both distributions, the verifier's computed elsewhere (an enclave).
@@ -180,7 +209,9 @@ class FidesVerifier:
         )
 
     def save(self, directory: str | Path) -> Path:
-        """Write the safetensors weights and `fides.json` into `directory` (created)."""
+        """Write the safetensors weights and `fides.json` into `directory` (created): the FULL
+        bundle, verification model included (for the verifier's enclave host, not clients)."""
+        net = self._net()
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         config = {
@@ -191,9 +222,36 @@ class FidesVerifier:
             "log_floor": self.log_floor,
             "metadata": self.metadata,
             "nets": {
-                name: save_net(getattr(self, name), path, name)
-                for name in ("verifier", "detector", "reclassifier")
+                "verifier": save_net(net, path, "verifier"),
+                **{name: save_net(getattr(self, name), path, name) for name in _CLIENT_NETS},
             },
+        }
+        write_json(path / "fides.json", config)
+        return path
+
+    def save_client(self, directory: str | Path, verifier_model_digest: str) -> Path:
+        """Write the CLIENT bundle into `directory` (created): detector, re-classifier,
+        threshold, and `verifier_model_digest` (hex, the enclave model digest of the full
+        bundle, which a client pins); no verification model weights."""
+        if len(verifier_model_digest) != 96 or not all(
+            c in "0123456789abcdef" for c in verifier_model_digest
+        ):
+            raise ValueError("verifier_model_digest must be 96 lower-case hex digits (SHA-384)")
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        if (path / "verifier.safetensors").exists():
+            raise ValueError(f"{path} holds verification model weights: not a client directory")
+        config = {
+            "format_version": FORMAT_VERSION,
+            "kind": "client",
+            "task": self.task,
+            "n_classes": self.n_classes,
+            "verifier_model_digest": verifier_model_digest,
+            "threshold": self.threshold,
+            "max_length": self.max_length,
+            "log_floor": self.log_floor,
+            "metadata": self.metadata,
+            "nets": {name: save_net(getattr(self, name), path, name) for name in _CLIENT_NETS},
         }
         write_json(path / "fides.json", config)
         return path
@@ -206,23 +264,27 @@ class FidesVerifier:
         version = config.get("format_version")
         if version not in READABLE_VERSIONS:
             raise ModelFormatError(f"unsupported format_version {config.get('format_version')!r}")
+        client = config.get("kind", "full") == "client"
         try:
-            nets = {
-                name: load_net(config["nets"][name], path, name)
-                for name in ("verifier", "detector", "reclassifier")
-            }
+            names = _CLIENT_NETS if client else ("verifier", *_CLIENT_NETS)
+            nets = {name: load_net(config["nets"][name], path, name) for name in names}
             return cls(
                 config["task"],
-                nets["verifier"],
+                nets.get("verifier"),
                 nets["detector"],
                 nets["reclassifier"],
                 config["threshold"],
                 config.get("metadata"),
                 config["max_length"],
                 float(config["log_floor"]) if version >= 2 else LEGACY_LOG_FLOOR,
+                n_classes=int(config["n_classes"]) if client else None,
+                verifier_model_digest=str(config["verifier_model_digest"]) if client else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFormatError(f"{path / 'fides.json'} is malformed: {exc!r}") from exc
+
+
+_CLIENT_NETS = ("detector", "reclassifier")  # what a client runs
 
 
 def _apply(net: nn.Module, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,133 @@
+"""What a service that KNOWS the Fides verifier can do: answer with the verifier's distribution.
+
+    .venv/bin/python bench/fides_mimic.py --json [--scale full] [--seed N]
+
+Fides compares the service's answer with the verification model's. If the service's operator
+holds the verifier's weights (a published full bundle, a colluding verifier node, the host of a
+simulated enclave), it can skip its own model and return the verifier's output, or a tempered
+copy of it: a substitution by a model that costs ~10 % of its own. This bench measures that
+attack on the MNIST artefacts of `verification.fides.artefacts` ("full" = the mesh and
+bench/integrity.py configuration, trained on first use, ~5 min; "test" = the small one), side
+by side with the reference attack the detector was built for (substitution by an independent
+cheap model) and the clean false-positive rate, on the 500 held-out test queries. One JSON
+object on stdout: per attack the detection rate (with its exact 95 % interval) and the answer's
+accuracy against the true labels, and the ratio of the mimic's detection to the clean FP rate.
+
+This is why the client gets the client bundle (`secure-infer fides export-client`: no
+verification model) and why the threat model requires the service and the verifier's host not
+to collude; it is not an attack the detector can learn to catch (a copy is indistinguishable
+from an honest service whose model happens to agree with the verifier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from verification.fides import FidesVerifier  # noqa: E402
+from verification.fides.artefacts import SCALES, build  # noqa: E402
+from verification.fides.detector import rate_interval  # noqa: E402
+from verification.fides.experiment import prepare_mnist  # noqa: E402
+from verification.fides.service_model import load_classifier  # noqa: E402
+
+TEMPERATURES = (0.8, 1.2, 1.5)  # the mimic's p ** (1 / t), renormalised
+
+
+def _tempered(p: np.ndarray, t: float) -> np.ndarray:
+    q = np.power(np.maximum(p, 1e-38), 1.0 / t)
+    return (q / q.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _row(fides: FidesVerifier, ps: np.ndarray, pv: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    flagged = np.asarray(fides.judge_columns(ps, pv).attacked)
+    lo, hi = rate_interval(int(flagged.sum()), len(flagged))
+    return {
+        "detection": round(float(flagged.mean()), 4),
+        "detection_ci95": [round(lo, 4), round(hi, 4)],
+        "answer_accuracy": round(float((ps.argmax(1) == y).mean()), 4),
+    }
+
+
+def _ms(fn: Any, x: torch.Tensor, repeats: int = 5) -> float:
+    fn(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object (the default)")
+    ap.add_argument("--scale", choices=sorted(SCALES["mnist"]), default="full")
+    ap.add_argument("--seed", type=int, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    root = build("mnist", args.scale, seed=args.seed)
+    fides = FidesVerifier.load(root / "fides")
+    service = load_classifier(root / "service")
+    substitute = load_classifier(root / "substitute")
+    cfg = SCALES["mnist"][args.scale]
+    if args.seed is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, seed=args.seed)
+    data = prepare_mnist(cfg)
+    x, y = data.inputs["test"], data.labels["test"].numpy()
+    ps = service.probs(x).numpy()
+    pv = fides.verifier_probs(x).numpy()
+    rows: dict[str, Any] = {
+        "clean (honest service)": _row(fides, ps, pv, y),
+        "substitution (independent cheap model; reference)": _row(
+            fides, substitute.probs(x).numpy(), pv, y
+        ),
+        "mimic: the verifier's own distribution": _row(fides, pv.copy(), pv, y),
+    }
+    for t in TEMPERATURES:
+        rows[f"mimic: the verifier's distribution at temperature {t}"] = _row(
+            fides, _tempered(pv, t), pv, y
+        )
+    clean_fp = rows["clean (honest service)"]["detection"]
+    mimic = rows["mimic: the verifier's own distribution"]["detection"]
+    service_ms = _ms(lambda z: service.probs(z), x)
+    verifier_ms = _ms(lambda z: fides.verifier_probs(z), x)
+    report = {
+        "bench": "fides_mimic",
+        "artefacts": str(root),
+        "queries": len(y),
+        "threshold_target_fpr": 0.02,
+        "attacks": rows,
+        "ratios": {
+            "mimic_detection_over_clean_fp": round(mimic / clean_fp, 3) if clean_fp else None,
+            "mimic_detection_over_substitution_detection": round(
+                mimic
+                / max(rows["substitution (independent cheap model; reference)"]["detection"], 1e-9),
+                3,
+            ),
+            "mimic_cost_over_service_cost_wall": round(verifier_ms / service_ms, 3),
+        },
+        "wall_ms_500_queries_1_thread": {
+            "service": round(service_ms, 2),
+            "verifier (the mimic's cost)": round(verifier_ms, 2),
+        },
+        "note": "a service that knows the verifier's weights is not detected: keep them "
+        "secret (clients get the client bundle) and do not let it collude with the verifier's host",
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
