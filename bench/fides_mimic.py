@@ -1,6 +1,6 @@
 """What a service that KNOWS the Fides verifier can do: answer with the verifier's distribution.
 
-    .venv/bin/python bench/fides_mimic.py --json [--scale full] [--seed N]
+    .venv/bin/python bench/fides_mimic.py --json [--scale full] [--seed N] [--queries 250,1000]
 
 Fides compares the service's answer with the verification model's. If the service's operator
 holds the verifier's weights (a published full bundle, a colluding verifier node, the host of a
@@ -13,6 +13,15 @@ cheap model) and the clean false-positive rate, on the 500 held-out test queries
 object on stdout: per attack the detection rate (with its exact 95 % interval) and the answer's
 accuracy against the true labels, and the ratio of the mimic's detection to the clean FP rate.
 
+Without the weights, the verifier's FUNCTION still leaks to anyone who can query it, and every
+client can: a verified request returns the verifier's distribution, which the client's detector
+needs. `--queries N,...`: the service's operator, acting as a client, sends N images of its own
+(its training split) with `verify="fides"`, collects the verifier's distributions, and distils
+its own copy the way GDTL distils a verifier (its own service's first conv block + a head, same
+budget and recipe, on those N answers; 15 % of them held out for GDTL's choice); it then answers
+the test queries with that copy. Reported per N like the attacks above, plus the copy's
+agreement with the verifier.
+
 This is why the client gets the client bundle (`secure-infer fides export-client`: no
 verification model) and why the threat model requires the service and the verifier's host not
 to collude; it is not an attack the detector can learn to catch (a copy is indistinguishable
@@ -22,6 +31,7 @@ from an honest service whose model happens to agree with the verifier).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -37,8 +47,10 @@ sys.path.insert(0, str(ROOT))
 from verification.fides import FidesVerifier  # noqa: E402
 from verification.fides.artefacts import SCALES, build  # noqa: E402
 from verification.fides.detector import rate_interval  # noqa: E402
-from verification.fides.experiment import prepare_mnist  # noqa: E402
+from verification.fides.experiment import prepare_mnist, service_macs  # noqa: E402
+from verification.fides.gdtl import ConvFamily, GdtlConfig, greedy_distill  # noqa: E402
 from verification.fides.service_model import load_classifier  # noqa: E402
+from verification.fides.training import batched  # noqa: E402
 
 TEMPERATURES = (0.8, 1.2, 1.5)  # the mimic's p ** (1 / t), renormalised
 
@@ -68,11 +80,40 @@ def _ms(fn: Any, x: torch.Tensor, repeats: int = 5) -> float:
     return 1000 * float(np.median(times))
 
 
+def extracted_copy(
+    service: torch.nn.Module,
+    fides: FidesVerifier,
+    queries: torch.Tensor,
+    widths: list[list[int]],
+    gdtl: GdtlConfig,
+    budget: int,
+) -> torch.nn.Module:
+    """The attacker's copy of the verifier, distilled from its answers to `queries` only."""
+    logits = torch.log(fides.verifier_probs(queries).clamp_min(1e-30))
+    n_val = max(1, int(0.15 * len(queries)))
+    cfg = GdtlConfig(**{**gdtl.__dict__, "mac_budget": budget})
+    res = greedy_distill(
+        ConvFamily(service, widths),
+        queries[n_val:],
+        logits[n_val:],
+        queries[:n_val],
+        logits[:n_val],
+        cfg,
+    )
+    return res.net.eval()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object (the default)")
     ap.add_argument("--scale", choices=sorted(SCALES["mnist"]), default="full")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument(
+        "--queries",
+        default="250,1000,3000",
+        help="comma-separated numbers of verified queries the attacker distils a copy from "
+        "('' to skip)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     root = build("mnist", args.scale, seed=args.seed)
@@ -81,8 +122,6 @@ def main() -> int:
     substitute = load_classifier(root / "substitute")
     cfg = SCALES["mnist"][args.scale]
     if args.seed is not None:
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, seed=args.seed)
     data = prepare_mnist(cfg)
     x, y = data.inputs["test"], data.labels["test"].numpy()
@@ -99,6 +138,17 @@ def main() -> int:
         rows[f"mimic: the verifier's distribution at temperature {t}"] = _row(
             fides, _tempered(pv, t), pv, y
         )
+    net = service.net  # the operator's own model (a ConvPrefixNet)
+    budget = int(cfg.verifier_budget * service_macs(data, net))
+    own = data.inputs["train"]  # the service operator's own images
+    for n in [int(q) for q in args.queries.split(",") if q]:
+        t0 = time.perf_counter()
+        copy = extracted_copy(net, fides, own[:n], cfg.widths, cfg.gdtl, budget)
+        pc = batched(copy, x, 64).softmax(1).numpy()
+        row = _row(fides, pc, pv, y)
+        row["agreement_with_verifier"] = round(float((pc.argmax(1) == pv.argmax(1)).mean()), 4)
+        row["distil_s"] = round(time.perf_counter() - t0, 1)
+        rows[f"mimic: a copy distilled from {n} verified queries"] = row
     clean_fp = rows["clean (honest service)"]["detection"]
     mimic = rows["mimic: the verifier's own distribution"]["detection"]
     service_ms = _ms(lambda z: service.probs(z), x)

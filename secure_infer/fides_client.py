@@ -32,7 +32,10 @@ Threat model (also in every result's `threat_model`):
                (bench/fides_mimic.py). Clients get the client bundle, without them; the host
                of the verifier's enclave holds them (on real hardware they would be provisioned
                sealed to the attested enclave: not implemented; a simulated enclave's host
-               reads them). The service and the verifier node must not collude.
+               reads them). The service and the verifier node must not collude. The
+               verifier's FUNCTION is not secret: every result carries its distribution, so
+               an operator posing as a client can distil a copy (3,000 queries: flagged on
+               3.6 % of queries, honest 1.6 %; bench/fides_mimic.py)
     SIMULATED  with a simulated enclave NOTHING is protected or proven: the host holds the
                platform key; it is accepted only with `allow_simulated=True` and is labelled
                in the result, its repr and the CLI
@@ -95,6 +98,8 @@ THREAT_MODEL = (
     "the Fides verifier whose measurement the client computes from its client bundle; secret: the "
     "verifier's weights, which the service's operator must not know (with them it can answer "
     "with the verifier's own distribution unflagged) nor learn from a colluding verifier node; "
+    "not secret: the verifier's function (results carry its distribution; a service posing as "
+    "a client can distil a copy from a few thousand queries and evade detection); "
     "leaks: both "
     "nodes see the input in the clear (the verifier's enclave hides it from its host only on "
     "real SEV-SNP/TDX hardware); a SIMULATED enclave protects and proves nothing; detection "
