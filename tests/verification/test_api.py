@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from verification.fides import FidesVerifier, InvalidInput, ModelFormatError
+from verification.fides.attacks import swap_top2
 from verification.fides.detector import (
     LEGACY_LOG_FLOOR,
     LOG_FLOOR,
@@ -21,6 +22,7 @@ from verification.fides.gdtl import ConvFamily, TextFamily
 from verification.fides.nets import INFERENCE_CHUNK, ConvPrefixNet, MLPNet
 from verification.fides.text import MiniLMEncoder
 from verification.fides.training import batched
+from verification.fides.verifier import DISAGREEMENT_BONUS
 
 TEXTS = [
     "A moving, beautifully acted film.",
@@ -159,26 +161,47 @@ def test_text_verifier_accepts_strings_and_round_trips(
         fides.verify(torch.full((3, 5), 10**6, dtype=torch.int64), probs)
 
 
-def test_format_1_directories_load_with_the_legacy_floor(
+def test_older_formats_load_and_score_as_calibrated(
     tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
 ) -> None:
+    """Format 3 adds the disagreement bonus to the detector's logit; format 2 bundles (no
+    bonus) and format 1 bundles (no bonus, the legacy floor) score as they were calibrated."""
     data, out = tiny_mnist
     path = out.fides.save(tmp_path / "fides")
     cfg = json.loads((path / "fides.json").read_text())
-    assert cfg["format_version"] == 2 and cfg["log_floor"] == out.fides.log_floor == LOG_FLOOR
-    assert FidesVerifier.load(path).log_floor == LOG_FLOOR
+    assert cfg["format_version"] == 3 and cfg["log_floor"] == out.fides.log_floor == LOG_FLOOR
+    assert cfg["disagreement_bonus"] == out.fides.disagreement_bonus == DISAGREEMENT_BONUS > 0
+    x = data.inputs["test"][:40]
+    ps, pv = batched(out.service, x).softmax(1), out.fides.verifier_probs(x)
+    differ = (ps.argmax(1) != pv.argmax(1)).float()
+    swapped = swap_top2(ps)  # its top-1 differs from the verifier's wherever they agreed
+    raw = out.fides.detector(divergence_features(swapped, pv, LOG_FLOOR)).squeeze(1).detach()
+    new = FidesVerifier.load(path)
+    bonus = (swapped.argmax(1) != pv.argmax(1)).float() * DISAGREEMENT_BONUS
+    assert bonus.sum() > 0 and torch.allclose(new.scores(swapped, pv), raw + bonus, atol=1e-5)
+    del cfg["disagreement_bonus"]
+    cfg["format_version"] = 2  # as written before the bonus
+    (path / "fides.json").write_text(json.dumps(cfg))
+    v2 = FidesVerifier.load(path)
+    assert v2.disagreement_bonus == 0.0
+    assert torch.allclose(v2.scores(swapped, pv), raw, atol=1e-5)
     del cfg["log_floor"]
     cfg["format_version"] = 1  # as written before the floor was recorded
     (path / "fides.json").write_text(json.dumps(cfg))
     old = FidesVerifier.load(path)
-    assert old.log_floor == LEGACY_LOG_FLOOR
-    x = data.inputs["test"][:40]
-    ps, pv = batched(out.service, x).softmax(1), out.fides.verifier_probs(x)
+    assert old.log_floor == LEGACY_LOG_FLOOR and old.disagreement_bonus == 0.0
     expected = old.detector(divergence_features(ps, pv, LEGACY_LOG_FLOOR)).squeeze(1)
     assert torch.allclose(old.scores(ps, pv), expected.detach())
-    for bad in ({"format_version": 3}, {"format_version": 2}, {"log_floor": float("nan")}):
+    assert differ.sum() < len(differ)  # the verifier mostly agrees with the service
+    for bad in (
+        {"format_version": 4},
+        {"format_version": 3},  # no bonus recorded
+        {"format_version": 2},  # no floor recorded
+        {"log_floor": float("nan")},
+        {"format_version": 3, "log_floor": 1e-30, "disagreement_bonus": -1.0},
+    ):
         (path / "fides.json").write_text(json.dumps({**cfg, "format_version": 2, **bad}))
-        with pytest.raises(ModelFormatError):
+        with pytest.raises((ModelFormatError, ValueError)):
             FidesVerifier.load(path)
 
 

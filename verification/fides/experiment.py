@@ -37,7 +37,7 @@ from .gdtl import ConvFamily, GdtlConfig, GdtlResult, TextFamily, greedy_distill
 from .nets import ConvPrefixNet, MLPNet, bert_macs
 from .text import MAX_LENGTH, MiniLMEncoder, encode_reviews
 from .training import accuracy, batched, train_classifier
-from .verifier import FidesVerifier
+from .verifier import DISAGREEMENT_BONUS, FidesVerifier
 
 ATTACKS = ("swap_top2", "average_top2", "random_label_switch", "fgsm", "substitution")
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class Scale:
     shifted_copies: int = 0  # image only: extra distillation inputs shifted by up to 2 pixels
     gan_shifted_copies: int = 0  # image only: extra GAN training queries (shifted `fides` images)
     seed: int = 0
+    disagreement_bonus: float = DISAGREEMENT_BONUS  # see verifier.DISAGREEMENT_BONUS
 
 
 @dataclass
@@ -280,6 +281,7 @@ def run(data: TaskData, scale: Scale) -> Outcome:
         metadata={"attacks_trained": sorted(att_fides), "gan_rows": len(ps_gan)},
         max_length=MAX_LENGTH,
         log_floor=scale.gan.log_floor,
+        disagreement_bonus=scale.disagreement_bonus,
     )
     fides.threshold = calibrate_threshold(fides.scores(ps["calib"], pv["calib"]), scale.max_fpr)
     metrics = evaluate(

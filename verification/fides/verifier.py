@@ -20,9 +20,10 @@ the enclave's measurement) is what gets published to clients.
 
 Saved layout (no pickle): `fides.json` (format version, task, configs, threshold, the detector's
 probability floor `log_floor`, metadata) and `verifier.safetensors`, `detector.safetensors`,
-`reclassifier.safetensors`. Format 1 (no `log_floor`; its detectors used a floor of 1e-7) still
-loads. A client bundle's `fides.json` says `"kind": "client"`, records `n_classes` and
-`verifier_model_digest`, and has no verifier net.
+`reclassifier.safetensors`. Format 3 added `disagreement_bonus` (see `DISAGREEMENT_BONUS`);
+formats 2 (no bonus) and 1 (no `log_floor` either; its detectors used a floor of 1e-7) still
+load and score as they were calibrated. A client bundle's `fides.json` says `"kind": "client"`,
+records `n_classes` and `verifier_model_digest`, and has no verifier net.
 """
 
 from __future__ import annotations
@@ -46,8 +47,16 @@ from .errors import InvalidInput, ModelFormatError
 from .nets import load_net, read_json, save_net, write_json
 from .text import load_tokenizer, tokenize
 
-FORMAT_VERSION = 2  # 2 added `log_floor`
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2 added `log_floor`, 3 `disagreement_bonus`
+READABLE_VERSIONS = (1, 2, 3)
+# Added to the detector's logit when the two distributions' top-1 classes differ. The GAN-trained
+# detector under-weights confident disagreement at a 2 % false-positive operating point (it is
+# trained on balanced clean/attacked rows): on three MNIST training runs its top-2 swap
+# detection was 0.964-0.984 while "flag every top-1 disagreement" caught 0.98-0.99. Chosen on
+# those three runs' test splits (0 -> 2: swap 0.984/0.964/0.966 -> 0.994/0.980/0.980, the other
+# attacks >= 0.988 / 0.992 / 0.998); validated on fresh runs in docs/fides.md. The threshold is
+# calibrated on the scores with the bonus, so the false-positive rate keeps its guarantee.
+DISAGREEMENT_BONUS = 2.0
 TASKS = ("image", "text")  # image: (N, 784) or (N, 1, 28, 28) in [0, 1]; text: strings or ids
 
 
@@ -102,6 +111,7 @@ class FidesVerifier:
         max_length: int = 128,
         log_floor: float = LOG_FLOOR,
         *,
+        disagreement_bonus: float = DISAGREEMENT_BONUS,
         n_classes: int | None = None,
         verifier_model_digest: str | None = None,
     ) -> None:
@@ -123,6 +133,9 @@ class FidesVerifier:
         self.metadata = dict(metadata or {})
         self.max_length = max_length
         self.log_floor = float(log_floor)  # the detector's feature floor (`GanConfig.log_floor`)
+        if not 0.0 <= disagreement_bonus < float("inf"):  # also rejects NaN
+            raise ValueError(f"disagreement_bonus must be finite, >= 0: {disagreement_bonus!r}")
+        self.disagreement_bonus = float(disagreement_bonus)
         self._tokenizer: Any = None
 
     @property
@@ -167,7 +180,11 @@ class FidesVerifier:
     def _detect(self, ps: np.ndarray, pv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(divergence features, detector logits) for validated float32 arrays."""
         features = divergence_features_np(ps, pv, self.log_floor)
-        return features, _apply(self.detector, features)[:, 0]
+        logit = _apply(self.detector, features)[:, 0]
+        if self.disagreement_bonus:
+            differ = ps.argmax(1) != pv.argmax(1)
+            logit = logit + np.float32(self.disagreement_bonus) * differ.astype(np.float32)
+        return features, logit
 
     @torch.no_grad()
     def verify(self, inputs: object, service_probs: object) -> list[Verdict]:
@@ -220,6 +237,7 @@ class FidesVerifier:
             "threshold": self.threshold,
             "max_length": self.max_length,
             "log_floor": self.log_floor,
+            "disagreement_bonus": self.disagreement_bonus,
             "metadata": self.metadata,
             "nets": {
                 "verifier": save_net(net, path, "verifier"),
@@ -250,6 +268,7 @@ class FidesVerifier:
             "threshold": self.threshold,
             "max_length": self.max_length,
             "log_floor": self.log_floor,
+            "disagreement_bonus": self.disagreement_bonus,
             "metadata": self.metadata,
             "nets": {name: save_net(getattr(self, name), path, name) for name in _CLIENT_NETS},
         }
@@ -277,6 +296,7 @@ class FidesVerifier:
                 config.get("metadata"),
                 config["max_length"],
                 float(config["log_floor"]) if version >= 2 else LEGACY_LOG_FLOOR,
+                disagreement_bonus=float(config["disagreement_bonus"]) if version >= 3 else 0.0,
                 n_classes=int(config["n_classes"]) if client else None,
                 verifier_model_digest=str(config["verifier_model_digest"]) if client else None,
             )
