@@ -20,7 +20,11 @@ needs. `--queries N,...`: the service's operator, acting as a client, sends N im
 its own copy the way GDTL distils a verifier (its own service's first conv block + a head, same
 budget and recipe, on those N answers; 15 % of them held out for GDTL's choice); it then answers
 the test queries with that copy. Reported per N like the attacks above, plus the copy's
-agreement with the verifier.
+agreement with the verifier. The same copy distilled from the verifier's top-1 LABELS only
+(what a protocol that returned verdicts instead of distributions would still leak, through
+re-classified labels), as is and temperature-scaled (the attacker's best T of 0.25-16 against
+the detector, an upper bound on what it could tune without the detector), shows how much of
+the leak the distribution is.
 
 This is why the client gets the client bundle (`secure-infer fides export-client`: no
 verification model) and why the threat model requires the service and the verifier's host not
@@ -53,6 +57,7 @@ from verification.fides.service_model import load_classifier  # noqa: E402
 from verification.fides.training import batched  # noqa: E402
 
 TEMPERATURES = (0.8, 1.2, 1.5)  # the mimic's p ** (1 / t), renormalised
+HARD_T = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # temperatures tried on the label-only copy
 
 
 def _tempered(p: np.ndarray, t: float) -> np.ndarray:
@@ -87,9 +92,13 @@ def extracted_copy(
     widths: list[list[int]],
     gdtl: GdtlConfig,
     budget: int,
+    labels_only: bool = False,
 ) -> torch.nn.Module:
     """The attacker's copy of the verifier, distilled from its answers to `queries` only."""
-    logits = torch.log(fides.verifier_probs(queries).clamp_min(1e-30))
+    pv = fides.verifier_probs(queries)
+    if labels_only:  # one-hot targets, smoothed so that their log stays finite
+        pv = torch.nn.functional.one_hot(pv.argmax(1), pv.shape[1]).float() * 0.999 + 1e-4
+    logits = torch.log(pv.clamp_min(1e-30))
     n_val = max(1, int(0.15 * len(queries)))
     cfg = GdtlConfig(**{**gdtl.__dict__, "mac_budget": budget})
     res = greedy_distill(
@@ -149,6 +158,19 @@ def main() -> int:
         row["agreement_with_verifier"] = round(float((pc.argmax(1) == pv.argmax(1)).mean()), 4)
         row["distil_s"] = round(time.perf_counter() - t0, 1)
         rows[f"mimic: a copy distilled from {n} verified queries"] = row
+        t0 = time.perf_counter()
+        hard = extracted_copy(net, fides, own[:n], cfg.widths, cfg.gdtl, budget, labels_only=True)
+        logits = batched(hard, x, 64)
+        row = _row(fides, logits.softmax(1).numpy(), pv, y)
+        row["agreement_with_verifier"] = round(
+            float((logits.argmax(1).numpy() == pv.argmax(1)).mean()), 4
+        )
+        tuned = {
+            t: _row(fides, (logits / t).softmax(1).numpy(), pv, y)["detection"] for t in HARD_T
+        }
+        row["detection_best_temperature"] = min(tuned.values())
+        row["distil_s"] = round(time.perf_counter() - t0, 1)
+        rows[f"mimic: a copy distilled from the verifier's top-1 labels on {n} queries"] = row
     clean_fp = rows["clean (honest service)"]["detection"]
     mimic = rows["mimic: the verifier's own distribution"]["detection"]
     service_ms = _ms(lambda z: service.probs(z), x)
