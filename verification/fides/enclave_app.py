@@ -7,8 +7,10 @@ kept small and imports no networking; it depends on torch, safetensors and `veri
 
 Bundle (model bytes): 8-byte big-endian length of a canonical JSON config (the verifier net's
 config, task, max_length), the JSON, then the bytes of `verifier.safetensors` exactly as saved
-by `FidesVerifier.save`. Anyone holding the same Fides directory (the client does: it runs the
-detector) rebuilds the same bytes, hence the same model digest and enclave measurement.
+by `FidesVerifier.save`. Anyone holding the same full Fides directory rebuilds the same bytes,
+hence the same model digest and enclave measurement; clients hold the client bundle instead,
+which records that digest but not the weights (`FidesVerifier.save_client`: a service that
+knew the weights could answer with the verifier's own distribution and never be flagged).
 
 Request: images as `IMAGES_MAGIC`, the count N (4 bytes big-endian), then N x 1 x 28 x 28
 little-endian float32 pixels in [0, 1], exactly the bytes of the wire message, so the host and

@@ -4,8 +4,9 @@ Threat model (Fides, Kumar et al. 2023). The service provider is untrusted: it m
 distribution (swap or average top classes, switch labels), feed the service model adversarial
 inputs (FGSM), or answer with a cheaper model. The verification model is trusted: in deployment
 it runs inside an attested enclave on a verifier node and receives the client's original input;
-this class does NOT provide or check that enclave (the `tee` layer does; until it is wired, the
-verifier runs in the caller's process and is only as trustworthy as that process). The detector
+this class does NOT provide or check that enclave (the `tee` layer and `secure_infer.
+fides_client` do; used directly, the verifier runs in the caller's process and is only as
+trustworthy as that process). The detector
 and re-classifier run on the client. Detection is statistical: it errs at the rates measured by
 `bench/integrity.py`, and an attack that leaves the returned distribution statistically close to
 the service model's honest one (e.g. a substitute that agrees closely) can go undetected.
