@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,8 +14,12 @@ from verification.fides.attacks import swap_top2
 from verification.fides.enclave_app import (
     decode_output,
     decode_request,
+    decode_verdicts,
     encode_request,
     image_request,
+    judge_request,
+    prepare_request,
+    request_digest,
     verifier_bundle,
     verifier_handler,
 )
@@ -156,3 +161,46 @@ def test_exported_client_bundle_pins_the_same_measurement(
     weights.write_bytes(bytes(tampered))
     assert published_measurement(client_bundle(full)) == published_measurement(full)
     assert published_measurement(full) != published_measurement(out)
+
+
+def test_verdicts_protocol_never_reveals_the_distribution(
+    tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
+) -> None:
+    """Protocol "verdicts": PREPARE seals the verifier's distribution inside the enclave app;
+    JUDGE opens it only for the request it was made for and returns the verdicts that the
+    client-side `FidesVerifier.judge_columns` would give, and nothing else."""
+    data, out = tiny_mnist
+    path = out.fides.save(tmp_path / "fides")
+    assert verifier_bundle(path, "verdicts") != verifier_bundle(path)
+    handle = verifier_handler(verifier_bundle(path, "verdicts"))
+    x = data.inputs["test"][:24]
+    request = encode_request(x, "image")
+    sealed = handle(prepare_request(request))
+    pv = out.fides.verifier_probs(x)
+    assert pv.numpy().astype("<f4").tobytes() not in sealed  # sealed, not readable
+    ps = swap_top2(batched(out.service, x).softmax(1))
+    want = out.fides.judge_columns(ps, pv)
+    ps_bytes = ps.numpy().astype("<f4").tobytes()
+    reply = handle(judge_request(sealed, request_digest(request), ps_bytes))
+    attacked, recl = decode_verdicts(reply, len(x))
+    assert attacked == want.attacked and recl == want.reclassified_label and any(attacked)
+    assert set(json.loads(reply)) == {"attacked", "reclassified"}  # no scores, no labels
+    with pytest.raises(InvalidInput, match="verdicts only"):
+        handle(request)  # the distribution is never returned
+    other = encode_request(data.inputs["test"][24:48], "image")
+    with pytest.raises(InvalidInput, match="does not open"):
+        handle(judge_request(sealed, request_digest(other), ps_bytes))
+    tampered = bytearray(sealed)
+    tampered[-1] ^= 1
+    with pytest.raises(InvalidInput, match="does not open"):
+        handle(judge_request(bytes(tampered), request_digest(request), ps_bytes))
+    again = verifier_handler(verifier_bundle(path, "verdicts"))  # another enclave, another key
+    with pytest.raises(InvalidInput, match="does not open"):
+        again(judge_request(sealed, request_digest(request), ps_bytes))
+    with pytest.raises(InvalidInput, match="bytes for"):
+        handle(judge_request(sealed, request_digest(request), ps_bytes[:-4]))
+    nan = np.full((len(x), 10), np.nan, dtype="<f4").tobytes()
+    with pytest.raises(InvalidInput):
+        handle(judge_request(sealed, request_digest(request), nan))
+    with pytest.raises(ValueError, match="protocol"):
+        verifier_bundle(path, "everything")

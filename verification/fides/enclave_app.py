@@ -19,11 +19,24 @@ the request's digest, and the client recomputes it from what it sent); or texts 
 `TEXTS_MAGIC` then the UTF-8 of a JSON list of strings. Reply: safetensors with "probs" float32
 (N, C). Malformed requests raise `InvalidInput` inside the enclave (the host sees an enclave
 error).
+
+Protocol "verdicts" (`verifier_bundle(directory, protocol="verdicts")`): the bundle also holds
+the detector, the re-classifier and the threshold, and the enclave NEVER returns the
+verifier's distribution (a client that got it could distil a copy of the verifier and answer
+with it unflagged: bench/fides_mimic.py). Two requests per query batch:
+`PREPARE_MAGIC + <request as above>` returns the distribution SEALED under a key generated
+inside the enclave (AES-256-GCM, bound to the digest of that request: `request_digest`); the
+client cannot read it. `judge_request(sealed, request_digest, service_probs)` returns only the
+verdicts: canonical JSON `{"attacked": [bool], "reclassified": [int | null]}` (no scores, no
+verifier labels). A sealed distribution opens only in the enclave that made it, and only for
+the request it was made for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,23 +53,86 @@ ENTRY = "verification.fides.enclave_app:verifier_handler"
 _LEN = 8
 
 
-def verifier_bundle(directory: str | Path) -> bytes:
-    """The model bytes an enclave loads for the Fides directory `directory` (deterministic)."""
+PROTOCOLS = ("distribution", "verdicts")
+PREPARE_MAGIC = b"FIDES-PREPARE-v1\n"
+JUDGE_MAGIC = b"FIDES-JUDGE-v1\n"
+DIGEST_SIZE = 48  # SHA-384
+_NONCE = 12  # AES-GCM
+_JUDGE_NETS = ("detector", "reclassifier")
+
+
+def verifier_bundle(directory: str | Path, protocol: str = "distribution") -> bytes:
+    """The model bytes an enclave loads for the Fides directory `directory` (deterministic).
+
+    "distribution": the verifier only (the enclave returns its distribution); "verdicts": the
+    verifier, detector, re-classifier and threshold (the enclave returns verdicts only)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     path = Path(directory)
     config = read_json(path / "fides.json")
+    names = ("verifier",) if protocol == "distribution" else ("verifier", *_JUDGE_NETS)
     try:
-        head = {
+        head: dict[str, Any] = {
             "net": config["nets"]["verifier"],
             "task": config["task"],
             "max_length": config["max_length"],
         }
+        if protocol == "verdicts":
+            version = config["format_version"]
+            head.update(
+                {
+                    "protocol": protocol,
+                    "detector": config["nets"]["detector"],
+                    "reclassifier": config["nets"]["reclassifier"],
+                    "threshold": config["threshold"],
+                    "log_floor": config["log_floor"] if version >= 2 else None,
+                    "disagreement_bonus": config["disagreement_bonus"] if version >= 3 else 0.0,
+                }
+            )
     except (KeyError, TypeError) as exc:
         raise ModelFormatError(f"{path / 'fides.json'} is malformed: {exc!r}") from exc
-    weights = path / "verifier.safetensors"
-    if not weights.exists():
-        raise ModelFormatError(f"missing weights file {weights}")
+    blobs = []
+    for name in names:
+        weights = path / f"{name}.safetensors"
+        if not weights.exists():
+            raise ModelFormatError(f"missing weights file {weights}")
+        blobs.append(weights.read_bytes())
+    if protocol == "verdicts":
+        head["sizes"] = [len(b) for b in blobs]
     text = json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
-    return len(text).to_bytes(_LEN, "big") + text + weights.read_bytes()
+    return len(text).to_bytes(_LEN, "big") + text + b"".join(blobs)
+
+
+def request_digest(request: bytes) -> bytes:
+    """The digest a sealed distribution is bound to: SHA-384 of the enclave request (images
+    or texts, as `image_request` / `encode_request` build it)."""
+    return hashlib.sha384(b"secure-infer/fides/request/v1\0" + request).digest()
+
+
+def prepare_request(request: bytes) -> bytes:
+    """The "verdicts" protocol's first call for an enclave request."""
+    return PREPARE_MAGIC + request
+
+
+def judge_request(sealed: bytes, digest: bytes, service_probs: bytes) -> bytes:
+    """The "verdicts" protocol's second call: the sealed distribution, the digest of the request
+    it was made for, and the service's (N, C) distribution as little-endian float32 bytes."""
+    if len(digest) != DIGEST_SIZE:
+        raise InvalidInput(f"request digest must be {DIGEST_SIZE} bytes")
+    return JUDGE_MAGIC + len(sealed).to_bytes(4, "big") + sealed + digest + service_probs
+
+
+def decode_verdicts(data: bytes, n: int) -> tuple[list[bool], list[int | None]]:
+    """(attacked, re-classified labels) from a "verdicts" reply (check its tag or quote first)."""
+    try:
+        obj = json.loads(data)
+        attacked = [bool(a) for a in obj["attacked"]]
+        recl = [None if r is None else int(r) for r in obj["reclassified"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"verdicts are malformed: {exc}") from None
+    if len(attacked) != n or len(recl) != n:
+        raise InvalidInput(f"{len(attacked)} verdicts for {n} inputs")
+    return attacked, recl
 
 
 def _split(bundle: bytes) -> tuple[dict[str, Any], bytes]:
@@ -111,13 +187,26 @@ def decode_output(data: bytes) -> torch.Tensor:
         raise InvalidInput(f"verifier output is malformed: {exc}") from None
 
 
+def _net(config: dict[str, Any], weights: bytes) -> torch.nn.Module:
+    net = build_net(config)
+    net.load_state_dict(load(weights), strict=True)
+    return net.eval()
+
+
 def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
     """Enclave entry point: build the verification model from a bundle; return its handler."""
     torch.set_num_threads(1)
     config, weights = _split(model)
-    net = build_net(config["net"])
-    net.load_state_dict(load(weights), strict=True)
-    net.eval()
+    protocol = config.get("protocol", "distribution")
+    if protocol == "verdicts":
+        sizes = [int(n) for n in config["sizes"]]
+        if len(sizes) != 3 or sum(sizes) != len(weights):
+            raise ModelFormatError("verdicts bundle: weight sizes do not add up")
+        cuts = np.cumsum([0, *sizes]).tolist()
+        blobs = [weights[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        net = _net(config["net"], blobs[0])
+    else:
+        net = _net(config["net"], weights)
     task, max_length = config["task"], int(config["max_length"])
     tokenizer = None
     if task == "text":
@@ -125,7 +214,7 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
 
         tokenizer = load_tokenizer()
 
-    def handle(data: bytes) -> bytes:
+    def probs_of(data: bytes) -> torch.Tensor:
         x = decode_request(data)
         if task == "image" and isinstance(x, list) or task == "text" and not isinstance(x, list):
             raise InvalidInput(f"this verifier takes {task} inputs")
@@ -134,7 +223,61 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
 
             x = tokenize(tokenizer, x, max_length)
         with torch.no_grad():
-            probs = net(x).softmax(1)
-        return save({"probs": probs.float().contiguous()})
+            return net(x).softmax(1).float().contiguous()
+
+    if protocol != "verdicts":
+        return lambda data: save({"probs": probs_of(data)})
+
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from .verifier import LEGACY_LOG_FLOOR, FidesVerifier
+
+    floor = config["log_floor"]
+    judge = FidesVerifier(
+        task,
+        None,
+        _net(config["detector"], blobs[1]),
+        _net(config["reclassifier"], blobs[2]),
+        float(config["threshold"]),
+        log_floor=LEGACY_LOG_FLOOR if floor is None else float(floor),
+        disagreement_bonus=float(config["disagreement_bonus"]),
+        n_classes=int(config["net"]["n_classes"]),
+    )
+    seal = AESGCM(AESGCM.generate_key(bit_length=256))  # never leaves this process
+
+    def handle(data: bytes) -> bytes:
+        if data.startswith(PREPARE_MAGIC):
+            request = data[len(PREPARE_MAGIC) :]
+            pv = probs_of(request).numpy().astype("<f4")
+            nonce = os.urandom(_NONCE)
+            shape = len(pv).to_bytes(4, "big") + pv.shape[1].to_bytes(4, "big")
+            return nonce + seal.encrypt(nonce, shape + pv.tobytes(), request_digest(request))
+        if not data.startswith(JUDGE_MAGIC):
+            raise InvalidInput(
+                "this verifier answers verdicts only (protocol 'verdicts'): PREPARE, then JUDGE"
+            )
+        at = len(JUDGE_MAGIC)
+        n_sealed = int.from_bytes(data[at : at + 4], "big")
+        sealed = data[at + 4 : at + 4 + n_sealed]
+        digest = data[at + 4 + n_sealed : at + 4 + n_sealed + DIGEST_SIZE]
+        ps_bytes = data[at + 4 + n_sealed + DIGEST_SIZE :]
+        if len(sealed) != n_sealed or len(digest) != DIGEST_SIZE or n_sealed <= _NONCE:
+            raise InvalidInput("truncated JUDGE request")
+        try:
+            plain = seal.decrypt(sealed[:_NONCE], sealed[_NONCE:], digest)
+        except InvalidTag:
+            raise InvalidInput(
+                "the sealed distribution does not open: altered, made by another enclave, "
+                "or made for another input"
+            ) from None
+        n, c = int.from_bytes(plain[:4], "big"), int.from_bytes(plain[4:8], "big")
+        pv = np.frombuffer(plain, dtype="<f4", offset=8).reshape(n, c)
+        if len(ps_bytes) != n * c * 4:
+            raise InvalidInput(f"service distribution: {len(ps_bytes)} bytes for ({n}, {c})")
+        ps = np.frombuffer(ps_bytes, dtype="<f4").reshape(n, c)
+        verdicts = judge.judge_columns(ps, pv)  # validates ps (InvalidInput)
+        out = {"attacked": verdicts.attacked, "reclassified": verdicts.reclassified_label}
+        return json.dumps(out, separators=(",", ":")).encode()
 
     return handle
