@@ -53,7 +53,16 @@ from tee import (
 from tee.measurement import NONCE_SIZE
 from tee.session import SESSION_ID_SIZE
 from verification.fides import InvalidInput
-from verification.fides.enclave_app import ENTRY, encode_request, image_request, verifier_bundle
+from verification.fides.enclave_app import (
+    DIGEST_SIZE,
+    ENTRY,
+    PROTOCOLS,
+    encode_request,
+    image_request,
+    judge_request,
+    prepare_request,
+    verifier_bundle,
+)
 from verification.fides.nets import read_json
 from verification.fides.service_model import Classifier, load_classifier
 
@@ -64,6 +73,7 @@ logger = logging.getLogger(__name__)
 HEALTH_NAME = "decentralized.v1.Classify"
 MAX_INPUTS_PER_CALL = 256
 ENCLAVE_KINDS = ("auto", "simulated", "configfs-tsm")
+FIDES_PROTOCOLS = PROTOCOLS
 
 
 def _checked(msg: classify_pb2.Inputs, kind: str, shape: tuple[int, ...]) -> Any:
@@ -123,6 +133,7 @@ class HostedVerifier:
     n_classes: int
     enclave: Enclave
     executor: Executor
+    protocol: str = "distribution"  # or "verdicts" (enclave_app: never reveals the distribution)
 
     def info(self) -> classify_pb2.VerifierInfo:
         simulated = self.enclave.simulated
@@ -142,13 +153,17 @@ class HostedVerifier:
             simulated=simulated,
             measurement=self.enclave.measurement,
             simulated_platform_key=key,
+            protocol=self.protocol,
         )
 
 
-def start_verifier(name: str, directory: Path, enclave_kind: str) -> HostedVerifier:
-    """Start an enclave of `enclave_kind` and load the Fides verifier of `directory` into it."""
+def start_verifier(
+    name: str, directory: Path, enclave_kind: str, protocol: str = "distribution"
+) -> HostedVerifier:
+    """Start an enclave of `enclave_kind` and load the Fides verifier of `directory` into it,
+    for `protocol` ("distribution" or "verdicts", `verification.fides.enclave_app`)."""
     config = read_json(directory / "fides.json")
-    bundle = verifier_bundle(directory)
+    bundle = verifier_bundle(directory, protocol)
     use_tsm = enclave_kind == "configfs-tsm" or (enclave_kind == "auto" and tsm_available())
     enclave: Enclave = ConfigfsTsmEnclave() if use_tsm else SimulatedEnclave()
     if not use_tsm:
@@ -162,13 +177,19 @@ def start_verifier(name: str, directory: Path, enclave_kind: str) -> HostedVerif
     except BaseException:
         enclave.close()
         raise
-    logger.info("Fides verifier %r loaded, measurement %s…", name, measurement.hex()[:16])
+    logger.info(
+        "Fides verifier %r loaded (protocol %s), measurement %s…",
+        name,
+        protocol,
+        measurement.hex()[:16],
+    )
     return HostedVerifier(
         name=name,
         task=str(config["task"]),
         n_classes=int(config["nets"]["verifier"]["n_classes"]),
         enclave=enclave,
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enclave-{name}"),
+        protocol=protocol,
     )
 
 
@@ -270,7 +291,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                 )
             if not session and len(request.nonce) < NONCE_SIZE:
                 raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
-            data = enclave_request(request.inputs, hosted.task)
+            data = verify_data(request, hosted)
             t0 = time.perf_counter()
             if session:
                 result = await self._enclave(
@@ -318,12 +339,48 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         self._executor.shutdown(wait=False)
 
 
+def verify_data(request: classify_pb2.VerifyRequest, hosted: HostedVerifier) -> bytes:
+    """The bytes the enclave runs on for a Verify request (`InvalidRequest` if malformed or in
+    the wrong phase for the verifier's protocol). The client builds the same bytes itself."""
+    phase = request.phase
+    if hosted.protocol == "distribution":
+        if phase != classify_pb2.DISTRIBUTION:
+            raise InvalidRequest(
+                f"verifier {hosted.name!r} returns distributions (protocol 'distribution'): "
+                "phase must be DISTRIBUTION"
+            )
+        return enclave_request(request.inputs, hosted.task)
+    if phase == classify_pb2.PREPARE:
+        return prepare_request(enclave_request(request.inputs, hosted.task))
+    if phase != classify_pb2.JUDGE:
+        raise InvalidRequest(
+            f"verifier {hosted.name!r} answers verdicts only (protocol 'verdicts'): "
+            "send PREPARE, then JUDGE"
+        )
+    if len(request.request_digest) != DIGEST_SIZE:
+        raise InvalidRequest(f"request_digest must be {DIGEST_SIZE} bytes")
+    row = 4 * hosted.n_classes
+    n = len(request.service_probs) // row
+    if not 0 < n <= MAX_INPUTS_PER_CALL or len(request.service_probs) != n * row:
+        raise InvalidRequest(
+            f"service_probs must be 1..{MAX_INPUTS_PER_CALL} rows of {hosted.n_classes} "
+            "little-endian float32"
+        )
+    if not 0 < len(request.sealed) <= n * row + _SEALED_OVERHEAD:
+        raise InvalidRequest("sealed distribution of the wrong size for service_probs")
+    return judge_request(request.sealed, request.request_digest, request.service_probs)
+
+
+_SEALED_OVERHEAD = 12 + 8 + 16  # AES-GCM nonce, (N, C) header, tag
+
+
 def add_classify_servicer(
     server: grpc.aio.Server,
     node: Node,
     classifiers: tuple[tuple[str, str], ...],
     verifiers: tuple[tuple[str, str], ...],
     enclave_kind: str = "auto",
+    fides_protocol: str = "distribution",
 ) -> ClassifyServicer:
     """Load the classifiers, start the verifiers' enclaves, register the service.
 
@@ -332,7 +389,7 @@ def add_classify_servicer(
     hosted: dict[str, HostedVerifier] = {}
     try:
         for name, d in verifiers:
-            hosted[name] = start_verifier(name, Path(d), enclave_kind)
+            hosted[name] = start_verifier(name, Path(d), enclave_kind, fides_protocol)
     except BaseException:
         for h in hosted.values():
             h.enclave.close()

@@ -56,6 +56,7 @@ class NodeSettings:
     fides_verifiers: tuple[tuple[str, str], ...] = ()  # (name, Fides directory) in enclaves
     mpc_classifiers: tuple[tuple[str, str], ...] = ()  # (name, MPCViT checkpoint directory)
     enclave: str = "auto"  # "auto" (configfs-tsm if present, else SIMULATED), "simulated", ...
+    fides_protocol: str = "distribution"  # or "verdicts": enclaves never reveal distributions
     version: str = "0"  # software version advertised in the record
 
 
@@ -163,7 +164,7 @@ class Node:
             self._classify = await loop.run_in_executor(
                 self._executor,
                 lambda: add_classify_servicer(
-                    server, self, s.classifiers, s.fides_verifiers, s.enclave
+                    server, self, s.classifiers, s.fides_verifiers, s.enclave, s.fides_protocol
                 ),
             )
             services.append(CLASSIFY_HEALTH)

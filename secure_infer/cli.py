@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="enclave backend for Fides verifiers (auto: configfs-tsm if present, else "
         "SIMULATED, which is insecure)",
     )
+    run.add_argument(
+        "--fides-protocol",
+        choices=["distribution", "verdicts"],
+        help="what Fides verifiers return: the verifier's distribution (clients judge it; "
+        "the default) or verdicts only (the enclave judges; clients cannot distil the verifier)",
+    )
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     run.add_argument("--data-dir", help="directory of the node identity key")
     run.add_argument("--metrics", help="host:port of the Prometheus endpoint")
@@ -218,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="one enclave quote per session and an HMAC per result (default), or a quote per "
         "request",
     )
+    cls.add_argument(
+        "--protocol",
+        choices=["distribution", "verdicts"],
+        default="distribution",
+        help="the verifiers' Fides protocol (see `node run --fides-protocol`)",
+    )
     cls.add_argument("--json", action="store_true")
     _tls_flags(cls)
 
@@ -272,6 +284,7 @@ def _node_run(args: argparse.Namespace) -> int:
         "fides_verifiers": args.fides_verifier,
         "mpc_classifiers": args.mpc_classifier,
         "enclave": args.enclave,
+        "fides_protocol": args.fides_protocol,
     }
     config = cfg.load(args.config, overrides)
     logs.configure(config.settings.name, config.log_format)
@@ -575,6 +588,7 @@ def _classify(args: argparse.Namespace) -> int:
             verifier=args.verifier,
             allow_simulated=args.allow_simulated,
             attestation=args.attestation,
+            protocol=args.protocol,
         )
     seeds = [s for s in args.seeds.split(",") if s]
     with Client(seeds, tls=_tls(args), insecure_dev=args.insecure_dev) as client:
@@ -588,7 +602,10 @@ def _classify(args: argparse.Namespace) -> int:
         line = f"  [{i}] service label {ex['label']}"
         if "attacked" in ex:
             verdict = "ATTACK FLAGGED" if ex["attacked"] else "ok"
-            line += f"   fides: {verdict} (score {ex['score']:+.2f} vs {ex['threshold']:+.2f})"
+            if ex["score"] is None:  # protocol "verdicts": the enclave reveals only the verdict
+                line += f"   fides: {verdict} (judged in the enclave)"
+            else:
+                line += f"   fides: {verdict} (score {ex['score']:+.2f} vs {ex['threshold']:+.2f})"
             if ex["reclassified"] is not None:
                 line += f" -> re-classified {ex['reclassified']}"
         out.append(line)
@@ -615,10 +632,11 @@ def _fides_export(args: argparse.Namespace) -> int:
     except ModelFormatError as exc:
         sys.stderr.write(f"ModelFormatError: {exc}\n")
         return _EXIT_ERROR
-    sys.stdout.write(
-        f"client bundle written to {out} (no verification model weights)\n"
-        f"enclave measurement clients will pin: {published_measurement(out).hex()}\n"
-    )
+    sys.stdout.write(f"client bundle written to {out} (no verification model weights)\n")
+    for protocol in ("distribution", "verdicts"):
+        pinned = published_measurement(out, protocol)
+        assert pinned is not None  # noqa: S101 - a fresh export records both
+        sys.stdout.write(f"enclave measurement clients pin (protocol {protocol}): {pinned.hex()}\n")
     return 0
 
 

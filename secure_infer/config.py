@@ -143,6 +143,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
         "fides_verifiers",
         "mpc_classifiers",
         "enclave",
+        "fides_protocol",
     }
     if unknown:
         raise ConfigError(f"unknown [node] keys: {', '.join(sorted(unknown))}")
@@ -175,6 +176,13 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
 
     if enclave not in ENCLAVE_KINDS:
         raise ConfigError(f"enclave must be one of {', '.join(ENCLAVE_KINDS)}, got {enclave!r}")
+    fides_protocol = str(node.get("fides_protocol", "distribution"))
+    from decentralized.classify_service import FIDES_PROTOCOLS
+
+    if fides_protocol not in FIDES_PROTOCOLS:
+        raise ConfigError(
+            f"fides_protocol must be one of {', '.join(FIDES_PROTOCOLS)}, got {fides_protocol!r}"
+        )
     if not (spans or mpc_models or classifiers or verifiers or mpc_classifiers):
         raise ConfigError(
             "the node serves nothing: add [[spans]] or --span MODEL:START:END, "
@@ -215,6 +223,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
             fides_verifiers=verifiers,
             mpc_classifiers=mpc_classifiers,
             enclave=enclave,
+            fides_protocol=fides_protocol,
             version=f"secure-infer {__version__}",
         )
     except (TypeError, ValueError) as exc:

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives import serialization
 
 from decentralized.classify_service import enclave_request
@@ -88,7 +89,18 @@ from tee import (
     verify_quote,
 )
 from verification.fides import FidesError, FidesVerifier, InvalidInput
-from verification.fides.enclave_app import ENTRY, decode_output, image_request, verifier_bundle
+from verification.fides.checks import probs_array
+from verification.fides.enclave_app import (
+    ENTRY,
+    PROTOCOLS,
+    decode_output,
+    decode_verdicts,
+    image_request,
+    judge_request,
+    prepare_request,
+    request_digest,
+    verifier_bundle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +144,12 @@ class FidesOptions:
         attestation: "session" (one quote per session, an HMAC per result; the default) or
             "request" (a quote per request); see the module docstring.
         max_session_age_s: re-open (re-attest) a session older than this.
+        protocol: "distribution" (the enclave returns the verifier's distribution and the
+            client judges; the default) or "verdicts" (the enclave judges and returns only the
+            flags and re-classified labels, so that clients, the service's operator among
+            them, cannot distil the verifier from its answers; one more round trip to the
+            enclave after the service answers). Verifier nodes run one or the other
+            (`node run --fides-protocol`); the client bundle pins both measurements.
     """
 
     bundle: Path
@@ -145,10 +163,13 @@ class FidesOptions:
     timeout_s: float = 30.0
     attestation: str = "session"
     max_session_age_s: float = 300.0
+    protocol: str = "distribution"
 
     def __post_init__(self) -> None:
         if self.attestation not in ATTESTATIONS:
             raise InvalidRequest(f"attestation must be one of {ATTESTATIONS}")
+        if self.protocol not in PROTOCOLS:
+            raise InvalidRequest(f"protocol must be one of {PROTOCOLS}")
         if self.max_session_age_s <= 0:
             raise InvalidRequest("max_session_age_s must be positive")
 
@@ -169,7 +190,8 @@ class FidesChecker:
                 "knows the verifier's weights can evade Fides",
                 bundle,
             )
-        self.measurement = _measurement(self.fides, bundle)
+        self.measurements = {p: _measurement(self.fides, bundle, p) for p in PROTOCOLS}
+        self.measurement = self.measurements["distribution"]
         self.nonces = NonceStore()
         # (verifier node address, verifier name, acceptance rules) -> open session: a session
         # is reused only under the rules its opening quote was checked against
@@ -195,19 +217,24 @@ class FidesChecker:
             self._sessions.pop(key, None)
 
 
-def published_measurement(bundle: Path) -> bytes:
+def published_measurement(bundle: Path, protocol: str = "distribution") -> bytes | None:
     """The enclave measurement a verifier node must report for the Fides directory `bundle`
     (a full bundle: computed from the verifier's weights; a client bundle: from the model
     digest it records)."""
-    return _measurement(FidesVerifier.load(bundle), bundle)
+    return _measurement(FidesVerifier.load(bundle), bundle, protocol)
 
 
-def _measurement(fides: FidesVerifier, bundle: Path) -> bytes:
+def _measurement(fides: FidesVerifier, bundle: Path, protocol: str) -> bytes | None:
+    """None when a client bundle predates protocol "verdicts" (it records no digest for it)."""
     if fides.client_only:
-        assert fides.verifier_model_digest is not None  # noqa: S101 - client bundles carry it
-        model = bytes.fromhex(fides.verifier_model_digest)
+        digest = fides.verdicts_model_digest
+        if protocol == "distribution":
+            digest = fides.verifier_model_digest
+        if digest is None:
+            return None
+        model = bytes.fromhex(digest)
     else:
-        model = model_digest(verifier_bundle(bundle))
+        model = model_digest(verifier_bundle(bundle, protocol))
     return enclave_measurement(code_digest(CodeRef.parse(ENTRY)), model)
 
 
@@ -221,7 +248,11 @@ def export_client_bundle(full: Path, out: Path) -> Path:
     fides = FidesVerifier.load(full)
     if fides.client_only:
         raise InvalidRequest(f"{full} is already a client bundle")
-    return fides.save_client(out, model_digest(verifier_bundle(full)).hex())
+    return fides.save_client(
+        out,
+        model_digest(verifier_bundle(full)).hex(),
+        model_digest(verifier_bundle(full, "verdicts")).hex(),
+    )
 
 
 def client_bundle(full: Path) -> Path:
@@ -234,6 +265,8 @@ def client_bundle(full: Path) -> Path:
         same = (
             current.client_only
             and current.verifier_model_digest == wanted
+            and current.verdicts_model_digest
+            == model_digest(verifier_bundle(full, "verdicts")).hex()
             and all(
                 (out / f"{n}.safetensors").read_bytes() == (full / f"{n}.safetensors").read_bytes()
                 for n in ("detector", "reclassifier")
@@ -261,11 +294,21 @@ def classify_fides(
     """See the module docstring; raises `tee.AttestationError` subclasses on a bad quote."""
     t0 = time.perf_counter()
     vname = options.verifier or model
+    if checker.measurements[options.protocol] is None:
+        raise InvalidRequest(
+            f"the client bundle {options.bundle} records no measurement for protocol "
+            f"{options.protocol!r}: export it again (secure-infer fides export-client)"
+        )
     service = catalog.pick(
         lambda n: n.classifier(model) is not None, f"classifier {model!r}", options.service_node
     )
     verifier = catalog.pick(
-        lambda n: n.verifier(vname) is not None, f"Fides verifier {vname!r}", options.verifier_node
+        lambda n: (
+            (v := n.verifier(vname)) is not None
+            and (v.protocol or "distribution") == options.protocol
+        ),
+        f"Fides verifier {vname!r} (protocol {options.protocol!r})",
+        options.verifier_node,
     )
     info, vinfo = service.classifier(model), verifier.verifier(vname)
     assert info is not None and vinfo is not None  # noqa: S101 - picked for them
@@ -274,12 +317,14 @@ def classify_fides(
             f"verifier {vname!r} ({vinfo.task}, {vinfo.n_classes} classes) does not match "
             f"classifier {model!r} ({info.input_kind}, {len(info.labels)} classes)"
         )
+    verdicts = options.protocol == "verdicts"
     wire = encode_inputs(inputs, info.input_kind)
     n = count(wire)
     channel = mesh.channel(verifier.address, verifier.name)
     key = (verifier.address, vname, _acceptance(options))
     session: AttestedSession | None = None
     nonce = b""
+    pinning = ""
     if options.attestation == "session":
         session, pinning = _session(channel, key, options, vinfo, checker, catalog)
     else:
@@ -290,12 +335,40 @@ def classify_fides(
     sent = time.perf_counter()
     done: dict[str, float] = {}
 
-    def verify_request() -> classify_pb2.VerifyRequest:
+    def verify_request(**fields: Any) -> classify_pb2.VerifyRequest:
         if session is None:
-            return classify_pb2.VerifyRequest(verifier=vname, inputs=wire, nonce=nonce)
+            return classify_pb2.VerifyRequest(verifier=vname, nonce=nonce, **fields)
         return classify_pb2.VerifyRequest(
-            verifier=vname, inputs=wire, session_id=session.session_id, seq=session.next_seq()
+            verifier=vname, session_id=session.session_id, seq=session.next_seq(), **fields
         )
+
+    def first_request() -> classify_pb2.VerifyRequest:
+        phase = classify_pb2.PREPARE if verdicts else classify_pb2.DISTRIBUTION
+        return verify_request(inputs=wire, phase=phase)
+
+    def attest(
+        reply: classify_pb2.VerifyReply, request: classify_pb2.VerifyRequest, data: bytes
+    ) -> VerifiedQuote:
+        """Check the quote or session tag binding `data` (built by this client) to the output."""
+        nonlocal pinning
+        try:
+            if session is None:
+                verified, pinning = _check_quote(
+                    reply, request.nonce, data, options, vinfo, checker
+                )
+                return verified
+            session.check(
+                seq=request.seq,
+                answered_seq=reply.seq,
+                data=data,
+                output=reply.output,
+                tag=reply.tag,
+            )
+            return session.quote
+        except AttestationError:
+            checker.drop(key)
+            catalog.forget(verifier.address)  # ask again next time (e.g. a restarted node)
+            raise
 
     f_service = start(
         mesh.channel(service.address, service.name),
@@ -303,17 +376,18 @@ def classify_fides(
         classify_pb2.ClassifyRequest(model=model, inputs=wire),
         options.timeout_s,
     )
-    request = verify_request()
+    request = first_request()
     f_verify = start(channel, "Verify", request, options.timeout_s)
     f_verify.add_done_callback(lambda _: done.setdefault("verifier", time.perf_counter()))
     f_service.add_done_callback(lambda _: done.setdefault("service", time.perf_counter()))
+    pv = None
     try:
         try:
             vreply = wait(f_verify, "Verify", catalog, verifier.address)
         except SessionMismatch:  # the enclave no longer holds the session (restart, eviction)
             checker.drop(key)
             session, pinning = _session(channel, key, options, vinfo, checker, catalog)
-            request = verify_request()
+            request = first_request()
             vreply = call(channel, "Verify", request, options.timeout_s)
         t_check = time.perf_counter()
         # What the enclave must have run on, computed from what this client sent (after the
@@ -324,28 +398,14 @@ def classify_fides(
             if vinfo.task == "image"
             else enclave_request(wire, vinfo.task)
         )
-        try:
-            if session is None:
-                verified, pinning = _check_quote(vreply, nonce, data, options, vinfo, checker)
-            else:
-                session.check(
-                    seq=request.seq,
-                    answered_seq=vreply.seq,
-                    data=data,
-                    output=vreply.output,
-                    tag=vreply.tag,
-                )
-                verified = session.quote
-        except AttestationError:
-            checker.drop(key)
-            catalog.forget(verifier.address)  # ask again next time (e.g. a restarted node)
-            raise
-        try:
-            pv = decode_output(vreply.output)  # attested: the enclave's own output
-            if len(pv) != n:
-                raise InvalidInput(f"verifier answered {len(pv)} rows for {n} inputs")
-        except InvalidInput as exc:
-            raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
+        verified = attest(vreply, request, prepare_request(data) if verdicts else data)
+        if not verdicts:
+            try:
+                pv = decode_output(vreply.output)  # attested: the enclave's own output
+                if len(pv) != n:
+                    raise InvalidInput(f"verifier answered {len(pv)} rows for {n} inputs")
+            except InvalidInput as exc:
+                raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
         check_s = time.perf_counter() - t_check
         reply = wait(f_service, "Classify", catalog, service.address)
     finally:  # no-ops when done; stop waiting on the other node after a bad answer
@@ -354,25 +414,63 @@ def classify_fides(
     t_judge = time.perf_counter()
     probs = decode_probs(reply, n)
     try:
-        judged = checker.fides.judge_columns(probs, pv)
+        if pv is not None:
+            judged = checker.fides.judge_columns(probs, pv)
+            columns = (
+                judged.attacked,
+                judged.score,
+                judged.threshold,
+                judged.verifier_label,
+                judged.reclassified_label,
+            )
+        else:
+            probs_array(probs, checker.fides.n_classes, n_rows=n)  # the service's, validated
     except InvalidInput as exc:
         raise PeerMisbehaved(f"service node {service.name} answered garbage: {exc}") from None
+    if pv is None:  # protocol "verdicts": the enclave judges the service's answer
+        sealed, digest = vreply.output, request_digest(data)
+        service_probs = np.ascontiguousarray(probs, dtype="<f4").tobytes()
+        judge = verify_request(
+            phase=classify_pb2.JUDGE,
+            sealed=sealed,
+            request_digest=digest,
+            service_probs=service_probs,
+        )
+        try:
+            jreply = call(channel, "Verify", judge, options.timeout_s)
+        except SessionMismatch:  # re-open; the sealed blob stays valid in the same enclave
+            checker.drop(key)
+            session, pinning = _session(channel, key, options, vinfo, checker, catalog)
+            judge = verify_request(
+                phase=classify_pb2.JUDGE,
+                sealed=sealed,
+                request_digest=digest,
+                service_probs=service_probs,
+            )
+            jreply = call(channel, "Verify", judge, options.timeout_s)
+        verified = attest(jreply, judge, judge_request(sealed, digest, service_probs))
+        try:
+            attacked, recl = decode_verdicts(jreply.output, n)
+        except InvalidInput as exc:
+            raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
+        columns = (attacked, [None] * n, None, [None] * n, recl)
     check_s += time.perf_counter() - t_judge
+    attacked_col, score_col, threshold, verifier_col, recl_col = columns
     checks = tuple(
         FidesCheck(
             service_label=s,
             attacked=a,
             score=sc,
-            threshold=judged.threshold,
+            threshold=threshold,
             verifier_label=v,
             reclassified_label=r,
         )
         for a, sc, s, v, r in zip(
-            judged.attacked,
-            judged.score,
-            judged.service_label,
-            judged.verifier_label,
-            judged.reclassified_label,
+            attacked_col,
+            score_col,
+            probs.argmax(1).tolist(),
+            verifier_col,
+            recl_col,
             strict=True,
         )
     )
@@ -401,10 +499,12 @@ def classify_fides(
             "verifier_s": done.get("verifier", sent) - sent,
             "check_s": check_s,
         },
-        privacy=fides_privacy(channel_label, service.name, verifier.name, verified.simulated),
+        privacy=fides_privacy(
+            channel_label, service.name, verifier.name, verified.simulated, options.protocol
+        ),
         verify="fides",
         checks=checks,
-        verifier_probs=pv.numpy(),
+        verifier_probs=None if pv is None else pv.numpy(),
         quote=summary,
         threat_model=THREAT_MODEL,
     )
@@ -418,7 +518,7 @@ def _policy(
     keys, pinning = _simulated_keys(options, vinfo)
     policy = Policy(
         allowed_launch_measurements=options.allowed_launch_measurements,
-        allowed_code_measurements=frozenset({checker.measurement}),
+        allowed_code_measurements=frozenset({checker.measurements[options.protocol]}),
         allow_simulated=options.allow_simulated,
     )
     trust = TrustAnchors(
@@ -436,6 +536,7 @@ def _acceptance(options: FidesOptions) -> bytes:
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     trust = options.trust
     parts = [
+        options.protocol.encode(),
         b"simulated" if options.allow_simulated else b"hardware only",
         *sorted(options.simulated_keys),
         *sorted(options.allowed_launch_measurements or ()),
@@ -527,7 +628,9 @@ def _simulated_keys(options: FidesOptions, vinfo: classify_pb2.VerifierInfo) -> 
     return (), "pinned vendor roots (TrustAnchors)"
 
 
-def fides_privacy(channel: str, service: str, verifier: str, simulated: bool) -> Privacy:
+def fides_privacy(
+    channel: str, service: str, verifier: str, simulated: bool, protocol: str = "distribution"
+) -> Privacy:
     """What each node saw in a `verify="fides"` classification."""
     tee = (
         "a SIMULATED enclave (INSECURE: its host sees and could alter everything)"
@@ -541,7 +644,12 @@ def fides_privacy(channel: str, service: str, verifier: str, simulated: bool) ->
         node_views=(
             f"service node {service} saw every input and its own output distribution",
             f"verifier node {verifier} saw every input in the clear before handing it to {tee}, "
-            "and the verification model's output",
+            + (
+                "and the verification model's output"
+                if protocol == "distribution"
+                else "the service's output distribution, and the verdicts (the verification "
+                "model's output stayed sealed in the enclave)"
+            ),
         ),
         caveats=(
             "no confidentiality of inputs: use privacy='he' or 'mpc' for that",

@@ -199,9 +199,10 @@ class FidesCheck:
 
     service_label: int  # top-1 of the distribution the service node returned
     attacked: bool  # detector score > threshold
-    score: float  # detector logit
-    threshold: float  # calibrated on clean traffic (<= 2 % false positives there)
-    verifier_label: int  # top-1 of the enclave's verification model
+    # None under protocol "verdicts" (the enclave judges and reveals only the verdict):
+    score: float | None  # detector logit
+    threshold: float | None  # calibrated on clean traffic (<= 2 % false positives there)
+    verifier_label: int | None  # top-1 of the enclave's verification model
     reclassified_label: int | None  # the re-classifier's estimate of the honest class if attacked
 
     @property

@@ -24,35 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x65\x63\x65ntralized/v1/classify.proto\x12\x10\x64\x65\x63\x65ntralized.v1\"\x13\n\x11ListModelsRequest\"u\n\x0e\x43lassifierInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ninput_kind\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\r\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\"\x97\x01\n\x0cVerifierInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x11\n\tn_classes\x18\x03 \x01(\r\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x11\n\tsimulated\x18\x05 \x01(\x08\x12\x13\n\x0bmeasurement\x18\x06 \x01(\x0c\x12\x1e\n\x16simulated_platform_key\x18\x07 \x01(\x0c\"\x98\x01\n\x0fListModelsReply\x12\x35\n\x0b\x63lassifiers\x18\x01 \x03(\x0b\x32 .decentralized.v1.ClassifierInfo\x12\x31\n\tverifiers\x18\x02 \x03(\x0b\x32\x1e.decentralized.v1.VerifierInfo\x12\x1b\n\x13max_inputs_per_call\x18\x03 \x01(\r\"6\n\x06Inputs\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06images\x18\x02 \x01(\x0c\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"J\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06inputs\x18\x02 \x01(\x0b\x32\x18.decentralized.v1.Inputs\"k\n\rClassifyReply\x12\r\n\x05probs\x18\x01 \x01(\x0c\x12\x11\n\tn_classes\x18\x02 \x01(\r\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x05 \x01(\t\"{\n\rVerifyRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12(\n\x06inputs\x18\x02 \x01(\x0b\x32\x18.decentralized.v1.Inputs\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\x12\x0b\n\x03seq\x18\x05 \x01(\x04\"o\n\x0bVerifyReply\x12\x0e\n\x06output\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0b\n\x03tag\x18\x05 \x01(\x0c\x12\x0b\n\x03seq\x18\x06 \x01(\x04\"P\n\x16\x41ttestedSessionRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12\x15\n\rclient_public\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"J\n\x14\x41ttestedSessionReply\x12\r\n\x05offer\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t2\xdb\x02\n\x08\x43lassify\x12T\n\nListModels\x12#.decentralized.v1.ListModelsRequest\x1a!.decentralized.v1.ListModelsReply\x12N\n\x08\x43lassify\x12!.decentralized.v1.ClassifyRequest\x1a\x1f.decentralized.v1.ClassifyReply\x12H\n\x06Verify\x12\x1f.decentralized.v1.VerifyRequest\x1a\x1d.decentralized.v1.VerifyReply\x12_\n\x0bOpenSession\x12(.decentralized.v1.AttestedSessionRequest\x1a&.decentralized.v1.AttestedSessionReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x65\x63\x65ntralized/v1/classify.proto\x12\x10\x64\x65\x63\x65ntralized.v1\"\x13\n\x11ListModelsRequest\"u\n\x0e\x43lassifierInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ninput_kind\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\r\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\"\xa9\x01\n\x0cVerifierInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x11\n\tn_classes\x18\x03 \x01(\r\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x11\n\tsimulated\x18\x05 \x01(\x08\x12\x13\n\x0bmeasurement\x18\x06 \x01(\x0c\x12\x1e\n\x16simulated_platform_key\x18\x07 \x01(\x0c\x12\x10\n\x08protocol\x18\x08 \x01(\t\"\x98\x01\n\x0fListModelsReply\x12\x35\n\x0b\x63lassifiers\x18\x01 \x03(\x0b\x32 .decentralized.v1.ClassifierInfo\x12\x31\n\tverifiers\x18\x02 \x03(\x0b\x32\x1e.decentralized.v1.VerifierInfo\x12\x1b\n\x13max_inputs_per_call\x18\x03 \x01(\r\"6\n\x06Inputs\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06images\x18\x02 \x01(\x0c\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"J\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06inputs\x18\x02 \x01(\x0b\x32\x18.decentralized.v1.Inputs\"k\n\rClassifyReply\x12\r\n\x05probs\x18\x01 \x01(\x0c\x12\x11\n\tn_classes\x18\x02 \x01(\r\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x05 \x01(\t\"\xe2\x01\n\rVerifyRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12(\n\x06inputs\x18\x02 \x01(\x0b\x32\x18.decentralized.v1.Inputs\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12&\n\x05phase\x18\x06 \x01(\x0e\x32\x17.decentralized.v1.Phase\x12\x0e\n\x06sealed\x18\x07 \x01(\x0c\x12\x16\n\x0erequest_digest\x18\x08 \x01(\x0c\x12\x15\n\rservice_probs\x18\t \x01(\x0c\"o\n\x0bVerifyReply\x12\x0e\n\x06output\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0b\n\x03tag\x18\x05 \x01(\x0c\x12\x0b\n\x03seq\x18\x06 \x01(\x04\"P\n\x16\x41ttestedSessionRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12\x15\n\rclient_public\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"J\n\x14\x41ttestedSessionReply\x12\r\n\x05offer\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t*1\n\x05Phase\x12\x10\n\x0c\x44ISTRIBUTION\x10\x00\x12\x0b\n\x07PREPARE\x10\x01\x12\t\n\x05JUDGE\x10\x02\x32\xdb\x02\n\x08\x43lassify\x12T\n\nListModels\x12#.decentralized.v1.ListModelsRequest\x1a!.decentralized.v1.ListModelsReply\x12N\n\x08\x43lassify\x12!.decentralized.v1.ClassifyRequest\x1a\x1f.decentralized.v1.ClassifyReply\x12H\n\x06Verify\x12\x1f.decentralized.v1.VerifyRequest\x1a\x1d.decentralized.v1.VerifyReply\x12_\n\x0bOpenSession\x12(.decentralized.v1.AttestedSessionRequest\x1a&.decentralized.v1.AttestedSessionReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'decentralized.v1.classify_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PHASE']._serialized_start=1261
+  _globals['_PHASE']._serialized_end=1310
   _globals['_LISTMODELSREQUEST']._serialized_start=53
   _globals['_LISTMODELSREQUEST']._serialized_end=72
   _globals['_CLASSIFIERINFO']._serialized_start=74
   _globals['_CLASSIFIERINFO']._serialized_end=191
   _globals['_VERIFIERINFO']._serialized_start=194
-  _globals['_VERIFIERINFO']._serialized_end=345
-  _globals['_LISTMODELSREPLY']._serialized_start=348
-  _globals['_LISTMODELSREPLY']._serialized_end=500
-  _globals['_INPUTS']._serialized_start=502
-  _globals['_INPUTS']._serialized_end=556
-  _globals['_CLASSIFYREQUEST']._serialized_start=558
-  _globals['_CLASSIFYREQUEST']._serialized_end=632
-  _globals['_CLASSIFYREPLY']._serialized_start=634
-  _globals['_CLASSIFYREPLY']._serialized_end=741
-  _globals['_VERIFYREQUEST']._serialized_start=743
-  _globals['_VERIFYREQUEST']._serialized_end=866
-  _globals['_VERIFYREPLY']._serialized_start=868
-  _globals['_VERIFYREPLY']._serialized_end=979
-  _globals['_ATTESTEDSESSIONREQUEST']._serialized_start=981
-  _globals['_ATTESTEDSESSIONREQUEST']._serialized_end=1061
-  _globals['_ATTESTEDSESSIONREPLY']._serialized_start=1063
-  _globals['_ATTESTEDSESSIONREPLY']._serialized_end=1137
-  _globals['_CLASSIFY']._serialized_start=1140
-  _globals['_CLASSIFY']._serialized_end=1487
+  _globals['_VERIFIERINFO']._serialized_end=363
+  _globals['_LISTMODELSREPLY']._serialized_start=366
+  _globals['_LISTMODELSREPLY']._serialized_end=518
+  _globals['_INPUTS']._serialized_start=520
+  _globals['_INPUTS']._serialized_end=574
+  _globals['_CLASSIFYREQUEST']._serialized_start=576
+  _globals['_CLASSIFYREQUEST']._serialized_end=650
+  _globals['_CLASSIFYREPLY']._serialized_start=652
+  _globals['_CLASSIFYREPLY']._serialized_end=759
+  _globals['_VERIFYREQUEST']._serialized_start=762
+  _globals['_VERIFYREQUEST']._serialized_end=988
+  _globals['_VERIFYREPLY']._serialized_start=990
+  _globals['_VERIFYREPLY']._serialized_end=1101
+  _globals['_ATTESTEDSESSIONREQUEST']._serialized_start=1103
+  _globals['_ATTESTEDSESSIONREQUEST']._serialized_end=1183
+  _globals['_ATTESTEDSESSIONREPLY']._serialized_start=1185
+  _globals['_ATTESTEDSESSIONREPLY']._serialized_end=1259
+  _globals['_CLASSIFY']._serialized_start=1313
+  _globals['_CLASSIFY']._serialized_end=1660
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DISTRIBUTION: _ClassVar[Phase]
+    PREPARE: _ClassVar[Phase]
+    JUDGE: _ClassVar[Phase]
+DISTRIBUTION: Phase
+PREPARE: Phase
+JUDGE: Phase
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -27,7 +37,7 @@ class ClassifierInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., input_kind: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., arch: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class VerifierInfo(_message.Message):
-    __slots__ = ("name", "task", "n_classes", "platform", "simulated", "measurement", "simulated_platform_key")
+    __slots__ = ("name", "task", "n_classes", "platform", "simulated", "measurement", "simulated_platform_key", "protocol")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     N_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +45,7 @@ class VerifierInfo(_message.Message):
     SIMULATED_FIELD_NUMBER: _ClassVar[int]
     MEASUREMENT_FIELD_NUMBER: _ClassVar[int]
     SIMULATED_PLATFORM_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     n_classes: int
@@ -42,7 +53,8 @@ class VerifierInfo(_message.Message):
     simulated: bool
     measurement: bytes
     simulated_platform_key: bytes
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., platform: _Optional[str] = ..., simulated: _Optional[bool] = ..., measurement: _Optional[bytes] = ..., simulated_platform_key: _Optional[bytes] = ...) -> None: ...
+    protocol: str
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., platform: _Optional[str] = ..., simulated: _Optional[bool] = ..., measurement: _Optional[bytes] = ..., simulated_platform_key: _Optional[bytes] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class ListModelsReply(_message.Message):
     __slots__ = ("classifiers", "verifiers", "max_inputs_per_call")
@@ -87,18 +99,26 @@ class ClassifyReply(_message.Message):
     def __init__(self, probs: _Optional[bytes] = ..., n_classes: _Optional[int] = ..., compute_s: _Optional[float] = ..., node_id: _Optional[str] = ..., model_digest: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("verifier", "inputs", "nonce", "session_id", "seq")
+    __slots__ = ("verifier", "inputs", "nonce", "session_id", "seq", "phase", "sealed", "request_digest", "service_probs")
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_PROBS_FIELD_NUMBER: _ClassVar[int]
     verifier: str
     inputs: Inputs
     nonce: bytes
     session_id: bytes
     seq: int
-    def __init__(self, verifier: _Optional[str] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ..., nonce: _Optional[bytes] = ..., session_id: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+    phase: Phase
+    sealed: bytes
+    request_digest: bytes
+    service_probs: bytes
+    def __init__(self, verifier: _Optional[str] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ..., nonce: _Optional[bytes] = ..., session_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sealed: _Optional[bytes] = ..., request_digest: _Optional[bytes] = ..., service_probs: _Optional[bytes] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
     __slots__ = ("output", "quote_json", "compute_s", "node_id", "tag", "seq")

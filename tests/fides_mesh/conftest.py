@@ -84,6 +84,14 @@ def mesh(
                 *("--enclave", "simulated"),
             ),
         ),
+        NodeSpec(  # protocol "verdicts": the enclave judges, never reveals distributions
+            name="judge",
+            extra_args=(
+                *("--fides-verifier", f"mnist={fides}"),
+                *("--fides-protocol", "verdicts"),
+                *("--enclave", "simulated"),
+            ),
+        ),
         NodeSpec(
             name="service",
             extra_args=(

@@ -242,6 +242,79 @@ def test_bad_inputs_get_typed_errors_and_the_nodes_keep_serving(
     assert len(res.checks) == 4 and all(n.alive for n in mesh.nodes.values())
 
 
+def test_verdicts_protocol_judges_in_the_enclave_and_reveals_no_distribution(
+    client: Client,
+    mesh: LocalMesh,
+    options: FidesOptions,
+    artefacts: Path,
+    test_images: torch.Tensor,
+    honest: np.ndarray,
+) -> None:
+    """Protocol "verdicts": the verdicts equal what the client would have judged itself from
+    the verifier's distribution, which the client never sees; attacks are still flagged and
+    re-classified; the node refuses to hand out distributions."""
+    opts = dataclasses.replace(options, protocol="verdicts", verifier_node=None)
+    x = test_images.numpy()
+    local = FidesVerifier.load(artefacts / "fides")
+    for model, service in (("mnist", "service"), ("mnist@swap_top2", "attacker")):
+        res = client.classify(
+            model, x, verify="fides", fides=dataclasses.replace(opts, verifier="mnist")
+        )
+        assert res.node_name == service and res.quote is not None
+        assert res.quote.verifier_node == "judge" and res.verifier_probs is None
+        assert all(c.score is None and c.verifier_label is None for c in res.checks)
+        want = local.verify(x, res.probs)  # the same nets and threshold, run locally
+        assert [c.attacked for c in res.checks] == [v.attacked for v in want]
+        assert [c.reclassified_label for c in res.checks] == [v.reclassified_label for v in want]
+        flagged = np.mean([c.attacked for c in res.checks])
+        assert flagged <= 0.1 if service == "service" else flagged >= 0.4, (model, flagged)
+    assert res.quote.measurement == published_measurement(options.bundle, "verdicts").hex()
+    assert res.quote.measurement != published_measurement(options.bundle).hex()
+    assert "stayed sealed in the enclave" in " ".join(res.privacy.node_views)
+    again = client.classify("mnist", x[:3], verify="fides", fides=opts)  # session reused
+    assert len(again.checks) == 3
+    # a client insisting on distributions finds no such verifier on the judge node
+    wants_distribution = dataclasses.replace(options, verifier_node="judge")
+    with pytest.raises(UnknownModel):
+        client.classify("mnist", x[:2], verify="fides", fides=wants_distribution)
+    node = mesh.nodes["judge"]
+    with sync_channel(node.address, credentials(mesh.client_tls(), False), "judge") as channel:
+        stub = classify_pb2_grpc.ClassifyStub(channel)
+        info = stub.ListModels(classify_pb2.ListModelsRequest(), timeout=10).verifiers[0]
+        assert info.protocol == "verdicts"
+        inputs = classify_pb2.Inputs(images=x[:2].tobytes(), count=2)
+        for request in (
+            classify_pb2.VerifyRequest(verifier="mnist", inputs=inputs, nonce=os.urandom(32)),
+            classify_pb2.VerifyRequest(
+                verifier="mnist",
+                nonce=os.urandom(32),
+                phase=classify_pb2.JUDGE,
+                sealed=b"x" * 64,
+                request_digest=b"d" * 48,
+                service_probs=b"\0" * 7,
+            ),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Verify(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        # a JUDGE whose sealed blob does not open fails inside the enclave; the node lives on
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Verify(
+                classify_pb2.VerifyRequest(
+                    verifier="mnist",
+                    nonce=os.urandom(32),
+                    phase=classify_pb2.JUDGE,
+                    sealed=b"x" * 64,
+                    request_digest=b"d" * 48,
+                    service_probs=np.full((2, 10), 0.1, "<f4").tobytes(),
+                ),
+                timeout=10,
+            )
+        assert err.value.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+        assert "does not open" in err.value.details()  # type: ignore[attr-defined]
+    assert len(client.classify("mnist", x[:2], verify="fides", fides=opts).checks) == 2
+
+
 def test_cli_prints_the_verdict_and_the_simulated_tee(
     mesh: LocalMesh,
     artefacts: Path,

@@ -34,6 +34,8 @@ def test_toml_with_flag_overrides(tmp_path: Path) -> None:
     assert cfg.settings.spans == (("all-MiniLM-L6-v2", 0, 3),)
     assert cfg.tls is not None and cfg.tls.ca_cert == tmp_path / "certs/ca.crt"
     assert cfg.data_dir == tmp_path / "node-a"
+    assert cfg.settings.fides_protocol == "distribution"
+    assert load(path, {"fides_protocol": "verdicts"}).settings.fides_protocol == "verdicts"
     cfg = load(path, {"spans": [("SmolLM2-135M-Instruct", 10, 20)], "seeds": "a:1,b:2"})
     assert cfg.settings.spans == (("SmolLM2-135M-Instruct", 10, 20),)
     assert cfg.settings.seeds == ("a:1", "b:2")
@@ -47,6 +49,7 @@ def test_toml_with_flag_overrides(tmp_path: Path) -> None:
         ({"insecure_dev": True, "listen": "0.0.0.0:7001"}, "only on loopback"),
         ({"bogus": 1}, "unknown \\[node\\] keys: bogus"),
         ({"heartbeat_s": 10.0}, "heartbeat_s < dead_after_s"),
+        ({"fides_protocol": "everything"}, "fides_protocol must be one of distribution, verdicts"),
     ],
 )
 def test_invalid_configs(tmp_path: Path, overrides: dict[str, object], message: str) -> None:

@@ -115,6 +115,7 @@ class FidesVerifier:
         disagreement_bonus: float = DISAGREEMENT_BONUS,
         n_classes: int | None = None,
         verifier_model_digest: str | None = None,
+        verdicts_model_digest: str | None = None,
     ) -> None:
         """`verifier` None makes a client-side instance (a client bundle): it judges
         distributions computed elsewhere and cannot run the verification model itself; it then
@@ -131,6 +132,7 @@ class FidesVerifier:
         self.threshold = float(threshold)
         self.n_classes = int(n_classes if verifier is None else verifier.config["n_classes"])
         self.verifier_model_digest = verifier_model_digest
+        self.verdicts_model_digest = verdicts_model_digest
         self.metadata = dict(metadata or {})
         self.max_length = max_length
         self.log_floor = float(log_floor)  # the detector's feature floor (`GanConfig.log_floor`)
@@ -248,14 +250,21 @@ class FidesVerifier:
         write_json(path / "fides.json", config)
         return path
 
-    def save_client(self, directory: str | Path, verifier_model_digest: str) -> Path:
+    def save_client(
+        self,
+        directory: str | Path,
+        verifier_model_digest: str,
+        verdicts_model_digest: str | None = None,
+    ) -> Path:
         """Write the CLIENT bundle into `directory` (created): detector, re-classifier,
         threshold, and `verifier_model_digest` (hex, the enclave model digest of the full
-        bundle, which a client pins); no verification model weights."""
-        if len(verifier_model_digest) != 96 or not all(
-            c in "0123456789abcdef" for c in verifier_model_digest
-        ):
-            raise ValueError("verifier_model_digest must be 96 lower-case hex digits (SHA-384)")
+        bundle, which a client pins) and, for protocol "verdicts", `verdicts_model_digest`;
+        no verification model weights."""
+        for digest in (verifier_model_digest, verdicts_model_digest):
+            if digest is not None and (
+                len(digest) != 96 or not all(c in "0123456789abcdef" for c in digest)
+            ):
+                raise ValueError("model digests must be 96 lower-case hex digits (SHA-384)")
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         if (path / "verifier.safetensors").exists():
@@ -266,6 +275,7 @@ class FidesVerifier:
             "task": self.task,
             "n_classes": self.n_classes,
             "verifier_model_digest": verifier_model_digest,
+            "verdicts_model_digest": verdicts_model_digest,
             "threshold": self.threshold,
             "max_length": self.max_length,
             "log_floor": self.log_floor,
@@ -300,6 +310,7 @@ class FidesVerifier:
                 disagreement_bonus=float(config["disagreement_bonus"]) if version >= 3 else 0.0,
                 n_classes=int(config["n_classes"]) if client else None,
                 verifier_model_digest=str(config["verifier_model_digest"]) if client else None,
+                verdicts_model_digest=config.get("verdicts_model_digest") if client else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFormatError(f"{path / 'fides.json'} is malformed: {exc!r}") from exc
