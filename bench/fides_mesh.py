@@ -1,6 +1,7 @@
 """Request latency through the mesh with and without `verify="fides"` (issue 5: <= 10 % added).
 
     .venv/bin/python bench/fides_mesh.py --json [--scale full] [--requests 40] [--batches 1,64]
+        [--pin] [--protocol distribution|verdicts]
 
 Starts a local mesh of real node processes over mTLS: `service` hosts the MNIST service CNN as
 a plaintext classifier, `verifier` hosts the Fides verification model in a SIMULATED enclave
@@ -18,6 +19,10 @@ on stdout. Wall times on a shared CPU are noisy.
 enclave child to CPU 1 (every thread, `sched_setaffinity`), leaving the client unpinned: the
 two nodes then stop competing for one core, as they would not on separate machines; the
 client still shares both cores with them.
+
+`--protocol verdicts` runs the verifier node with `--fides-protocol verdicts`: the enclave
+judges and returns only verdicts, at the cost of a second call to it once the service has
+answered (docs/fides.md).
 """
 
 from __future__ import annotations
@@ -212,11 +217,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--pin", action="store_true", help="one CPU per node (see above)")
+    parser.add_argument("--protocol", default="distribution", choices=["distribution", "verdicts"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     artefacts = build("mnist", args.scale)
     images = prepare_mnist(SCALES["mnist"][args.scale]).inputs["test"]
-    options = FidesOptions(bundle=client_bundle(artefacts / "fides"), allow_simulated=True)
+    options = FidesOptions(
+        bundle=client_bundle(artefacts / "fides"), allow_simulated=True, protocol=args.protocol
+    )
     specs = [
         NodeSpec(name="service", extra_args=("--classifier", f"mnist={artefacts / 'service'}")),
         NodeSpec(
@@ -226,6 +234,8 @@ def main() -> None:
                 f"mnist={artefacts / 'fides'}",
                 "--enclave",
                 "simulated",
+                "--fides-protocol",
+                args.protocol,
             ),
         ),
     ]
@@ -243,6 +253,7 @@ def main() -> None:
         "bench": "fides_mesh",
         "fixed_costs_batch1_in_process": fixed_costs(artefacts / "fides", images[:1]),
         "scale": f"mnist/{args.scale}",
+        "protocol": args.protocol,
         "tee": "SIMULATED (INSECURE): enclave process + software-signed quote / session HMAC",
         "transport": "mTLS on loopback, one process per node, 1 torch thread each",
         "pinned": pinned,  # node -> [cpu, pids...], or None

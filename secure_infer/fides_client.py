@@ -323,12 +323,9 @@ def classify_fides(
     channel = mesh.channel(verifier.address, verifier.name)
     key = (verifier.address, vname, _acceptance(options))
     session: AttestedSession | None = None
-    nonce = b""
     pinning = ""
     if options.attestation == "session":
         session, pinning = _session(channel, key, options, vinfo, checker, catalog)
-    else:
-        nonce = checker.nonces.issue()
     # Both requests go out at once (gRPC futures), the service's first: it is usually the slower
     # of the two, and creating and serialising a call takes ~0.3-2 ms (batch 1-256). The
     # verifier's answer is checked while the service is still computing.
@@ -336,8 +333,10 @@ def classify_fides(
     done: dict[str, float] = {}
 
     def verify_request(**fields: Any) -> classify_pb2.VerifyRequest:
-        if session is None:
-            return classify_pb2.VerifyRequest(verifier=vname, nonce=nonce, **fields)
+        if session is None:  # a fresh nonce per quote
+            return classify_pb2.VerifyRequest(
+                verifier=vname, nonce=checker.nonces.issue(), **fields
+            )
         return classify_pb2.VerifyRequest(
             verifier=vname, session_id=session.session_id, seq=session.next_seq(), **fields
         )

@@ -273,6 +273,10 @@ def test_verdicts_protocol_judges_in_the_enclave_and_reveals_no_distribution(
     assert "stayed sealed in the enclave" in " ".join(res.privacy.node_views)
     again = client.classify("mnist", x[:3], verify="fides", fides=opts)  # session reused
     assert len(again.checks) == 3
+    quoted = dataclasses.replace(opts, attestation="request", verifier="mnist")  # 2 quotes
+    res = client.classify("mnist@swap_top2", x, verify="fides", fides=quoted)
+    assert res.quote is not None and res.quote.attestation == "request"
+    assert [c.attacked for c in res.checks] == [v.attacked for v in local.verify(x, res.probs)]
     # a client insisting on distributions finds no such verifier on the judge node
     wants_distribution = dataclasses.replace(options, verifier_node="judge")
     with pytest.raises(UnknownModel):
