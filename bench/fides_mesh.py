@@ -73,7 +73,10 @@ def measure(
         for mode in order:
             once(mode)
     wall: dict[str, list[float]] = {m: [] for m in order}
-    parts = {m: {"service_s": [], "verifier_s": [], "check_s": []} for m in ATTESTATIONS}
+    parts = {
+        m: {"service_s": [], "verifier_s": [], "check_s": [], "judge_call_s": []}
+        for m in ATTESTATIONS
+    }
     flagged = 0
     for i in range(requests):
         for mode in order[i % len(order) :] + order[: i % len(order)]:
@@ -82,7 +85,7 @@ def measure(
             wall[mode].append(time.perf_counter() - t0)
             if mode != "plain":
                 for key, values in parts[mode].items():
-                    values.append(res.timings[key])
+                    values.append(res.timings.get(key, 0.0))
                 flagged += sum(c.attacked for c in res.checks)
     plain = statistics.median(wall["plain"])
     row: dict[str, Any] = {
