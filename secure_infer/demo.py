@@ -14,7 +14,9 @@
    client fails over (rebuilding that span's KV cache) and still produces the local tokens.
 6. Fides (`verify="fides"`): node-a hosts an MNIST classifier, node-b its Fides verifier in an
    enclave (SIMULATED here, and labelled so); the client classifies held-out images, checks
-   the quote and runs the attack detector (`secure_infer.fides_demo`).
+   the quote and runs the attack detector (`secure_infer.fides_demo`); node-c hosts the same
+   verifier under protocol "verdicts" (its enclave judges and never reveals the verifier's
+   distribution), and the client checks that it gives the same verdicts.
 """
 
 from __future__ import annotations
@@ -125,7 +127,11 @@ def _nodes(
     mpc: bool, fides_args: dict[str, tuple[str, ...]], classifiers: tuple[str, ...] = ()
 ) -> list[NodeSpec]:
     extra = (MINILM, SMOL) if mpc else ()
-    roles = {"node-a": fides_args["service"], "node-b": fides_args["verifier"]}
+    roles = {
+        "node-a": fides_args["service"],
+        "node-b": fides_args["verifier"],
+        "node-c": fides_args["judge"],
+    }
     return [
         NodeSpec(
             name=n.name,
@@ -472,8 +478,16 @@ def _fides(client: Any, mesh: LocalMesh, artefacts: Path, say: _Progress) -> dic
         f"  top-2 swap (applied on the client): detected {swap['detection_rate']:.3f}, "
         f"re-classified to the honest label {swap['reclassified_to_honest_label']}"
     )
+    judged = report["verdicts_protocol"]
+    say(
+        f"  protocol 'verdicts' ({judged['verifier_node']}'s enclave judges): same verdicts "
+        f"{judged['same_verdicts_as_client_judging']}, verifier's distribution revealed "
+        f"{judged['distribution_revealed']}, {judged['latency_ms']:.0f} ms"
+    )
     report["verdict_ok"] = (
-        report["clean_flagged_fraction"] <= 0.1
+        judged["same_verdicts_as_client_judging"]
+        and not judged["distribution_revealed"]
+        and report["clean_flagged_fraction"] <= 0.1
         and swap["detection_rate"] >= 0.75  # a test-scale verifier; bench: >= 0.98 at full
         and report["without_opt_in"].startswith(("refused", "accepted"))
     )
@@ -577,6 +591,12 @@ def _fides_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             "Fides: top-2 swap detected",
             f"{swap['detection_rate']:.3f}",
             "applied on the client; test-scale verifier (bench: full scale)",
+        ),
+        (
+            "Fides verdicts protocol: same verdicts",
+            str(r["verdicts_protocol"]["same_verdicts_as_client_judging"]),
+            f"judged in {r['verdicts_protocol']['verifier_node']}'s enclave; distribution "
+            f"revealed: {r['verdicts_protocol']['distribution_revealed']}",
         ),
         (
             "Fides: latency plain / verified",

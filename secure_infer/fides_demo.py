@@ -19,6 +19,7 @@ against the enclave's attested distribution, and the report says so. The real-me
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,14 @@ def build_artefacts(scale: str = "test") -> Path:
 
 
 def node_args(artefacts: Path) -> dict[str, tuple[str, ...]]:
-    """`node run` flags: "service" hosts the classifier, "verifier" the enclaved verifier."""
+    """`node run` flags: "service" hosts the classifier, "verifier" the enclaved verifier,
+    "judge" the same verifier under protocol "verdicts" (its enclave judges and never reveals
+    the verifier's distribution)."""
+    fides = ("--fides-verifier", f"{MODEL}={artefacts / 'fides'}")
     return {
         "service": ("--classifier", f"{MODEL}={artefacts / 'service'}"),
-        "verifier": ("--fides-verifier", f"{MODEL}={artefacts / 'fides'}"),
+        "verifier": fides,
+        "judge": (*fides, "--fides-protocol", "verdicts"),
     }
 
 
@@ -76,6 +81,9 @@ def run_fides_demo(
     honest = res.probs.argmax(1)
     attacked = fides.judge(swap_top2(torch.from_numpy(res.probs)), res.verifier_probs)
     hits = [v.reclassified_label == int(honest[i]) for i, v in enumerate(attacked) if v.attacked]
+    judged = client.classify(
+        MODEL, x.numpy(), verify="fides", fides=dataclasses.replace(options, protocol="verdicts")
+    )
     report = result_dict(res)
     report.update(
         {
@@ -89,6 +97,15 @@ def run_fides_demo(
                 "fides": round(1000 * res.timings["total_s"], 2),
             },
             "without_opt_in": refused,
+            "verdicts_protocol": {
+                "note": "the enclave on the judge node judged the service's answer and returned "
+                "only flags and re-classified labels; the verifier's distribution stayed sealed",
+                "verifier_node": judged.quote.verifier_node if judged.quote else None,
+                "distribution_revealed": judged.verifier_probs is not None,
+                "same_verdicts_as_client_judging": [c.attacked for c in judged.checks]
+                == [c.attacked for c in res.checks],
+                "latency_ms": round(1000 * judged.timings["total_s"], 2),
+            },
             "client_side_swap_attack": {
                 "note": "top-1/top-2 swap applied ON THE CLIENT to the honest service's answer "
                 "(no demo node is dishonest); judged against the enclave's attested output",
