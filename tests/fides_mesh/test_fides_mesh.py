@@ -287,33 +287,27 @@ def test_verdicts_protocol_judges_in_the_enclave_and_reveals_no_distribution(
         info = stub.ListModels(classify_pb2.ListModelsRequest(), timeout=10).verifiers[0]
         assert info.protocol == "verdicts"
         inputs = classify_pb2.Inputs(images=x[:2].tobytes(), count=2)
-        for request in (
-            classify_pb2.VerifyRequest(verifier="mnist", inputs=inputs, nonce=os.urandom(32)),
-            classify_pb2.VerifyRequest(
+
+        def judge(service_probs: bytes) -> classify_pb2.VerifyRequest:
+            return classify_pb2.VerifyRequest(
                 verifier="mnist",
                 nonce=os.urandom(32),
                 phase=classify_pb2.JUDGE,
                 sealed=b"x" * 64,
                 request_digest=b"d" * 48,
-                service_probs=b"\0" * 7,
-            ),
+                service_probs=service_probs,
+            )
+
+        for request in (
+            classify_pb2.VerifyRequest(verifier="mnist", inputs=inputs, nonce=os.urandom(32)),
+            judge(b"\0" * 7),
         ):
             with pytest.raises(grpc.RpcError) as err:
                 stub.Verify(request, timeout=10)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         # a JUDGE whose sealed blob does not open fails inside the enclave; the node lives on
         with pytest.raises(grpc.RpcError) as err:
-            stub.Verify(
-                classify_pb2.VerifyRequest(
-                    verifier="mnist",
-                    nonce=os.urandom(32),
-                    phase=classify_pb2.JUDGE,
-                    sealed=b"x" * 64,
-                    request_digest=b"d" * 48,
-                    service_probs=np.full((2, 10), 0.1, "<f4").tobytes(),
-                ),
-                timeout=10,
-            )
+            stub.Verify(judge(np.full((2, 10), 0.1, "<f4").tobytes()), timeout=10)
         assert err.value.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
         assert "does not open" in err.value.details()  # type: ignore[attr-defined]
     assert len(client.classify("mnist", x[:2], verify="fides", fides=opts).checks) == 2
