@@ -336,6 +336,9 @@ def test_cli_prints_the_verdict_and_the_simulated_tee(
     assert "per-result HMAC" in out
     assert cli.main([*args, "--allow-simulated", "--attestation", "request"]) == 0
     assert "per-request quote" in capsys.readouterr().out
+    assert cli.main([*args, "--allow-simulated", "--protocol", "verdicts"]) == 0
+    out = capsys.readouterr().out
+    assert "judged in the enclave" in out and "verifier node judge" in out
     assert cli.main(args) == 1  # without the opt-in: refused, typed error on stderr
     assert "SimulatedNotAllowed" in capsys.readouterr().err
 
