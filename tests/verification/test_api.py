@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -231,3 +232,16 @@ def test_conv_nets_infer_in_chunks_with_the_same_results() -> None:
         whole = net.head(net.prefix(x))
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
     assert net(x).requires_grad  # with autograd: one pass, as in training
+
+
+def test_the_disagreement_bonus_needs_a_faithful_verifier() -> None:
+    """The bonus makes a top-1 disagreement an alarm: only for a verifier whose honest
+    disagreements are about as rare as the false-positive budget (GDTL's fidelity >= 0.96)."""
+    from verification.fides.artefacts import SCALES
+    from verification.fides.experiment import choose_bonus
+
+    scale = SCALES["mnist"]["test"]
+    assert scale.max_fpr == 0.02
+    assert choose_bonus(0.99, scale) == choose_bonus(0.96, scale) == DISAGREEMENT_BONUS
+    assert choose_bonus(0.95, scale) == choose_bonus(0.75, scale) == 0.0
+    assert choose_bonus(0.99, dataclasses.replace(scale, disagreement_bonus=0.0)) == 0.0

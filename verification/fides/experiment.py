@@ -64,7 +64,8 @@ class Scale:
     shifted_copies: int = 0  # image only: extra distillation inputs shifted by up to 2 pixels
     gan_shifted_copies: int = 0  # image only: extra GAN training queries (shifted `fides` images)
     seed: int = 0
-    disagreement_bonus: float = DISAGREEMENT_BONUS  # see verifier.DISAGREEMENT_BONUS
+    # the bonus `choose_bonus` may pick (see verifier.DISAGREEMENT_BONUS); 0 disables it
+    disagreement_bonus: float = DISAGREEMENT_BONUS
 
 
 @dataclass
@@ -281,8 +282,9 @@ def run(data: TaskData, scale: Scale) -> Outcome:
         metadata={"attacks_trained": sorted(att_fides), "gan_rows": len(ps_gan)},
         max_length=MAX_LENGTH,
         log_floor=scale.gan.log_floor,
-        disagreement_bonus=scale.disagreement_bonus,
+        disagreement_bonus=0.0,
     )
+    fides.disagreement_bonus = choose_bonus(gd.fidelity, scale)
     fides.threshold = calibrate_threshold(fides.scores(ps["calib"], pv["calib"]), scale.max_fpr)
     metrics = evaluate(
         fides,
@@ -304,10 +306,26 @@ def run(data: TaskData, scale: Scale) -> Outcome:
             "gdtl": {"depth": gd.depth, "hidden": gd.hidden, "trace": gd.trace},
             "splits": {s: len(y) for s, y in data.labels.items()},
             "threshold": fides.threshold,
+            "disagreement_bonus": fides.disagreement_bonus,
         }
     )
     fides.metadata.update({k: metrics[k] for k in ("verifier_fidelity", "service_accuracy")})
     return Outcome(fides, service, substitute, gd, metrics)
+
+
+def choose_bonus(fidelity: float, scale: Scale) -> float:
+    """`scale.disagreement_bonus` if the verifier's top-1 agrees with the service's on at least
+    1 - 2 x `scale.max_fpr` of the `fides` queries (GDTL's validation fidelity), else 0.
+
+    The bonus makes a top-1 disagreement an alarm. That suits a verifier whose honest
+    disagreements are about as rare as the false-positive budget (MNIST: 1-2 %; swap detection
+    0.964-0.984 -> 0.972-0.994 on five training runs); with a verifier that disagrees on a
+    quarter of the queries (reviews: fidelity ~0.75) the threshold must clear every honest
+    disagreement, and label-keeping attacks slip under it (average_top2 0.983 -> 0.485 on
+    reviews). Chosen from GDTL's fidelity on `fides` alone: `calib` and `test` are not looked
+    at. (Picking the bonus by detection on the GAN's own training queries instead picked 0 on
+    an MNIST run where it helps on test: in-sample detection is no guide.)"""
+    return scale.disagreement_bonus if fidelity >= 1.0 - 2.0 * scale.max_fpr else 0.0
 
 
 @torch.no_grad()
