@@ -57,6 +57,8 @@ READABLE_VERSIONS = (1, 2, 3)
 # those three runs' test splits (0 -> 2: swap 0.984/0.964/0.966 -> 0.994/0.980/0.980, the other
 # attacks >= 0.988 / 0.992 / 0.998); validated on fresh runs in docs/fides.md. The threshold is
 # calibrated on the scores with the bonus, so the false-positive rate keeps its guarantee.
+# Training applies it only to a verifier with GDTL fidelity >= 0.96 (`experiment.choose_bonus`:
+# with reviews' ~0.75 it cost label-keeping attacks far more than it gained).
 DISAGREEMENT_BONUS = 2.0
 TASKS = ("image", "text")  # image: (N, 784) or (N, 1, 28, 28) in [0, 1]; text: strings or ids
 
