@@ -12,6 +12,14 @@ verification model inside the node's enclave). How the enclave's answer is attes
                          Re-opened after `max_session_age_s` or when the enclave lost it.
     "request"            a fresh nonce per call; the quote binds nonce, input and output.
 
+What the enclave returns (`FidesOptions.protocol`, the verifier node's `--fides-protocol`):
+
+    "distribution" (default)  the verifier's distribution; the client runs the detector.
+    "verdicts"           a sealed distribution first (PREPARE, concurrent with the service),
+                         then, given the service's answer, only flags and re-classified
+                         labels (JUDGE): the verifier's distribution never leaves the enclave,
+                         at the cost of one more round trip after the service answers.
+
 Either way the client checks the quote (`tee.verify_quote`: the nonce, the input and output
 digests, the code+model measurement against the one computed from the client's own copy of the
 published Fides directory, the platform evidence against pinned roots or keys, and single use
