@@ -56,7 +56,7 @@ from verification.fides import InvalidInput
 from verification.fides.enclave_app import (
     DIGEST_SIZE,
     ENTRY,
-    PROTOCOLS,
+    SEALED_OVERHEAD,
     encode_request,
     image_request,
     judge_request,
@@ -73,7 +73,6 @@ logger = logging.getLogger(__name__)
 HEALTH_NAME = "decentralized.v1.Classify"
 MAX_INPUTS_PER_CALL = 256
 ENCLAVE_KINDS = ("auto", "simulated", "configfs-tsm")
-FIDES_PROTOCOLS = PROTOCOLS
 
 
 def _checked(msg: classify_pb2.Inputs, kind: str, shape: tuple[int, ...]) -> Any:
@@ -366,12 +365,9 @@ def verify_data(request: classify_pb2.VerifyRequest, hosted: HostedVerifier) -> 
             f"service_probs must be 1..{MAX_INPUTS_PER_CALL} rows of {hosted.n_classes} "
             "little-endian float32"
         )
-    if not 0 < len(request.sealed) <= n * row + _SEALED_OVERHEAD:
+    if not 0 < len(request.sealed) <= n * row + SEALED_OVERHEAD:
         raise InvalidRequest("sealed distribution of the wrong size for service_probs")
     return judge_request(request.sealed, request.request_digest, request.service_probs)
-
-
-_SEALED_OVERHEAD = 12 + 8 + 16  # AES-GCM nonce, (N, C) header, tag
 
 
 def add_classify_servicer(

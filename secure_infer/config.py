@@ -177,11 +177,11 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
     if enclave not in ENCLAVE_KINDS:
         raise ConfigError(f"enclave must be one of {', '.join(ENCLAVE_KINDS)}, got {enclave!r}")
     fides_protocol = str(node.get("fides_protocol", "distribution"))
-    from decentralized.classify_service import FIDES_PROTOCOLS
+    from verification.fides.enclave_app import PROTOCOLS
 
-    if fides_protocol not in FIDES_PROTOCOLS:
+    if fides_protocol not in PROTOCOLS:
         raise ConfigError(
-            f"fides_protocol must be one of {', '.join(FIDES_PROTOCOLS)}, got {fides_protocol!r}"
+            f"fides_protocol must be one of {', '.join(PROTOCOLS)}, got {fides_protocol!r}"
         )
     if not (spans or mpc_models or classifiers or verifiers or mpc_classifiers):
         raise ConfigError(

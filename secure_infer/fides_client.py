@@ -199,7 +199,6 @@ class FidesChecker:
                 bundle,
             )
         self.measurements = {p: _measurement(self.fides, bundle, p) for p in PROTOCOLS}
-        self.measurement = self.measurements["distribution"]
         self.nonces = NonceStore()
         # (verifier node address, verifier name, acceptance rules) -> open session: a session
         # is reused only under the rules its opening quote was checked against
@@ -242,8 +241,13 @@ def _measurement(fides: FidesVerifier, bundle: Path, protocol: str) -> bytes | N
             return None
         model = bytes.fromhex(digest)
     else:
-        model = model_digest(verifier_bundle(bundle, protocol))
+        model = bytes.fromhex(_model_digests(bundle)[protocol])
     return enclave_measurement(code_digest(CodeRef.parse(ENTRY)), model)
+
+
+def _model_digests(full: Path) -> dict[str, str]:
+    """Hex enclave model digest of the full bundle `full`, per protocol."""
+    return {p: model_digest(verifier_bundle(full, p)).hex() for p in PROTOCOLS}
 
 
 def export_client_bundle(full: Path, out: Path) -> Path:
@@ -256,11 +260,8 @@ def export_client_bundle(full: Path, out: Path) -> Path:
     fides = FidesVerifier.load(full)
     if fides.client_only:
         raise InvalidRequest(f"{full} is already a client bundle")
-    return fides.save_client(
-        out,
-        model_digest(verifier_bundle(full)).hex(),
-        model_digest(verifier_bundle(full, "verdicts")).hex(),
-    )
+    digests = _model_digests(full)
+    return fides.save_client(out, digests["distribution"], digests["verdicts"])
 
 
 def client_bundle(full: Path) -> Path:
@@ -269,12 +270,11 @@ def client_bundle(full: Path) -> Path:
     out = full.parent / "fides-client"
     try:
         current = FidesVerifier.load(out)
-        wanted = model_digest(verifier_bundle(full)).hex()
+        digests = _model_digests(full)
         same = (
             current.client_only
-            and current.verifier_model_digest == wanted
-            and current.verdicts_model_digest
-            == model_digest(verifier_bundle(full, "verdicts")).hex()
+            and current.verifier_model_digest == digests["distribution"]
+            and current.verdicts_model_digest == digests["verdicts"]
             and all(
                 (out / f"{n}.safetensors").read_bytes() == (full / f"{n}.safetensors").read_bytes()
                 for n in ("detector", "reclassifier")
@@ -441,23 +441,22 @@ def classify_fides(
         t_judge_call = time.perf_counter()
         sealed = vreply.output
         service_probs = np.ascontiguousarray(probs, dtype="<f4").tobytes()
-        judge = verify_request(
-            phase=classify_pb2.JUDGE,
-            sealed=sealed,
-            request_digest=digest,
-            service_probs=service_probs,
-        )
-        try:
-            jreply = call(channel, "Verify", judge, options.timeout_s)
-        except SessionMismatch:  # re-open; the sealed blob stays valid in the same enclave
-            checker.drop(key)
-            session, pinning = _session(channel, key, options, vinfo, checker, catalog)
-            judge = verify_request(
+
+        def judge_request_msg() -> classify_pb2.VerifyRequest:
+            return verify_request(
                 phase=classify_pb2.JUDGE,
                 sealed=sealed,
                 request_digest=digest,
                 service_probs=service_probs,
             )
+
+        judge = judge_request_msg()
+        try:
+            jreply = call(channel, "Verify", judge, options.timeout_s)
+        except SessionMismatch:  # re-open; the sealed blob stays valid in the same enclave
+            checker.drop(key)
+            session, pinning = _session(channel, key, options, vinfo, checker, catalog)
+            judge = judge_request_msg()
             jreply = call(channel, "Verify", judge, options.timeout_s)
         verified = attest(jreply, judge, judge_request(sealed, digest, service_probs))
         try:

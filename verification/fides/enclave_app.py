@@ -58,6 +58,7 @@ PREPARE_MAGIC = b"FIDES-PREPARE-v1\n"
 JUDGE_MAGIC = b"FIDES-JUDGE-v1\n"
 DIGEST_SIZE = 48  # SHA-384
 _NONCE = 12  # AES-GCM
+SEALED_OVERHEAD = _NONCE + 8 + 16  # a sealed distribution: nonce, (N, C) header, GCM tag
 _JUDGE_NETS = ("detector", "reclassifier")
 
 
