@@ -4,10 +4,12 @@ Backends: `SimulatedEnclave` (INSECURE, its own process, a local software platfo
 development and tests) and `ConfigfsTsmEnclave` (AMD SEV-SNP / Intel TDX guests through Linux
 configfs-tsm); quotes bind the nonce, the code+model measurement and the input and output
 digests. Attested sessions (`tee.session`) amortize one quote over many results (HMAC per
-result under a key the quote binds). Verifiers: `verify_quote` for enclave quotes, and the
-platform verifiers `verify_snp_report` and `verify_tdx_quote` against pinned AMD and Intel
-roots. Errors are rooted at `TEEError` (tree in `tee.errors`). This package never imports gRPC
-or the other bottom packages (`mpc`, `verification`). See docs/attestation.md for the threat model.
+result under a key the quote binds). Sealed provisioning (`tee.provisioning`) loads a model the
+host must not read: its owner encrypts it to a key the attested enclave offers. Verifiers:
+`verify_quote` for enclave quotes, and the platform verifiers `verify_snp_report` and
+`verify_tdx_quote` against pinned AMD and Intel roots. Errors are rooted at `TEEError` (tree in
+`tee.errors`). This package never imports gRPC or the other bottom packages (`mpc`,
+`verification`). See docs/attestation.md for the threat model.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tee.errors import (
     QuoteTooOld,
     ReplayedNonce,
     Revoked,
+    SealedModelRejected,
     SimulatedNotAllowed,
     StaleNonce,
     TCBTooLow,
@@ -39,6 +42,7 @@ from tee.errors import (
 )
 from tee.measurement import CodeRef, code_digest, enclave_measurement, input_digest, model_digest
 from tee.policy import NonceStore, Policy
+from tee.provisioning import ProvisioningOffer, SealedModel, check_loaded, seal_model, verify_offer
 from tee.quote import AttestedResult, Platform, Quote
 from tee.session import AttestedSession, SessionKey, SessionOffer, SessionResult
 from tee.simulated import SimulatedClaims, load_platform_key
@@ -68,10 +72,13 @@ __all__ = [
     "Platform",
     "Policy",
     "PolicyViolation",
+    "ProvisioningOffer",
     "Quote",
     "QuoteTooOld",
     "ReplayedNonce",
     "Revoked",
+    "SealedModel",
+    "SealedModelRejected",
     "SessionKey",
     "SessionOffer",
     "SessionResult",
@@ -90,13 +97,16 @@ __all__ = [
     "UnknownSession",
     "UnsupportedPlatform",
     "VerifiedQuote",
+    "check_loaded",
     "code_digest",
     "enclave_measurement",
     "get_report",
     "input_digest",
     "load_platform_key",
     "model_digest",
+    "seal_model",
     "tsm_available",
+    "verify_offer",
     "verify_quote",
     "verify_snp_report",
     "verify_tdx_quote",

@@ -11,10 +11,16 @@ Protocol (one frame each way per request, see `tee._channel`):
     child -> host         {provider, platform}, [offer, evidence, auxblob]   (tee.session)
     host -> child  srun   {session: hex, seq: int}, [input bytes]
     child -> host         {}, [output, tag]   or {error: "UnknownSession"}
+    host -> child  offer  {entry: "pkg.mod:fn", nonce: hex}                 (tee.provisioning)
+    child -> host         {provider, platform, code_digest}, [offer, evidence, auxblob]
+    host -> child  sload  {nonce: hex}, [owner X25519 public key, sealed model]
+    child -> host         {measurement, code_digest, model_digest, provider, platform},
+                          [loaded, evidence, auxblob]   or {error: "SealedModelRejected"}
     host -> child  close
 
-What crosses the boundary: the entry-point string, the model bytes, input and output bytes, the
-nonce, and evidence. The enclave measures what it actually loaded (the imported module's source
+What crosses the boundary: the entry-point string, the model bytes (or, for a sealed load, their
+ciphertext: the provisioning key never leaves this process), input and output bytes, the nonce,
+and evidence. The enclave measures what it actually loaded (the imported module's source
 file and the model bytes it received), so the host cannot make it report another measurement.
 Errors go back as {error: type name, message}; tracebacks go to this process's stderr only.
 The loaded code's stdout is redirected to stderr so that it cannot corrupt the protocol.
@@ -32,15 +38,24 @@ from typing import Any
 
 from tee._channel import read_frame, write_frame
 from tee.configfs_tsm import get_report, platform_for_provider
-from tee.errors import EnclaveError
+from tee.errors import EnclaveError, SealedModelRejected
 from tee.measurement import (
     CodeRef,
+    awaiting_measurement,
     code_digest,
     enclave_measurement,
     input_digest,
     model_digest,
     report_data,
     result_digest,
+)
+from tee.provisioning import (
+    ProvisioningKey,
+    SealedModel,
+    loaded_output,
+    offer_output,
+    offer_request,
+    sealed_input,
 )
 from tee.quote import Platform
 from tee.session import EnclaveSessions, result_tag
@@ -58,6 +73,8 @@ class _Enclave:
         self.handler: Handler | None = None
         self.measurement = b""
         self.sessions = EnclaveSessions()
+        # code imported for a sealed load: (entry, factory, code digest, provisioning key)
+        self.pending: tuple[CodeRef, Callable[[bytes], Any], bytes, ProvisioningKey] | None = None
 
     def hello(self) -> tuple[dict[str, Any], list[bytes]]:
         if self.simulated is not None:
@@ -65,23 +82,62 @@ class _Enclave:
             return header, [self.simulated.public_key_pem()]
         return {"platform": "configfs-tsm", "provider": ""}, [b""]
 
-    def load(self, entry: str, model: bytes) -> dict[str, Any]:
-        if self.handler is not None:
-            raise EnclaveError("this enclave already loaded code; start a new one")
+    def _import(self, entry: str) -> tuple[CodeRef, Callable[[bytes], Any], bytes]:
         code = CodeRef.parse(entry)
         module = importlib.import_module(code.module)
         source = Path(module.__file__ or "").read_bytes()  # what was imported, not a lookup
-        factory = getattr(module, code.function)
+        return code, getattr(module, code.function), code_digest(code, source)
+
+    def _install(
+        self, factory: Callable[[bytes], Any], entry: str, cd: bytes, model: bytes
+    ) -> dict[str, Any]:
         handler = factory(model)
         if not callable(handler):
             raise EnclaveError(f"{entry} did not return a callable handler")
-        cd, md = code_digest(code, source), model_digest(model)
+        md = model_digest(model)
         self.handler, self.measurement = handler, enclave_measurement(cd, md)
         return {
             "measurement": self.measurement.hex(),
             "code_digest": cd.hex(),
             "model_digest": md.hex(),
         }
+
+    def load(self, entry: str, model: bytes) -> dict[str, Any]:
+        if self.handler is not None or self.pending is not None:
+            raise EnclaveError("this enclave already loaded code; start a new one")
+        _, factory, cd = self._import(entry)
+        return self._install(factory, entry, cd, model)
+
+    def offer(self, entry: str, nonce: bytes) -> tuple[dict[str, Any], list[bytes]]:
+        """Quote this enclave's provisioning key for `entry` (imported once, no model yet)."""
+        if self.handler is not None:
+            raise SealedModelRejected("this enclave already loaded its model")
+        if self.pending is None:
+            code, factory, cd = self._import(entry)
+            self.pending = (code, factory, cd, ProvisioningKey(awaiting_measurement(cd)))
+        code, _, cd, key = self.pending
+        if code.entry != entry:
+            raise EnclaveError(f"this enclave awaits a model for {code.entry}, not {entry}")
+        header, blobs = self._quote(
+            nonce, offer_request(entry), offer_output(key.public), key.awaiting
+        )
+        return {**header, "code_digest": cd.hex()}, blobs
+
+    def sealed_load(
+        self, nonce: bytes, owner_public: bytes, ciphertext: bytes
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """Open a model sealed to this enclave's key, load it, erase the key; quote the result."""
+        if self.pending is None:
+            raise SealedModelRejected("no provisioning offer was made: ask for one first")
+        code, factory, cd, key = self.pending
+        sealed = SealedModel(owner_public=owner_public, ciphertext=ciphertext)
+        model = key.open(sealed)  # SealedModelRejected: stays pending for another try
+        digests = self._install(factory, code.entry, cd, model)
+        key.erase()
+        self.pending = None
+        output = loaded_output(cd, bytes.fromhex(digests["model_digest"]))
+        header, blobs = self._quote(nonce, sealed_input(sealed), output)
+        return {**header, **digests}, blobs
 
     def _compute(self, data: bytes) -> bytes:
         if self.handler is None:
@@ -92,12 +148,14 @@ class _Enclave:
         return bytes(output)
 
     def _quote(
-        self, nonce: bytes, data: bytes, output: bytes
+        self, nonce: bytes, data: bytes, output: bytes, measurement: bytes | None = None
     ) -> tuple[dict[str, Any], list[bytes]]:
-        """The platform's evidence over nonce, measurement, input and output digests."""
-        binding = report_data(nonce, self.measurement, input_digest(data), result_digest(output))
+        """The platform's evidence over nonce, measurement (this enclave's unless given: the
+        awaiting measurement of a provisioning offer), input and output digests."""
+        measured = self.measurement if measurement is None else measurement
+        binding = report_data(nonce, measured, input_digest(data), result_digest(output))
         if self.simulated is not None:
-            evidence = self.simulated.quote(binding, self.measurement)
+            evidence = self.simulated.quote(binding, measured)
             header = {"platform": Platform.SIMULATED.value, "provider": "simulated"}
             return header, [output, evidence, b""]
         report = get_report(binding)
@@ -140,6 +198,16 @@ def _serve(enclave: _Enclave, fd_in: int, fd_out: int) -> None:
                 write_frame(fd_out, reply, *out)
             elif op == "open":
                 reply, out = enclave.open(bytes.fromhex(str(request["nonce"])), blobs[0])
+                write_frame(fd_out, reply, *out)
+            elif op == "offer":
+                nonce = bytes.fromhex(str(request["nonce"]))
+                reply, out = enclave.offer(str(request["entry"]), nonce)
+                write_frame(fd_out, reply, *out)
+            elif op == "sload":
+                nonce = bytes.fromhex(str(request["nonce"]))
+                if len(blobs) != 2:
+                    raise SealedModelRejected("a sealed load carries an owner key and a model")
+                reply, out = enclave.sealed_load(nonce, blobs[0], blobs[1])
                 write_frame(fd_out, reply, *out)
             elif op == "srun":
                 out = enclave.session_run(

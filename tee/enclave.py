@@ -1,6 +1,9 @@
 """The enclave interface and its process-isolated backends.
 
     Enclave (ABC)            load(code, model) -> measurement; run(input, nonce) -> AttestedResult
+                             or, for a model the host must not read (`tee.provisioning`):
+                             offer_provisioning(code, nonce) -> ProvisioningOffer, then
+                             load_sealed(SealedModel, nonce) -> AttestedResult
     +-- SimulatedEnclave     own OS process, quotes signed by a local key: INSECURE, dev/tests
     +-- ConfigfsTsmEnclave   own OS process inside a SEV-SNP/TDX guest, quotes from configfs-tsm
 
@@ -30,8 +33,15 @@ from types import TracebackType
 
 from tee._channel import read_frame, write_frame
 from tee.configfs_tsm import tsm_available
-from tee.errors import EnclaveError, MalformedEvidence, UnknownSession, UnsupportedPlatform
-from tee.measurement import NONCE_SIZE, CodeRef
+from tee.errors import (
+    EnclaveError,
+    MalformedEvidence,
+    SealedModelRejected,
+    UnknownSession,
+    UnsupportedPlatform,
+)
+from tee.measurement import NONCE_SIZE, CodeRef, awaiting_measurement
+from tee.provisioning import ProvisioningOffer, SealedModel, offer_request, sealed_input
 from tee.quote import AttestedResult, Platform, Quote
 from tee.session import SESSION_ID_SIZE, SessionOffer, SessionResult, open_request
 from tee.simulated import load_platform_key
@@ -57,6 +67,17 @@ class Enclave(ABC):
     @abstractmethod
     def load(self, code: CodeRef | str, model: bytes | Path) -> bytes:
         """Load an entry point and model bytes once; returns the measurement."""
+
+    @abstractmethod
+    def offer_provisioning(self, code: CodeRef | str, *, nonce: bytes) -> ProvisioningOffer:
+        """Import `code` (no model yet) and quote the enclave's provisioning key under the
+        awaiting measurement (`tee.provisioning`); the same key for every offer."""
+
+    @abstractmethod
+    def load_sealed(self, sealed: SealedModel, *, nonce: bytes) -> AttestedResult:
+        """Open a model sealed to the offered key inside the enclave and load it; the quote
+        binds `nonce`, the new code+model measurement and the ciphertext. Raises
+        `SealedModelRejected` if it does not open (the enclave keeps awaiting)."""
 
     @abstractmethod
     def run(self, data: bytes, *, nonce: bytes) -> AttestedResult:
@@ -133,6 +154,8 @@ class _ProcessEnclave(Enclave):
             message = f"enclave raised {header['error']}: {header.get('message', '')}"
             if header["error"] == UnknownSession.__name__:
                 raise UnknownSession(message)
+            if header["error"] == SealedModelRejected.__name__:
+                raise SealedModelRejected(message)
             raise EnclaveError(message)
         return header, blobs
 
@@ -150,8 +173,35 @@ class _ProcessEnclave(Enclave):
         self._measurement = bytes.fromhex(str(header["measurement"]))
         return self._measurement
 
+    def offer_provisioning(self, code: CodeRef | str, *, nonce: bytes) -> ProvisioningOffer:
+        ref = CodeRef.parse(code) if isinstance(code, str) else code
+        if len(nonce) < NONCE_SIZE:
+            raise ValueError(f"nonce must be at least {NONCE_SIZE} bytes")
+        self._send({"op": "offer", "entry": ref.entry, "nonce": nonce.hex()})
+        header, blobs = self._recv()
+        awaiting = awaiting_measurement(bytes.fromhex(str(header["code_digest"])))
+        offer, quote = self._quoted(
+            header, blobs, nonce, offer_request(ref.entry), measurement=awaiting
+        )
+        return ProvisioningOffer(offer=offer, quote=quote)
+
+    def load_sealed(self, sealed: SealedModel, *, nonce: bytes) -> AttestedResult:
+        if len(nonce) < NONCE_SIZE:
+            raise ValueError(f"nonce must be at least {NONCE_SIZE} bytes")
+        self._send({"op": "sload", "nonce": nonce.hex()}, sealed.owner_public, sealed.ciphertext)
+        header, blobs = self._recv()
+        self._measurement = bytes.fromhex(str(header["measurement"]))
+        output, quote = self._quoted(header, blobs, nonce, sealed_input(sealed))
+        return AttestedResult(output=output, quote=quote)
+
     def _quoted(
-        self, header: dict[str, object], blobs: list[bytes], nonce: bytes, data: bytes
+        self,
+        header: dict[str, object],
+        blobs: list[bytes],
+        nonce: bytes,
+        data: bytes,
+        *,
+        measurement: bytes | None = None,
     ) -> tuple[bytes, Quote]:
         """The output and the quote the enclave's evidence makes for `data` under `nonce`."""
         if len(blobs) != 3:
@@ -162,7 +212,7 @@ class _ProcessEnclave(Enclave):
             platform=platform,
             provider=str(header["provider"]),
             nonce=nonce,
-            measurement=self.measurement,
+            measurement=self.measurement if measurement is None else measurement,
             input=data,
             output=output,
             evidence=evidence,

@@ -3,6 +3,7 @@
     TEEError
     +-- EnclaveError                 the enclave process failed, or was used out of order
     |   +-- UnknownSession           no such session in the enclave (expired, or a restart)
+    |   +-- SealedModelRejected      a sealed model does not open there, or one is loaded
     +-- UnsupportedPlatform          the backend is absent here (e.g. no configfs-tsm)
     +-- AttestationError             evidence was not accepted; never a bare False
         +-- MalformedEvidence        truncated, wrong version/size, unparseable (also ValueError)
@@ -44,6 +45,7 @@ __all__ = [
     "QuoteTooOld",
     "ReplayedNonce",
     "Revoked",
+    "SealedModelRejected",
     "SimulatedNotAllowed",
     "StaleNonce",
     "TCBTooLow",
@@ -63,6 +65,11 @@ class EnclaveError(TEEError):
 
 class UnknownSession(EnclaveError):
     """The enclave holds no such session (dropped, expired, or the enclave restarted): re-open."""
+
+
+class SealedModelRejected(EnclaveError):
+    """A sealed model did not open in the enclave (altered, or sealed to another enclave's key),
+    or the enclave already holds its model. An awaiting enclave stays ready for another try."""
 
 
 class UnsupportedPlatform(TEEError):

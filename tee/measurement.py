@@ -6,6 +6,8 @@ two different field lists encode to the same bytes):
     code_digest   = H("secure-infer/tee/code/v1",   entry point "pkg.mod:fn", module source bytes)
     model_digest  = H("secure-infer/tee/model/v1",  model bytes)
     measurement   = H("secure-infer/tee/measurement/v1", code_digest, model_digest)
+    awaiting      = H("secure-infer/tee/awaiting-model/v1", code_digest)   (code loaded, no
+                    model yet: an enclave offering a key for sealed provisioning, tee.provisioning)
     input_digest  = H("secure-infer/tee/input/v1",  input bytes the enclave received)
     result_digest = H("secure-infer/tee/result/v1", output bytes)
     report_data   = SHA-512("secure-infer/tee/report-data/v2", nonce, measurement, input_digest,
@@ -38,6 +40,7 @@ __all__ = [
     "NONCE_SIZE",
     "REPORT_DATA_SIZE",
     "CodeRef",
+    "awaiting_measurement",
     "code_digest",
     "enclave_measurement",
     "input_digest",
@@ -105,6 +108,15 @@ def enclave_measurement(code: bytes, model: bytes) -> bytes:
     if len(code) != DIGEST_SIZE or len(model) != DIGEST_SIZE:
         raise ValueError("code and model digests must be 48-byte SHA-384 values")
     return _h384(b"secure-infer/tee/measurement/v1", code, model)
+
+
+def awaiting_measurement(code: bytes) -> bytes:
+    """The measurement of an enclave that imported code (digest `code`) and holds no model yet.
+
+    Its own domain, so it never equals a code+model measurement (`enclave_measurement`)."""
+    if len(code) != DIGEST_SIZE:
+        raise ValueError("a code digest is a 48-byte SHA-384 value")
+    return _h384(b"secure-infer/tee/awaiting-model/v1", code)
 
 
 def input_digest(data: bytes) -> bytes:
