@@ -10,6 +10,13 @@ its quote, which binds the client's nonce, the code+model measurement and the di
 input the enclave ran on and of its output; or, within an attested session (`OpenSession`,
 `tee.session`: one quote when the session opens), with the output and its HMAC tag.
 
+With `--fides-sealed NAME=OWNER` the node opens a verifier SLOT instead: an enclave that runs
+the verifier code with no model. Its owner (the CN of a mesh certificate) attests it
+(`OfferProvisioning`: a quoted X25519 key under the code's "awaiting" measurement) and sends the
+full verifier bundle sealed to that key (`Provision`, `tee.provisioning`); the host relays
+ciphertext only, so on SEV-SNP/TDX hardware the node's operator never holds the verifier's
+weights (a service that knew them could answer with the verifier's distribution unflagged).
+
 Threat model: a classifier node sees inputs and outputs in the clear and is not trusted for
 integrity (that is what Fides checks). The verifier node's host process sees the input in the
 clear too and relays bytes to and from the enclave; it cannot change the enclave's output
@@ -33,9 +40,11 @@ import numpy as np
 import torch
 
 from decentralized.errors import (
+    AlreadyProvisioned,
     Draining,
     EnclaveFailed,
     InvalidRequest,
+    NotPermitted,
     Overloaded,
     SessionMismatch,
     UnknownModel,
@@ -46,6 +55,8 @@ from tee import (
     ConfigfsTsmEnclave,
     Enclave,
     EnclaveError,
+    SealedModel,
+    SealedModelRejected,
     SimulatedEnclave,
     UnknownSession,
     tsm_available,
@@ -56,6 +67,7 @@ from verification.fides import InvalidInput
 from verification.fides.enclave_app import (
     DIGEST_SIZE,
     ENTRY,
+    PROTOCOLS,
     SEALED_OVERHEAD,
     encode_request,
     image_request,
@@ -65,6 +77,7 @@ from verification.fides.enclave_app import (
 )
 from verification.fides.nets import read_json
 from verification.fides.service_model import Classifier, load_classifier
+from verification.fides.verifier import TASKS
 
 if TYPE_CHECKING:
     from decentralized.node import Node
@@ -135,25 +148,64 @@ class HostedVerifier:
     protocol: str = "distribution"  # or "verdicts" (enclave_app: never reveals the distribution)
 
     def info(self) -> classify_pb2.VerifierInfo:
-        simulated = self.enclave.simulated
         platform = self.enclave.platform
-        key = b""
-        if isinstance(self.enclave, SimulatedEnclave):
-            from cryptography.hazmat.primitives import serialization
-
-            key = self.enclave.platform_public_key.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
         return classify_pb2.VerifierInfo(
             name=self.name,
             task=self.task,
             n_classes=self.n_classes,
             platform=platform.value if platform is not None else "configfs-tsm",
-            simulated=simulated,
+            simulated=self.enclave.simulated,
             measurement=self.enclave.measurement,
-            simulated_platform_key=key,
+            simulated_platform_key=simulated_key(self.enclave),
             protocol=self.protocol,
         )
+
+
+def simulated_key(enclave: Enclave) -> bytes:
+    """A simulated enclave's platform public key (PEM); b"" for hardware enclaves."""
+    if not isinstance(enclave, SimulatedEnclave):
+        return b""
+    from cryptography.hazmat.primitives import serialization
+
+    return enclave.platform_public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _new_enclave(name: str, enclave_kind: str) -> Enclave:
+    use_tsm = enclave_kind == "configfs-tsm" or (enclave_kind == "auto" and tsm_available())
+    if use_tsm:
+        return ConfigfsTsmEnclave()
+    logger.warning(
+        "Fides verifier %r runs in a SIMULATED enclave: INSECURE, its quotes prove nothing "
+        "about isolation; the host can read inputs, the verifier's weights (even when they are "
+        "provisioned sealed) and forge results",
+        name,
+    )
+    return SimulatedEnclave()
+
+
+@dataclass
+class SealedSlot:
+    """A verifier slot awaiting its model: an enclave with no model, which only `owner` (the
+    CN of a mesh certificate) may provision (`tee.provisioning`)."""
+
+    name: str
+    owner: str
+    enclave: Enclave
+    executor: Executor
+
+
+def start_slot(name: str, owner: str, enclave_kind: str) -> SealedSlot:
+    """Start an enclave of `enclave_kind` for a verifier that `owner` provisions sealed."""
+    enclave = _new_enclave(name, enclave_kind)
+    logger.info("Fides verifier slot %r awaits its sealed model from %r", name, owner)
+    return SealedSlot(
+        name=name,
+        owner=owner,
+        enclave=enclave,
+        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enclave-{name}"),
+    )
 
 
 def start_verifier(
@@ -163,14 +215,7 @@ def start_verifier(
     for `protocol` ("distribution" or "verdicts", `verification.fides.enclave_app`)."""
     config = read_json(directory / "fides.json")
     bundle = verifier_bundle(directory, protocol)
-    use_tsm = enclave_kind == "configfs-tsm" or (enclave_kind == "auto" and tsm_available())
-    enclave: Enclave = ConfigfsTsmEnclave() if use_tsm else SimulatedEnclave()
-    if not use_tsm:
-        logger.warning(
-            "Fides verifier %r runs in a SIMULATED enclave: INSECURE, its quotes prove nothing "
-            "about isolation; the host can read inputs and forge results",
-            name,
-        )
+    enclave = _new_enclave(name, enclave_kind)
     try:
         measurement = enclave.load(ENTRY, bundle)
     except BaseException:
@@ -200,10 +245,12 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         node: Node,
         classifiers: dict[str, Classifier],
         verifiers: dict[str, HostedVerifier],
+        slots: dict[str, SealedSlot] | None = None,
     ) -> None:
         self._node = node
         self._classifiers = classifiers
         self._verifiers = verifiers
+        self._slots = dict(slots or {})
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")
 
     async def _run(self, executor: Executor, fn: Any, *args: Any) -> Any:
@@ -266,6 +313,8 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
     def _verifier(self, name: str) -> HostedVerifier:
         hosted = self._verifiers.get(name)
         if hosted is None:
+            if name in self._slots:
+                raise UnknownModel(f"verifier {name!r} awaits its sealed model (Provision)")
             raise UnknownModel(f"unknown verifier {name!r}; see ListModels")
         return hosted
 
@@ -331,8 +380,106 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _slot(self, name: str, context: grpc.aio.ServicerContext) -> SealedSlot:
+        """The awaiting slot `name`, if the caller's certificate names its owner."""
+        slot = self._slots.get(name)
+        if slot is None:
+            if name in self._verifiers:
+                raise AlreadyProvisioned(f"verifier {name!r} already holds its model")
+            raise UnknownModel(f"no sealed verifier slot {name!r} on this node")
+        if self._node.creds.insecure_dev:
+            return slot  # plaintext loopback development: no certificates to check
+        pems = context.auth_context().get("x509_pem_cert") or []
+        names = []
+        if pems:
+            from cryptography import x509
+            from cryptography.x509.oid import NameOID
+
+            cert = x509.load_pem_x509_certificate(pems[0])
+            names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if slot.owner not in names:
+            raise NotPermitted(
+                f"only {slot.owner!r} may provision verifier {name!r}; the caller is {names}"
+            )
+        return slot
+
+    async def _slot_enclave(self, slot: SealedSlot, fn: Any) -> Any:
+        try:
+            return await self._run(slot.executor, fn, slot.enclave)
+        except SealedModelRejected as exc:
+            if slot.name in self._verifiers:  # a concurrent Provision got there first
+                message = f"verifier {slot.name!r} already holds its model"
+                raise AlreadyProvisioned(message) from None
+            raise InvalidRequest(f"verifier {slot.name!r}: {exc}") from None
+        except EnclaveError as exc:
+            raise EnclaveFailed(f"verifier slot {slot.name!r}: {exc}") from None
+
+    async def OfferProvisioning(  # noqa: N802 - gRPC method name
+        self, request: classify_pb2.ProvisioningOfferRequest, context: grpc.aio.ServicerContext
+    ) -> classify_pb2.ProvisioningOfferReply:
+        async with _serving("Classify.OfferProvisioning", context, self._node.metrics):
+            slot = self._slot(request.verifier, context)
+            if len(request.nonce) < NONCE_SIZE:
+                raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
+            offer = await self._slot_enclave(
+                slot, lambda e: e.offer_provisioning(ENTRY, nonce=request.nonce)
+            )
+            return classify_pb2.ProvisioningOfferReply(
+                offer=offer.offer,
+                quote_json=offer.quote.to_json(),
+                entry=ENTRY,
+                simulated_platform_key=simulated_key(slot.enclave),
+                node_id=self._node.identity.node_id,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def Provision(  # noqa: N802 - gRPC method name
+        self, request: classify_pb2.ProvisionRequest, context: grpc.aio.ServicerContext
+    ) -> classify_pb2.ProvisionReply:
+        async with _serving("Classify.Provision", context, self._node.metrics):
+            slot = self._slot(request.verifier, context)
+            if len(request.nonce) < NONCE_SIZE:
+                raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
+            if len(request.owner_public) != 32 or not request.sealed_model:
+                raise InvalidRequest("a 32-byte X25519 owner key and a sealed model are needed")
+            if request.task not in TASKS or request.protocol not in PROTOCOLS:
+                raise InvalidRequest(
+                    f"task must be one of {TASKS} and protocol one of {PROTOCOLS}, got "
+                    f"{request.task!r} and {request.protocol!r}"
+                )
+            if not 2 <= request.n_classes <= 100_000:
+                raise InvalidRequest(f"n_classes must lie in [2, 100000], got {request.n_classes}")
+            sealed = SealedModel(owner_public=request.owner_public, ciphertext=request.sealed_model)
+            result = await self._slot_enclave(
+                slot, lambda e: e.load_sealed(sealed, nonce=request.nonce)
+            )
+            hosted = HostedVerifier(
+                name=slot.name,
+                task=request.task,
+                n_classes=request.n_classes,
+                enclave=slot.enclave,
+                executor=slot.executor,
+                protocol=request.protocol,
+            )
+            del self._slots[slot.name]
+            self._verifiers[slot.name] = hosted
+            logger.info(
+                "Fides verifier %r provisioned sealed by %r (protocol %s), measurement %s…",
+                slot.name,
+                slot.owner,
+                request.protocol,
+                slot.enclave.measurement.hex()[:16],
+            )
+            return classify_pb2.ProvisionReply(
+                output=result.output,
+                quote_json=result.quote.to_json(),
+                verifier=hosted.info(),
+                node_id=self._node.identity.node_id,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def close(self) -> None:
-        for hosted in self._verifiers.values():
+        for hosted in [*self._verifiers.values(), *self._slots.values()]:
             hosted.enclave.close()
             hosted.executor.shutdown(wait=False)
         self._executor.shutdown(wait=False)
@@ -377,19 +524,24 @@ def add_classify_servicer(
     verifiers: tuple[tuple[str, str], ...],
     enclave_kind: str = "auto",
     fides_protocol: str = "distribution",
+    sealed: tuple[tuple[str, str], ...] = (),
 ) -> ClassifyServicer:
-    """Load the classifiers, start the verifiers' enclaves, register the service.
+    """Load the classifiers, start the verifiers' enclaves and the sealed slots' (`sealed`:
+    (name, owner CN) pairs), register the service.
 
     Returns the servicer; the node calls `close()` on it when it stops (ends the enclaves)."""
     loaded = {name: load_classifier(Path(d)) for name, d in classifiers}
     hosted: dict[str, HostedVerifier] = {}
+    slots: dict[str, SealedSlot] = {}
     try:
         for name, d in verifiers:
             hosted[name] = start_verifier(name, Path(d), enclave_kind, fides_protocol)
+        for name, owner in sealed:
+            slots[name] = start_slot(name, owner, enclave_kind)
     except BaseException:
-        for h in hosted.values():
+        for h in [*hosted.values(), *slots.values()]:
             h.enclave.close()
         raise
-    servicer = ClassifyServicer(node, loaded, hosted)
+    servicer = ClassifyServicer(node, loaded, hosted, slots)
     classify_pb2_grpc.add_ClassifyServicer_to_server(servicer, server)
     return servicer

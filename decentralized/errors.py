@@ -8,7 +8,9 @@ Tree::
     ├── SessionMismatch     KV-cache session missing or out of step             FAILED_PRECONDITION
     ├── Overloaded          too many sessions / requests                        RESOURCE_EXHAUSTED
     ├── Draining            the node is shutting down                           UNAVAILABLE
-    ├── NotANode            record announced without that node's certificate    PERMISSION_DENIED
+    ├── NotPermitted        the caller's certificate may not make this call      PERMISSION_DENIED
+    │   └── NotANode        record announced without that node's certificate
+    ├── AlreadyProvisioned  a sealed verifier slot already holds its model      FAILED_PRECONDITION
     ├── PeerUnavailable     a peer died, stalled past its deadline, or refused  (client side)
     ├── PeerMisbehaved      a peer returned something that fails validation     (client side)
     └── NoRoute             no live nodes cover the requested layers            (client side)
@@ -60,10 +62,20 @@ class Draining(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class NotANode(MeshError):
-    """A record was announced by a caller whose certificate is not that node's."""
+class NotPermitted(MeshError):
+    """The caller's certificate does not allow this call (not the node or owner it names)."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotANode(NotPermitted):
+    """A record was announced by a caller whose certificate is not that node's."""
+
+
+class AlreadyProvisioned(MeshError):
+    """A sealed verifier slot already holds its model (the enclave's key is gone)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class PeerUnavailable(MeshError):
@@ -123,6 +135,6 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
     grpc.StatusCode.UNAVAILABLE: PeerUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: PeerUnavailable,
     grpc.StatusCode.DATA_LOSS: PeerMisbehaved,
-    grpc.StatusCode.PERMISSION_DENIED: NotANode,
+    grpc.StatusCode.PERMISSION_DENIED: NotPermitted,
     grpc.StatusCode.ABORTED: SessionAborted,
 }

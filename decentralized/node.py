@@ -57,6 +57,7 @@ class NodeSettings:
     mpc_classifiers: tuple[tuple[str, str], ...] = ()  # (name, MPCViT checkpoint directory)
     enclave: str = "auto"  # "auto" (configfs-tsm if present, else SIMULATED), "simulated", ...
     fides_protocol: str = "distribution"  # or "verdicts": enclaves never reveal distributions
+    fides_sealed: tuple[tuple[str, str], ...] = ()  # (name, owner CN): verifiers sent sealed
     version: str = "0"  # software version advertised in the record
 
 
@@ -160,11 +161,17 @@ class Node:
         )
         he_health = add_he_servicer(server, self)  # HE heads: docs/he.md
         services = ["", "decentralized.v1.Mesh", "decentralized.v1.Shard", he_health]
-        if s.classifiers or s.fides_verifiers:  # plaintext classifiers, Fides: docs/fides.md
+        if s.classifiers or s.fides_verifiers or s.fides_sealed:  # docs/fides.md
             self._classify = await loop.run_in_executor(
                 self._executor,
                 lambda: add_classify_servicer(
-                    server, self, s.classifiers, s.fides_verifiers, s.enclave, s.fides_protocol
+                    server,
+                    self,
+                    s.classifiers,
+                    s.fides_verifiers,
+                    s.enclave,
+                    s.fides_protocol,
+                    s.fides_sealed,
                 ),
             )
             services.append(CLASSIFY_HEALTH)

@@ -79,10 +79,21 @@ class Catalog:
     def pick(
         self, want: Callable[[NodeModels], bool], what: str, prefer: str | None = None
     ) -> NodeModels:
-        """The least loaded node satisfying `want` (or the one named `prefer`)."""
-        nodes = [n for n in self.nodes() if want(n)]
-        if prefer is not None:
-            nodes = [n for n in nodes if prefer in (n.name, n.address, n.node_id)]
+        """The least loaded node satisfying `want` (or the one named `prefer`). When none
+        does, the nodes are asked again once: the answers may predate the model (a verifier
+        provisioned since, a restarted node)."""
+
+        def matching() -> list[NodeModels]:
+            nodes = [n for n in self.nodes() if want(n)]
+            if prefer is not None:
+                nodes = [n for n in nodes if prefer in (n.name, n.address, n.node_id)]
+            return nodes
+
+        nodes = matching()
+        if not nodes:
+            with self._lock:
+                self._known.clear()
+            nodes = matching()
         if not nodes:
             raise UnknownModel(f"no live node hosts {what}" + (f" as {prefer!r}" if prefer else ""))
         loads = {r.address: r.load for r in self._mesh.refresh()}

@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="host a Fides verification model in an enclave (repeatable)",
     )
     run.add_argument(
+        "--fides-sealed",
+        action="append",
+        metavar="NAME=OWNER",
+        help="open a Fides verifier slot whose model OWNER (the CN of its mesh certificate) "
+        "sends sealed to the enclave (`fides provision`): this node never holds the "
+        "verifier's weights in the clear (on SEV-SNP/TDX hardware; repeatable)",
+    )
+    run.add_argument(
         "--enclave",
         choices=["auto", "simulated", "configfs-tsm"],
         help="enclave backend for Fides verifiers (auto: configfs-tsm if present, else "
@@ -243,6 +251,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("full", type=Path, help="full Fides directory (with verifier.safetensors)")
     export.add_argument("out", type=Path, help="where to write the client bundle")
+    prov = fides_sub.add_parser(
+        "provision",
+        help="send a full Fides directory SEALED to the enclave of a node's verifier slot "
+        "(`node run --fides-sealed NAME=OWNER`): the enclave is attested first, and only it "
+        "can read the verifier's weights (on SEV-SNP/TDX hardware)",
+        formatter_class=fmt,
+    )
+    prov.add_argument("full", type=Path, help="full Fides directory (with verifier.safetensors)")
+    prov.add_argument("--node", required=True, help="host:port of the node with the slot")
+    prov.add_argument("--verifier", required=True, help="the slot's name on that node")
+    prov.add_argument("--node-name", default="", help="the node's certificate name to expect")
+    prov.add_argument(
+        "--protocol",
+        choices=["distribution", "verdicts"],
+        default="distribution",
+        help="what the enclave will return (see `node run --fides-protocol`)",
+    )
+    prov.add_argument(
+        "--allow-simulated",
+        action="store_true",
+        help="accept a SIMULATED enclave (development only: its host can read the model)",
+    )
+    prov.add_argument("--json", action="store_true")
+    _tls_flags(prov)
 
     demo = sub.add_parser(
         "demo", help="three local nodes, two models, end to end", formatter_class=fmt
@@ -285,6 +317,7 @@ def _node_run(args: argparse.Namespace) -> int:
         "mpc_classifiers": args.mpc_classifier,
         "enclave": args.enclave,
         "fides_protocol": args.fides_protocol,
+        "fides_sealed": args.fides_sealed,
     }
     config = cfg.load(args.config, overrides)
     logs.configure(config.settings.name, config.log_format)
@@ -640,6 +673,44 @@ def _fides_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fides_provision(args: argparse.Namespace) -> int:
+    from secure_infer import logs
+    from secure_infer.fides_provision import provision_verifier
+    from verification.fides import ModelFormatError
+
+    logs.configure("client", "text", level=30)
+    try:
+        result = provision_verifier(
+            args.node,
+            args.verifier,
+            args.full,
+            protocol=args.protocol,
+            tls=_tls(args),
+            insecure_dev=args.insecure_dev,
+            node_name=args.node_name,
+            allow_simulated=args.allow_simulated,
+        )
+    except ModelFormatError as exc:
+        sys.stderr.write(f"ModelFormatError: {exc}\n")
+        return _EXIT_ERROR
+    if args.json:
+        doc = {
+            "verifier": result.verifier,
+            "node_id": result.node_id,
+            "protocol": result.protocol,
+            "measurement": result.measurement.hex(),
+            "platform": result.platform,
+            "simulated": result.simulated,
+            "pinning": result.pinning,
+            "model_bytes": result.model_bytes,
+            "seconds": round(result.seconds, 3),
+        }
+        sys.stdout.write(json.dumps(doc) + "\n")
+    else:
+        sys.stdout.write(result.summary() + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -674,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
             return _manifest(args)
         if args.command == "verdict":
             return _verdicts(args)
+        if args.command == "fides" and args.fides_command == "provision":
+            return _fides_provision(args)
         if args.command == "fides":
             return _fides_export(args)
         if args.command == "demo":

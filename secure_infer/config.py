@@ -12,6 +12,8 @@ Example ``node.toml``::
     mpc_models = ["all-MiniLM-L6-v2"]  # run whole as an MPC party or dealer (optional)
     classifiers = ["mnist-cnn=models/mnist-cnn"]  # NAME=DIR plaintext classifiers (optional)
     fides_verifiers = ["mnist-cnn=models/fides-mnist"]  # NAME=DIR Fides verifiers (optional)
+    fides_sealed = ["mnist-sealed=alice"]  # NAME=OWNER: a verifier its owner (the CN of a mesh
+                                    # certificate) sends sealed to the enclave (optional)
     mpc_classifiers = ["mpcvit-mnist=models/mpcvit"]  # NAME=DIR MPCViT checkpoints under MPC
     enclave = "auto"                # verifiers' enclave: auto | simulated | configfs-tsm
 
@@ -99,6 +101,22 @@ def parse_named_dirs(value: Any, key: str, base: Path) -> tuple[tuple[str, str],
     return tuple(out)
 
 
+def parse_sealed(value: Any) -> tuple[tuple[str, str], ...]:
+    """NAME=OWNER strings (a list, or one comma-separated string) -> ((name, owner CN), ...)."""
+    items = [v for v in value.split(",") if v] if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        name, sep, owner = str(item).partition("=")
+        if not sep or not name.strip() or not owner.strip():
+            raise ConfigError(
+                f"fides_sealed: expected NAME=OWNER (owner: a certificate CN), got {item!r}"
+            )
+        out.append((name.strip(), owner.strip()))
+    if len({n for n, _ in out}) != len(out):
+        raise ConfigError("fides_sealed: a name appears twice")
+    return tuple(out)
+
+
 def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
     """Read TOML (if given), apply non-None overrides, validate."""
     doc: dict[str, Any] = {}
@@ -144,6 +162,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
         "mpc_classifiers",
         "enclave",
         "fides_protocol",
+        "fides_sealed",
     }
     if unknown:
         raise ConfigError(f"unknown [node] keys: {', '.join(sorted(unknown))}")
@@ -171,6 +190,10 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
     classifiers = parse_named_dirs(node.get("classifiers", []), "classifiers", base)
     verifiers = parse_named_dirs(node.get("fides_verifiers", []), "fides_verifiers", base)
     mpc_classifiers = parse_named_dirs(node.get("mpc_classifiers", []), "mpc_classifiers", base)
+    sealed = parse_sealed(node.get("fides_sealed", []))
+    clash = {n for n, _ in verifiers} & {n for n, _ in sealed}
+    if clash:
+        raise ConfigError(f"fides_sealed: {', '.join(sorted(clash))} is also in fides_verifiers")
     enclave = str(node.get("enclave", "auto"))
     from decentralized.classify_service import ENCLAVE_KINDS
 
@@ -183,10 +206,11 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
         raise ConfigError(
             f"fides_protocol must be one of {', '.join(PROTOCOLS)}, got {fides_protocol!r}"
         )
-    if not (spans or mpc_models or classifiers or verifiers or mpc_classifiers):
+    if not (spans or mpc_models or classifiers or verifiers or mpc_classifiers or sealed):
         raise ConfigError(
             "the node serves nothing: add [[spans]] or --span MODEL:START:END, "
-            "mpc_models / --mpc-model MODEL, or --classifier / --fides-verifier NAME=DIR"
+            "mpc_models / --mpc-model MODEL, --classifier / --fides-verifier NAME=DIR, or "
+            "--fides-sealed NAME=OWNER"
         )
     material = None
     if not insecure:
@@ -224,6 +248,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
             mpc_classifiers=mpc_classifiers,
             enclave=enclave,
             fides_protocol=fides_protocol,
+            fides_sealed=sealed,
             version=f"secure-infer {__version__}",
         )
     except (TypeError, ValueError) as exc:

@@ -7,7 +7,9 @@ Exception
 │   ├── SessionMismatch       KV-cache session lost or out of step (FAILED_PRECONDITION)
 │   ├── Overloaded            node at capacity                     (RESOURCE_EXHAUSTED)
 │   ├── Draining              node shutting down                   (UNAVAILABLE)
-│   ├── NotANode              record not sent by that node         (PERMISSION_DENIED)
+│   ├── NotPermitted          caller's certificate may not do this (PERMISSION_DENIED)
+│   │   └── NotANode          record not sent by that node
+│   ├── AlreadyProvisioned    sealed verifier slot already loaded  (FAILED_PRECONDITION)
 │   ├── PeerUnavailable       node died, stalled, or refused       (UNAVAILABLE, DEADLINE)
 │   ├── PeerMisbehaved        invalid answer or record             (DATA_LOSS)
 │   ├── SessionAborted        an MPC party died, stalled or lied   (ABORTED)
@@ -33,12 +35,14 @@ Exception
 from __future__ import annotations
 
 from decentralized.errors import (
+    AlreadyProvisioned,
     Draining,
     EnclaveFailed,
     InvalidRequest,
     MeshError,
     NoRoute,
     NotANode,
+    NotPermitted,
     Overloaded,
     PeerMisbehaved,
     PeerUnavailable,
@@ -75,6 +79,7 @@ from verification.consensus import (
 )
 
 __all__ = [
+    "AlreadyProvisioned",
     "AttestationError",
     "BadChain",
     "BadReceipt",
@@ -97,6 +102,7 @@ __all__ = [
     "NoRoute",
     "NonceMismatch",
     "NotANode",
+    "NotPermitted",
     "Overloaded",
     "PeerMisbehaved",
     "PeerUnavailable",

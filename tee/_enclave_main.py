@@ -132,7 +132,12 @@ class _Enclave:
         code, factory, cd, key = self.pending
         sealed = SealedModel(owner_public=owner_public, ciphertext=ciphertext)
         model = key.open(sealed)  # SealedModelRejected: stays pending for another try
-        digests = self._install(factory, code.entry, cd, model)
+        try:
+            digests = self._install(factory, code.entry, cd, model)
+        except Exception as exc:  # noqa: BLE001 - the owner's bytes: refused, still pending
+            raise SealedModelRejected(
+                f"the model opened but {code.entry} refused it: {type(exc).__name__}: {exc}"
+            ) from None
         key.erase()
         self.pending = None
         output = loaded_output(cd, bytes.fromhex(digests["model_digest"]))

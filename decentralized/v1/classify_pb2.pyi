@@ -155,3 +155,55 @@ class AttestedSessionReply(_message.Message):
     quote_json: str
     node_id: str
     def __init__(self, offer: _Optional[bytes] = ..., quote_json: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class ProvisioningOfferRequest(_message.Message):
+    __slots__ = ("verifier", "nonce")
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    verifier: str
+    nonce: bytes
+    def __init__(self, verifier: _Optional[str] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class ProvisioningOfferReply(_message.Message):
+    __slots__ = ("offer", "quote_json", "entry", "simulated_platform_key", "node_id")
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    QUOTE_JSON_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_PLATFORM_KEY_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    offer: bytes
+    quote_json: str
+    entry: str
+    simulated_platform_key: bytes
+    node_id: str
+    def __init__(self, offer: _Optional[bytes] = ..., quote_json: _Optional[str] = ..., entry: _Optional[str] = ..., simulated_platform_key: _Optional[bytes] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class ProvisionRequest(_message.Message):
+    __slots__ = ("verifier", "owner_public", "sealed_model", "nonce", "task", "n_classes", "protocol")
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    OWNER_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    SEALED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    N_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    verifier: str
+    owner_public: bytes
+    sealed_model: bytes
+    nonce: bytes
+    task: str
+    n_classes: int
+    protocol: str
+    def __init__(self, verifier: _Optional[str] = ..., owner_public: _Optional[bytes] = ..., sealed_model: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
+
+class ProvisionReply(_message.Message):
+    __slots__ = ("output", "quote_json", "verifier", "node_id")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    QUOTE_JSON_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    output: bytes
+    quote_json: str
+    verifier: VerifierInfo
+    node_id: str
+    def __init__(self, output: _Optional[bytes] = ..., quote_json: _Optional[str] = ..., verifier: _Optional[_Union[VerifierInfo, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...

@@ -56,6 +56,16 @@ class ClassifyStub:
                 request_serializer=decentralized_dot_v1_dot_classify__pb2.AttestedSessionRequest.SerializeToString,
                 response_deserializer=decentralized_dot_v1_dot_classify__pb2.AttestedSessionReply.FromString,
                 _registered_method=True)
+        self.OfferProvisioning = channel.unary_unary(
+                '/decentralized.v1.Classify/OfferProvisioning',
+                request_serializer=decentralized_dot_v1_dot_classify__pb2.ProvisioningOfferRequest.SerializeToString,
+                response_deserializer=decentralized_dot_v1_dot_classify__pb2.ProvisioningOfferReply.FromString,
+                _registered_method=True)
+        self.Provision = channel.unary_unary(
+                '/decentralized.v1.Classify/Provision',
+                request_serializer=decentralized_dot_v1_dot_classify__pb2.ProvisionRequest.SerializeToString,
+                response_deserializer=decentralized_dot_v1_dot_classify__pb2.ProvisionReply.FromString,
+                _registered_method=True)
 
 
 class ClassifyServicer:
@@ -96,6 +106,26 @@ class ClassifyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OfferProvisioning(self, request, context):
+        """Sealed provisioning (tee/provisioning.py) of a verifier slot the node's operator opened
+        with --fides-sealed NAME=OWNER: the slot's enclave runs the verifier code with no model and
+        quotes an X25519 key under its "awaiting" measurement; the owner seals the full verifier
+        bundle to that key (Provision) and only the enclave reads it. Only the owner (the CN of its
+        mesh certificate) may call these. Errors: NOT_FOUND (no such slot), PERMISSION_DENIED (not
+        the slot's owner), FAILED_PRECONDITION (already provisioned), INVALID_ARGUMENT (nonce,
+        key, task, protocol, or a model that does not open or load: the slot keeps waiting),
+        INTERNAL (the enclave failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Provision(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClassifyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +148,16 @@ def add_ClassifyServicer_to_server(servicer, server):
                     servicer.OpenSession,
                     request_deserializer=decentralized_dot_v1_dot_classify__pb2.AttestedSessionRequest.FromString,
                     response_serializer=decentralized_dot_v1_dot_classify__pb2.AttestedSessionReply.SerializeToString,
+            ),
+            'OfferProvisioning': grpc.unary_unary_rpc_method_handler(
+                    servicer.OfferProvisioning,
+                    request_deserializer=decentralized_dot_v1_dot_classify__pb2.ProvisioningOfferRequest.FromString,
+                    response_serializer=decentralized_dot_v1_dot_classify__pb2.ProvisioningOfferReply.SerializeToString,
+            ),
+            'Provision': grpc.unary_unary_rpc_method_handler(
+                    servicer.Provision,
+                    request_deserializer=decentralized_dot_v1_dot_classify__pb2.ProvisionRequest.FromString,
+                    response_serializer=decentralized_dot_v1_dot_classify__pb2.ProvisionReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -230,6 +270,60 @@ class Classify:
             '/decentralized.v1.Classify/OpenSession',
             decentralized_dot_v1_dot_classify__pb2.AttestedSessionRequest.SerializeToString,
             decentralized_dot_v1_dot_classify__pb2.AttestedSessionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OfferProvisioning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decentralized.v1.Classify/OfferProvisioning',
+            decentralized_dot_v1_dot_classify__pb2.ProvisioningOfferRequest.SerializeToString,
+            decentralized_dot_v1_dot_classify__pb2.ProvisioningOfferReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Provision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decentralized.v1.Classify/Provision',
+            decentralized_dot_v1_dot_classify__pb2.ProvisionRequest.SerializeToString,
+            decentralized_dot_v1_dot_classify__pb2.ProvisionReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,8 @@ MNIST images, a small CNN, ~15 s on one idle CPU thread; cached under the Fides 
 
     verifier  hosts the Fides verifiers "mnist" and "reviews" in SIMULATED enclaves (INSECURE:
               tests only)
+    judge     hosts "mnist" under protocol "verdicts", and two slots ("sealed",
+              "sealed-verdicts") whose verifier the tests provision sealed (tee.provisioning)
     service   hosts the honest classifiers "mnist" and "reviews" (MiniLM + head)
     attacker  tests/fides_mesh/attacker.py: "mnist@<attack>" for every Fides attack
     liar      tests/fides_mesh/attacker.py: verifiers "mnist@replay", "mnist@tamper",
@@ -90,6 +92,9 @@ def mesh(
                 *("--fides-verifier", f"mnist={fides}"),
                 *("--fides-protocol", "verdicts"),
                 *("--enclave", "simulated"),
+                # slots whose verifier the "client" certificate's holder provisions sealed
+                *("--fides-sealed", "sealed=client"),
+                *("--fides-sealed", "sealed-verdicts=client"),
             ),
         ),
         NodeSpec(

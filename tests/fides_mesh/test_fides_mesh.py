@@ -7,6 +7,7 @@ below are "well above chance" for it (as in tests/verification), not the paper's
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -18,19 +19,23 @@ import torch
 from decentralized.classify_service import enclave_request
 from decentralized.transport import sync_channel
 from decentralized.v1 import classify_pb2, classify_pb2_grpc
-from secure_infer import cli
+from secure_infer import certs, cli
+from secure_infer.certs import TLSMaterial
 from secure_infer.client import Client, credentials
 from secure_infer.errors import (
+    AlreadyProvisioned,
     BindingMismatch,
     FreshnessError,
     InvalidRequest,
     MeasurementNotAllowed,
+    NotPermitted,
     ReplayedNonce,
     SimulatedNotAllowed,
     UnknownModel,
     status_code,
 )
 from secure_infer.fides_client import FidesOptions, client_bundle, published_measurement
+from secure_infer.fides_provision import provision_verifier
 from secure_infer.localmesh import LocalMesh
 from tee import (
     AttestedSession,
@@ -359,3 +364,75 @@ def test_text_classification_is_verified_end_to_end(client: Client, text_artefac
     assert res.verifier_probs is not None
     np.testing.assert_allclose(res.verifier_probs, local, atol=1e-5)
     assert res.labels[0] in ("negative", "positive") and len(res.checks) == 3 and res.simulated
+
+
+def test_a_verifier_provisioned_sealed_serves_like_one_loaded_from_disk(
+    client: Client,
+    mesh: LocalMesh,
+    options: FidesOptions,
+    artefacts: Path,
+    test_images: torch.Tensor,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--fides-sealed`: the node never reads the verifier; its owner attests the enclave and
+    sends the bundle sealed to it; clients then verify against the same pinned measurement."""
+    node, full, x = mesh.nodes["judge"], artefacts / "fides", test_images.numpy()
+    opts = dataclasses.replace(options, verifier="sealed", verifier_node="judge")
+    with pytest.raises(UnknownModel):  # not provisioned yet: no such verifier to use
+        client.classify("mnist", x[:2], verify="fides", fides=opts)
+    owner = {"tls": mesh.client_tls(), "node_name": "judge", "allow_simulated": True}
+    with pytest.raises(NotPermitted, match="only 'client' may provision"):
+        provision_verifier(node.address, "sealed", full, **(owner | {"tls": _tls(mesh, "liar")}))
+    with pytest.raises(SimulatedNotAllowed):  # an owner's production policy
+        provision_verifier(node.address, "sealed", full, **(owner | {"allow_simulated": False}))
+    with pytest.raises(InvalidRequest, match="client bundle"):
+        provision_verifier(node.address, "sealed", options.bundle, **owner)
+    with pytest.raises(UnknownModel, match="no sealed verifier slot"):
+        provision_verifier(node.address, "nope", full, **owner)
+    with sync_channel(node.address, credentials(mesh.client_tls(), False), "judge") as channel:
+        stub = classify_pb2_grpc.ClassifyStub(channel)
+        bad = classify_pb2.ProvisionRequest(
+            verifier="sealed",
+            owner_public=os.urandom(32),
+            sealed_model=os.urandom(200),
+            nonce=os.urandom(32),
+            task="image",
+            n_classes=10,
+            protocol="distribution",
+        )
+        for request, code in (
+            (bad, grpc.StatusCode.INVALID_ARGUMENT),  # does not open: the slot keeps waiting
+            (classify_pb2.ProvisionRequest(verifier="sealed"), grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Provision(request, timeout=30)
+            assert err.value.code() == code, err.value.details()  # type: ignore[attr-defined]
+    result = provision_verifier(node.address, "sealed", full, **owner)
+    assert result.simulated and "SIMULATED" in result.summary()
+    assert result.measurement == published_measurement(options.bundle)
+    res = client.classify("mnist@swap_top2", x, verify="fides", fides=opts)
+    assert res.quote is not None and res.quote.verifier_node == "judge"
+    assert res.quote.measurement == result.measurement.hex()
+    local = FidesVerifier.load(full)
+    assert [c.attacked for c in res.checks] == [v.attacked for v in local.verify(x, res.probs)]
+    assert np.mean([c.attacked for c in res.checks]) >= 0.4
+    with pytest.raises(AlreadyProvisioned):  # one model per enclave: its key is gone
+        provision_verifier(node.address, "sealed", full, **owner)
+    # the CLI, protocol "verdicts", on the other slot
+    args = ["fides", "provision", str(full), "--node", node.address, "--verifier"]
+    args += ["sealed-verdicts", "--protocol", "verdicts", "--certs", str(mesh.certs_dir)]
+    assert cli.main([*args, "--node-name", "judge"]) == 1  # simulated needs the opt-in
+    assert "SimulatedNotAllowed" in capsys.readouterr().err
+    assert cli.main([*args, "--node-name", "judge", "--allow-simulated", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["simulated"] is True and doc["protocol"] == "verdicts"
+    assert doc["measurement"] == published_measurement(options.bundle, "verdicts").hex()
+    verdicts = dataclasses.replace(opts, verifier="sealed-verdicts", protocol="verdicts")
+    res = client.classify("mnist", x[:4], verify="fides", fides=verdicts)
+    assert len(res.checks) == 4 and res.verifier_probs is None
+    assert cli.main([*args, "--allow-simulated"]) == 1  # and only once
+    assert "AlreadyProvisioned" in capsys.readouterr().err
+
+
+def _tls(mesh: LocalMesh, name: str) -> TLSMaterial:
+    return certs.material(mesh.certs_dir, name)

@@ -31,3 +31,10 @@ def failing(model: bytes) -> Callable[[bytes], bytes]:
         return data
 
     return handle
+
+
+def strict(model: bytes) -> Callable[[bytes], bytes]:
+    """Like `process_id`, but refuses a model that does not start with b"model"."""
+    if not model.startswith(b"model"):
+        raise ValueError("not a model this code can load")
+    return process_id(model)

@@ -176,3 +176,19 @@ def test_check_loaded_refuses_another_model(awaiting: SimulatedEnclave) -> None:
             trust=trust,
             nonce_store=store,
         )
+
+
+def test_a_model_the_code_refuses_leaves_the_enclave_waiting() -> None:
+    strict = "tests.tee.enclave_apps:strict"
+    awaiting = awaiting_measurement(code_digest(CodeRef.parse(strict)))
+    with SimulatedEnclave(timeout_s=60) as enclave:
+        store = NonceStore()
+        offer = enclave.offer_provisioning(strict, nonce=store.issue())
+        public = parse_offer_output(offer.offer)
+        with pytest.raises(SealedModelRejected, match="refused it: ValueError"):
+            enclave.load_sealed(seal_model(public, b"junk", awaiting=awaiting), nonce=store.issue())
+        result = enclave.load_sealed(
+            seal_model(public, MODEL, awaiting=awaiting), nonce=store.issue()
+        )
+        assert result.quote.measurement == enclave.measurement
+        assert enclave.run(b"q", nonce=store.issue()).output.startswith(MODEL + b"|q|")

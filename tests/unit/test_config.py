@@ -50,6 +50,9 @@ def test_toml_with_flag_overrides(tmp_path: Path) -> None:
         ({"bogus": 1}, "unknown \\[node\\] keys: bogus"),
         ({"heartbeat_s": 10.0}, "heartbeat_s < dead_after_s"),
         ({"fides_protocol": "everything"}, "fides_protocol must be one of distribution, verdicts"),
+        ({"fides_sealed": ["mnist"]}, "fides_sealed: expected NAME=OWNER"),
+        ({"fides_sealed": ["mnist= "]}, "fides_sealed: expected NAME=OWNER"),
+        ({"fides_sealed": "a=alice,a=bob"}, "fides_sealed: a name appears twice"),
     ],
 )
 def test_invalid_configs(tmp_path: Path, overrides: dict[str, object], message: str) -> None:
@@ -57,6 +60,17 @@ def test_invalid_configs(tmp_path: Path, overrides: dict[str, object], message: 
     path.write_text(TOML)
     with pytest.raises(ConfigError, match=message):
         load(path, overrides)
+
+
+def test_sealed_verifier_slots(tmp_path: Path) -> None:
+    """`fides_sealed` NAME=OWNER slots are enough for a node to serve, and their names may not
+    collide with verifiers loaded from disk."""
+    cfg = load(None, {"insecure_dev": True, "fides_sealed": "mnist=alice, text = bob"})
+    assert cfg.settings.fides_sealed == (("mnist", "alice"), ("text", "bob"))
+    (tmp_path / "fides").mkdir()
+    clash = {"fides_verifiers": [f"mnist={tmp_path / 'fides'}"], "fides_sealed": ["mnist=a"]}
+    with pytest.raises(ConfigError, match="mnist is also in fides_verifiers"):
+        load(None, {"insecure_dev": True, **clash})
 
 
 def test_missing_tls_and_spans_and_file(tmp_path: Path) -> None:
