@@ -16,7 +16,8 @@
    enclave (SIMULATED here, and labelled so); the client classifies held-out images, checks
    the quote and runs the attack detector (`secure_infer.fides_demo`); node-c hosts the same
    verifier under protocol "verdicts" (its enclave judges and never reveals the verifier's
-   distribution), and the client checks that it gives the same verdicts.
+   distribution), provisioned by the client SEALED to node-c's attested enclave (node-c never
+   reads the verifier's weights), and the client checks that it gives the same verdicts.
 """
 
 from __future__ import annotations
@@ -466,7 +467,7 @@ def _failover(client: Any, local: _LocalLM, mesh: LocalMesh, say: _Progress) -> 
 
 def _fides(client: Any, mesh: LocalMesh, artefacts: Path, say: _Progress) -> dict[str, Any]:
     say("Fides: classifying MNIST on node-a, verified by node-b's enclaved verifier")
-    report = run_fides_demo(client, mesh, artefacts)
+    report = run_fides_demo(client, mesh, artefacts, judge="node-c")
     swap = report["client_side_swap_attack"]
     say(f"  TEE: {report['tee']['label']}, verifier node {report['tee']['verifier_node']}")
     say(
@@ -479,6 +480,13 @@ def _fides(client: Any, mesh: LocalMesh, artefacts: Path, say: _Progress) -> dic
         f"re-classified to the honest label {swap['reclassified_to_honest_label']}"
     )
     judged = report["verdicts_protocol"]
+    sealed = judged["provisioned_sealed"]
+    say(
+        f"  {judged['verifier_node']}'s verifier provisioned sealed by the client in "
+        f"{sealed['seconds']:.2f} s ({sealed['bytes']} bytes; published measurement "
+        f"{sealed['measurement_is_the_published_one']})"
+        + (": SIMULATED enclave, its host could read them" if sealed["simulated"] else "")
+    )
     say(
         f"  protocol 'verdicts' ({judged['verifier_node']}'s enclave judges): same verdicts "
         f"{judged['same_verdicts_as_client_judging']}, verifier's distribution revealed "
@@ -487,6 +495,7 @@ def _fides(client: Any, mesh: LocalMesh, artefacts: Path, say: _Progress) -> dic
     report["verdict_ok"] = (
         judged["same_verdicts_as_client_judging"]
         and not judged["distribution_revealed"]
+        and sealed["measurement_is_the_published_one"]
         and report["clean_flagged_fraction"] <= 0.1
         and swap["detection_rate"] >= 0.75  # a test-scale verifier; bench: >= 0.98 at full
         and report["without_opt_in"].startswith(("refused", "accepted"))
@@ -595,8 +604,8 @@ def _fides_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "Fides verdicts protocol: same verdicts",
             str(r["verdicts_protocol"]["same_verdicts_as_client_judging"]),
-            f"judged in {r['verdicts_protocol']['verifier_node']}'s enclave; distribution "
-            f"revealed: {r['verdicts_protocol']['distribution_revealed']}",
+            f"judged in {r['verdicts_protocol']['verifier_node']}'s enclave, provisioned "
+            f"sealed; distribution revealed: {r['verdicts_protocol']['distribution_revealed']}",
         ),
         (
             "Fides: latency plain / verified",

@@ -9,12 +9,14 @@ unless the node runs in an SEV-SNP/TDX guest with configfs-tsm), e.g.
     args = node_args(artefacts)
     NodeSpec(name="node-c", extra_args=args["service"] + args["verifier"])
 
-`run_fides_demo(client, mesh, artefacts)` then classifies held-out MNIST images with
+`run_fides_demo(client, mesh, artefacts, judge=...)` then classifies held-out MNIST images with
 `verify="fides"`, shows that simulated evidence is refused without the opt-in, and shows what
 Fides does with a dishonest answer. No node of the demo is dishonest: the attack is applied on
 the client to the honest service's returned distribution (Fides' top-1/top-2 swap) and judged
-against the enclave's attested distribution, and the report says so. The real-mesh attacks
-(dishonest node processes) are in tests/fides_mesh.
+against the enclave's attested distribution, and the report says so. The "judge" node's
+verifier (protocol "verdicts") is provisioned by the client sealed to its attested enclave
+(`secure_infer.fides_provision`). The real-mesh attacks (dishonest node processes) are in
+tests/fides_mesh.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import torch
 from secure_infer.classify_client import result_dict
 from secure_infer.client import Client
 from secure_infer.errors import SimulatedNotAllowed
-from secure_infer.fides_client import FidesOptions, client_bundle
+from secure_infer.fides_client import FidesOptions, client_bundle, published_measurement
+from secure_infer.fides_provision import provision_verifier
 from secure_infer.localmesh import LocalMesh
 from verification.fides import FidesVerifier
 from verification.fides.artefacts import SCALES, build
@@ -38,6 +41,7 @@ from verification.fides.experiment import prepare_mnist
 
 MODEL = "mnist"
 N_IMAGES = 32
+OWNER = "client"  # the CN of the demo client's certificate: it owns the judge's slot
 
 
 def build_artefacts(scale: str = "test") -> Path:
@@ -46,21 +50,22 @@ def build_artefacts(scale: str = "test") -> Path:
 
 
 def node_args(artefacts: Path) -> dict[str, tuple[str, ...]]:
-    """`node run` flags: "service" hosts the classifier, "verifier" the enclaved verifier,
-    "judge" the same verifier under protocol "verdicts" (its enclave judges and never reveals
-    the verifier's distribution)."""
-    fides = ("--fides-verifier", f"{MODEL}={artefacts / 'fides'}")
+    """`node run` flags: "service" hosts the classifier, "verifier" the enclaved verifier
+    (read from the node's disk), "judge" a slot whose verifier the client provisions sealed to
+    the enclave (`run_fides_demo` does, for protocol "verdicts": the enclave judges and never
+    reveals the verifier's distribution; the node never reads the verifier's weights)."""
     return {
         "service": ("--classifier", f"{MODEL}={artefacts / 'service'}"),
-        "verifier": fides,
-        "judge": (*fides, "--fides-protocol", "verdicts"),
+        "verifier": ("--fides-verifier", f"{MODEL}={artefacts / 'fides'}"),
+        "judge": ("--fides-sealed", f"{MODEL}={OWNER}"),
     }
 
 
 def run_fides_demo(
-    client: Client, mesh: LocalMesh, artefacts: Path, scale: str = "test"
+    client: Client, mesh: LocalMesh, artefacts: Path, judge: str, scale: str = "test"
 ) -> dict[str, Any]:
-    """Run the demo's Fides steps on a running mesh; returns a JSON-able report.
+    """Run the demo's Fides steps on a running mesh; returns a JSON-able report. `judge` is the
+    node started with `node_args(...)["judge"]`: the client provisions its slot first.
 
     `scale` must be the one `artefacts` was built with ("test": seconds to train, weaker;
     "full": the bench's configuration, ~5 min to train on first use)."""
@@ -81,6 +86,16 @@ def run_fides_demo(
     honest = res.probs.argmax(1)
     attacked = fides.judge(swap_top2(torch.from_numpy(res.probs)), res.verifier_probs)
     hits = [v.reclassified_label == int(honest[i]) for i, v in enumerate(attacked) if v.attacked]
+    provisioned = provision_verifier(
+        mesh.nodes[judge].address,
+        MODEL,
+        artefacts / "fides",
+        protocol="verdicts",
+        tls=mesh.client_tls(),
+        insecure_dev=mesh.insecure_dev,
+        node_name=judge,
+        allow_simulated=True,
+    )
     judged = client.classify(
         MODEL, x.numpy(), verify="fides", fides=dataclasses.replace(options, protocol="verdicts")
     )
@@ -105,6 +120,20 @@ def run_fides_demo(
                 "same_verdicts_as_client_judging": [c.attacked for c in judged.checks]
                 == [c.attacked for c in res.checks],
                 "latency_ms": round(1000 * judged.timings["total_s"], 2),
+                "provisioned_sealed": {
+                    "note": "the client attested the judge's enclave and sent the verifier "
+                    "sealed to it; the node never read the weights"
+                    + (
+                        " (SIMULATED enclave: its host COULD read them from the process)"
+                        if provisioned.simulated
+                        else ""
+                    ),
+                    "simulated": provisioned.simulated,
+                    "bytes": provisioned.model_bytes,
+                    "seconds": round(provisioned.seconds, 3),
+                    "measurement_is_the_published_one": provisioned.measurement
+                    == published_measurement(options.bundle, "verdicts"),
+                },
             },
             "client_side_swap_attack": {
                 "note": "top-1/top-2 swap applied ON THE CLIENT to the honest service's answer "
