@@ -156,6 +156,30 @@ def test_numpy_features_match_the_torch_ones(floor: float) -> None:
     )
 
 
+def test_mlp_nets_run_in_numpy_like_their_torch_forward() -> None:
+    # The detector and re-classifier run in numpy on views of their weights: same numbers as
+    # the torch forward they were trained with, and in-place weight updates are seen at once.
+    from verification.fides.nets import MLPNet
+    from verification.fides.verifier import _apply
+
+    torch.manual_seed(0)
+    net = MLPNet(32, [64, 64], 10)
+    x = torch.randn(200, 32)
+    net.standardise_on(x)
+    with torch.no_grad():
+        want = net(x).numpy()
+    got = _apply(net, x.numpy())
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        net.net[-1].bias.add_(1.0)  # an optimizer step, in place
+        net.load_state_dict({k: v.clone() for k, v in net.state_dict().items()})
+    np.testing.assert_allclose(_apply(net, x.numpy()), want + 1.0, rtol=1e-5, atol=1e-5)
+    net.net[-1].bias = nn.Parameter(torch.zeros(10))  # a new tensor: new views
+    with torch.no_grad():
+        np.testing.assert_allclose(_apply(net, x.numpy()), net(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_feature_order_breaks_ties_by_class_index() -> None:
     # Classes the verifier ties on are ordered by index (a stable sort), in both versions, so
     # their service log-probabilities land in the same feature columns.

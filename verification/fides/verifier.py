@@ -45,7 +45,7 @@ from .detector import (
     reclassifier_features_np,
 )
 from .errors import InvalidInput, ModelFormatError
-from .nets import load_net, read_json, save_net, write_json
+from .nets import MLPNet, load_net, read_json, save_net, write_json
 from .text import load_tokenizer, tokenize
 
 FORMAT_VERSION = 3  # 2 added `log_floor`, 3 `disagreement_bonus`
@@ -321,7 +321,46 @@ class FidesVerifier:
 _CLIENT_NETS = ("detector", "reclassifier")  # what a client runs
 
 
+_Views = tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]
+
+
+def _numpy_views(net: MLPNet) -> _Views:
+    """(shift, scale, [(weight^T, bias)]) as numpy views of `net`'s tensors, made once per set
+    of tensors (a view sees in-place updates; new tensors, e.g. after `to()`, make new views)."""
+    tensors = (
+        net.shift,
+        net.scale,
+        *(p for m in net.net if isinstance(m, nn.Linear) for p in (m.weight, m.bias)),
+    )
+    cached = net.__dict__.get("_numpy_views")
+    if cached is not None and all(a is b for a, b in zip(cached[0], tensors, strict=True)):
+        return cached[1]
+    arrays = [t.detach().numpy() for t in tensors]
+    views: _Views = (
+        arrays[0],
+        arrays[1],
+        [(w.T, b) for w, b in zip(arrays[2::2], arrays[3::2], strict=True)],
+    )
+    net.__dict__["_numpy_views"] = (tensors, views)
+    return views
+
+
 def _apply(net: nn.Module, x: np.ndarray) -> np.ndarray:
-    """`net` on a float32 array, without autograd bookkeeping."""
+    """`net` on a float32 array, without autograd bookkeeping.
+
+    An `MLPNet` (the detector and the re-classifier) runs in numpy on views of its own
+    parameters (no copies, so training or `load_state_dict` is seen at once): the same
+    arithmetic as its forward (standardise, Linear-ReLU layers, Linear) without torch's
+    per-call dispatch, which dominates on the few rows a request judges (~0.3 ms -> ~0.03 ms
+    for one row, on the client's and the enclave's critical path). Anything else runs in torch.
+    """
+    if isinstance(net, MLPNet):
+        shift, scale, layers = _numpy_views(net)
+        h = (x - shift) / scale
+        for i, (weight_t, bias) in enumerate(layers):
+            h = h @ weight_t + bias
+            if i + 1 < len(layers):
+                np.maximum(h, 0.0, out=h)
+        return h.astype(np.float32, copy=False)
     with torch.inference_mode():
         return net(torch.from_numpy(x)).numpy()
