@@ -146,6 +146,9 @@ class HostedVerifier:
     enclave: Enclave
     executor: Executor
     protocol: str = "distribution"  # or "verdicts" (enclave_app: never reveals the distribution)
+    enclave_kind: str = "auto"
+    directory: Path | None = None  # the Fides directory it was loaded from; None: sealed
+    owner: str = ""  # sealed: the certificate CN that provisioned it
 
     def info(self) -> classify_pb2.VerifierInfo:
         platform = self.enclave.platform
@@ -194,6 +197,7 @@ class SealedSlot:
     owner: str
     enclave: Enclave
     executor: Executor
+    enclave_kind: str = "auto"
 
 
 def start_slot(name: str, owner: str, enclave_kind: str) -> SealedSlot:
@@ -205,6 +209,7 @@ def start_slot(name: str, owner: str, enclave_kind: str) -> SealedSlot:
         owner=owner,
         enclave=enclave,
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enclave-{name}"),
+        enclave_kind=enclave_kind,
     )
 
 
@@ -234,6 +239,8 @@ def start_verifier(
         enclave=enclave,
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enclave-{name}"),
         protocol=protocol,
+        enclave_kind=enclave_kind,
+        directory=directory,
     )
 
 
@@ -251,6 +258,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         self._classifiers = classifiers
         self._verifiers = verifiers
         self._slots = dict(slots or {})
+        self._restarting = asyncio.Lock()  # one enclave restart at a time
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")
 
     async def _run(self, executor: Executor, fn: Any, *args: Any) -> Any:
@@ -318,14 +326,93 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             raise UnknownModel(f"unknown verifier {name!r}; see ListModels")
         return hosted
 
+    async def _alive(self, hosted: HostedVerifier) -> HostedVerifier:
+        """`hosted`, or its replacement if its enclave stopped (crashed, killed, timed out):
+        a verifier loaded from disk is loaded into a new enclave (same bundle, so the same
+        measurement; clients re-open their sessions); a sealed one's model died with its
+        enclave, so it becomes an awaiting slot again (`UnknownModel` until re-provisioned)."""
+        if hosted.enclave.running:
+            return hosted
+        async with self._restarting:
+            current = self._verifiers.get(hosted.name)
+            if current is not hosted:  # replaced while this request waited for the lock
+                return self._verifier(hosted.name)
+            loop = asyncio.get_running_loop()
+            hosted.enclave.close()
+            hosted.executor.shutdown(wait=False)
+            del self._verifiers[hosted.name]
+            if hosted.directory is None:
+                slot = await loop.run_in_executor(
+                    None, start_slot, hosted.name, hosted.owner, hosted.enclave_kind
+                )
+                self._slots[hosted.name] = slot
+                logger.warning(
+                    "verifier %r: its enclave stopped and its sealed model with it; the slot "
+                    "awaits %r's provisioning again",
+                    hosted.name,
+                    hosted.owner,
+                )
+                return self._verifier(hosted.name)  # UnknownModel: awaits its sealed model
+            try:
+                new = await loop.run_in_executor(
+                    None,
+                    start_verifier,
+                    hosted.name,
+                    hosted.directory,
+                    hosted.enclave_kind,
+                    hosted.protocol,
+                )
+            except Exception as exc:  # noqa: BLE001 - reported; the verifier stays unlisted
+                logger.exception("verifier %r: its enclave stopped; restart failed", hosted.name)
+                raise EnclaveFailed(
+                    f"verifier {hosted.name!r}: its enclave stopped and could not be restarted: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+            self._verifiers[hosted.name] = new
+            logger.warning(
+                "verifier %r: its enclave stopped; restarted from %s (measurement %s…)",
+                hosted.name,
+                hosted.directory,
+                new.enclave.measurement.hex()[:16],
+            )
+            return new
+
+    async def _live_slot(self, slot: SealedSlot) -> SealedSlot:
+        """`slot`, with a new enclave (and so a new provisioning key) if its enclave stopped."""
+        if slot.enclave.running:
+            return slot
+        async with self._restarting:
+            current = self._slots.get(slot.name)
+            if current is not slot:
+                if current is None:
+                    raise AlreadyProvisioned(f"verifier {slot.name!r} already holds its model")
+                return current
+            slot.enclave.close()
+            slot.executor.shutdown(wait=False)
+            new = await asyncio.get_running_loop().run_in_executor(
+                None, start_slot, slot.name, slot.owner, slot.enclave_kind
+            )
+            self._slots[slot.name] = new
+            logger.warning("verifier slot %r: its enclave stopped; started a new one", slot.name)
+            return new
+
     async def _enclave(self, hosted: HostedVerifier, fn: Any) -> Any:
-        """Run `fn(enclave)` on the verifier's own worker thread; enclave errors map here."""
-        try:
-            return await self._run(hosted.executor, fn, hosted.enclave)
-        except UnknownSession as exc:
-            raise SessionMismatch(f"verifier {hosted.name!r}: {exc}") from None
-        except EnclaveError as exc:
-            raise EnclaveFailed(f"verifier {hosted.name!r}: {exc}") from None
+        """Run `fn(enclave)` on the verifier's own worker thread; enclave errors map here.
+
+        An enclave found stopped is restarted first (`_alive`); one that dies under the call is
+        restarted and the call tried once more there (a session the new enclave does not
+        hold then gets FAILED_PRECONDITION, and the client re-opens it)."""
+        for attempt in (0, 1):
+            hosted = await self._alive(hosted)
+            try:
+                return await self._run(hosted.executor, fn, hosted.enclave)
+            except UnknownSession as exc:
+                raise SessionMismatch(f"verifier {hosted.name!r}: {exc}") from None
+            except EnclaveError as exc:
+                if attempt or hosted.enclave.running:
+                    raise EnclaveFailed(f"verifier {hosted.name!r}: {exc}") from None
+                logger.warning("verifier %r: its enclave died under a call: %s", hosted.name, exc)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def Verify(  # noqa: N802 - gRPC method name
         self, request: classify_pb2.VerifyRequest, context: grpc.aio.ServicerContext
@@ -418,7 +505,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         self, request: classify_pb2.ProvisioningOfferRequest, context: grpc.aio.ServicerContext
     ) -> classify_pb2.ProvisioningOfferReply:
         async with _serving("Classify.OfferProvisioning", context, self._node.metrics):
-            slot = self._slot(request.verifier, context)
+            slot = await self._live_slot(self._slot(request.verifier, context))
             if len(request.nonce) < NONCE_SIZE:
                 raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
             offer = await self._slot_enclave(
@@ -437,7 +524,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         self, request: classify_pb2.ProvisionRequest, context: grpc.aio.ServicerContext
     ) -> classify_pb2.ProvisionReply:
         async with _serving("Classify.Provision", context, self._node.metrics):
-            slot = self._slot(request.verifier, context)
+            slot = await self._live_slot(self._slot(request.verifier, context))
             if len(request.nonce) < NONCE_SIZE:
                 raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
             if len(request.owner_public) != 32 or not request.sealed_model:
@@ -460,6 +547,8 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                 enclave=slot.enclave,
                 executor=slot.executor,
                 protocol=request.protocol,
+                enclave_kind=slot.enclave_kind,
+                owner=slot.owner,
             )
             del self._slots[slot.name]
             self._verifiers[slot.name] = hosted

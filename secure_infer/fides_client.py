@@ -82,6 +82,7 @@ from secure_infer.results import ClassificationResult, FidesCheck, Privacy, Quot
 from tee import (
     AttestationError,
     AttestedSession,
+    BadChain,
     CodeRef,
     MalformedEvidence,
     NonceStore,
@@ -595,31 +596,62 @@ def _session(
     found = checker.session(key, options.max_session_age_s)
     if found is not None:
         return found
-    policy, trust, pinning = _policy(options, vinfo, checker)
-    client_key, nonce = SessionKey(), checker.nonces.issue()
-    reply = call(
-        channel,
-        "OpenSession",
-        classify_pb2.AttestedSessionRequest(
-            verifier=key[1], client_public=client_key.public, nonce=nonce
-        ),
-        options.timeout_s,
-    )
-    try:
-        session = AttestedSession.open(
-            Quote.from_json(reply.quote_json),
-            offer=reply.offer,
-            key=client_key,
-            nonce=nonce,
-            policy=policy,
-            trust=trust,
-            nonce_store=checker.nonces,
+    for attempt in (0, 1):
+        policy, trust, pinning = _policy(options, vinfo, checker)
+        client_key, nonce = SessionKey(), checker.nonces.issue()
+        reply = call(
+            channel,
+            "OpenSession",
+            classify_pb2.AttestedSessionRequest(
+                verifier=key[1], client_public=client_key.public, nonce=nonce
+            ),
+            options.timeout_s,
         )
-    except AttestationError:
-        catalog.forget(key[0])
-        raise
+        try:
+            session = AttestedSession.open(
+                Quote.from_json(reply.quote_json),
+                offer=reply.offer,
+                key=client_key,
+                nonce=nonce,
+                policy=policy,
+                trust=trust,
+                nonce_store=checker.nonces,
+            )
+            break
+        except AttestationError as exc:
+            catalog.forget(key[0])
+            fresh = None if attempt else _new_announced_key(channel, key[1], options, vinfo, exc)
+            if fresh is None:
+                raise
+            vinfo = fresh
     checker.keep(key, session, pinning)
     return session, pinning
+
+
+def _new_announced_key(
+    channel: Any,
+    name: str,
+    options: FidesOptions,
+    vinfo: classify_pb2.VerifierInfo,
+    exc: AttestationError,
+) -> classify_pb2.VerifierInfo | None:
+    """The verifier's fresh `ListModels` entry if the failure is an unpinned SIMULATED key
+    that the client had pinned on first use and the node now announces another one (its
+    enclave restarted: a new process, a new simulated platform key); None otherwise. Pinning
+    the new key is trust on first use again, which is all a simulated key ever had."""
+    tofu = options.allow_simulated and not options.simulated_keys and vinfo.simulated
+    if not tofu or not isinstance(exc, BadChain):
+        return None
+    reply = call(channel, "ListModels", classify_pb2.ListModelsRequest(), options.timeout_s)
+    fresh = next((v for v in reply.verifiers if v.name == name), None)
+    if fresh is None or fresh.simulated_platform_key == vinfo.simulated_platform_key:
+        return None
+    logger.warning(
+        "verifier %r announces a new SIMULATED platform key (its enclave restarted); pinning "
+        "it on first use again",
+        name,
+    )
+    return fresh
 
 
 @functools.lru_cache(maxsize=64)

@@ -64,6 +64,12 @@ class Enclave(ABC):
     def measurement(self) -> bytes:
         """The code+model measurement (48 bytes); EnclaveError before `load`."""
 
+    @property
+    @abstractmethod
+    def running(self) -> bool:
+        """False once the enclave has stopped (closed, crashed, killed, or timed out): start a
+        new one; nothing it held (model, sessions, keys) survives."""
+
     @abstractmethod
     def load(self, code: CodeRef | str, model: bytes | Path) -> bytes:
         """Load an entry point and model bytes once; returns the measurement."""
@@ -139,6 +145,8 @@ class _ProcessEnclave(Enclave):
         try:
             write_frame(self._proc.stdin.fileno(), header, *blobs)
         except OSError as exc:
+            self._proc.kill()  # a half-written frame leaves the pipe unusable: stop it for good
+            self._proc.wait()
             raise EnclaveError(f"enclave pipe failed: {exc}") from None
 
     def _recv(self) -> tuple[dict[str, object], list[bytes]]:
@@ -158,6 +166,10 @@ class _ProcessEnclave(Enclave):
                 raise SealedModelRejected(message)
             raise EnclaveError(message)
         return header, blobs
+
+    @property
+    def running(self) -> bool:
+        return self._proc.poll() is None
 
     @property
     def measurement(self) -> bytes:

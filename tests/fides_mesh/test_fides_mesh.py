@@ -6,9 +6,11 @@ below are "well above chance" for it (as in tests/verification), not the paper's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 from pathlib import Path
 
 import grpc
@@ -436,3 +438,62 @@ def test_a_verifier_provisioned_sealed_serves_like_one_loaded_from_disk(
 
 def _tls(mesh: LocalMesh, name: str) -> TLSMaterial:
     return certs.material(mesh.certs_dir, name)
+
+
+def _enclave_pids(node_pid: int) -> list[int]:
+    """The enclave processes a node started (its children running tee._enclave_main)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == node_pid and b"tee._enclave_main" in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_dead_enclave_is_restarted_and_a_sealed_verifier_awaits_its_owner_again(
+    client: Client,
+    mesh: LocalMesh,
+    options: FidesOptions,
+    artefacts: Path,
+    test_images: torch.Tensor,
+) -> None:
+    """Kill every enclave process of the verifier and judge nodes (a crash, the OOM killer):
+    verifiers loaded from disk come back in new enclaves with the same measurement (clients
+    re-open their sessions); a sealed verifier's model died with its enclave, so its slot
+    awaits its owner again, and provisioning it again restores it."""
+    x = test_images.numpy()[:8]
+    judge = mesh.nodes["judge"]
+    owner = {"tls": mesh.client_tls(), "node_name": "judge", "allow_simulated": True}
+    sealed = dataclasses.replace(options, verifier="sealed", verifier_node="judge")
+    # the sealed-provisioning test may not have run (e.g. under -k): provision it here
+    with contextlib.suppress(AlreadyProvisioned):
+        provision_verifier(judge.address, "sealed", artefacts / "fides", **owner)
+    before = client.classify("mnist", x, verify="fides", fides=options)
+    assert len(client.classify("mnist", x, verify="fides", fides=sealed).checks) == 8
+    killed = 0
+    for name in ("verifier", "judge"):
+        pids = _enclave_pids(mesh.nodes[name].process.pid)
+        assert pids, name
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    assert killed >= 4  # verifier: mnist, reviews; judge: mnist, sealed, sealed-verdicts
+    after = client.classify("mnist", x, verify="fides", fides=options)  # session re-opened
+    assert after.quote is not None and before.quote is not None
+    assert after.quote.measurement == before.quote.measurement
+    assert [c.attacked for c in after.checks] == [c.attacked for c in before.checks]
+    verdicts = dataclasses.replace(options, protocol="verdicts", verifier_node="judge")
+    assert len(client.classify("mnist", x, verify="fides", fides=verdicts).checks) == 8
+    with pytest.raises(UnknownModel):  # the sealed model is gone with its enclave
+        client.classify("mnist", x, verify="fides", fides=sealed)
+    again = provision_verifier(judge.address, "sealed", artefacts / "fides", **owner)
+    assert again.measurement == published_measurement(options.bundle)
+    assert len(client.classify("mnist", x, verify="fides", fides=sealed).checks) == 8
+    assert all(mesh.nodes[n].alive for n in ("verifier", "judge"))
+    assert "restarted from" in mesh.nodes["verifier"].log.read_text()
+    assert "awaits 'client''s provisioning again" in judge.log.read_text()

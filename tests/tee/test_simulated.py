@@ -64,6 +64,7 @@ def _check(
 
 
 def test_runs_in_its_own_process_and_measures_code_and_model(enclave) -> None:
+    assert enclave.running
     store = NonceStore()
     nonce, result = _run(enclave, store)
     model, data, pid = result.output.split(b"|")
@@ -210,6 +211,7 @@ def test_handler_errors_timeouts_and_misuse_raise_enclave_error() -> None:
         with pytest.raises(EnclaveError, match="in time"):
             enc.run(b"slow", nonce=os.urandom(32))
         assert enc._proc.poll() is not None  # a timed-out enclave is stopped
+        assert not enc.running
     with pytest.raises(EnclaveError, match="not running"):
         enc.run(b"x", nonce=os.urandom(32))
 
