@@ -424,8 +424,8 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                 raise InvalidRequest(
                     f"a session id is {SESSION_ID_SIZE} bytes and its sequence numbers start at 1"
                 )
-            if not session and len(request.nonce) < NONCE_SIZE:
-                raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
+            if not session:
+                _check_nonce(request.nonce)
             data = verify_data(request, hosted)
             t0 = time.perf_counter()
             if session:
@@ -453,8 +453,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
     ) -> classify_pb2.AttestedSessionReply:
         async with _serving("Classify.OpenSession", context, self._node.metrics):
             hosted = self._verifier(request.verifier)
-            if len(request.nonce) < NONCE_SIZE:
-                raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
+            _check_nonce(request.nonce)
             if len(request.client_public) != 32:
                 raise InvalidRequest("client_public must be a 32-byte X25519 public key")
             offer = await self._enclave(
@@ -506,8 +505,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
     ) -> classify_pb2.ProvisioningOfferReply:
         async with _serving("Classify.OfferProvisioning", context, self._node.metrics):
             slot = await self._live_slot(self._slot(request.verifier, context))
-            if len(request.nonce) < NONCE_SIZE:
-                raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
+            _check_nonce(request.nonce)
             offer = await self._slot_enclave(
                 slot, lambda e: e.offer_provisioning(ENTRY, nonce=request.nonce)
             )
@@ -525,8 +523,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
     ) -> classify_pb2.ProvisionReply:
         async with _serving("Classify.Provision", context, self._node.metrics):
             slot = await self._live_slot(self._slot(request.verifier, context))
-            if len(request.nonce) < NONCE_SIZE:
-                raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
+            _check_nonce(request.nonce)
             if len(request.owner_public) != 32 or not request.sealed_model:
                 raise InvalidRequest("a 32-byte X25519 owner key and a sealed model are needed")
             if request.task not in TASKS or request.protocol not in PROTOCOLS:
@@ -572,6 +569,11 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             hosted.enclave.close()
             hosted.executor.shutdown(wait=False)
         self._executor.shutdown(wait=False)
+
+
+def _check_nonce(nonce: bytes) -> None:
+    if len(nonce) < NONCE_SIZE:
+        raise InvalidRequest(f"nonce must be at least {NONCE_SIZE} bytes")
 
 
 def verify_data(request: classify_pb2.VerifyRequest, hosted: HostedVerifier) -> bytes:
