@@ -28,6 +28,7 @@ could forge anything: simulated quotes prove only that the protocol runs. Errors
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -489,6 +490,15 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             )
         return slot
 
+    async def _awaiting_slot(self, name: str, context: grpc.aio.ServicerContext) -> SealedSlot:
+        """The live awaiting slot `name` for its owner: a sealed verifier whose enclave died
+        becomes a slot again here too (not only when a client next uses it)."""
+        hosted = self._verifiers.get(name)
+        if hosted is not None and hosted.directory is None and not hosted.enclave.running:
+            with contextlib.suppress(UnknownModel):  # it now awaits its model
+                await self._alive(hosted)
+        return await self._live_slot(self._slot(name, context))
+
     async def _slot_enclave(self, slot: SealedSlot, fn: Any) -> Any:
         try:
             return await self._run(slot.executor, fn, slot.enclave)
@@ -504,7 +514,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         self, request: classify_pb2.ProvisioningOfferRequest, context: grpc.aio.ServicerContext
     ) -> classify_pb2.ProvisioningOfferReply:
         async with _serving("Classify.OfferProvisioning", context, self._node.metrics):
-            slot = await self._live_slot(self._slot(request.verifier, context))
+            slot = await self._awaiting_slot(request.verifier, context)
             _check_nonce(request.nonce)
             offer = await self._slot_enclave(
                 slot, lambda e: e.offer_provisioning(ENTRY, nonce=request.nonce)
@@ -522,7 +532,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         self, request: classify_pb2.ProvisionRequest, context: grpc.aio.ServicerContext
     ) -> classify_pb2.ProvisionReply:
         async with _serving("Classify.Provision", context, self._node.metrics):
-            slot = await self._live_slot(self._slot(request.verifier, context))
+            slot = await self._awaiting_slot(request.verifier, context)
             _check_nonce(request.nonce)
             if len(request.owner_public) != 32 or not request.sealed_model:
                 raise InvalidRequest("a 32-byte X25519 owner key and a sealed model are needed")

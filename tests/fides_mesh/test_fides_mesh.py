@@ -491,6 +491,11 @@ def test_a_dead_enclave_is_restarted_and_a_sealed_verifier_awaits_its_owner_agai
     assert len(client.classify("mnist", x, verify="fides", fides=verdicts).checks) == 8
     with pytest.raises(UnknownModel):  # the sealed model is gone with its enclave
         client.classify("mnist", x, verify="fides", fides=sealed)
+    # the other slot, untouched by clients since its enclave died, can be provisioned at once
+    verdicts_slot = provision_verifier(
+        judge.address, "sealed-verdicts", artefacts / "fides", protocol="verdicts", **owner
+    )
+    assert verdicts_slot.measurement == published_measurement(options.bundle, "verdicts")
     again = provision_verifier(judge.address, "sealed", artefacts / "fides", **owner)
     assert again.measurement == published_measurement(options.bundle)
     assert len(client.classify("mnist", x, verify="fides", fides=sealed).checks) == 8
