@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import grpc.aio
 import numpy as np
 import torch
+from cryptography import x509
 
 from decentralized.errors import (
     AlreadyProvisioned,
@@ -51,6 +52,7 @@ from decentralized.errors import (
     UnknownModel,
 )
 from decentralized.service import _serving
+from decentralized.transport import common_names
 from decentralized.v1 import classify_pb2, classify_pb2_grpc
 from tee import (
     ConfigfsTsmEnclave,
@@ -339,8 +341,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             if current is not hosted:  # replaced while this request waited for the lock
                 return self._verifier(hosted.name)
             loop = asyncio.get_running_loop()
-            hosted.enclave.close()
-            hosted.executor.shutdown(wait=False)
+            _stop(hosted)
             del self._verifiers[hosted.name]
             if hosted.directory is None:
                 slot = await loop.run_in_executor(
@@ -388,8 +389,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                 if current is None:
                     raise AlreadyProvisioned(f"verifier {slot.name!r} already holds its model")
                 return current
-            slot.enclave.close()
-            slot.executor.shutdown(wait=False)
+            _stop(slot)
             new = await asyncio.get_running_loop().run_in_executor(
                 None, start_slot, slot.name, slot.owner, slot.enclave_kind
             )
@@ -477,13 +477,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         if self._node.creds.insecure_dev:
             return slot  # plaintext loopback development: no certificates to check
         pems = context.auth_context().get("x509_pem_cert") or []
-        names = []
-        if pems:
-            from cryptography import x509
-            from cryptography.x509.oid import NameOID
-
-            cert = x509.load_pem_x509_certificate(pems[0])
-            names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        names = common_names(x509.load_pem_x509_certificate(pems[0])) if pems else []
         if slot.owner not in names:
             raise NotPermitted(
                 f"only {slot.owner!r} may provision verifier {name!r}; the caller is {names}"
@@ -576,9 +570,14 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
 
     def close(self) -> None:
         for hosted in [*self._verifiers.values(), *self._slots.values()]:
-            hosted.enclave.close()
-            hosted.executor.shutdown(wait=False)
+            _stop(hosted)
         self._executor.shutdown(wait=False)
+
+
+def _stop(hosted: HostedVerifier | SealedSlot) -> None:
+    """End an enclave and its worker thread."""
+    hosted.enclave.close()
+    hosted.executor.shutdown(wait=False)
 
 
 def _check_nonce(nonce: bytes) -> None:

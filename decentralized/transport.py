@@ -39,6 +39,11 @@ class InsecureNotAllowed(ValueError):
     """Plaintext was requested for an address that is not loopback."""
 
 
+def common_names(cert: x509.Certificate) -> list[str]:
+    """The CNs of a certificate's subject (a node's or a client's name in the mesh)."""
+    return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
 def node_names(cert: x509.Certificate) -> list[str]:
     """The CNs of a certificate if it is a node certificate (serverAuth usage), else []."""
     try:
@@ -47,7 +52,7 @@ def node_names(cert: x509.Certificate) -> list[str]:
         return []
     if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
         return []
-    return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return common_names(cert)
 
 
 def is_loopback(address: str) -> bool:

@@ -528,17 +528,17 @@ def _policy(
 ) -> tuple[Policy, TrustAnchors, str]:
     """The options' policy pinning the published measurement, the trust anchors, and how the
     platform keys or roots were pinned."""
-    keys, pinning = _simulated_keys(options, vinfo)
+    trust, pinning = pinned_trust(
+        options.trust,
+        options.simulated_keys,
+        options.allow_simulated,
+        vinfo.simulated,
+        vinfo.simulated_platform_key,
+    )
     policy = Policy(
         allowed_launch_measurements=options.allowed_launch_measurements,
         allowed_code_measurements=frozenset({checker.measurements[options.protocol]}),
         allow_simulated=options.allow_simulated,
-    )
-    trust = TrustAnchors(
-        snp=options.trust.snp,
-        tdx_root=options.trust.tdx_root,
-        simulated_keys=options.trust.simulated_keys + keys,
-        crls=options.trust.crls,
     )
     return policy, trust, pinning
 
@@ -659,17 +659,33 @@ def _platform_key(pem: bytes) -> Any:
     return load_platform_key(pem)
 
 
-def _simulated_keys(options: FidesOptions, vinfo: classify_pb2.VerifierInfo) -> tuple[Any, str]:
-    """Simulated platform keys to pin, and how they were chosen (for the result)."""
-    if options.simulated_keys:
-        return tuple(_platform_key(k) for k in options.simulated_keys), "caller-pinned key"
-    if options.allow_simulated and vinfo.simulated and vinfo.simulated_platform_key:
+def pinned_trust(
+    trust: TrustAnchors,
+    caller_keys: tuple[bytes, ...],
+    allow_simulated: bool,
+    simulated: bool,
+    announced: bytes,
+) -> tuple[TrustAnchors, str]:
+    """`trust` plus the SIMULATED platform keys to pin, and how they were chosen (for the
+    result): the caller's PEM keys if any; else, with `allow_simulated` and a simulated enclave,
+    the key its node `announced` (trust on first use); else none (vendor roots only)."""
+    keys: tuple[Any, ...] = ()
+    pinning = "pinned vendor roots (TrustAnchors)"
+    if caller_keys:
+        keys, pinning = tuple(_platform_key(k) for k in caller_keys), "caller-pinned key"
+    elif allow_simulated and simulated and announced:
         try:
-            key = _platform_key(vinfo.simulated_platform_key)
+            keys = (_platform_key(announced),)
         except (MalformedEvidence, ValueError) as exc:
             raise PeerMisbehaved(f"verifier announced a malformed platform key: {exc}") from None
-        return (key,), "SIMULATED key announced by the verifier node (trust on first use)"
-    return (), "pinned vendor roots (TrustAnchors)"
+        pinning = "SIMULATED key announced by the verifier node (trust on first use)"
+    anchors = TrustAnchors(
+        snp=trust.snp,
+        tdx_root=trust.tdx_root,
+        simulated_keys=trust.simulated_keys + keys,
+        crls=trust.crls,
+    )
+    return anchors, pinning
 
 
 def fides_privacy(

@@ -37,16 +37,15 @@ from decentralized.v1 import classify_pb2
 from secure_infer.certs import TLSMaterial
 from secure_infer.classify_client import call
 from secure_infer.client import credentials
+from secure_infer.fides_client import pinned_trust
 from tee import (
     CodeRef,
-    MalformedEvidence,
     NonceStore,
     Policy,
     Quote,
     TrustAnchors,
     check_loaded,
     code_digest,
-    load_platform_key,
     seal_model,
     verify_offer,
 )
@@ -138,7 +137,9 @@ def provision_verifier(
         if offer.entry != ENTRY:
             raise PeerMisbehaved(f"the node's enclave runs {offer.entry!r}, not {ENTRY!r}")
         quote = Quote.from_json(offer.quote_json)
-        anchors, pinning = _pinned(anchors, simulated_keys, allow_simulated, quote, offer)
+        anchors, pinning = pinned_trust(
+            anchors, simulated_keys, allow_simulated, quote.simulated, offer.simulated_platform_key
+        )
         enclave_public, _ = verify_offer(
             quote,
             offer=offer.offer,
@@ -195,31 +196,3 @@ def _call(channel: Any, method: str, request: Any, timeout_s: float) -> Any:
         return call(channel, method, request, timeout_s)
     except SessionMismatch as exc:  # FAILED_PRECONDITION: these RPCs send it for one reason
         raise AlreadyProvisioned(str(exc)) from None
-
-
-def _pinned(
-    trust: TrustAnchors,
-    keys: tuple[bytes, ...],
-    allow_simulated: bool,
-    quote: Quote,
-    offer: classify_pb2.ProvisioningOfferReply,
-) -> tuple[TrustAnchors, str]:
-    """The anchors to check the enclave's quotes with, and how they were pinned."""
-    pems: tuple[bytes, ...] = keys
-    pinning = "caller-pinned SIMULATED key" if keys else "pinned vendor roots (TrustAnchors)"
-    if not keys and allow_simulated and quote.simulated and offer.simulated_platform_key:
-        pems = (offer.simulated_platform_key,)
-        pinning = "SIMULATED key announced by the node (trust on first use)"
-    try:
-        loaded = tuple(load_platform_key(pem) for pem in pems)
-    except (MalformedEvidence, ValueError) as exc:
-        raise PeerMisbehaved(f"malformed simulated platform key: {exc}") from None
-    return (
-        TrustAnchors(
-            snp=trust.snp,
-            tdx_root=trust.tdx_root,
-            simulated_keys=trust.simulated_keys + loaded,
-            crls=trust.crls,
-        ),
-        pinning,
-    )
