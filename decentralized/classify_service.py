@@ -154,17 +154,38 @@ class HostedVerifier:
     owner: str = ""  # sealed: the certificate CN that provisioned it
 
     def info(self) -> classify_pb2.VerifierInfo:
-        platform = self.enclave.platform
         return classify_pb2.VerifierInfo(
             name=self.name,
             task=self.task,
             n_classes=self.n_classes,
-            platform=platform.value if platform is not None else "configfs-tsm",
+            platform=_platform(self.enclave),
             simulated=self.enclave.simulated,
             measurement=self.enclave.measurement,
             simulated_platform_key=simulated_key(self.enclave),
             protocol=self.protocol,
+            sealed_owner=self.owner,
         )
+
+    def slot_info(self) -> classify_pb2.VerifierSlotInfo:
+        """As an awaiting slot (a sealed verifier whose enclave stopped)."""
+        return _slot_info(self.name, self.owner, self.enclave)
+
+
+def _platform(enclave: Enclave) -> str:
+    platform = enclave.platform
+    return platform.value if platform is not None else "configfs-tsm"
+
+
+def _slot_info(name: str, owner: str, enclave: Enclave) -> classify_pb2.VerifierSlotInfo:
+    return classify_pb2.VerifierSlotInfo(
+        name=name, owner=owner, platform=_platform(enclave), simulated=enclave.simulated
+    )
+
+
+def _lost(hosted: HostedVerifier) -> bool:
+    """A sealed verifier whose enclave stopped: its model is gone, its next use turns it back
+    into an awaiting slot (`ClassifyServicer._alive`), so it is listed as one."""
+    return bool(hosted.owner) and not hosted.enclave.running
 
 
 def simulated_key(enclave: Enclave) -> bytes:
@@ -201,6 +222,9 @@ class SealedSlot:
     enclave: Enclave
     executor: Executor
     enclave_kind: str = "auto"
+
+    def info(self) -> classify_pb2.VerifierSlotInfo:
+        return _slot_info(self.name, self.owner, self.enclave)
 
 
 def start_slot(name: str, owner: str, enclave_kind: str) -> SealedSlot:
@@ -289,8 +313,12 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                     )
                     for name, c in self._classifiers.items()
                 ],
-                verifiers=[v.info() for v in self._verifiers.values()],
+                verifiers=[v.info() for v in self._verifiers.values() if not _lost(v)],
                 max_inputs_per_call=MAX_INPUTS_PER_CALL,
+                slots=[
+                    *(s.info() for s in self._slots.values()),
+                    *(v.slot_info() for v in self._verifiers.values() if _lost(v)),
+                ],
             )
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 

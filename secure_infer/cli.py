@@ -347,6 +347,7 @@ def _node_status(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, args.address) from None
+        hosted = _hosted_models(channel, args.address)
     rec = verify_record(info.record)
     peer_recs = [verify_record(r) for r in peers.records]
     doc = {
@@ -378,6 +379,8 @@ def _node_status(args: argparse.Namespace) -> int:
             for p in peer_recs
             if p.node_id != rec.node_id
         ],
+        "mpc_models": list(rec.mpc_models),
+        **hosted,
     }
     if args.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -394,10 +397,96 @@ def _node_status(args: argparse.Namespace) -> int:
         f"  {s['model']} [{s['start']}, {s['end']})  sha256 {s['weight_digest'][:16]}..."
         for s in doc["spans"]
     ]
+    if doc["mpc_models"]:
+        out.append(f"mpc models: {', '.join(doc['mpc_models'])}")
+    out += _hosted_lines(doc)
     out.append(f"peers ({len(doc['peers'])}):")
     out += [f"  {p['name']:<10} {p['address']:<22} {', '.join(p['spans'])}" for p in doc["peers"]]
     sys.stdout.write("\n".join(out) + "\n")
     return 0
+
+
+def _hosted_models(channel: Any, address: str) -> dict[str, Any]:
+    """What a node serves beyond its spans: classifiers, Fides verifiers and sealed slots
+    (Classify.ListModels), HE heads (HE.ListHeads); a service the node does not run is empty."""
+    import grpc
+
+    from decentralized.client import error_from_rpc
+    from decentralized.v1 import classify_pb2, classify_pb2_grpc, he_pb2, he_pb2_grpc
+
+    def ask(call: Any, request: Any) -> Any:
+        try:
+            return call(request, timeout=5.0)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                return None
+            raise error_from_rpc(exc, address) from None
+
+    models = ask(
+        classify_pb2_grpc.ClassifyStub(channel).ListModels, classify_pb2.ListModelsRequest()
+    )
+    heads = ask(he_pb2_grpc.HEStub(channel).ListHeads, he_pb2.ListHeadsRequest())
+    models = models or classify_pb2.ListModelsReply()
+    return {
+        "classifiers": [
+            {"name": c.name, "input_kind": c.input_kind, "arch": c.arch, "digest": c.digest}
+            for c in models.classifiers
+        ],
+        "verifiers": [
+            {
+                "name": v.name,
+                "task": v.task,
+                "n_classes": v.n_classes,
+                "protocol": v.protocol,
+                "platform": v.platform,
+                "simulated": v.simulated,
+                "measurement": v.measurement.hex(),
+                "sealed_owner": v.sealed_owner,
+            }
+            for v in models.verifiers
+        ],
+        "verifier_slots": [
+            {"name": v.name, "owner": v.owner, "platform": v.platform, "simulated": v.simulated}
+            for v in models.slots
+        ],
+        "he_heads": [
+            {"name": h.name, "input_kind": h.input_kind, "layers": list(h.layers)}
+            for h in (heads.heads if heads is not None else ())
+        ],
+    }
+
+
+def _hosted_lines(doc: dict[str, Any]) -> list[str]:
+    def platform(v: dict[str, Any]) -> str:
+        return "SIMULATED enclave (insecure)" if v["simulated"] else f"{v['platform']} enclave"
+
+    out = []
+    if doc["classifiers"]:
+        out.append("classifiers:")
+        out += [
+            f"  {c['name']:<16} {c['input_kind']:<6} {c['arch']}  sha256 {c['digest'][:16]}..."
+            for c in doc["classifiers"]
+        ]
+    if doc["verifiers"]:
+        out.append("fides verifiers:")
+        for v in doc["verifiers"]:
+            how = f"sealed by {v['sealed_owner']}" if v["sealed_owner"] else "loaded from disk"
+            out.append(
+                f"  {v['name']:<16} {v['task']:<6} protocol {v['protocol']:<12} {platform(v)}, "
+                f"{how}, measurement {v['measurement'][:16]}..."
+            )
+    if doc["verifier_slots"]:
+        out.append("fides verifier slots (awaiting their sealed model):")
+        out += [
+            f"  {v['name']:<16} owner {v['owner']:<12} {platform(v)}" for v in doc["verifier_slots"]
+        ]
+    if doc["he_heads"]:
+        out.append("he heads:")
+        out += [
+            f"  {h['name']:<16} {h['input_kind']:<16} {', '.join(h['layers'])}"
+            for h in doc["he_heads"]
+        ]
+    return out
 
 
 def _certs(args: argparse.Namespace) -> int:

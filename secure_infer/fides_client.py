@@ -38,9 +38,11 @@ Threat model (also in every result's `threat_model`):
     secret     the verification model's weights: a service operator that knows them can answer
                with the verifier's own distribution (~10 % of its cost) and is NEVER flagged
                (bench/fides_mimic.py). Clients get the client bundle, without them; the host
-               of the verifier's enclave holds them (on real hardware they would be provisioned
-               sealed to the attested enclave: not implemented; a simulated enclave's host
-               reads them). The service and the verifier node must not collude. The
+               of the verifier's enclave holds them: read from its disk (--fides-verifier),
+               or provisioned by their owner sealed to the attested enclave (--fides-sealed,
+               secure_infer.fides_provision: on SEV-SNP/TDX the host never reads them; a
+               simulated enclave's host can). The service and the verifier node must not
+               collude. The
                verifier's FUNCTION is not secret: every result carries its distribution, so
                an operator posing as a client can distil a copy (3,000 queries: flagged on
                3.6 % of queries, honest 1.6 %; bench/fides_mimic.py)
@@ -113,19 +115,29 @@ from verification.fides.enclave_app import (
 
 logger = logging.getLogger(__name__)
 
-THREAT_MODEL = (
-    "untrusted: the service node (model, inputs after arrival, answer) and the verifier node's "
-    "host; trusted: the client, the enclave platform (hardware roots pinned by the client) and "
-    "the Fides verifier whose measurement the client computes from its client bundle; secret: the "
-    "verifier's weights, which the service's operator must not know (with them it can answer "
-    "with the verifier's own distribution unflagged) nor learn from a colluding verifier node; "
-    "not secret: the verifier's function (results carry its distribution; a service posing as "
-    "a client can distil a copy from a few thousand queries and evade detection); "
-    "leaks: both "
-    "nodes see the input in the clear (the verifier's enclave hides it from its host only on "
-    "real SEV-SNP/TDX hardware); a SIMULATED enclave protects and proves nothing; detection "
-    "is statistical (see docs/fides.md for measured rates)"
-)
+
+def threat_model(protocol: str) -> str:
+    """The threat model a Fides result states, for the verifier node's `protocol`."""
+    leak = (
+        "not secret: the verifier's function (this result carries its distribution; a service "
+        "posing as a client can distil a copy from a few thousand queries and evade detection: "
+        "protocol 'verdicts' keeps it in the enclave)"
+        if protocol == "distribution"
+        else "the verifier's distribution stayed in the enclave (protocol 'verdicts'), but the "
+        "flags and re-classified labels still leak its labels query by query"
+    )
+    return (
+        "untrusted: the service node (model, inputs after arrival, answer) and the verifier "
+        "node's host; trusted: the client, the enclave platform (hardware roots pinned by the "
+        "client) and the Fides verifier whose measurement the client computes from its client "
+        "bundle; secret: the verifier's weights, which the service's operator must not know "
+        "(with them it can answer with the verifier's own distribution unflagged) nor learn "
+        "from a colluding verifier node (which holds them unless their owner provisioned them "
+        f"sealed to a hardware enclave); {leak}; leaks: both nodes see the input in the clear "
+        "(the verifier's enclave hides it from its host only on real SEV-SNP/TDX hardware); a "
+        "SIMULATED enclave protects and proves nothing; detection is statistical (see "
+        "docs/fides.md for measured rates)"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -519,7 +531,7 @@ def classify_fides(
         checks=checks,
         verifier_probs=None if pv is None else pv.numpy(),
         quote=summary,
-        threat_model=THREAT_MODEL,
+        threat_model=threat_model(options.protocol),
     )
 
 

@@ -37,7 +37,7 @@ class ClassifierInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., input_kind: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., arch: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class VerifierInfo(_message.Message):
-    __slots__ = ("name", "task", "n_classes", "platform", "simulated", "measurement", "simulated_platform_key", "protocol")
+    __slots__ = ("name", "task", "n_classes", "platform", "simulated", "measurement", "simulated_platform_key", "protocol", "sealed_owner")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     N_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class VerifierInfo(_message.Message):
     MEASUREMENT_FIELD_NUMBER: _ClassVar[int]
     SIMULATED_PLATFORM_KEY_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    SEALED_OWNER_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     n_classes: int
@@ -54,17 +55,32 @@ class VerifierInfo(_message.Message):
     measurement: bytes
     simulated_platform_key: bytes
     protocol: str
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., platform: _Optional[str] = ..., simulated: _Optional[bool] = ..., measurement: _Optional[bytes] = ..., simulated_platform_key: _Optional[bytes] = ..., protocol: _Optional[str] = ...) -> None: ...
+    sealed_owner: str
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., platform: _Optional[str] = ..., simulated: _Optional[bool] = ..., measurement: _Optional[bytes] = ..., simulated_platform_key: _Optional[bytes] = ..., protocol: _Optional[str] = ..., sealed_owner: _Optional[str] = ...) -> None: ...
+
+class VerifierSlotInfo(_message.Message):
+    __slots__ = ("name", "owner", "platform", "simulated")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    owner: str
+    platform: str
+    simulated: bool
+    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., platform: _Optional[str] = ..., simulated: _Optional[bool] = ...) -> None: ...
 
 class ListModelsReply(_message.Message):
-    __slots__ = ("classifiers", "verifiers", "max_inputs_per_call")
+    __slots__ = ("classifiers", "verifiers", "max_inputs_per_call", "slots")
     CLASSIFIERS_FIELD_NUMBER: _ClassVar[int]
     VERIFIERS_FIELD_NUMBER: _ClassVar[int]
     MAX_INPUTS_PER_CALL_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
     classifiers: _containers.RepeatedCompositeFieldContainer[ClassifierInfo]
     verifiers: _containers.RepeatedCompositeFieldContainer[VerifierInfo]
     max_inputs_per_call: int
-    def __init__(self, classifiers: _Optional[_Iterable[_Union[ClassifierInfo, _Mapping]]] = ..., verifiers: _Optional[_Iterable[_Union[VerifierInfo, _Mapping]]] = ..., max_inputs_per_call: _Optional[int] = ...) -> None: ...
+    slots: _containers.RepeatedCompositeFieldContainer[VerifierSlotInfo]
+    def __init__(self, classifiers: _Optional[_Iterable[_Union[ClassifierInfo, _Mapping]]] = ..., verifiers: _Optional[_Iterable[_Union[VerifierInfo, _Mapping]]] = ..., max_inputs_per_call: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[VerifierSlotInfo, _Mapping]]] = ...) -> None: ...
 
 class Inputs(_message.Message):
     __slots__ = ("texts", "images", "count")

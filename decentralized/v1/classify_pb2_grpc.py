@@ -74,7 +74,7 @@ class ClassifyServicer:
     """
 
     def ListModels(self, request, context):
-        """The classifiers and verification models this node hosts.
+        """The classifiers, verification models and sealed verifier slots this node hosts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

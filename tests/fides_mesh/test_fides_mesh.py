@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -87,7 +88,7 @@ def test_honest_service_passes(
     assert res.quote.simulated and res.simulated and res.quote.verifier_node == "verifier"
     assert "SIMULATED" in repr(res) and "SIMULATED" in str(res.quote)
     assert res.quote.attestation == "session" and "per-result HMAC" in str(res.quote)
-    assert "verifier node" in res.threat_model or "verifier" in res.threat_model
+    assert "this result carries its distribution" in res.threat_model
     assert res.timings["service_s"] > 0 and res.timings["verifier_s"] > 0
 
 
@@ -277,6 +278,7 @@ def test_verdicts_protocol_judges_in_the_enclave_and_reveals_no_distribution(
         assert flagged <= 0.1 if service == "service" else flagged >= 0.4, (model, flagged)
     assert res.quote.measurement == published_measurement(options.bundle, "verdicts").hex()
     assert res.quote.measurement != published_measurement(options.bundle).hex()
+    assert "distribution stayed in the enclave" in res.threat_model
     assert "stayed sealed in the enclave" in " ".join(res.privacy.node_views)
     again = client.classify("mnist", x[:3], verify="fides", fides=opts)  # session reused
     assert len(again.checks) == 3
@@ -409,8 +411,24 @@ def test_a_verifier_provisioned_sealed_serves_like_one_loaded_from_disk(
             with pytest.raises(grpc.RpcError) as err:
                 stub.Provision(request, timeout=30)
             assert err.value.code() == code, err.value.details()  # type: ignore[attr-defined]
+    before = _status(mesh, node.address, capsys)
+    assert {v["name"]: v["owner"] for v in before["verifier_slots"]} == {
+        "sealed": "client",
+        "sealed-verdicts": "client",
+    }
+    assert all(v["simulated"] for v in before["verifier_slots"])
+    assert "sealed" not in {v["name"] for v in before["verifiers"]}
     result = provision_verifier(node.address, "sealed", full, **owner)
     assert result.simulated and "SIMULATED" in result.summary()
+    after = _status(mesh, node.address, capsys)
+    assert [v["name"] for v in after["verifier_slots"]] == ["sealed-verdicts"]
+    listed = {v["name"]: v for v in after["verifiers"]}
+    assert listed["sealed"]["sealed_owner"] == "client" and listed["mnist"]["sealed_owner"] == ""
+    assert listed["sealed"]["measurement"] == result.measurement.hex()
+    assert cli.main(["node", "status", node.address, "--certs", str(mesh.certs_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "fides verifier slots (awaiting their sealed model):" in text
+    assert "sealed by client" in text and "SIMULATED enclave (insecure)" in text
     assert result.measurement == published_measurement(options.bundle)
     res = client.classify("mnist@swap_top2", x, verify="fides", fides=opts)
     assert res.quote is not None and res.quote.verifier_node == "judge"
@@ -434,6 +452,13 @@ def test_a_verifier_provisioned_sealed_serves_like_one_loaded_from_disk(
     assert len(res.checks) == 4 and res.verifier_probs is None
     assert cli.main([*args, "--allow-simulated"]) == 1  # and only once
     assert "AlreadyProvisioned" in capsys.readouterr().err
+
+
+def _status(mesh: LocalMesh, address: str, capsys: pytest.CaptureFixture[str]) -> dict:
+    """`secure-infer node status --json` of the node at `address`."""
+    capsys.readouterr()
+    assert cli.main(["node", "status", address, "--certs", str(mesh.certs_dir), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
 
 
 def _tls(mesh: LocalMesh, name: str) -> TLSMaterial:
@@ -461,6 +486,7 @@ def test_a_dead_enclave_is_restarted_and_a_sealed_verifier_awaits_its_owner_agai
     options: FidesOptions,
     artefacts: Path,
     test_images: torch.Tensor,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Kill every enclave process of the verifier and judge nodes (a crash, the OOM killer):
     verifiers loaded from disk come back in new enclaves with the same measurement (clients
@@ -483,6 +509,13 @@ def test_a_dead_enclave_is_restarted_and_a_sealed_verifier_awaits_its_owner_agai
             os.kill(pid, signal.SIGKILL)
             killed += 1
     assert killed >= 4  # verifier: mnist, reviews; judge: mnist, sealed, sealed-verdicts
+    deadline = time.monotonic() + 30  # the node notices a dead enclave when it reaps it
+    while {v["name"] for v in _status(mesh, judge.address, capsys)["verifier_slots"]} != {
+        "sealed",
+        "sealed-verdicts",
+    }:
+        assert time.monotonic() < deadline, "the sealed verifiers are not listed as slots"
+        time.sleep(0.2)
     after = client.classify("mnist", x, verify="fides", fides=options)  # session re-opened
     assert after.quote is not None and before.quote is not None
     assert after.quote.measurement == before.quote.measurement
