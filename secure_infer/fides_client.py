@@ -77,8 +77,8 @@ from secure_infer.classify_client import (
     count,
     decode_probs,
     encode_inputs,
-    start,
-    wait,
+    forgetting,
+    run_async,
 )
 from secure_infer.results import ClassificationResult, FidesCheck, Privacy, QuoteSummary
 from tee import (
@@ -347,9 +347,8 @@ def classify_fides(
     pinning = ""
     if options.attestation == "session":
         session, pinning = _session(channel, key, options, vinfo, checker, catalog)
-    # Both requests go out at once (gRPC futures), the service's first: it is usually the slower
-    # of the two, and creating and serialising a call takes ~0.3-2 ms (batch 1-256). The
-    # verifier's answer is checked while the service is still computing.
+    # Both requests go out at once; the verifier's answer is checked while the service
+    # computes (`verifier_side` below).
     sent = time.perf_counter()
     done: dict[str, float] = {}
 
@@ -390,26 +389,21 @@ def classify_fides(
             catalog.forget(verifier.address)  # ask again next time (e.g. a restarted node)
             raise
 
-    f_service = start(
-        mesh.channel(service.address, service.name),
-        "Classify",
-        classify_pb2.ClassifyRequest(model=model, inputs=wire),
-        options.timeout_s,
-    )
-    request = first_request()
-    f_verify = start(channel, "Verify", request, options.timeout_s)
-    f_verify.add_done_callback(lambda _: done.setdefault("verifier", time.perf_counter()))
-    f_service.add_done_callback(lambda _: done.setdefault("service", time.perf_counter()))
-    pv = None
-    try:
+    def verifier_side() -> tuple[classify_pb2.VerifyRequest, Any, VerifiedQuote, Any, float]:
+        """The Verify call and its checks (on a pooled thread, while the service computes):
+        (request, reply, attested quote, the verifier's distribution or, under "verdicts",
+        the digest of the enclave's input, seconds of checking)."""
+        nonlocal session, pinning
+        request = first_request()
         try:
-            vreply = wait(f_verify, "Verify", catalog, verifier.address)
+            with forgetting(catalog, verifier.address):
+                vreply = call(channel, "Verify", request, options.timeout_s)
         except SessionMismatch:  # the enclave no longer holds the session (restart, eviction)
             checker.drop(key)
             session, pinning = _session(channel, key, options, vinfo, checker, catalog)
             request = first_request()
             vreply = call(channel, "Verify", request, options.timeout_s)
-        t_check = time.perf_counter()
+        t_check = done["verifier"] = time.perf_counter()
         # What the enclave must have run on, computed from what this client sent (after the
         # node's own validation answered, so that bad inputs get the node's INVALID_ARGUMENT;
         # images are the wire bytes as sent, with no second check of their values here).
@@ -420,19 +414,30 @@ def classify_fides(
         )
         verified = attest(vreply, request, prepare_request(data) if verdicts else data)
         if verdicts:  # hashed now, while the service is still computing (~1.5 ms at 256 images)
-            digest = request_digest(data)
-        else:
-            try:
-                pv = decode_output(vreply.output)  # attested: the enclave's own output
-                if len(pv) != n:
-                    raise InvalidInput(f"verifier answered {len(pv)} rows for {n} inputs")
-            except InvalidInput as exc:
-                raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
-        check_s = time.perf_counter() - t_check
-        reply = wait(f_service, "Classify", catalog, service.address)
-    finally:  # no-ops when done; stop waiting on the other node after a bad answer
-        f_service.cancel()
-        f_verify.cancel()
+            return request, vreply, verified, request_digest(data), time.perf_counter() - t_check
+        try:
+            pv = decode_output(vreply.output)  # attested: the enclave's own output
+            if len(pv) != n:
+                raise InvalidInput(f"verifier answered {len(pv)} rows for {n} inputs")
+        except InvalidInput as exc:
+            raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
+        return request, vreply, verified, pv, time.perf_counter() - t_check
+
+    # The verifier's side runs on a pooled thread (`run_async`), the service's call on this
+    # one, so that its answer is judged without a hand-off between threads; a failure of
+    # either side raises here (the other call, if still running, is left to finish).
+    f_verify = run_async(verifier_side)
+    with forgetting(catalog, service.address):
+        reply = call(
+            mesh.channel(service.address, service.name),
+            "Classify",
+            classify_pb2.ClassifyRequest(model=model, inputs=wire),
+            options.timeout_s,
+        )
+    done["service"] = time.perf_counter()
+    request, vreply, verified, checked, check_s = f_verify.result()
+    pv = None if verdicts else checked
+    digest = checked if verdicts else b""
     t_judge = time.perf_counter()
     probs = decode_probs(reply, n)
     try:

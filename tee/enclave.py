@@ -13,7 +13,8 @@ length-prefixed frames (`tee._channel`); no pickle crosses the pipe. The loaded 
 importable entry point ``"pkg.module:function"``: the child imports it, calls
 ``function(model_bytes)`` once to get a handler, and then ``handler(input_bytes) -> bytes`` per
 request. Tensors can cross as safetensors bytes. The child inherits the host's `sys.path` (as
-multiprocessing's spawn does) and runs torch with one thread unless `threads` says otherwise.
+multiprocessing's spawn does) and runs torch and BLAS with one thread unless `threads` says
+otherwise.
 
 Threat model: the process boundary is NOT a security boundary: the host's operator can read the
 child's memory. With `SimulatedEnclave` nothing is protected; it exercises the protocol. With
@@ -121,7 +122,7 @@ class _ProcessEnclave(Enclave):
     def __init__(self, backend: str, *, timeout_s: float, threads: int) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(threads)
         self._timeout_s = timeout_s
         self._measurement: bytes | None = None

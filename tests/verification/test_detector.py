@@ -180,6 +180,40 @@ def test_mlp_nets_run_in_numpy_like_their_torch_forward() -> None:
         np.testing.assert_allclose(_apply(net, x.numpy()), net(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_mlp_nets_use_one_blas_thread_and_restore_the_callers_setting() -> None:
+    # OpenBLAS splits products of a few hundred rows over every core and its idle workers then
+    # spin: on a client that shares its cores with nodes that slowed both calls by half
+    # (docs/benchmarks.md, session 13). The limit holds only during the detector's products.
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from verification.fides import verifier
+    from verification.fides.nets import MLPNet
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    if not blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl controls")
+    net = MLPNet(32, [64], 10)
+    net.standardise_on(torch.randn(50, 32))
+    seen = []
+    real = verifier._one_blas_thread
+
+    def spy() -> object:
+        ctx = real()
+        seen.append(blas_threads())
+        return ctx
+
+    with threadpool_limits(2, "blas"):
+        verifier._one_blas_thread = spy  # type: ignore[assignment]
+        try:
+            verifier._apply(net, np.random.default_rng(0).random((300, 32), dtype=np.float32))
+        finally:
+            verifier._one_blas_thread = real  # type: ignore[assignment]
+        assert seen == [{1}]
+        assert blas_threads() == {2}
+
+
 def test_feature_order_breaks_ties_by_class_index() -> None:
     # Classes the verifier ties on are ordered by index (a stable sort), in both versions, so
     # their service log-probabilities land in the same feature columns.
