@@ -22,6 +22,7 @@ tests/fides_mesh.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from verification.fides.experiment import prepare_mnist
 
 MODEL = "mnist"
 N_IMAGES = 32
+LATENCY_PAIRS = 9  # plain and verified requests timed in the demo (medians reported)
 OWNER = "client"  # the CN of the demo client's certificate: it owns the judge's slot
 
 
@@ -73,8 +75,12 @@ def run_fides_demo(
     x, y = data.inputs["test"][:N_IMAGES], data.labels["test"][:N_IMAGES].numpy()
     options = FidesOptions(bundle=client_bundle(artefacts / "fides"), allow_simulated=True)
     client.classify(MODEL, x.numpy(), verify="fides", fides=options)  # warm-up: cold enclave
-    res = client.classify(MODEL, x.numpy(), verify="fides", fides=options)
-    plain = client.classify(MODEL, x.numpy(), privacy="none")
+    walls: dict[str, list[float]] = {"plain": [], "fides": []}
+    for _ in range(LATENCY_PAIRS):  # alternating; bench/fides_mesh.py measures properly
+        plain = client.classify(MODEL, x.numpy(), privacy="none")
+        res = client.classify(MODEL, x.numpy(), verify="fides", fides=options)
+        walls["plain"].append(plain.timings["total_s"])
+        walls["fides"].append(res.timings["total_s"])
     try:
         client.classify(
             MODEL, x[:2].numpy(), verify="fides", fides=FidesOptions(bundle=options.bundle)
@@ -107,9 +113,8 @@ def run_fides_demo(
             "n_images": len(x),
             "service_accuracy": float(np.mean(res.predictions == y)),
             "clean_flagged_fraction": float(np.mean([c.attacked for c in res.checks])),
-            "latency_ms_one_request": {  # single samples; bench/fides_mesh.py has medians
-                "plain": round(1000 * plain.timings["total_s"], 2),
-                "fides": round(1000 * res.timings["total_s"], 2),
+            "latency_ms_median": {  # of LATENCY_PAIRS alternating requests each
+                mode: round(1000 * statistics.median(values), 2) for mode, values in walls.items()
             },
             "without_opt_in": refused,
             "verdicts_protocol": {
