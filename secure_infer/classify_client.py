@@ -9,6 +9,7 @@ outputs in the clear and may return anything; use `verify="fides"` to check answ
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -129,7 +130,19 @@ def call(channel: grpc.Channel, method: str, request: Any, timeout_s: float) -> 
 # `.future()` starts a new "channel spin" thread whenever its channel has no other call in
 # flight, i.e. on every request here, and waits until that thread runs: 2-3 ms per call on a
 # busy 2-core machine (cProfile of `verify="fides"` at batch 64, bench/fides_mesh.py's mesh).
-_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="classify-rpc")
+def _new_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="classify-rpc")
+
+
+_THREADS = _new_pool()
+
+
+def _after_fork() -> None:  # a forked child has none of the parent's threads: start afresh
+    global _THREADS
+    _THREADS = _new_pool()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def run_async(fn: Callable[[], Any]) -> Future:
