@@ -1,4 +1,4 @@
-"""The `secure-infer` command line: node, certs, infer, classify, demo, audit.
+"""The `secure-infer` command line: node, certs, models, infer, classify, fides, demo, audit.
 
 Thin: parse, build config, call the SDK or daemon. Expected errors print
 `ErrorType: message` on stderr without a traceback and exit non-zero.
@@ -206,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("path", type=Path)
     verdict.add_argument("--client-key", help="hex Ed25519 key the verdicts must be signed by")
 
+    models = sub.add_parser(
+        "models",
+        help="what the mesh offers: split models, MPC, classifiers, Fides verifiers, HE heads",
+        formatter_class=fmt,
+    )
+    models.add_argument("--seeds", required=True, help="comma-separated host:port")
+    models.add_argument("--json", action="store_true")
+    _tls_flags(models)
+
     cls = sub.add_parser(
         "classify",
         help="classify texts or images with a mesh-hosted classifier, optionally Fides-verified",
@@ -334,6 +343,7 @@ def _node_status(args: argparse.Namespace) -> int:
     from decentralized.transport import sync_channel
     from decentralized.v1 import mesh_pb2, mesh_pb2_grpc
     from secure_infer.client import credentials
+    from secure_infer.services import node_services
 
     creds = credentials(_tls(args), args.insecure_dev)
     with sync_channel(args.address, creds) as channel:
@@ -347,7 +357,7 @@ def _node_status(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, args.address) from None
-        hosted = _hosted_models(channel, args.address)
+        hosted = node_services(channel, args.address)
     rec = verify_record(info.record)
     peer_recs = [verify_record(r) for r in peers.records]
     doc = {
@@ -406,56 +416,6 @@ def _node_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hosted_models(channel: Any, address: str) -> dict[str, Any]:
-    """What a node serves beyond its spans: classifiers, Fides verifiers and sealed slots
-    (Classify.ListModels), HE heads (HE.ListHeads); a service the node does not run is empty."""
-    import grpc
-
-    from decentralized.client import error_from_rpc
-    from decentralized.v1 import classify_pb2, classify_pb2_grpc, he_pb2, he_pb2_grpc
-
-    def ask(call: Any, request: Any) -> Any:
-        try:
-            return call(request, timeout=5.0)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
-                return None
-            raise error_from_rpc(exc, address) from None
-
-    models = ask(
-        classify_pb2_grpc.ClassifyStub(channel).ListModels, classify_pb2.ListModelsRequest()
-    )
-    heads = ask(he_pb2_grpc.HEStub(channel).ListHeads, he_pb2.ListHeadsRequest())
-    models = models or classify_pb2.ListModelsReply()
-    return {
-        "classifiers": [
-            {"name": c.name, "input_kind": c.input_kind, "arch": c.arch, "digest": c.digest}
-            for c in models.classifiers
-        ],
-        "verifiers": [
-            {
-                "name": v.name,
-                "task": v.task,
-                "n_classes": v.n_classes,
-                "protocol": v.protocol,
-                "platform": v.platform,
-                "simulated": v.simulated,
-                "measurement": v.measurement.hex(),
-                "sealed_owner": v.sealed_owner,
-            }
-            for v in models.verifiers
-        ],
-        "verifier_slots": [
-            {"name": v.name, "owner": v.owner, "platform": v.platform, "simulated": v.simulated}
-            for v in models.slots
-        ],
-        "he_heads": [
-            {"name": h.name, "input_kind": h.input_kind, "layers": list(h.layers)}
-            for h in (heads.heads if heads is not None else ())
-        ],
-    }
-
-
 def _hosted_lines(doc: dict[str, Any]) -> list[str]:
     def platform(v: dict[str, Any]) -> str:
         return "SIMULATED enclave (insecure)" if v["simulated"] else f"{v['platform']} enclave"
@@ -472,7 +432,7 @@ def _hosted_lines(doc: dict[str, Any]) -> list[str]:
         for v in doc["verifiers"]:
             how = f"sealed by {v['sealed_owner']}" if v["sealed_owner"] else "loaded from disk"
             out.append(
-                f"  {v['name']:<16} {v['task']:<6} protocol {v['protocol']:<12} {platform(v)}, "
+                f"  {v['name']:<16} {v['task']:<6} protocol {v['protocol']}, {platform(v)}, "
                 f"{how}, measurement {v['measurement'][:16]}..."
             )
     if doc["verifier_slots"]:
@@ -687,6 +647,22 @@ def _verdicts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from secure_infer import logs
+    from secure_infer.client import Client
+    from secure_infer.services import service_lines
+
+    logs.configure("client", "text", level=30)
+    seeds = [s for s in args.seeds.split(",") if s]
+    with Client(seeds, tls=_tls(args), insecure_dev=args.insecure_dev) as client:
+        doc = client.services()
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write("\n".join(service_lines(doc)) + "\n")
+    return 0
+
+
 def _classify(args: argparse.Namespace) -> int:
     from secure_infer import logs
     from secure_infer.classify_client import result_dict
@@ -828,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
             return _certs(args)
         if args.command == "infer":
             return _infer(args)
+        if args.command == "models":
+            return _models(args)
         if args.command == "classify":
             return _classify(args)
         if args.command == "manifest":

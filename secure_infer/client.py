@@ -59,6 +59,7 @@ from secure_infer.results import (
     Privacy,
     TokenEvent,
 )
+from secure_infer.services import mesh_services
 from verification.consensus import InvalidManifest, Manifest, Reputation, Verdict
 
 _MAX_TEXTS = 1024  # texts per embed call
@@ -141,6 +142,16 @@ class Client:
             }
             for r in self._mesh.refresh(force=True)
         ]
+
+    def services(self) -> dict[str, Any]:
+        """What the live mesh offers, grouped by what a client can ask for: split models
+        (layer coverage and replicas per layer), MPC models, classifiers, Fides verifiers (with
+        protocol, platform and whether SIMULATED), sealed verifier slots and HE heads, with the
+        nodes serving each (`secure_infer.services.mesh_services`). What the nodes SAY they
+        serve: weights and enclaves are checked by the verify modes, not here."""
+        return mesh_services(
+            self._mesh.refresh(force=True), lambda r: self._mesh.channel(r.address, r.name)
+        )
 
     def parts(self, model: str) -> Any:
         """The client-side parts of a model (tokenizer, embedding, head), loaded once."""

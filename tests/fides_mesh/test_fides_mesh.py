@@ -352,6 +352,35 @@ def test_cli_prints_the_verdict_and_the_simulated_tee(
     assert "SimulatedNotAllowed" in capsys.readouterr().err
 
 
+def test_the_mesh_lists_what_each_node_serves(
+    client: Client, mesh: LocalMesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`Client.services()` / `secure-infer models`: classifiers, Fides verifiers per protocol
+    and platform, sealed slots, for an app developer choosing what to call."""
+    doc = client.services()
+    assert {n["name"] for n in doc["nodes"]} == set(mesh.nodes) and not doc["unreachable"]
+    assert doc["classifiers"]["mnist"]["nodes"] == ["service"]
+    assert doc["classifiers"]["mnist@swap_top2"]["nodes"] == ["attacker"]
+    assert doc["classifiers"]["reviews"]["input_kind"] == "text"
+    hosts = {(v["node"], v["protocol"]) for v in doc["fides_verifiers"]["mnist"]}
+    assert {("verifier", "distribution"), ("judge", "verdicts")} <= hosts
+    assert all(v["simulated"] for vs in doc["fides_verifiers"].values() for v in vs)
+    for name in ("sealed", "sealed-verdicts"):  # a slot, or provisioned by its owner
+        slots = doc["fides_slots"].get(name, [])
+        provisioned = doc["fides_verifiers"].get(name, [])
+        assert [v["owner"] for v in slots] == ["client"] or [
+            v["sealed_owner"] for v in provisioned
+        ] == ["client"]
+    assert doc["split"] == {} and doc["mpc"] == {}  # these nodes serve no spans
+    args = ["models", "--seeds", ",".join(mesh.seeds), "--certs", str(mesh.certs_dir)]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert 'Fides verifiers (verify="fides"):' in out and "SIMULATED enclave" in out
+    assert "classifiers (classify):" in out
+    assert cli.main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classifiers"].keys() == doc["classifiers"].keys()
+
+
 def test_text_classification_is_verified_end_to_end(client: Client, text_artefacts: Path) -> None:
     """The sentiment path: MiniLM + head on the service node, a token-level verifier in the
     enclave; the attested distribution equals the published verifier's, computed locally."""

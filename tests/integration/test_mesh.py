@@ -237,28 +237,28 @@ def test_clients_without_a_valid_certificate_are_refused(
     assert ok.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def _cli_json(mesh: LocalMesh, *args: str) -> dict:
+    """`secure-infer ARGS --certs ... --json` in a fresh process, parsed."""
+    cmd = [sys.executable, "-m", "secure_infer.cli", *args, "--certs", str(mesh.certs_dir)]
+    out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
 def test_node_status_cli(minilm_mesh: LocalMesh) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "secure_infer.cli",
-            "node",
-            "status",
-            minilm_mesh.nodes["node-b"].address,
-            "--certs",
-            str(minilm_mesh.certs_dir),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    doc = json.loads(out.stdout)
+    doc = _cli_json(minilm_mesh, "node", "status", minilm_mesh.nodes["node-b"].address)
     assert doc["name"] == "node-b" and doc["health"] == "SERVING"
     assert {p["name"] for p in doc["peers"]} == {"node-a", "node-c"}
     assert doc["spans"][0]["model"] == MINILM
+
+
+def test_models_cli_shows_layer_coverage(minilm_mesh: LocalMesh) -> None:
+    doc = _cli_json(minilm_mesh, "models", "--seeds", minilm_mesh.seeds[0])
+    split = doc["split"][MINILM]
+    # node-a alone serves [0, 3): a chain exists, but consensus with k = 2 cannot cover it
+    assert split["layers"] == 6 and split["covered"] and split["replicas_min"] == 1
+    assert split["spans"] == ["node-a[0,3)", "node-b[3,6)", "node-c[3,6)"]
+    assert [n["name"] for n in doc["nodes"]] == ["node-a", "node-b", "node-c"]
+    assert doc["classifiers"] == {} and doc["fides_verifiers"] == {}
 
 
 def test_cli_errors_are_one_line_and_non_zero(minilm_mesh: LocalMesh) -> None:
