@@ -35,6 +35,7 @@ import numpy as np
 from decentralized.mpc_client import MPCOptions
 from secure_infer.fides_demo import LATENCY_PAIRS, build_artefacts, node_args, run_fides_demo
 from secure_infer.localmesh import LocalMesh, NodeSpec
+from secure_infer.services import service_lines
 
 MINILM = "all-MiniLM-L6-v2"
 SMOL = "SmolLM2-135M-Instruct"
@@ -203,6 +204,10 @@ def run_demo(*, json_output: bool = False, workdir: Path | None = None, mpc: boo
                 spans += "; MPC: " + ", ".join(node.spec.mpc_models)
             say(f"  {node.spec.name} {node.address} id {node.node_id[:8]}: {spans}")
         with Client(mesh.seeds, tls=mesh.client_tls(), hop_timeout_s=20.0) as client:
+            report["services"] = client.services()
+            say("what the mesh offers (`secure-infer models`, `Client.services()`):")
+            for line in service_lines(report["services"], nodes=False):
+                say("  " + line)
             report["embed"] = _embed(client, say)
             if mpc:
                 report["mpc"] = _embed_mpc(client, say)

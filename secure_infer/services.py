@@ -144,7 +144,7 @@ def mesh_services(records: list[common_pb2.NodeRecord], channel_of: Any) -> dict
         "unreachable": unreachable,
         "split": split,
         "mpc": {
-            model: {"nodes": names, "ready": len(names) >= MPC_PARTIES}
+            model: {"nodes": names, "ready": len(names) >= MPC_PARTIES, "use": _mpc_use(model)}
             for model, names in sorted(mpc.items())
         },
         "classifiers": classifiers,
@@ -154,13 +154,24 @@ def mesh_services(records: list[common_pb2.NodeRecord], channel_of: Any) -> dict
     }
 
 
-def service_lines(doc: dict[str, Any]) -> list[str]:
-    """`mesh_services`' answer as text (`secure-infer models`)."""
-    out = [f"nodes ({len(doc['nodes'])}):"]
+def _mpc_use(model: str) -> str:
+    """Registry models run embed / generate under MPC; other names are MPC classifiers
+    (`node run --mpc-classifier`), which nodes list in their records the same way."""
+    try:
+        get_spec(model)
+    except UnknownModel:
+        return "classify"
+    return "embed/generate"
+
+
+def service_lines(doc: dict[str, Any], nodes: bool = True) -> list[str]:
+    """`mesh_services`' answer as text (`secure-infer models`); `nodes=False` leaves out the
+    list of nodes (not the ones that did not answer)."""
+    out = [f"nodes ({len(doc['nodes'])}):"] if nodes else []
     out += [
         f"  {n['name']:<12} {n['address']:<22} {n['device']}"
         + ("   INSECURE-DEV" if n["insecure_dev"] else "")
-        for n in doc["nodes"]
+        for n in (doc["nodes"] if nodes else ())
     ]
     out += [f"  {name:<12} did not answer: {why}" for name, why in doc["unreachable"].items()]
     if doc["split"]:
@@ -175,7 +186,8 @@ def service_lines(doc: dict[str, Any]) -> list[str]:
     if doc["mpc"]:
         out.append(f'MPC (privacy="mpc": {MPC_PARTIES} nodes, one of them the TRUSTED dealer):')
         out += [
-            f"  {model:<24} {' '.join(m['nodes'])}" + ("" if m["ready"] else "  (too few nodes)")
+            f"  {model:<24} {m['use']:<15} {' '.join(m['nodes'])}"
+            + ("" if m["ready"] else "  (too few nodes)")
             for model, m in doc["mpc"].items()
         ]
     if doc["classifiers"]:

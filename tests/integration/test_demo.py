@@ -36,5 +36,9 @@ def test_demo_json(tmp_path: Path) -> None:
     assert [s["layers"] for s in doc["consensus"]["spans"]] == [[0, 3], [3, 6]]
     assert doc["fides"]["tee"]["simulated"] is True  # labelled: no hardware TEE here
     assert doc["fides"]["without_opt_in"].startswith("refused")
+    offer = doc["services"]  # what the mesh offered before the demo's requests
+    assert offer["split"]["all-MiniLM-L6-v2"]["covered"] and not offer["unreachable"]
+    assert offer["fides_slots"]["mnist"][0]["owner"] == "client"  # provisioned later
+    assert {v["protocol"] for v in offer["fides_verifiers"]["mnist"]} == {"distribution"}
     logs = {p.name for p in tmp_path.glob("*.log")}
     assert logs == {"node-a.log", "node-b.log", "node-c.log"}

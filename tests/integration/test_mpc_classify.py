@@ -93,6 +93,12 @@ def test_mpc_classification_matches_plaintext(
     assert result.privacy.mode == "mpc" and "TRUSTED" in " ".join(result.privacy.caveats)
 
 
+def test_the_mesh_lists_the_mpc_classifier(mesh: LocalMesh) -> None:
+    with Client(mesh.seeds, tls=mesh.client_tls()) as client:
+        offer = client.services()["mpc"]
+    assert offer == {NAME: {"nodes": sorted(NODES), "ready": True, "use": "classify"}}
+
+
 def test_bad_mpc_classification_requests(mesh: LocalMesh, digits: ImageSplit) -> None:
     with Client(mesh.seeds, tls=mesh.client_tls()) as client:
         with pytest.raises(InvalidRequest, match="shape"):
