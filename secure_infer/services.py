@@ -12,6 +12,7 @@ load from disk).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -108,7 +109,18 @@ def mesh_services(records: list[common_pb2.NodeRecord], channel_of: Any) -> dict
     verifiers: dict[str, list[dict[str, Any]]] = {}
     slots: dict[str, list[dict[str, Any]]] = {}
     heads: dict[str, dict[str, Any]] = {}
-    for rec in sorted(records, key=lambda r: r.name):
+    ordered = sorted(records, key=lambda r: r.name)
+
+    def ask(rec: common_pb2.NodeRecord) -> dict[str, Any] | MeshError:
+        try:
+            return node_services(channel_of(rec), rec.address)
+        except MeshError as exc:
+            return exc
+
+    # Every node at once: one that does not answer costs its timeout once, not once per node.
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(ordered)))) as pool:
+        offers = list(pool.map(ask, ordered))
+    for rec, offer in zip(ordered, offers, strict=True):
         nodes.append(
             {
                 "name": rec.name,
@@ -121,10 +133,8 @@ def mesh_services(records: list[common_pb2.NodeRecord], channel_of: Any) -> dict
         )
         for model in rec.mpc_models:
             mpc.setdefault(model, []).append(rec.name)
-        try:
-            offer = node_services(channel_of(rec), rec.address)
-        except MeshError as exc:
-            unreachable[rec.name] = f"{type(exc).__name__}: {exc}"
+        if isinstance(offer, MeshError):
+            unreachable[rec.name] = f"{type(offer).__name__}: {offer}"
             continue
         for c in offer["classifiers"]:
             entry = classifiers.setdefault(c["name"], {**c, "nodes": []})
