@@ -343,7 +343,7 @@ def _node_status(args: argparse.Namespace) -> int:
     from decentralized.transport import sync_channel
     from decentralized.v1 import mesh_pb2, mesh_pb2_grpc
     from secure_infer.client import credentials
-    from secure_infer.services import node_services
+    from secure_infer.services import node_service_lines, node_services
 
     creds = credentials(_tls(args), args.insecure_dev)
     with sync_channel(args.address, creds) as channel:
@@ -409,44 +409,11 @@ def _node_status(args: argparse.Namespace) -> int:
     ]
     if doc["mpc_models"]:
         out.append(f"mpc models: {', '.join(doc['mpc_models'])}")
-    out += _hosted_lines(doc)
+    out += node_service_lines(doc)
     out.append(f"peers ({len(doc['peers'])}):")
     out += [f"  {p['name']:<10} {p['address']:<22} {', '.join(p['spans'])}" for p in doc["peers"]]
     sys.stdout.write("\n".join(out) + "\n")
     return 0
-
-
-def _hosted_lines(doc: dict[str, Any]) -> list[str]:
-    def platform(v: dict[str, Any]) -> str:
-        return "SIMULATED enclave (insecure)" if v["simulated"] else f"{v['platform']} enclave"
-
-    out = []
-    if doc["classifiers"]:
-        out.append("classifiers:")
-        out += [
-            f"  {c['name']:<16} {c['input_kind']:<6} {c['arch']}  sha256 {c['digest'][:16]}..."
-            for c in doc["classifiers"]
-        ]
-    if doc["verifiers"]:
-        out.append("fides verifiers:")
-        for v in doc["verifiers"]:
-            how = f"sealed by {v['sealed_owner']}" if v["sealed_owner"] else "loaded from disk"
-            out.append(
-                f"  {v['name']:<16} {v['task']:<6} protocol {v['protocol']}, {platform(v)}, "
-                f"{how}, measurement {v['measurement'][:16]}..."
-            )
-    if doc["verifier_slots"]:
-        out.append("fides verifier slots (awaiting their sealed model):")
-        out += [
-            f"  {v['name']:<16} owner {v['owner']:<12} {platform(v)}" for v in doc["verifier_slots"]
-        ]
-    if doc["he_heads"]:
-        out.append("he heads:")
-        out += [
-            f"  {h['name']:<16} {h['input_kind']:<16} {', '.join(h['layers'])}"
-            for h in doc["he_heads"]
-        ]
-    return out
 
 
 def _certs(args: argparse.Namespace) -> int:

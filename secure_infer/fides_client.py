@@ -389,9 +389,9 @@ def classify_fides(
             catalog.forget(verifier.address)  # ask again next time (e.g. a restarted node)
             raise
 
-    def verifier_side() -> tuple[classify_pb2.VerifyRequest, Any, VerifiedQuote, Any, float]:
+    def verifier_side() -> tuple[Any, VerifiedQuote, Any, float]:
         """The Verify call and its checks (on a pooled thread, while the service computes):
-        (request, reply, attested quote, the verifier's distribution or, under "verdicts",
+        (reply, attested quote, the verifier's distribution or, under "verdicts",
         the digest of the enclave's input, seconds of checking)."""
         nonlocal session, pinning
         request = first_request()
@@ -414,14 +414,14 @@ def classify_fides(
         )
         verified = attest(vreply, request, prepare_request(data) if verdicts else data)
         if verdicts:  # hashed now, while the service is still computing (~1.5 ms at 256 images)
-            return request, vreply, verified, request_digest(data), time.perf_counter() - t_check
+            return vreply, verified, request_digest(data), time.perf_counter() - t_check
         try:
             pv = decode_output(vreply.output)  # attested: the enclave's own output
             if len(pv) != n:
                 raise InvalidInput(f"verifier answered {len(pv)} rows for {n} inputs")
         except InvalidInput as exc:
             raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
-        return request, vreply, verified, pv, time.perf_counter() - t_check
+        return vreply, verified, pv, time.perf_counter() - t_check
 
     # The verifier's side runs on a pooled thread (`run_async`), the service's call on this
     # one, so that its answer is judged without a hand-off between threads; a failure of
@@ -435,7 +435,7 @@ def classify_fides(
             options.timeout_s,
         )
     done["service"] = time.perf_counter()
-    request, vreply, verified, checked, check_s = f_verify.result()
+    vreply, verified, checked, check_s = f_verify.result()
     pv = None if verdicts else checked
     digest = checked if verdicts else b""
     t_judge = time.perf_counter()

@@ -22,7 +22,7 @@ from decentralized.errors import MeshError, UnknownModel
 from decentralized.models import get_spec
 from decentralized.v1 import classify_pb2, classify_pb2_grpc, common_pb2, he_pb2, he_pb2_grpc
 
-MPC_PARTIES = 3  # two computing parties and the dealer (privacy="mpc")
+MPC_PARTIES = 3  # two computing parties and the dealer: mpc_worker.WORLD_SIZE (imports CrypTen)
 _TIMEOUT_S = 5.0
 
 
@@ -174,6 +174,42 @@ def _mpc_use(model: str) -> str:
     return "embed/generate"
 
 
+def _tee(v: dict[str, Any]) -> str:
+    """A verifier's or slot's enclave, SIMULATED said loudly."""
+    return "SIMULATED enclave (insecure)" if v["simulated"] else f"{v['platform']} enclave"
+
+
+def node_service_lines(doc: dict[str, Any]) -> list[str]:
+    """`node_services`' answer as text (`secure-infer node status`)."""
+    out = []
+    if doc["classifiers"]:
+        out.append("classifiers:")
+        out += [
+            f"  {c['name']:<16} {c['input_kind']:<6} {c['arch']}  sha256 {c['digest'][:16]}..."
+            for c in doc["classifiers"]
+        ]
+    if doc["verifiers"]:
+        out.append("fides verifiers:")
+        for v in doc["verifiers"]:
+            how = f"sealed by {v['sealed_owner']}" if v["sealed_owner"] else "loaded from disk"
+            out.append(
+                f"  {v['name']:<16} {v['task']:<6} protocol {v['protocol']}, {_tee(v)}, "
+                f"{how}, measurement {v['measurement'][:16]}..."
+            )
+    if doc["verifier_slots"]:
+        out.append("fides verifier slots (awaiting their sealed model):")
+        out += [
+            f"  {v['name']:<16} owner {v['owner']:<12} {_tee(v)}" for v in doc["verifier_slots"]
+        ]
+    if doc["he_heads"]:
+        out.append("he heads:")
+        out += [
+            f"  {h['name']:<16} {h['input_kind']:<16} {', '.join(h['layers'])}"
+            for h in doc["he_heads"]
+        ]
+    return out
+
+
 def service_lines(doc: dict[str, Any], nodes: bool = True) -> list[str]:
     """`mesh_services`' answer as text (`secure-infer models`); `nodes=False` leaves out the
     list of nodes (not the ones that did not answer)."""
@@ -211,9 +247,8 @@ def service_lines(doc: dict[str, Any], nodes: bool = True) -> list[str]:
         out.append('Fides verifiers (verify="fides"):')
         for name, hosts in doc["fides_verifiers"].items():
             for v in hosts:
-                tee = "SIMULATED enclave (insecure)" if v["simulated"] else f"{v['platform']}"
                 how = f", sealed by {v['sealed_owner']}" if v["sealed_owner"] else ""
-                out.append(f"  {name:<24} {v['node']:<12} protocol {v['protocol']}, {tee}{how}")
+                out.append(f"  {name:<24} {v['node']:<12} protocol {v['protocol']}, {_tee(v)}{how}")
     if doc["fides_slots"]:
         out.append("Fides verifier slots awaiting their owner's sealed model:")
         out += [
