@@ -280,11 +280,14 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         classifiers: dict[str, Classifier],
         verifiers: dict[str, HostedVerifier],
         slots: dict[str, SealedSlot] | None = None,
+        clients: dict[str, frozenset[str]] | None = None,
     ) -> None:
         self._node = node
         self._classifiers = classifiers
         self._verifiers = verifiers
         self._slots = dict(slots or {})
+        # verifier -> the client certificate CNs it answers (--fides-client); absent: everyone
+        self._clients = dict(clients or {})
         self._restarting = asyncio.Lock()  # one enclave restart at a time
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")
 
@@ -313,7 +316,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                     )
                     for name, c in self._classifiers.items()
                 ],
-                verifiers=[v.info() for v in self._verifiers.values() if not _lost(v)],
+                verifiers=[self._listed(v) for v in self._verifiers.values() if not _lost(v)],
                 max_inputs_per_call=MAX_INPUTS_PER_CALL,
                 slots=[
                     *(s.info() for s in self._slots.values()),
@@ -349,12 +352,33 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         """Classifier `name`'s (N, C) distribution: the one place a reply's numbers come from."""
         return model.probs(x).numpy()
 
-    def _verifier(self, name: str) -> HostedVerifier:
+    def _listed(self, hosted: HostedVerifier) -> classify_pb2.VerifierInfo:
+        info = hosted.info()
+        info.enrolled_only = hosted.name in self._clients
+        return info
+
+    def _lookup(self, name: str) -> HostedVerifier:
         hosted = self._verifiers.get(name)
         if hosted is None:
             if name in self._slots:
                 raise UnknownModel(f"verifier {name!r} awaits its sealed model (Provision)")
             raise UnknownModel(f"unknown verifier {name!r}; see ListModels")
+        return hosted
+
+    def _verifier(self, name: str, context: grpc.aio.ServicerContext) -> HostedVerifier:
+        """Verifier `name`, if the caller may use it: a verifier with enrolled clients
+        (--fides-client) answers only their certificates' CNs. Without that, any mesh client may
+        query it, including a service's operator, which can then answer its own clients with the
+        verifier's output (docs/fides.md, threat model)."""
+        hosted = self._lookup(name)
+        enrolled = self._clients.get(name)
+        if enrolled is not None:
+            names = _caller_cns(context)
+            if not enrolled.intersection(names):
+                raise NotPermitted(
+                    f"verifier {name!r} answers enrolled clients only; the caller's "
+                    f"certificate is {names or 'absent'}"
+                )
         return hosted
 
     async def _alive(self, hosted: HostedVerifier) -> HostedVerifier:
@@ -367,7 +391,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         async with self._restarting:
             current = self._verifiers.get(hosted.name)
             if current is not hosted:  # replaced while this request waited for the lock
-                return self._verifier(hosted.name)
+                return self._lookup(hosted.name)
             loop = asyncio.get_running_loop()
             _stop(hosted)
             del self._verifiers[hosted.name]
@@ -382,7 +406,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                     hosted.name,
                     hosted.owner,
                 )
-                return self._verifier(hosted.name)  # UnknownModel: awaits its sealed model
+                return self._lookup(hosted.name)  # UnknownModel: awaits its sealed model
             try:
                 new = await loop.run_in_executor(
                     None,
@@ -447,7 +471,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         self, request: classify_pb2.VerifyRequest, context: grpc.aio.ServicerContext
     ) -> classify_pb2.VerifyReply:
         async with _serving("Classify.Verify", context, self._node.metrics):
-            hosted = self._verifier(request.verifier)
+            hosted = self._verifier(request.verifier, context)
             session = request.session_id
             if session and (len(session) != SESSION_ID_SIZE or not 0 < request.seq < 1 << 64):
                 raise InvalidRequest(
@@ -481,7 +505,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         self, request: classify_pb2.AttestedSessionRequest, context: grpc.aio.ServicerContext
     ) -> classify_pb2.AttestedSessionReply:
         async with _serving("Classify.OpenSession", context, self._node.metrics):
-            hosted = self._verifier(request.verifier)
+            hosted = self._verifier(request.verifier, context)
             _check_nonce(request.nonce)
             if len(request.client_public) != 32:
                 raise InvalidRequest("client_public must be a 32-byte X25519 public key")
@@ -504,8 +528,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             raise UnknownModel(f"no sealed verifier slot {name!r} on this node")
         if self._node.creds.insecure_dev:
             return slot  # plaintext loopback development: no certificates to check
-        pems = context.auth_context().get("x509_pem_cert") or []
-        names = common_names(x509.load_pem_x509_certificate(pems[0])) if pems else []
+        names = _caller_cns(context)
         if slot.owner not in names:
             raise NotPermitted(
                 f"only {slot.owner!r} may provision verifier {name!r}; the caller is {names}"
@@ -602,6 +625,12 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         self._executor.shutdown(wait=False)
 
 
+def _caller_cns(context: grpc.aio.ServicerContext) -> list[str]:
+    """The CNs of the caller's mesh certificate (mTLS); empty without one."""
+    pems = context.auth_context().get("x509_pem_cert") or []
+    return common_names(x509.load_pem_x509_certificate(pems[0])) if pems else []
+
+
 def _stop(hosted: HostedVerifier | SealedSlot) -> None:
     """End an enclave and its worker thread."""
     hosted.enclave.close()
@@ -653,9 +682,11 @@ def add_classify_servicer(
     enclave_kind: str = "auto",
     fides_protocol: str = "distribution",
     sealed: tuple[tuple[str, str], ...] = (),
+    clients: tuple[tuple[str, str], ...] = (),
 ) -> ClassifyServicer:
     """Load the classifiers, start the verifiers' enclaves and the sealed slots' (`sealed`:
-    (name, owner CN) pairs), register the service.
+    (name, owner CN) pairs), register the service. `clients`: (verifier, client CN) pairs; a
+    verifier named there answers only those CNs.
 
     Returns the servicer; the node calls `close()` on it when it stops (ends the enclaves)."""
     loaded = {name: load_classifier(Path(d)) for name, d in classifiers}
@@ -670,6 +701,11 @@ def add_classify_servicer(
         for h in [*hosted.values(), *slots.values()]:
             h.enclave.close()
         raise
-    servicer = ClassifyServicer(node, loaded, hosted, slots)
+    enrolled: dict[str, set[str]] = {}
+    for name, cn in clients:
+        enrolled.setdefault(name, set()).add(cn)
+    servicer = ClassifyServicer(
+        node, loaded, hosted, slots, {n: frozenset(cns) for n, cns in enrolled.items()}
+    )
     classify_pb2_grpc.add_ClassifyServicer_to_server(servicer, server)
     return servicer

@@ -58,6 +58,8 @@ class NodeSettings:
     enclave: str = "auto"  # "auto" (configfs-tsm if present, else SIMULATED), "simulated", ...
     fides_protocol: str = "distribution"  # or "verdicts": enclaves never reveal distributions
     fides_sealed: tuple[tuple[str, str], ...] = ()  # (name, owner CN): verifiers sent sealed
+    # (verifier, client CN): a verifier listed here answers only those clients (docs/fides.md)
+    fides_clients: tuple[tuple[str, str], ...] = ()
     version: str = "0"  # software version advertised in the record
 
 
@@ -172,6 +174,7 @@ class Node:
                     s.enclave,
                     s.fides_protocol,
                     s.fides_sealed,
+                    s.fides_clients,
                 ),
             )
             services.append(CLASSIFY_HEALTH)

@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         "verifier's weights in the clear (on SEV-SNP/TDX hardware; repeatable)",
     )
     run.add_argument(
+        "--fides-client",
+        action="append",
+        metavar="NAME=CN",
+        help="answer Verify / OpenSession for verifier NAME only to the mesh certificate CN "
+        "(repeatable; a verifier with none answers every mesh client, including a service's "
+        "operator that would relay its answers as its own)",
+    )
+    run.add_argument(
         "--enclave",
         choices=["auto", "simulated", "configfs-tsm"],
         help="enclave backend for Fides verifiers (auto: configfs-tsm if present, else "
@@ -327,6 +335,7 @@ def _node_run(args: argparse.Namespace) -> int:
         "enclave": args.enclave,
         "fides_protocol": args.fides_protocol,
         "fides_sealed": args.fides_sealed,
+        "fides_clients": args.fides_client,
     }
     config = cfg.load(args.config, overrides)
     logs.configure(config.settings.name, config.log_format)

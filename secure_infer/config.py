@@ -117,6 +117,21 @@ def parse_sealed(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def parse_clients(value: Any) -> tuple[tuple[str, str], ...]:
+    """NAME=CN strings (a list, or one comma-separated string) -> ((verifier, client CN), ...);
+    a verifier may appear with several CNs."""
+    items = [v for v in value.split(",") if v] if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        name, sep, cn = str(item).partition("=")
+        if not sep or not name.strip() or not cn.strip():
+            raise ConfigError(
+                f"fides_clients: expected NAME=CN (a client certificate's CN), got {item!r}"
+            )
+        out.append((name.strip(), cn.strip()))
+    return tuple(dict.fromkeys(out))
+
+
 def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
     """Read TOML (if given), apply non-None overrides, validate."""
     doc: dict[str, Any] = {}
@@ -163,6 +178,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
         "enclave",
         "fides_protocol",
         "fides_sealed",
+        "fides_clients",
     }
     if unknown:
         raise ConfigError(f"unknown [node] keys: {', '.join(sorted(unknown))}")
@@ -194,6 +210,17 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
     clash = {n for n, _ in verifiers} & {n for n, _ in sealed}
     if clash:
         raise ConfigError(f"fides_sealed: {', '.join(sorted(clash))} is also in fides_verifiers")
+    clients = parse_clients(node.get("fides_clients", []))
+    strangers = {n for n, _ in clients} - {n for n, _ in verifiers} - {n for n, _ in sealed}
+    if strangers:
+        raise ConfigError(
+            f"fides_clients: {', '.join(sorted(strangers))} is not a verifier of this node "
+            "(fides_verifiers or fides_sealed)"
+        )
+    if clients and insecure:
+        raise ConfigError(
+            "fides_clients needs mTLS: with insecure_dev there is no client certificate to check"
+        )
     enclave = str(node.get("enclave", "auto"))
     from decentralized.classify_service import ENCLAVE_KINDS
 
@@ -249,6 +276,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
             enclave=enclave,
             fides_protocol=fides_protocol,
             fides_sealed=sealed,
+            fides_clients=clients,
             version=f"secure-infer {__version__}",
         )
     except (TypeError, ValueError) as exc:

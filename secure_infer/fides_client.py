@@ -116,8 +116,20 @@ from verification.fides.enclave_app import (
 logger = logging.getLogger(__name__)
 
 
-def threat_model(protocol: str) -> str:
-    """The threat model a Fides result states, for the verifier node's `protocol`."""
+def threat_model(protocol: str, enrolled_only: bool = False) -> str:
+    """The threat model a Fides result states, for the verifier node's `protocol` and whether
+    that node answers enrolled clients only (`--fides-client`)."""
+    relay = (
+        "the verifier node answers enrolled clients only (its operator's word, enforced by the "
+        "node, not the enclave), so a service's operator it did not enrol cannot relay the "
+        "verifier's answers as its own unless an enrolled client or the verifier's host does it "
+        "for them"
+        if enrolled_only
+        else "the verifier node answers every mesh client, so a service's operator can query it "
+        "with the client's input and answer with the verifier's distribution (never flagged) "
+        "or, under protocol 'verdicts', pre-screen an attacked answer and send it only when it "
+        "passes; enrol clients on the verifier node (--fides-client) to prevent it"
+    )
     leak = (
         "not secret: the verifier's function (this result carries its distribution; a service "
         "posing as a client can distil a copy from a few thousand queries and evade detection: "
@@ -133,9 +145,9 @@ def threat_model(protocol: str) -> str:
         "bundle; secret: the verifier's weights, which the service's operator must not know "
         "(with them it can answer with the verifier's own distribution unflagged) nor learn "
         "from a colluding verifier node (which holds them unless their owner provisioned them "
-        f"sealed to a hardware enclave); {leak}; leaks: both nodes see the input in the clear "
-        "(the verifier's enclave hides it from its host only on real SEV-SNP/TDX hardware); a "
-        "SIMULATED enclave protects and proves nothing; detection is statistical (see "
+        f"sealed to a hardware enclave); {relay}; {leak}; leaks: both nodes see the input in "
+        "the clear (the verifier's enclave hides it from its host only on real SEV-SNP/TDX "
+        "hardware); a SIMULATED enclave protects and proves nothing; detection is statistical (see "
         "docs/fides.md for measured rates)"
     )
 
@@ -536,7 +548,7 @@ def classify_fides(
         checks=checks,
         verifier_probs=None if pv is None else pv.numpy(),
         quote=summary,
-        threat_model=threat_model(options.protocol),
+        threat_model=threat_model(options.protocol, vinfo.enrolled_only),
     )
 
 

@@ -55,11 +55,14 @@ def node_args(artefacts: Path) -> dict[str, tuple[str, ...]]:
     """`node run` flags: "service" hosts the classifier, "verifier" the enclaved verifier
     (read from the node's disk), "judge" a slot whose verifier the client provisions sealed to
     the enclave (`run_fides_demo` does, for protocol "verdicts": the enclave judges and never
-    reveals the verifier's distribution; the node never reads the verifier's weights)."""
+    reveals the verifier's distribution; the node never reads the verifier's weights). Both
+    verifiers answer the demo client's certificate only (`--fides-client`): a verifier open to
+    every mesh client lets the service's operator relay its answers as its own."""
+    enrol = ("--fides-client", f"{MODEL}={OWNER}")  # the only certificate they answer
     return {
         "service": ("--classifier", f"{MODEL}={artefacts / 'service'}"),
-        "verifier": ("--fides-verifier", f"{MODEL}={artefacts / 'fides'}"),
-        "judge": ("--fides-sealed", f"{MODEL}={OWNER}"),
+        "verifier": ("--fides-verifier", f"{MODEL}={artefacts / 'fides'}", *enrol),
+        "judge": ("--fides-sealed", f"{MODEL}={OWNER}", *enrol),
     }
 
 

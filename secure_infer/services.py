@@ -65,6 +65,7 @@ def node_services(channel: grpc.Channel, address: str) -> dict[str, Any]:
                 "simulated": v.simulated,
                 "measurement": v.measurement.hex(),
                 "sealed_owner": v.sealed_owner,
+                "enrolled_only": v.enrolled_only,
             }
             for v in models.verifiers
         ],
@@ -174,6 +175,11 @@ def _mpc_use(model: str) -> str:
     return "embed/generate"
 
 
+def _audience(v: dict[str, Any]) -> str:
+    """Who may query a verifier: anyone on the mesh can relay an open one's answers."""
+    return "enrolled clients only" if v.get("enrolled_only") else "open to every mesh client"
+
+
 def _tee(v: dict[str, Any]) -> str:
     """A verifier's or slot's enclave, SIMULATED said loudly."""
     return "SIMULATED enclave (insecure)" if v["simulated"] else f"{v['platform']} enclave"
@@ -194,7 +200,7 @@ def node_service_lines(doc: dict[str, Any]) -> list[str]:
             how = f"sealed by {v['sealed_owner']}" if v["sealed_owner"] else "loaded from disk"
             out.append(
                 f"  {v['name']:<16} {v['task']:<6} protocol {v['protocol']}, {_tee(v)}, "
-                f"{how}, measurement {v['measurement'][:16]}..."
+                f"{how}, {_audience(v)}, measurement {v['measurement'][:16]}..."
             )
     if doc["verifier_slots"]:
         out.append("fides verifier slots (awaiting their sealed model):")
@@ -248,7 +254,10 @@ def service_lines(doc: dict[str, Any], nodes: bool = True) -> list[str]:
         for name, hosts in doc["fides_verifiers"].items():
             for v in hosts:
                 how = f", sealed by {v['sealed_owner']}" if v["sealed_owner"] else ""
-                out.append(f"  {name:<24} {v['node']:<12} protocol {v['protocol']}, {_tee(v)}{how}")
+                out.append(
+                    f"  {name:<24} {v['node']:<12} protocol {v['protocol']}, {_tee(v)}{how}, "
+                    f"{_audience(v)}"
+                )
     if doc["fides_slots"]:
         out.append("Fides verifier slots awaiting their owner's sealed model:")
         out += [

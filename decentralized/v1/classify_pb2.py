@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x65\x63\x65ntralized/v1/classify.proto\x12\x10\x64\x65\x63\x65ntralized.v1\"\x13\n\x11ListModelsRequest\"u\n\x0e\x43lassifierInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ninput_kind\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\r\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\"\xbf\x01\n\x0cVerifierInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x11\n\tn_classes\x18\x03 \x01(\r\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x11\n\tsimulated\x18\x05 \x01(\x08\x12\x13\n\x0bmeasurement\x18\x06 \x01(\x0c\x12\x1e\n\x16simulated_platform_key\x18\x07 \x01(\x0c\x12\x10\n\x08protocol\x18\x08 \x01(\t\x12\x14\n\x0csealed_owner\x18\t \x01(\t\"T\n\x10VerifierSlotInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x11\n\tsimulated\x18\x04 \x01(\x08\"\xcb\x01\n\x0fListModelsReply\x12\x35\n\x0b\x63lassifiers\x18\x01 \x03(\x0b\x32 .decentralized.v1.ClassifierInfo\x12\x31\n\tverifiers\x18\x02 \x03(\x0b\x32\x1e.decentralized.v1.VerifierInfo\x12\x1b\n\x13max_inputs_per_call\x18\x03 \x01(\r\x12\x31\n\x05slots\x18\x04 \x03(\x0b\x32\".decentralized.v1.VerifierSlotInfo\"6\n\x06Inputs\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06images\x18\x02 \x01(\x0c\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"J\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06inputs\x18\x02 \x01(\x0b\x32\x18.decentralized.v1.Inputs\"k\n\rClassifyReply\x12\r\n\x05probs\x18\x01 \x01(\x0c\x12\x11\n\tn_classes\x18\x02 \x01(\r\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x05 \x01(\t\"\xe2\x01\n\rVerifyRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12(\n\x06inputs\x18\x02 \x01(\x0b\x32\x18.decentralized.v1.Inputs\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12&\n\x05phase\x18\x06 \x01(\x0e\x32\x17.decentralized.v1.Phase\x12\x0e\n\x06sealed\x18\x07 \x01(\x0c\x12\x16\n\x0erequest_digest\x18\x08 \x01(\x0c\x12\x15\n\rservice_probs\x18\t \x01(\x0c\"o\n\x0bVerifyReply\x12\x0e\n\x06output\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0b\n\x03tag\x18\x05 \x01(\x0c\x12\x0b\n\x03seq\x18\x06 \x01(\x04\"P\n\x16\x41ttestedSessionRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12\x15\n\rclient_public\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"J\n\x14\x41ttestedSessionReply\x12\r\n\x05offer\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\";\n\x18ProvisioningOfferRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"{\n\x16ProvisioningOfferReply\x12\r\n\x05offer\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\r\n\x05\x65ntry\x18\x03 \x01(\t\x12\x1e\n\x16simulated_platform_key\x18\x04 \x01(\x0c\x12\x0f\n\x07node_id\x18\x05 \x01(\t\"\x92\x01\n\x10ProvisionRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12\x14\n\x0cowner_public\x18\x02 \x01(\x0c\x12\x14\n\x0csealed_model\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x11\n\tn_classes\x18\x06 \x01(\r\x12\x10\n\x08protocol\x18\x07 \x01(\t\"w\n\x0eProvisionReply\x12\x0e\n\x06output\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\x30\n\x08verifier\x18\x03 \x01(\x0b\x32\x1e.decentralized.v1.VerifierInfo\x12\x0f\n\x07node_id\x18\x04 \x01(\t*1\n\x05Phase\x12\x10\n\x0c\x44ISTRIBUTION\x10\x00\x12\x0b\n\x07PREPARE\x10\x01\x12\t\n\x05JUDGE\x10\x02\x32\x99\x04\n\x08\x43lassify\x12T\n\nListModels\x12#.decentralized.v1.ListModelsRequest\x1a!.decentralized.v1.ListModelsReply\x12N\n\x08\x43lassify\x12!.decentralized.v1.ClassifyRequest\x1a\x1f.decentralized.v1.ClassifyReply\x12H\n\x06Verify\x12\x1f.decentralized.v1.VerifyRequest\x1a\x1d.decentralized.v1.VerifyReply\x12_\n\x0bOpenSession\x12(.decentralized.v1.AttestedSessionRequest\x1a&.decentralized.v1.AttestedSessionReply\x12i\n\x11OfferProvisioning\x12*.decentralized.v1.ProvisioningOfferRequest\x1a(.decentralized.v1.ProvisioningOfferReply\x12Q\n\tProvision\x12\".decentralized.v1.ProvisionRequest\x1a .decentralized.v1.ProvisionReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x65\x63\x65ntralized/v1/classify.proto\x12\x10\x64\x65\x63\x65ntralized.v1\"\x13\n\x11ListModelsRequest\"u\n\x0e\x43lassifierInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ninput_kind\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\r\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\"\xd6\x01\n\x0cVerifierInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x11\n\tn_classes\x18\x03 \x01(\r\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x11\n\tsimulated\x18\x05 \x01(\x08\x12\x13\n\x0bmeasurement\x18\x06 \x01(\x0c\x12\x1e\n\x16simulated_platform_key\x18\x07 \x01(\x0c\x12\x10\n\x08protocol\x18\x08 \x01(\t\x12\x14\n\x0csealed_owner\x18\t \x01(\t\x12\x15\n\renrolled_only\x18\n \x01(\x08\"T\n\x10VerifierSlotInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x11\n\tsimulated\x18\x04 \x01(\x08\"\xcb\x01\n\x0fListModelsReply\x12\x35\n\x0b\x63lassifiers\x18\x01 \x03(\x0b\x32 .decentralized.v1.ClassifierInfo\x12\x31\n\tverifiers\x18\x02 \x03(\x0b\x32\x1e.decentralized.v1.VerifierInfo\x12\x1b\n\x13max_inputs_per_call\x18\x03 \x01(\r\x12\x31\n\x05slots\x18\x04 \x03(\x0b\x32\".decentralized.v1.VerifierSlotInfo\"6\n\x06Inputs\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06images\x18\x02 \x01(\x0c\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"J\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06inputs\x18\x02 \x01(\x0b\x32\x18.decentralized.v1.Inputs\"k\n\rClassifyReply\x12\r\n\x05probs\x18\x01 \x01(\x0c\x12\x11\n\tn_classes\x18\x02 \x01(\r\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x05 \x01(\t\"\xe2\x01\n\rVerifyRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12(\n\x06inputs\x18\x02 \x01(\x0b\x32\x18.decentralized.v1.Inputs\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12&\n\x05phase\x18\x06 \x01(\x0e\x32\x17.decentralized.v1.Phase\x12\x0e\n\x06sealed\x18\x07 \x01(\x0c\x12\x16\n\x0erequest_digest\x18\x08 \x01(\x0c\x12\x15\n\rservice_probs\x18\t \x01(\x0c\"o\n\x0bVerifyReply\x12\x0e\n\x06output\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0b\n\x03tag\x18\x05 \x01(\x0c\x12\x0b\n\x03seq\x18\x06 \x01(\x04\"P\n\x16\x41ttestedSessionRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12\x15\n\rclient_public\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"J\n\x14\x41ttestedSessionReply\x12\r\n\x05offer\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\";\n\x18ProvisioningOfferRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"{\n\x16ProvisioningOfferReply\x12\r\n\x05offer\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\r\n\x05\x65ntry\x18\x03 \x01(\t\x12\x1e\n\x16simulated_platform_key\x18\x04 \x01(\x0c\x12\x0f\n\x07node_id\x18\x05 \x01(\t\"\x92\x01\n\x10ProvisionRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12\x14\n\x0cowner_public\x18\x02 \x01(\x0c\x12\x14\n\x0csealed_model\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x11\n\tn_classes\x18\x06 \x01(\r\x12\x10\n\x08protocol\x18\x07 \x01(\t\"w\n\x0eProvisionReply\x12\x0e\n\x06output\x18\x01 \x01(\x0c\x12\x12\n\nquote_json\x18\x02 \x01(\t\x12\x30\n\x08verifier\x18\x03 \x01(\x0b\x32\x1e.decentralized.v1.VerifierInfo\x12\x0f\n\x07node_id\x18\x04 \x01(\t*1\n\x05Phase\x12\x10\n\x0c\x44ISTRIBUTION\x10\x00\x12\x0b\n\x07PREPARE\x10\x01\x12\t\n\x05JUDGE\x10\x02\x32\x99\x04\n\x08\x43lassify\x12T\n\nListModels\x12#.decentralized.v1.ListModelsRequest\x1a!.decentralized.v1.ListModelsReply\x12N\n\x08\x43lassify\x12!.decentralized.v1.ClassifyRequest\x1a\x1f.decentralized.v1.ClassifyReply\x12H\n\x06Verify\x12\x1f.decentralized.v1.VerifyRequest\x1a\x1d.decentralized.v1.VerifyReply\x12_\n\x0bOpenSession\x12(.decentralized.v1.AttestedSessionRequest\x1a&.decentralized.v1.AttestedSessionReply\x12i\n\x11OfferProvisioning\x12*.decentralized.v1.ProvisioningOfferRequest\x1a(.decentralized.v1.ProvisioningOfferReply\x12Q\n\tProvision\x12\".decentralized.v1.ProvisionRequest\x1a .decentralized.v1.ProvisionReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'decentralized.v1.classify_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PHASE']._serialized_start=1876
-  _globals['_PHASE']._serialized_end=1925
+  _globals['_PHASE']._serialized_start=1899
+  _globals['_PHASE']._serialized_end=1948
   _globals['_LISTMODELSREQUEST']._serialized_start=53
   _globals['_LISTMODELSREQUEST']._serialized_end=72
   _globals['_CLASSIFIERINFO']._serialized_start=74
   _globals['_CLASSIFIERINFO']._serialized_end=191
   _globals['_VERIFIERINFO']._serialized_start=194
-  _globals['_VERIFIERINFO']._serialized_end=385
-  _globals['_VERIFIERSLOTINFO']._serialized_start=387
-  _globals['_VERIFIERSLOTINFO']._serialized_end=471
-  _globals['_LISTMODELSREPLY']._serialized_start=474
-  _globals['_LISTMODELSREPLY']._serialized_end=677
-  _globals['_INPUTS']._serialized_start=679
-  _globals['_INPUTS']._serialized_end=733
-  _globals['_CLASSIFYREQUEST']._serialized_start=735
-  _globals['_CLASSIFYREQUEST']._serialized_end=809
-  _globals['_CLASSIFYREPLY']._serialized_start=811
-  _globals['_CLASSIFYREPLY']._serialized_end=918
-  _globals['_VERIFYREQUEST']._serialized_start=921
-  _globals['_VERIFYREQUEST']._serialized_end=1147
-  _globals['_VERIFYREPLY']._serialized_start=1149
-  _globals['_VERIFYREPLY']._serialized_end=1260
-  _globals['_ATTESTEDSESSIONREQUEST']._serialized_start=1262
-  _globals['_ATTESTEDSESSIONREQUEST']._serialized_end=1342
-  _globals['_ATTESTEDSESSIONREPLY']._serialized_start=1344
-  _globals['_ATTESTEDSESSIONREPLY']._serialized_end=1418
-  _globals['_PROVISIONINGOFFERREQUEST']._serialized_start=1420
-  _globals['_PROVISIONINGOFFERREQUEST']._serialized_end=1479
-  _globals['_PROVISIONINGOFFERREPLY']._serialized_start=1481
-  _globals['_PROVISIONINGOFFERREPLY']._serialized_end=1604
-  _globals['_PROVISIONREQUEST']._serialized_start=1607
-  _globals['_PROVISIONREQUEST']._serialized_end=1753
-  _globals['_PROVISIONREPLY']._serialized_start=1755
-  _globals['_PROVISIONREPLY']._serialized_end=1874
-  _globals['_CLASSIFY']._serialized_start=1928
-  _globals['_CLASSIFY']._serialized_end=2465
+  _globals['_VERIFIERINFO']._serialized_end=408
+  _globals['_VERIFIERSLOTINFO']._serialized_start=410
+  _globals['_VERIFIERSLOTINFO']._serialized_end=494
+  _globals['_LISTMODELSREPLY']._serialized_start=497
+  _globals['_LISTMODELSREPLY']._serialized_end=700
+  _globals['_INPUTS']._serialized_start=702
+  _globals['_INPUTS']._serialized_end=756
+  _globals['_CLASSIFYREQUEST']._serialized_start=758
+  _globals['_CLASSIFYREQUEST']._serialized_end=832
+  _globals['_CLASSIFYREPLY']._serialized_start=834
+  _globals['_CLASSIFYREPLY']._serialized_end=941
+  _globals['_VERIFYREQUEST']._serialized_start=944
+  _globals['_VERIFYREQUEST']._serialized_end=1170
+  _globals['_VERIFYREPLY']._serialized_start=1172
+  _globals['_VERIFYREPLY']._serialized_end=1283
+  _globals['_ATTESTEDSESSIONREQUEST']._serialized_start=1285
+  _globals['_ATTESTEDSESSIONREQUEST']._serialized_end=1365
+  _globals['_ATTESTEDSESSIONREPLY']._serialized_start=1367
+  _globals['_ATTESTEDSESSIONREPLY']._serialized_end=1441
+  _globals['_PROVISIONINGOFFERREQUEST']._serialized_start=1443
+  _globals['_PROVISIONINGOFFERREQUEST']._serialized_end=1502
+  _globals['_PROVISIONINGOFFERREPLY']._serialized_start=1504
+  _globals['_PROVISIONINGOFFERREPLY']._serialized_end=1627
+  _globals['_PROVISIONREQUEST']._serialized_start=1630
+  _globals['_PROVISIONREQUEST']._serialized_end=1776
+  _globals['_PROVISIONREPLY']._serialized_start=1778
+  _globals['_PROVISIONREPLY']._serialized_end=1897
+  _globals['_CLASSIFY']._serialized_start=1951
+  _globals['_CLASSIFY']._serialized_end=2488
 # @@protoc_insertion_point(module_scope)

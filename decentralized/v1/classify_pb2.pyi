@@ -37,7 +37,7 @@ class ClassifierInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., input_kind: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., arch: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class VerifierInfo(_message.Message):
-    __slots__ = ("name", "task", "n_classes", "platform", "simulated", "measurement", "simulated_platform_key", "protocol", "sealed_owner")
+    __slots__ = ("name", "task", "n_classes", "platform", "simulated", "measurement", "simulated_platform_key", "protocol", "sealed_owner", "enrolled_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     N_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class VerifierInfo(_message.Message):
     SIMULATED_PLATFORM_KEY_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     SEALED_OWNER_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     n_classes: int
@@ -56,7 +57,8 @@ class VerifierInfo(_message.Message):
     simulated_platform_key: bytes
     protocol: str
     sealed_owner: str
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., platform: _Optional[str] = ..., simulated: _Optional[bool] = ..., measurement: _Optional[bytes] = ..., simulated_platform_key: _Optional[bytes] = ..., protocol: _Optional[str] = ..., sealed_owner: _Optional[str] = ...) -> None: ...
+    enrolled_only: bool
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., platform: _Optional[str] = ..., simulated: _Optional[bool] = ..., measurement: _Optional[bytes] = ..., simulated_platform_key: _Optional[bytes] = ..., protocol: _Optional[str] = ..., sealed_owner: _Optional[str] = ..., enrolled_only: _Optional[bool] = ...) -> None: ...
 
 class VerifierSlotInfo(_message.Message):
     __slots__ = ("name", "owner", "platform", "simulated")

@@ -7,6 +7,11 @@ this process only, so that product code carries no attack injection:
   `NAME@ATTACK` answers with the attacked distribution: swap_top2, average_top2,
   random_label_switch, fgsm (the model is fed FGSM-perturbed inputs, eps 0.2), substitution
   (answers with `--substitute DIR`'s cheaper model).
+* Relay (`NAME@relay-VERIFIER`): the service's operator, a mesh member like any other, sends
+  the client's images to the Fides verifier VERIFIER (protocol "distribution", found through
+  the mesh's peers and their ListModels) under its own node certificate and answers with the
+  verifier's distribution, without running its model. The relay fails (and so does the
+  client's request) when the verifier node answers enrolled clients only (`--fides-client`).
 * Quote attacks on a verifier hosted as `NAME@ATTACK`: replay (answers every request with the
   first reply it produced: its quote names an old nonce, its session tag an old sequence
   number), tamper (swaps the top two classes of the enclave's output and keeps the quote or
@@ -18,14 +23,18 @@ this process only, so that product code carries no attack injection:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
+import grpc
 import numpy as np
 import torch
 
 from decentralized.classify_service import ClassifyServicer
-from decentralized.v1 import classify_pb2
+from decentralized.client import error_from_rpc
+from decentralized.transport import sync_channel
+from decentralized.v1 import classify_pb2, classify_pb2_grpc
 from secure_infer import cli
 from verification.fides import attacks
 from verification.fides.enclave_app import decode_output
@@ -54,6 +63,34 @@ def _attacked(attack: str, model: Classifier, x: Any, substitute: Classifier | N
     return out.numpy()
 
 
+def _relay(servicer: ClassifyServicer, verifier: str, x: torch.Tensor) -> np.ndarray:
+    """The distribution of the mesh's verifier `verifier` on `x`, asked as a mesh client."""
+    node = servicer._node  # noqa: SLF001 - this process's own node
+    for peer in node.peers.live():
+        with sync_channel(peer.record.address, node.creds, peer.record.name) as channel:
+            stub = classify_pb2_grpc.ClassifyStub(channel)
+            try:
+                listed = stub.ListModels(classify_pb2.ListModelsRequest(), timeout=10)
+            except grpc.RpcError:
+                continue  # serves no classifiers
+            if not any(
+                v.name == verifier and v.protocol == "distribution" for v in listed.verifiers
+            ):
+                continue
+            images = x.numpy().astype("<f4")
+            request = classify_pb2.VerifyRequest(
+                verifier=verifier,
+                inputs=classify_pb2.Inputs(images=images.tobytes(), count=len(images)),
+                nonce=os.urandom(32),
+            )
+            try:
+                reply = stub.Verify(request, timeout=30)
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc, "Classify.Verify") from None  # NotPermitted
+            return decode_output(reply.output).numpy()
+    raise RuntimeError(f"no peer hosts verifier {verifier!r}")
+
+
 def install(substitute: Classifier | None) -> None:
     """Replace `ClassifyServicer.predict` and `.Verify` by their dishonest versions."""
     honest_predict = ClassifyServicer.predict
@@ -64,6 +101,8 @@ def install(substitute: Classifier | None) -> None:
         _, _, attack = name.partition("@")
         if not attack:
             return honest_predict(self, name, model, x)
+        if attack.startswith("relay-"):
+            return _relay(self, attack.removeprefix("relay-"), x)
         return _attacked(attack, model, x, substitute)
 
     async def verify(

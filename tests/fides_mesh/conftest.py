@@ -4,12 +4,14 @@ Artefacts: `verification.fides.artefacts.build("mnist", "test")`, a small but re
 MNIST images, a small CNN, ~15 s on one idle CPU thread; cached under the Fides cache), and
 `build("reviews", "test")` (300 movie reviews, ~25 s). Nodes:
 
-    verifier  hosts the Fides verifiers "mnist" and "reviews" in SIMULATED enclaves (INSECURE:
-              tests only)
+    verifier  hosts the Fides verifiers "mnist" (answering the "client" certificate only),
+              "mnist-open" (the same verifier, open to every mesh client) and "reviews" in
+              SIMULATED enclaves (INSECURE: tests only)
     judge     hosts "mnist" under protocol "verdicts", and two slots ("sealed",
               "sealed-verdicts") whose verifier the tests provision sealed (tee.provisioning)
     service   hosts the honest classifiers "mnist" and "reviews" (MiniLM + head)
-    attacker  tests/fides_mesh/attacker.py: "mnist@<attack>" for every Fides attack
+    attacker  tests/fides_mesh/attacker.py: "mnist@<attack>" for every Fides attack, and
+              "mnist@relay-<verifier>", which answers with that verifier's distribution
     liar      tests/fides_mesh/attacker.py: verifiers "mnist@replay", "mnist@tamper",
               "mnist@reroute" (attacks on the quote or session tag) and "mnist@wrong" (a
               verifier with other weights: another measurement)
@@ -76,13 +78,20 @@ def mesh(
     work = tmp_path_factory.mktemp("fides-mesh")
     wrong = _other_verifier(artefacts / "fides", work / "wrong-fides")
     service, fides = artefacts / "service", artefacts / "fides"
-    attacks = [a for attack in ATTACKS for a in ("--classifier", f"mnist@{attack}={service}")]
+    attacks = [
+        a
+        for attack in (*ATTACKS, "relay-mnist", "relay-mnist-open")
+        for a in ("--classifier", f"mnist@{attack}={service}")
+    ]
     specs = [
         NodeSpec(
             name="verifier",
             extra_args=(
                 *("--fides-verifier", f"mnist={fides}"),
                 *("--fides-verifier", f"reviews={text_artefacts / 'fides'}"),
+                # the same verifier, open to every mesh client (a relaying service can use it)
+                *("--fides-verifier", f"mnist-open={fides}"),
+                *("--fides-client", "mnist=client"),  # "mnist" answers the client only
                 *("--enclave", "simulated"),
             ),
         ),

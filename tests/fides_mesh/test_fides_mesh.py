@@ -114,6 +114,72 @@ def test_attacking_service_is_flagged_and_reclassified(
         assert np.mean(recl == truth[flagged]) > np.mean(res.predictions[flagged] == truth[flagged])
 
 
+def test_a_service_relaying_an_open_verifier_passes_unflagged(
+    client: Client, options: FidesOptions, honest: np.ndarray, test_images: torch.Tensor
+) -> None:
+    """Why `--fides-client` exists: the service's operator, a mesh member, asks a verifier
+    open to every mesh client about the client's own images and answers with its distribution
+    without running the service model. Fides compares that answer with the same verifier's:
+    nothing diverges, nothing is flagged, and the client got the verifier's labels."""
+    opts = dataclasses.replace(options, verifier="mnist", service_node="attacker")
+    x = test_images.numpy()
+    res = client.classify("mnist@relay-mnist-open", x, verify="fides", fides=opts)
+    assert res.node_name == "attacker" and res.verifier_probs is not None
+    np.testing.assert_allclose(res.probs, res.verifier_probs, atol=1e-6)  # relayed as is
+    assert np.abs(res.probs - honest).max() > 1e-2  # not what the service model says
+    assert np.mean([c.attacked for c in res.checks]) <= 0.02
+    assert "answers enrolled clients only" in res.threat_model  # the client's verifier is
+
+
+def test_a_verifier_with_enrolled_clients_refuses_everyone_else(
+    client: Client,
+    mesh: LocalMesh,
+    options: FidesOptions,
+    test_images: torch.Tensor,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--fides-client mnist=client`: the relay above is refused (so the attacker's request
+    fails instead of being answered), other certificates get PERMISSION_DENIED on OpenSession
+    and on Verify, the enrolled client is served, and listings say who may ask."""
+    x = test_images[:8].numpy()
+    relay = dataclasses.replace(options, verifier="mnist", service_node="attacker")
+    with pytest.raises(NotPermitted, match=r"enrolled clients only.*attacker"):
+        client.classify("mnist@relay-mnist", x, verify="fides", fides=relay)
+    with Client(mesh.seeds, tls=_tls(mesh, "service")) as stranger:
+        for attestation in ("session", "request"):  # OpenSession, then Verify with a nonce
+            opts = dataclasses.replace(options, attestation=attestation)
+            with pytest.raises(NotPermitted, match=r"enrolled clients only.*'service'"):
+                stranger.classify("mnist", x, verify="fides", fides=opts)
+        opened = dataclasses.replace(options, verifier="mnist-open")
+        assert len(stranger.classify("mnist", x, verify="fides", fides=opened).checks) == 8
+    res = client.classify("mnist", x, verify="fides", fides=options)  # still serving
+    assert res.quote is not None and len(res.checks) == 8
+    assert "answers enrolled clients only" in res.threat_model
+    opened = client.classify(
+        "mnist", x, verify="fides", fides=dataclasses.replace(options, verifier="mnist-open")
+    )
+    assert "answers every mesh client" in opened.threat_model
+    listing = client.services()["fides_verifiers"]
+    enrolled = {
+        (name, v["node"]): v["enrolled_only"]
+        for name in ("mnist", "mnist-open")
+        for v in listing[name]
+    }
+    assert enrolled[("mnist", "verifier")] and not enrolled[("mnist-open", "verifier")]
+    assert not enrolled[("mnist", "judge")]
+    status = _status(mesh, mesh.nodes["verifier"].address, capsys)
+    assert {v["name"]: v["enrolled_only"] for v in status["verifiers"]} == {
+        "mnist": True,
+        "reviews": False,
+        "mnist-open": False,
+    }
+    args = ["node", "status", mesh.nodes["verifier"].address, "--certs", str(mesh.certs_dir)]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("mnist " in ln and "enrolled clients only" in ln for ln in lines)
+    assert any("mnist-open" in ln and "open to every mesh client" in ln for ln in lines)
+
+
 @pytest.mark.parametrize("attestation", ["session", "request"])
 @pytest.mark.parametrize(
     ("verifier", "error"),

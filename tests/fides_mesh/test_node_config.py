@@ -29,6 +29,32 @@ def test_classifier_and_verifier_flags_and_toml(tmp_path: Path) -> None:
     assert load(toml, {}).settings.classifiers == (("mnist", str(tmp_path / "svc")),)
 
 
+def test_enrolled_clients_of_a_verifier(tmp_path: Path) -> None:
+    """`--fides-client NAME=CN` (repeatable) or TOML `fides_clients`: a verifier or a sealed
+    slot of this node, several CNs each, duplicates dropped; mTLS material is required."""
+    tls = {"ca": "ca.crt", "cert": "n.crt", "key": "n.key"}
+    cfg = load(
+        None,
+        {
+            **tls,
+            "fides_verifiers": [f"mnist={tmp_path}"],
+            "fides_sealed": ["sealed=owner"],
+            "fides_clients": ["mnist=alice", "mnist=bob", "sealed=alice", "mnist=alice"],
+        },
+    )
+    assert cfg.settings.fides_clients == (
+        ("mnist", "alice"),
+        ("mnist", "bob"),
+        ("sealed", "alice"),
+    )
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        '[node]\nfides_sealed = ["s=o"]\nfides_clients = "s=alice,s=bob"\n'
+        '[tls]\nca = "ca.crt"\ncert = "n.crt"\nkey = "n.key"\n'
+    )
+    assert load(toml, {}).settings.fides_clients == (("s", "alice"), ("s", "bob"))
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
@@ -37,6 +63,9 @@ def test_classifier_and_verifier_flags_and_toml(tmp_path: Path) -> None:
         ({"fides_verifiers": ["a=/", "a=/"]}, "twice"),
         ({"classifiers": ["a=/"], "enclave": "sgx"}, "enclave must be"),
         ({}, "serves nothing"),
+        ({"fides_verifiers": ["a=/"], "fides_clients": ["a"]}, "NAME=CN"),
+        ({"fides_verifiers": ["a=/"], "fides_clients": ["b=alice"]}, "b is not a verifier"),
+        ({"fides_verifiers": ["a=/"], "fides_clients": ["a=alice"]}, "needs mTLS"),
     ],
 )
 def test_bad_values_are_config_errors(overrides: dict[str, object], match: str) -> None:
