@@ -55,9 +55,11 @@ from decentralized.service import _serving
 from decentralized.transport import common_names
 from decentralized.v1 import classify_pb2, classify_pb2_grpc
 from tee import (
+    ClientNotEnrolled,
     ConfigfsTsmEnclave,
     Enclave,
     EnclaveError,
+    MalformedEvidence,
     SealedModel,
     SealedModelRejected,
     SimulatedEnclave,
@@ -65,6 +67,7 @@ from tee import (
     tsm_available,
 )
 from tee.measurement import NONCE_SIZE
+from tee.provisioning import parse_loaded_output
 from tee.session import SESSION_ID_SIZE
 from verification.fides import InvalidInput
 from verification.fides.enclave_app import (
@@ -88,6 +91,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 HEALTH_NAME = "decentralized.v1.Classify"
 MAX_INPUTS_PER_CALL = 256
+REQUEST_TAG_SIZE = 48  # tee.session.request_tag: HMAC-SHA384
+MAX_CERTIFICATE = 16 * 1024  # a client's mesh certificate, PEM
+MAX_SIGNATURE = 256  # its ECDSA signature over a session's opening (DER)
 ENCLAVE_KINDS = ("auto", "simulated", "configfs-tsm")
 
 
@@ -152,6 +158,7 @@ class HostedVerifier:
     enclave_kind: str = "auto"
     directory: Path | None = None  # the Fides directory it was loaded from; None: sealed
     owner: str = ""  # sealed: the certificate CN that provisioned it
+    sealed_enrolment: bool = False  # sealed with an enrolment: the enclave admits its clients
 
     def info(self) -> classify_pb2.VerifierInfo:
         return classify_pb2.VerifierInfo(
@@ -354,7 +361,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
 
     def _listed(self, hosted: HostedVerifier) -> classify_pb2.VerifierInfo:
         info = hosted.info()
-        info.enrolled_only = hosted.name in self._clients
+        info.enrolled_only = hosted.name in self._clients or hosted.sealed_enrolment
         return info
 
     def _lookup(self, name: str) -> HostedVerifier:
@@ -461,6 +468,8 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                 return await self._run(hosted.executor, fn, hosted.enclave)
             except UnknownSession as exc:
                 raise SessionMismatch(f"verifier {hosted.name!r}: {exc}") from None
+            except ClientNotEnrolled as exc:  # the enclave's sealed enrolment refused it
+                raise NotPermitted(f"verifier {hosted.name!r}: {exc}") from None
             except EnclaveError as exc:
                 if attempt or hosted.enclave.running:
                     raise EnclaveFailed(f"verifier {hosted.name!r}: {exc}") from None
@@ -479,11 +488,16 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                 )
             if not session:
                 _check_nonce(request.nonce)
+            if len(request.request_tag) not in (0, REQUEST_TAG_SIZE):
+                raise InvalidRequest(f"request_tag is {REQUEST_TAG_SIZE} bytes (HMAC-SHA384)")
             data = verify_data(request, hosted)
             t0 = time.perf_counter()
             if session:
                 result = await self._enclave(
-                    hosted, lambda e: e.run_in_session(data, session_id=session, seq=request.seq)
+                    hosted,
+                    lambda e: e.run_in_session(
+                        data, session_id=session, seq=request.seq, request_tag=request.request_tag
+                    ),
                 )
                 return classify_pb2.VerifyReply(
                     output=result.output,
@@ -509,8 +523,22 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             _check_nonce(request.nonce)
             if len(request.client_public) != 32:
                 raise InvalidRequest("client_public must be a 32-byte X25519 public key")
+            if (
+                len(request.client_certificate) > MAX_CERTIFICATE
+                or len(request.identity_signature) > MAX_SIGNATURE
+            ):
+                raise InvalidRequest(
+                    f"client_certificate is at most {MAX_CERTIFICATE} bytes and "
+                    f"identity_signature at most {MAX_SIGNATURE}"
+                )
             offer = await self._enclave(
-                hosted, lambda e: e.open_session(request.client_public, nonce=request.nonce)
+                hosted,
+                lambda e: e.open_session(
+                    request.client_public,
+                    nonce=request.nonce,
+                    certificate=request.client_certificate,
+                    signature=request.identity_signature,
+                ),
             )
             return classify_pb2.AttestedSessionReply(
                 offer=offer.offer,
@@ -601,6 +629,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                 protocol=request.protocol,
                 enclave_kind=slot.enclave_kind,
                 owner=slot.owner,
+                sealed_enrolment=_sealed_enrolment(result.output),
             )
             del self._slots[slot.name]
             self._verifiers[slot.name] = hosted
@@ -629,6 +658,15 @@ def _caller_cns(context: grpc.aio.ServicerContext) -> list[str]:
     """The CNs of the caller's mesh certificate (mTLS); empty without one."""
     pems = context.auth_context().get("x509_pem_cert") or []
     return common_names(x509.load_pem_x509_certificate(pems[0])) if pems else []
+
+
+def _sealed_enrolment(loaded: bytes) -> bool:
+    """Whether the enclave's answer to a sealed load (`tee.provisioning.loaded_output`) names an
+    enrolment (the node's reading, for listings: the owner checks the quote itself)."""
+    try:
+        return bool(parse_loaded_output(loaded)[2])
+    except MalformedEvidence:
+        return False
 
 
 def _stop(hosted: HostedVerifier | SealedSlot) -> None:

@@ -290,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept a SIMULATED enclave (development only: its host can read the model)",
     )
+    prov.add_argument(
+        "--enrol",
+        action="append",
+        default=[],
+        metavar="CN",
+        help="a client certificate CN (of this mesh CA) the enclave will serve, sealed with "
+        "the model: the enclave then refuses every other caller, its host included "
+        "(repeatable; none: it answers every caller, who can relay its answers)",
+    )
     prov.add_argument("--json", action="store_true")
     _tls_flags(prov)
 
@@ -730,6 +739,7 @@ def _fides_provision(args: argparse.Namespace) -> int:
             insecure_dev=args.insecure_dev,
             node_name=args.node_name,
             allow_simulated=args.allow_simulated,
+            enrol=tuple(args.enrol),
         )
     except ModelFormatError as exc:
         sys.stderr.write(f"ModelFormatError: {exc}\n")
@@ -745,6 +755,7 @@ def _fides_provision(args: argparse.Namespace) -> int:
             "pinning": result.pinning,
             "model_bytes": result.model_bytes,
             "seconds": round(result.seconds, 3),
+            "enrolled": list(result.enrolled),
         }
         sys.stdout.write(json.dumps(doc) + "\n")
     else:

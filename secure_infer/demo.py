@@ -489,7 +489,9 @@ def _fides(client: Any, mesh: LocalMesh, artefacts: Path, say: _Progress) -> dic
     say(
         f"  {judged['verifier_node']}'s verifier provisioned sealed by the client in "
         f"{sealed['seconds']:.2f} s ({sealed['bytes']} bytes; published measurement "
-        f"{sealed['measurement_is_the_published_one']})"
+        f"{sealed['measurement_is_the_published_one']}), enrolled clients "
+        f"{', '.join(sealed['enrolled_clients'])} (checked in the enclave: "
+        f"{sealed['enrolment_checked_in_enclave']})"
         + (": SIMULATED enclave, its host could read them" if sealed["simulated"] else "")
     )
     say(
@@ -501,6 +503,7 @@ def _fides(client: Any, mesh: LocalMesh, artefacts: Path, say: _Progress) -> dic
         judged["same_verdicts_as_client_judging"]
         and not judged["distribution_revealed"]
         and sealed["measurement_is_the_published_one"]
+        and sealed["enrolment_checked_in_enclave"]
         and report["clean_flagged_fraction"] <= 0.1
         and swap["detection_rate"] >= 0.75  # a test-scale verifier; bench: >= 0.98 at full
         and report["without_opt_in"].startswith(("refused", "accepted"))

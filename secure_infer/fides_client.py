@@ -10,7 +10,12 @@ verification model inside the node's enclave). How the enclave's answer is attes
                          then carries an HMAC under the session key over the client's sequence
                          number, the digest of the input the enclave ran on and its output.
                          Re-opened after `max_session_age_s` or when the enclave lost it.
-    "request"            a fresh nonce per call; the quote binds nonce, input and output.
+                         The opening carries the client's mesh certificate and its signature:
+                         an enclave whose owner sealed an enrolment with the verifier
+                         (`tee.enrolment`) admits enrolled clients only, then requires an
+                         HMAC on every request and encrypts every answer to the client.
+    "request"            a fresh nonce per call; the quote binds nonce, input and output
+                         (refused by an enrolled enclave).
 
 What the enclave returns (`FidesOptions.protocol`, the verifier node's `--fides-protocol`):
 
@@ -46,6 +51,11 @@ Threat model (also in every result's `threat_model`):
                verifier's FUNCTION is not secret: every result carries its distribution, so
                an operator posing as a client can distil a copy (3,000 queries: flagged on
                3.6 % of queries, honest 1.6 %; bench/fides_mimic.py)
+    relay      a verifier that answers every mesh client lets the service's operator ask it
+               about the client's input and answer with its distribution (never flagged);
+               a verifier node can answer enrolled clients only (--fides-client: the
+               node's word) and a sealed verifier's enclave can itself (fides provision
+               --enrol); results say which
     SIMULATED  with a simulated enclave NOTHING is protected or proven: the host holds the
                platform key; it is accepted only with `allow_simulated=True` and is labelled
                in the result, its repr and the CLI
@@ -61,15 +71,18 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from decentralized.classify_service import enclave_request
 from decentralized.errors import InvalidRequest, PeerMisbehaved, SessionMismatch
+from decentralized.transport import Credentials
 from decentralized.v1 import classify_pb2
 from secure_infer.classify_client import (
     Catalog,
@@ -97,6 +110,7 @@ from tee import (
     enclave_measurement,
     load_platform_key,
     model_digest,
+    sign_identity,
     verify_quote,
 )
 from verification.fides import FidesError, FidesVerifier, InvalidInput
@@ -116,12 +130,19 @@ from verification.fides.enclave_app import (
 logger = logging.getLogger(__name__)
 
 
-def threat_model(protocol: str, enrolled_only: bool = False) -> str:
-    """The threat model a Fides result states, for the verifier node's `protocol` and whether
-    that node answers enrolled clients only (`--fides-client`)."""
+def threat_model(protocol: str, enrolled_only: bool = False, in_enclave: bool = False) -> str:
+    """The threat model a Fides result states, for the verifier node's `protocol`, whether
+    that node answers enrolled clients only (`--fides-client`: the node's word) and whether
+    the enclave itself does (`in_enclave`: its sealed enrolment, attested in the session)."""
     relay = (
-        "the verifier node answers enrolled clients only (its operator's word, enforced by the "
-        "node, not the enclave), so a service's operator it did not enrol cannot relay the "
+        "the verifier's enclave serves only the clients its owner enrolled when sealing it "
+        "(checked inside the attested enclave, which authenticates every request and encrypts "
+        "every answer: its host can neither query it nor read this client's answers), so a "
+        "service's operator that is not enrolled cannot relay the verifier's answers unless "
+        "an enrolled client does it for them"
+        if in_enclave
+        else "the verifier node answers enrolled clients only (its operator's word, enforced by "
+        "the node, not the enclave), so a service's operator it did not enrol cannot relay the "
         "verifier's answers as its own unless an enrolled client or the verifier's host does it "
         "for them"
         if enrolled_only
@@ -358,24 +379,41 @@ def classify_fides(
     session: AttestedSession | None = None
     pinning = ""
     if options.attestation == "session":
-        session, pinning = _session(channel, key, options, vinfo, checker, catalog)
+        session, pinning = _session(channel, key, options, vinfo, checker, catalog, mesh.creds)
     # Both requests go out at once; the verifier's answer is checked while the service
     # computes (`verifier_side` below).
     sent = time.perf_counter()
     done: dict[str, float] = {}
 
-    def verify_request(**fields: Any) -> classify_pb2.VerifyRequest:
+    def verify_request(
+        enclave_input: Callable[[], bytes], **fields: Any
+    ) -> classify_pb2.VerifyRequest:
         if session is None:  # a fresh nonce per quote
             return classify_pb2.VerifyRequest(
                 verifier=vname, nonce=checker.nonces.issue(), **fields
             )
+        seq = session.next_seq()
+        # an enclave with a sealed enrolment runs only requests its session's client made
+        tag = session.request_tag(seq, enclave_input()) if session.enrolled else b""
         return classify_pb2.VerifyRequest(
-            verifier=vname, session_id=session.session_id, seq=session.next_seq(), **fields
+            verifier=vname, session_id=session.session_id, seq=seq, request_tag=tag, **fields
+        )
+
+    def enclave_data() -> bytes:
+        """What the enclave runs on for this client's inputs (as the node builds it)."""
+        return (
+            image_request(wire.images, n)
+            if vinfo.task == "image"
+            else enclave_request(wire, vinfo.task)
         )
 
     def first_request() -> classify_pb2.VerifyRequest:
         phase = classify_pb2.PREPARE if verdicts else classify_pb2.DISTRIBUTION
-        return verify_request(inputs=wire, phase=phase)
+        return verify_request(
+            lambda: prepare_request(enclave_data()) if verdicts else enclave_data(),
+            inputs=wire,
+            phase=phase,
+        )
 
     def attest(
         reply: classify_pb2.VerifyReply, request: classify_pb2.VerifyRequest, data: bytes
@@ -388,7 +426,8 @@ def classify_fides(
                     reply, request.nonce, data, options, vinfo, checker
                 )
                 return verified
-            session.check(
+            # decrypted when the session is enrolled (the host could not read it)
+            reply.output = session.check(
                 seq=request.seq,
                 answered_seq=reply.seq,
                 data=data,
@@ -412,18 +451,14 @@ def classify_fides(
                 vreply = call(channel, "Verify", request, options.timeout_s)
         except SessionMismatch:  # the enclave no longer holds the session (restart, eviction)
             checker.drop(key)
-            session, pinning = _session(channel, key, options, vinfo, checker, catalog)
+            session, pinning = _session(channel, key, options, vinfo, checker, catalog, mesh.creds)
             request = first_request()
             vreply = call(channel, "Verify", request, options.timeout_s)
         t_check = done["verifier"] = time.perf_counter()
         # What the enclave must have run on, computed from what this client sent (after the
         # node's own validation answered, so that bad inputs get the node's INVALID_ARGUMENT;
         # images are the wire bytes as sent, with no second check of their values here).
-        data = (
-            image_request(wire.images, n)
-            if vinfo.task == "image"
-            else enclave_request(wire, vinfo.task)
-        )
+        data = enclave_data()
         verified = attest(vreply, request, prepare_request(data) if verdicts else data)
         if verdicts:  # hashed now, while the service is still computing (~1.5 ms at 256 images)
             return vreply, verified, request_digest(data), time.perf_counter() - t_check
@@ -474,6 +509,7 @@ def classify_fides(
 
         def judge_request_msg() -> classify_pb2.VerifyRequest:
             return verify_request(
+                lambda: judge_request(sealed, digest, service_probs),
                 phase=classify_pb2.JUDGE,
                 sealed=sealed,
                 request_digest=digest,
@@ -485,7 +521,7 @@ def classify_fides(
             jreply = call(channel, "Verify", judge, options.timeout_s)
         except SessionMismatch:  # re-open; the sealed blob stays valid in the same enclave
             checker.drop(key)
-            session, pinning = _session(channel, key, options, vinfo, checker, catalog)
+            session, pinning = _session(channel, key, options, vinfo, checker, catalog, mesh.creds)
             judge = judge_request_msg()
             jreply = call(channel, "Verify", judge, options.timeout_s)
         verified = attest(jreply, judge, judge_request(sealed, digest, service_probs))
@@ -548,7 +584,9 @@ def classify_fides(
         checks=checks,
         verifier_probs=None if pv is None else pv.numpy(),
         quote=summary,
-        threat_model=threat_model(options.protocol, vinfo.enrolled_only),
+        threat_model=threat_model(
+            options.protocol, vinfo.enrolled_only, session is not None and session.enrolled
+        ),
     )
 
 
@@ -620,19 +658,32 @@ def _session(
     vinfo: classify_pb2.VerifierInfo,
     checker: FidesChecker,
     catalog: Catalog,
+    creds: Credentials,
 ) -> tuple[AttestedSession, str]:
-    """The open session with this verifier, or a new one (`OpenSession`, quote verified)."""
+    """The open session with this verifier, or a new one (`OpenSession`, quote verified). The
+    opening carries this client's mesh certificate and its signature over the opening, which
+    an enclave with a sealed enrolment checks (`tee.enrolment`)."""
     found = checker.session(key, options.max_session_age_s)
     if found is not None:
         return found
     for attempt in (0, 1):
         policy, trust, pinning = _policy(options, vinfo, checker)
         client_key, nonce = SessionKey(), checker.nonces.issue()
+        certificate, signature = b"", b""
+        if creds.certificate and creds.private_key:
+            private = serialization.load_pem_private_key(creds.private_key, password=None)
+            if isinstance(private, ec.EllipticCurvePrivateKey):
+                certificate = creds.certificate
+                signature = sign_identity(private, client_key.public, nonce)
         reply = call(
             channel,
             "OpenSession",
             classify_pb2.AttestedSessionRequest(
-                verifier=key[1], client_public=client_key.public, nonce=nonce
+                verifier=key[1],
+                client_public=client_key.public,
+                nonce=nonce,
+                client_certificate=certificate,
+                identity_signature=signature,
             ),
             options.timeout_s,
         )

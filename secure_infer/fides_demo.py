@@ -104,6 +104,7 @@ def run_fides_demo(
         insecure_dev=mesh.insecure_dev,
         node_name=judge,
         allow_simulated=True,
+        enrol=(OWNER,),  # the enclave itself then serves the demo client only
     )
     judged = client.classify(
         MODEL, x.numpy(), verify="fides", fides=dataclasses.replace(options, protocol="verdicts")
@@ -137,6 +138,9 @@ def run_fides_demo(
                         else ""
                     ),
                     "simulated": provisioned.simulated,
+                    "enrolled_clients": list(provisioned.enrolled),
+                    "enrolment_checked_in_enclave": "checked inside the attested enclave"
+                    in judged.threat_model,
                     "bytes": provisioned.model_bytes,
                     "seconds": round(provisioned.seconds, 3),
                     "measurement_is_the_published_one": provisioned.measurement

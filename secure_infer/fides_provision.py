@@ -27,6 +27,7 @@ as its process: after a node restart, provision again.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from secure_infer.client import credentials
 from secure_infer.fides_client import pinned_trust
 from tee import (
     CodeRef,
+    Enrolment,
     NonceStore,
     Policy,
     Quote,
@@ -69,6 +71,7 @@ class ProvisionResult:
     pinning: str  # how the platform key or roots were pinned
     model_bytes: int  # size of the sealed bundle
     seconds: float
+    enrolled: tuple[str, ...] = ()  # client CNs the enclave serves (empty: every caller)
 
     def summary(self) -> str:
         label = (
@@ -76,10 +79,15 @@ class ProvisionResult:
             if self.simulated
             else (f"{self.platform} hardware enclave")
         )
+        audience = (
+            f"serves enrolled clients only ({', '.join(self.enrolled)}), checked in the enclave"
+            if self.enrolled
+            else "serves every caller (no enrolment)"
+        )
         return (
             f"verifier {self.verifier!r} provisioned sealed on node {self.node_id[:12]} "
             f"(protocol {self.protocol}, {self.model_bytes} bytes, {self.seconds:.2f} s): "
-            f"{label}; measurement {self.measurement.hex()[:16]}…; {self.pinning}"
+            f"{label}; {audience}; measurement {self.measurement.hex()[:16]}…; {self.pinning}"
         )
 
 
@@ -96,6 +104,7 @@ def provision_verifier(
     simulated_keys: tuple[bytes, ...] = (),
     trust: TrustAnchors | None = None,
     allowed_launch_measurements: frozenset[bytes] | None = None,
+    enrol: Sequence[str] = (),
     timeout_s: float = 120.0,
 ) -> ProvisionResult:
     """Send the full Fides directory `full` sealed to the enclave of slot `name` on the node at
@@ -110,6 +119,10 @@ def provision_verifier(
             node sends is used (trust on first use, which adds nothing for a simulated enclave).
         trust: pinned AMD/Intel roots for hardware enclaves.
         allowed_launch_measurements: SNP MEASUREMENT / TDX MRTD values to accept (None: any).
+        enrol: client certificate CNs (issued by the mesh CA of `tls`) that the enclave will
+            serve, sealed with the model (`tee.enrolment`): the enclave then refuses every
+            other caller, its host included, authenticates each request and encrypts each
+            answer. Empty: it answers every caller (who can then relay its answers).
     """
     if protocol not in PROTOCOLS:
         raise InvalidRequest(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -117,6 +130,11 @@ def provision_verifier(
     if fides.client_only:
         raise InvalidRequest(f"{full} is a client bundle: provisioning needs the full one")
     model = verifier_bundle(full, protocol)
+    enrolment = None
+    if enrol:
+        if tls is None:
+            raise InvalidRequest("an enrolment names the clients of a mesh CA: tls is needed")
+        enrolment = Enrolment(Path(tls.ca_cert).read_bytes(), tuple(enrol))
     t0 = time.perf_counter()
     anchors = trust or TrustAnchors()
     policy = Policy(
@@ -150,7 +168,7 @@ def provision_verifier(
             nonce_store=nonces,
         )
         awaiting = awaiting_measurement(code_digest(CodeRef.parse(ENTRY)))
-        sealed = seal_model(enclave_public, model, awaiting=awaiting)
+        sealed = seal_model(enclave_public, model, awaiting=awaiting, enrolment=enrolment)
         nonce = nonces.issue()
         reply = _call(
             channel,
@@ -175,6 +193,7 @@ def provision_verifier(
             policy=policy,
             trust=anchors,
             nonce_store=nonces,
+            enrolment=enrolment,
         )
     finally:
         channel.close()
@@ -188,6 +207,7 @@ def provision_verifier(
         pinning=pinning,
         model_bytes=len(model),
         seconds=time.perf_counter() - t0,
+        enrolled=tuple(sorted(set(enrol))),
     )
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from tee.configfs_tsm import TsmReport, get_report, tsm_available
 from tee.enclave import ConfigfsTsmEnclave, Enclave, SimulatedEnclave
+from tee.enrolment import Enrolment, sign_identity
 from tee.errors import (
     AttestationError,
     BadChain,
     BadSignature,
     BindingMismatch,
+    ClientNotEnrolled,
     DebugNotAllowed,
     EnclaveError,
     Expired,
@@ -58,11 +60,13 @@ __all__ = [
     "BadChain",
     "BadSignature",
     "BindingMismatch",
+    "ClientNotEnrolled",
     "CodeRef",
     "ConfigfsTsmEnclave",
     "DebugNotAllowed",
     "Enclave",
     "EnclaveError",
+    "Enrolment",
     "Expired",
     "FreshnessError",
     "MalformedEvidence",
@@ -105,6 +109,7 @@ __all__ = [
     "load_platform_key",
     "model_digest",
     "seal_model",
+    "sign_identity",
     "tsm_available",
     "verify_offer",
     "verify_quote",

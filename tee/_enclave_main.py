@@ -7,10 +7,11 @@ Protocol (one frame each way per request, see `tee._channel`):
     child -> host         {measurement, code_digest, model_digest as hex}
     host -> child  run    {nonce: hex}, [input bytes]
     child -> host         {provider, platform}, [output, evidence, auxblob]
-    host -> child  open   {nonce: hex}, [client X25519 public key]
+    host -> child  open   {nonce: hex}, [client X25519 public key, certificate PEM, signature]
     child -> host         {provider, platform}, [offer, evidence, auxblob]   (tee.session)
-    host -> child  srun   {session: hex, seq: int}, [input bytes]
-    child -> host         {}, [output, tag]   or {error: "UnknownSession"}
+                          or {error: "ClientNotEnrolled"}   (tee.enrolment)
+    host -> child  srun   {session: hex, seq: int}, [input bytes, request MAC]
+    child -> host         {}, [output, tag]   or {error: "UnknownSession" | "ClientNotEnrolled"}
     host -> child  offer  {entry: "pkg.mod:fn", nonce: hex}                 (tee.provisioning)
     child -> host         {provider, platform, code_digest}, [offer, evidence, auxblob]
     host -> child  sload  {nonce: hex}, [owner X25519 public key, sealed model]
@@ -28,6 +29,7 @@ The loaded code's stdout is redirected to stderr so that it cannot corrupt the p
 
 from __future__ import annotations
 
+import hmac
 import importlib
 import logging
 import os
@@ -38,7 +40,8 @@ from typing import Any
 
 from tee._channel import read_frame, write_frame
 from tee.configfs_tsm import get_report, platform_for_provider
-from tee.errors import EnclaveError, SealedModelRejected
+from tee.enrolment import Enrolment, check_identity
+from tee.errors import ClientNotEnrolled, EnclaveError, SealedModelRejected
 from tee.measurement import (
     CodeRef,
     awaiting_measurement,
@@ -56,9 +59,10 @@ from tee.provisioning import (
     offer_output,
     offer_request,
     sealed_input,
+    unseal_payload,
 )
 from tee.quote import Platform
-from tee.session import EnclaveSessions, result_tag
+from tee.session import EnclaveSessions, request_tag, result_tag, seal_output
 from tee.simulated import SimulatedPlatform
 
 logger = logging.getLogger("tee.enclave")
@@ -73,6 +77,7 @@ class _Enclave:
         self.handler: Handler | None = None
         self.measurement = b""
         self.sessions = EnclaveSessions()
+        self.enrolment: Enrolment | None = None  # sealed with the model: who may use it
         # code imported for a sealed load: (entry, factory, code digest, provisioning key)
         self.pending: tuple[CodeRef, Callable[[bytes], Any], bytes, ProvisioningKey] | None = None
 
@@ -131,7 +136,8 @@ class _Enclave:
             raise SealedModelRejected("no provisioning offer was made: ask for one first")
         code, factory, cd, key = self.pending
         sealed = SealedModel(owner_public=owner_public, ciphertext=ciphertext)
-        model = key.open(sealed)  # SealedModelRejected: stays pending for another try
+        # SealedModelRejected: stays pending for another try
+        model, enrolment = unseal_payload(key.open(sealed))
         try:
             digests = self._install(factory, code.entry, cd, model)
         except Exception as exc:  # noqa: BLE001 - the owner's bytes: refused, still pending
@@ -140,7 +146,9 @@ class _Enclave:
             ) from None
         key.erase()
         self.pending = None
-        output = loaded_output(cd, bytes.fromhex(digests["model_digest"]))
+        self.enrolment = enrolment
+        enrolled = enrolment.digest() if enrolment else b""
+        output = loaded_output(cd, bytes.fromhex(digests["model_digest"]), enrolled)
         header, blobs = self._quote(nonce, sealed_input(sealed), output)
         return {**header, **digests}, blobs
 
@@ -171,19 +179,33 @@ class _Enclave:
         return header, [output, report.outblob, report.auxblob]
 
     def run(self, nonce: bytes, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+        if self.enrolment is not None:  # anyone could ask: only sessions identify the client
+            raise ClientNotEnrolled("this enclave serves enrolled clients in sessions only")
         return self._quote(nonce, data, self._compute(data))
 
-    def open(self, nonce: bytes, client_public: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    def open(
+        self, nonce: bytes, client_public: bytes, certificate: bytes, signature: bytes
+    ) -> tuple[dict[str, Any], list[bytes]]:
         if self.handler is None:
             raise EnclaveError("open before load")
-        quoted_input, offer = self.sessions.open(client_public, nonce, self.measurement)
+        if self.enrolment is not None:
+            name = check_identity(self.enrolment, certificate, signature, client_public, nonce)
+            logger.info("session opened for enrolled client %r", name)
+        quoted_input, offer = self.sessions.open(
+            client_public, nonce, self.measurement, enrolled=self.enrolment is not None
+        )
         return self._quote(nonce, quoted_input, offer)
 
-    def session_run(self, session: bytes, seq: int, data: bytes) -> list[bytes]:
+    def session_run(self, session: bytes, seq: int, data: bytes, mac: bytes) -> list[bytes]:
         if not 0 < seq < 1 << 64:
             raise EnclaveError("sequence numbers are 1 .. 2**64 - 1")
         key = self.sessions.key(session)  # before computing: UnknownSession costs nothing
+        checked = mac or self.enrolment is not None  # only the session's client can make it
+        if checked and not hmac.compare_digest(mac, request_tag(key, session, seq, data)):
+            raise ClientNotEnrolled("the request is not authenticated by its session's key")
         output = self._compute(data)
+        if self.enrolment is not None:  # readable by the session's client only
+            output = seal_output(key, session, seq, data, output)
         return [output, result_tag(key, session, seq, data, output)]
 
 
@@ -202,7 +224,9 @@ def _serve(enclave: _Enclave, fd_in: int, fd_out: int) -> None:
                 reply, out = enclave.run(bytes.fromhex(str(request["nonce"])), blobs[0])
                 write_frame(fd_out, reply, *out)
             elif op == "open":
-                reply, out = enclave.open(bytes.fromhex(str(request["nonce"])), blobs[0])
+                nonce = bytes.fromhex(str(request["nonce"]))
+                certificate, signature = (blobs + [b"", b""])[1:3]
+                reply, out = enclave.open(nonce, blobs[0], certificate, signature)
                 write_frame(fd_out, reply, *out)
             elif op == "offer":
                 nonce = bytes.fromhex(str(request["nonce"]))
@@ -216,7 +240,10 @@ def _serve(enclave: _Enclave, fd_in: int, fd_out: int) -> None:
                 write_frame(fd_out, reply, *out)
             elif op == "srun":
                 out = enclave.session_run(
-                    bytes.fromhex(str(request["session"])), int(request["seq"]), blobs[0]
+                    bytes.fromhex(str(request["session"])),
+                    int(request["seq"]),
+                    blobs[0],
+                    blobs[1] if len(blobs) > 1 else b"",
                 )
                 write_frame(fd_out, {}, *out)
             else:

@@ -35,6 +35,7 @@ from types import TracebackType
 from tee._channel import read_frame, write_frame
 from tee.configfs_tsm import tsm_available
 from tee.errors import (
+    ClientNotEnrolled,
     EnclaveError,
     MalformedEvidence,
     SealedModelRejected,
@@ -92,13 +93,26 @@ class Enclave(ABC):
         output."""
 
     @abstractmethod
-    def open_session(self, client_public: bytes, *, nonce: bytes) -> SessionOffer:
-        """Open an attested session (`tee.session`) with a client's X25519 public key."""
+    def open_session(
+        self,
+        client_public: bytes,
+        *,
+        nonce: bytes,
+        certificate: bytes = b"",
+        signature: bytes = b"",
+    ) -> SessionOffer:
+        """Open an attested session (`tee.session`) with a client's X25519 public key; an
+        enclave with a sealed enrolment needs the client's certificate and its signature over
+        the opening (`tee.enrolment`) and raises `ClientNotEnrolled` otherwise."""
 
     @abstractmethod
-    def run_in_session(self, data: bytes, *, session_id: bytes, seq: int) -> SessionResult:
+    def run_in_session(
+        self, data: bytes, *, session_id: bytes, seq: int, request_tag: bytes = b""
+    ) -> SessionResult:
         """Run the handler on `data`; the output is tagged with the session's key for `seq`.
-        Raises `UnknownSession` when the enclave does not hold the session."""
+        `request_tag` (`AttestedSession.request_tag`) is required by an enrolled enclave, which
+        also encrypts the output. Raises `UnknownSession` when the enclave does not hold the
+        session, `ClientNotEnrolled` when the request is not authenticated."""
 
     @abstractmethod
     def close(self) -> None:
@@ -165,6 +179,8 @@ class _ProcessEnclave(Enclave):
                 raise UnknownSession(message)
             if header["error"] == SealedModelRejected.__name__:
                 raise SealedModelRejected(message)
+            if header["error"] == ClientNotEnrolled.__name__:
+                raise ClientNotEnrolled(message)
             raise EnclaveError(message)
         return header, blobs
 
@@ -241,18 +257,27 @@ class _ProcessEnclave(Enclave):
         output, quote = self._quoted(*self._recv(), nonce, data)
         return AttestedResult(output=output, quote=quote)
 
-    def open_session(self, client_public: bytes, *, nonce: bytes) -> SessionOffer:
+    def open_session(
+        self,
+        client_public: bytes,
+        *,
+        nonce: bytes,
+        certificate: bytes = b"",
+        signature: bytes = b"",
+    ) -> SessionOffer:
         if len(nonce) < NONCE_SIZE:
             raise ValueError(f"nonce must be at least {NONCE_SIZE} bytes")
-        self._send({"op": "open", "nonce": nonce.hex()}, client_public)
+        self._send({"op": "open", "nonce": nonce.hex()}, client_public, certificate, signature)
         header, blobs = self._recv()
         offer, quote = self._quoted(header, blobs, nonce, open_request(client_public))
         return SessionOffer(offer=offer, quote=quote)
 
-    def run_in_session(self, data: bytes, *, session_id: bytes, seq: int) -> SessionResult:
+    def run_in_session(
+        self, data: bytes, *, session_id: bytes, seq: int, request_tag: bytes = b""
+    ) -> SessionResult:
         if len(session_id) != SESSION_ID_SIZE or not 0 < seq < 1 << 64:
             raise ValueError("a session id is 16 bytes and a sequence number 1 .. 2**64 - 1")
-        self._send({"op": "srun", "session": session_id.hex(), "seq": seq}, data)
+        self._send({"op": "srun", "session": session_id.hex(), "seq": seq}, data, request_tag)
         _, blobs = self._recv()
         if len(blobs) != 2:
             raise EnclaveError("enclave answered a session run with the wrong number of blobs")

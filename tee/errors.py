@@ -4,6 +4,7 @@
     +-- EnclaveError                 the enclave process failed, or was used out of order
     |   +-- UnknownSession           no such session in the enclave (expired, or a restart)
     |   +-- SealedModelRejected      a sealed model does not open there, or one is loaded
+    |   +-- ClientNotEnrolled        the enclave serves enrolled clients only (tee.enrolment)
     +-- UnsupportedPlatform          the backend is absent here (e.g. no configfs-tsm)
     +-- AttestationError             evidence was not accepted; never a bare False
         +-- MalformedEvidence        truncated, wrong version/size, unparseable (also ValueError)
@@ -34,6 +35,7 @@ __all__ = [
     "BadChain",
     "BadSignature",
     "BindingMismatch",
+    "ClientNotEnrolled",
     "DebugNotAllowed",
     "EnclaveError",
     "Expired",
@@ -70,6 +72,12 @@ class UnknownSession(EnclaveError):
 class SealedModelRejected(EnclaveError):
     """A sealed model did not open in the enclave (altered, or sealed to another enclave's key),
     or the enclave already holds its model. An awaiting enclave stays ready for another try."""
+
+
+class ClientNotEnrolled(EnclaveError):
+    """The enclave's sealed enrolment does not admit this caller (`tee.enrolment`): no
+    certificate, one from another CA or with a CN not enrolled, a bad signature, an
+    unauthenticated request, or a per-request quote asked of an enrolled-only enclave."""
 
 
 class UnsupportedPlatform(TEEError):

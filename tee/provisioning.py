@@ -14,13 +14,15 @@ exists only inside that enclave:
     verify_offer(...): pinned roots, the AWAITING measurement of the code the owner expects,
     nonce once  ->  E
     X25519 key (o, O); K = HKDF-SHA384(X25519(o, E), info = (awaiting measurement, E, O))
-    c = AES-256-GCM(K, iv, model, aad = (awaiting measurement, E, O))
+    c = AES-256-GCM(K, iv, (model, enrolment), aad = (awaiting measurement, E, O))
     nonce m, O, iv || c           --->                 K; open c (else refuse, stay awaiting);
                                                        load the model; erase e
                                   <-- quote(m, code+model measurement,
                                             input = sealed_input(O, c),
-                                            output = loaded(code digest, model digest)) ---
-    check_loaded(...): the enclave now runs the expected code on exactly this model
+                                            output = loaded(code digest, model digest,
+                                                            enrolment digest)) ---
+    check_loaded(...): the enclave now runs the expected code on exactly this model, and
+    serves only the clients of the enrolment sealed with it (`tee.enrolment`; optional)
 
 The awaiting measurement (`tee.measurement.awaiting_measurement`) differs from every code+model
 measurement, so an offer quote can never be taken for a loaded enclave's, nor the reverse. After
@@ -50,6 +52,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tee._encoding import decode, encode
+from tee.enrolment import Enrolment
 from tee.errors import MalformedEvidence, SealedModelRejected
 from tee.measurement import (
     DIGEST_SIZE,
@@ -71,9 +74,11 @@ __all__ = [
     "loaded_output",
     "offer_output",
     "offer_request",
+    "parse_loaded_output",
     "parse_offer_output",
     "seal_model",
     "sealed_input",
+    "unseal_payload",
     "verify_offer",
 ]
 
@@ -82,8 +87,9 @@ _IV_SIZE = 12  # AES-GCM
 _OFFER = b"secure-infer/tee/provision-offer/v1"
 _REQUEST = b"secure-infer/tee/provision-request/v1"
 _SEALED = b"secure-infer/tee/sealed-model/v1"
-_LOADED = b"secure-infer/tee/sealed-loaded/v1"
+_LOADED = b"secure-infer/tee/sealed-loaded/v2"
 _KEY_INFO = b"secure-infer/tee/provision-key/v1"
+_PAYLOAD = b"secure-infer/tee/sealed-payload/v1"  # model bytes, enrolment (tee.enrolment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +134,36 @@ def sealed_input(sealed: SealedModel) -> bytes:
     return encode(_SEALED, sealed.owner_public, hashlib.sha384(sealed.ciphertext).digest())
 
 
-def loaded_output(code: bytes, model: bytes) -> bytes:
-    """The output an enclave quotes after loading a sealed model: its code and model digests."""
-    return encode(_LOADED, code, model)
+def loaded_output(code: bytes, model: bytes, enrolment: bytes = b"") -> bytes:
+    """The output an enclave quotes after loading a sealed model: its code and model digests,
+    and the digest of the enrolment sealed with it (`Enrolment.digest`; empty: none)."""
+    return encode(_LOADED, code, model, enrolment)
+
+
+def parse_loaded_output(output: bytes) -> tuple[bytes, bytes, bytes]:
+    """(code digest, model digest, enrolment digest or b"") from `loaded_output` bytes;
+    MalformedEvidence otherwise (unauthenticated: `check_loaded` is what the owner relies on)."""
+    try:
+        domain, code, model, enrolment = decode(output, 4)
+    except ValueError as exc:
+        raise MalformedEvidence(f"not a sealed load's output: {exc}") from None
+    if domain != _LOADED:
+        raise MalformedEvidence("not a sealed load's output")
+    return code, model, enrolment
+
+
+def unseal_payload(plaintext: bytes) -> tuple[bytes, Enrolment | None]:
+    """(model bytes, enrolment) from what `ProvisioningKey.open` returns."""
+    try:
+        domain, model, enrolment = decode(plaintext, 3)
+    except ValueError as exc:
+        raise SealedModelRejected(f"not a sealed payload: {exc}") from None
+    if domain != _PAYLOAD:
+        raise SealedModelRejected("not a sealed payload")
+    try:
+        return model, Enrolment.from_bytes(enrolment) if enrolment else None
+    except (MalformedEvidence, ValueError) as exc:
+        raise SealedModelRejected(f"bad enrolment: {exc}") from None
 
 
 def _key(shared: bytes, awaiting: bytes, enclave_public: bytes, owner_public: bytes) -> bytes:
@@ -172,8 +205,11 @@ def verify_offer(
     return parse_offer_output(offer), verified
 
 
-def seal_model(enclave_public: bytes, model: bytes, *, awaiting: bytes) -> SealedModel:
-    """Encrypt `model` to the enclave key of a verified offer (`awaiting`: its measurement)."""
+def seal_model(
+    enclave_public: bytes, model: bytes, *, awaiting: bytes, enrolment: Enrolment | None = None
+) -> SealedModel:
+    """Encrypt `model` to the enclave key of a verified offer (`awaiting`: its measurement),
+    with the `enrolment` of the clients the enclave may serve (None: every caller)."""
     if len(enclave_public) != _KEY_SIZE or len(awaiting) != DIGEST_SIZE:
         raise ValueError("an X25519 public key and a 48-byte awaiting measurement are needed")
     owner = X25519PrivateKey.generate()
@@ -181,7 +217,8 @@ def seal_model(enclave_public: bytes, model: bytes, *, awaiting: bytes) -> Seale
     shared = owner.exchange(X25519PublicKey.from_public_bytes(enclave_public))
     key = _key(shared, awaiting, enclave_public, owner_public)
     iv = os.urandom(_IV_SIZE)
-    body = AESGCM(key).encrypt(iv, model, _aad(awaiting, enclave_public, owner_public))
+    payload = encode(_PAYLOAD, model, enrolment.to_bytes() if enrolment else b"")
+    body = AESGCM(key).encrypt(iv, payload, _aad(awaiting, enclave_public, owner_public))
     return SealedModel(owner_public=owner_public, ciphertext=iv + body)
 
 
@@ -194,8 +231,8 @@ class ProvisioningKey:
         self.public = self._private.public_key().public_bytes_raw()
 
     def open(self, sealed: SealedModel) -> bytes:
-        """The model bytes; `SealedModelRejected` if they were not sealed to this key (or were
-        altered). The key stays usable after a refusal, so the owner can try again."""
+        """The sealed payload (`unseal_payload`); `SealedModelRejected` if it was not sealed to
+        this key (or was altered). The key stays usable after a refusal: the owner may retry."""
         if self._private is None:
             raise SealedModelRejected("this enclave already loaded its model")
         if len(sealed.owner_public) != _KEY_SIZE or len(sealed.ciphertext) < _IV_SIZE + 16:
@@ -231,15 +268,17 @@ def check_loaded(
     trust: TrustAnchors,
     nonce_store: NonceStore,
     source: bytes | None = None,
+    enrolment: Enrolment | None = None,
 ) -> VerifiedQuote:
     """Check the enclave's answer to a sealed load: it loaded exactly `sealed`, and now runs
-    `code` on `model` (measurement `enclave_measurement(code digest, model digest)`)."""
+    `code` on `model` (measurement `enclave_measurement(code digest, model digest)`) with the
+    `enrolment` sealed with it."""
     ref = CodeRef.parse(code) if isinstance(code, str) else code
     cd, md = code_digest(ref, source), model_digest(model)
     return verify_quote(
         quote,
         input=sealed_input(sealed),
-        output=loaded_output(cd, md),
+        output=loaded_output(cd, md, enrolment.digest() if enrolment else b""),
         nonce=nonce,
         policy=_only(policy, enclave_measurement(cd, md)),
         trust=trust,

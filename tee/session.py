@@ -18,6 +18,13 @@ A session binds a key to the attested enclave once, as RA-TLS does for a channel
                                  <-- output, q, tag = HMAC-SHA384(K, (s, q, H(data), H(output)))
     check the tag against ITS OWN q and H(data)
 
+An enclave whose sealed model came with an enrolment (`tee.enrolment`) opens sessions only for
+the clients it enrols (certificate and signature checked at the opening; the offer's
+"enrolled" flag, quoted, says so), then also requires a request MAC under K on every request,
+HMAC-SHA384(K, (s, q, H(data))), and encrypts each output under a key derived from K
+(AES-256-GCM, IV = q, AAD = (s, q, H(data))): the host can neither use the session nor read
+what the enclave answered.
+
 What this proves: the output came from the enclave whose quote the client verified when it
 opened the session (only that enclave and the client know K), for this client's input, and is
 not an answer to another request (the client's sequence number is in the tag). What it does
@@ -40,8 +47,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tee._encoding import decode, encode
@@ -60,12 +69,17 @@ __all__ = [
     "SessionResult",
     "open_request",
     "parse_offer",
+    "request_tag",
     "result_tag",
+    "seal_output",
 ]
 
 SESSION_ID_SIZE = 16
 _KEY_SIZE = 32  # X25519 public keys
 _MAC_KEY_SIZE = 48
+_OFFER = b"secure-infer/tee/session-offer/v2"
+_REQUEST = b"secure-infer/tee/session-request/v1"
+_OUTPUT = b"secure-infer/tee/session-output/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,23 +104,26 @@ def open_request(client_public: bytes) -> bytes:
     return encode(b"secure-infer/tee/session-open/v1", client_public)
 
 
-def _offer(enclave_public: bytes, session_id: bytes) -> bytes:
-    return encode(b"secure-infer/tee/session-offer/v1", enclave_public, session_id)
+def _offer(enclave_public: bytes, session_id: bytes, enrolled: bool) -> bytes:
+    return encode(_OFFER, enclave_public, session_id, b"\x01" if enrolled else b"\x00")
 
 
-def parse_offer(offer: bytes) -> tuple[bytes, bytes]:
-    """(enclave public key, session id) from the quoted offer; MalformedEvidence otherwise."""
+def parse_offer(offer: bytes) -> tuple[bytes, bytes, bool]:
+    """(enclave public key, session id, enrolled) from the quoted offer; MalformedEvidence
+    otherwise. `enrolled`: the enclave admitted this client by its sealed enrolment
+    (`tee.enrolment`), and the session authenticates requests and encrypts outputs."""
     try:
-        domain, enclave_public, session_id = decode(offer, 3)
+        domain, enclave_public, session_id, flag = decode(offer, 4)
     except ValueError as exc:
         raise MalformedEvidence(f"not a session offer: {exc}") from None
     if (
-        domain != b"secure-infer/tee/session-offer/v1"
+        domain != _OFFER
         or len(enclave_public) != _KEY_SIZE
         or len(session_id) != SESSION_ID_SIZE
+        or flag not in (b"\x00", b"\x01")
     ):
         raise MalformedEvidence("not a session offer")
-    return enclave_public, session_id
+    return enclave_public, session_id, flag == b"\x01"
 
 
 def _session_key(
@@ -135,6 +152,26 @@ def result_tag(key: bytes, session_id: bytes, seq: int, data: bytes, output: byt
     return hmac.new(key, message, hashlib.sha384).digest()
 
 
+def request_tag(key: bytes, session_id: bytes, seq: int, data: bytes) -> bytes:
+    """HMAC-SHA384 by which a client authenticates request `seq` (its input) in a session."""
+    message = encode(_REQUEST, session_id, seq.to_bytes(8, "big"), input_digest(data))
+    return hmac.new(key, message, hashlib.sha384).digest()
+
+
+def _output_cipher(
+    key: bytes, session_id: bytes, seq: int, data: bytes
+) -> tuple[AESGCM, bytes, bytes]:
+    aead = AESGCM(HKDF(hashes.SHA256(), 32, salt=None, info=_OUTPUT).derive(key))
+    aad = encode(_OUTPUT, session_id, seq.to_bytes(8, "big"), input_digest(data))
+    return aead, seq.to_bytes(12, "big"), aad  # one key per session, one seq per request
+
+
+def seal_output(key: bytes, session_id: bytes, seq: int, data: bytes, output: bytes) -> bytes:
+    """An enrolled session's output, encrypted so that only its client reads it."""
+    aead, iv, aad = _output_cipher(key, session_id, seq, data)
+    return aead.encrypt(iv, output, aad)
+
+
 class SessionKey:
     """The client's ephemeral X25519 key for opening one session."""
 
@@ -158,6 +195,9 @@ class AttestedSession:
     quote: VerifiedQuote  # the opening quote, verified (kept for the result's summary)
     opened_at: float  # time.monotonic() at opening
     _key: bytes = field(repr=False)
+    # the enclave admitted this client by its sealed enrolment (quoted in the offer): requests
+    # carry `request_tag`, outputs arrive encrypted and `check` decrypts them
+    enrolled: bool = False
     _seq: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -183,12 +223,12 @@ class AttestedSession:
             trust=trust,
             nonce_store=nonce_store,
         )
-        enclave_public, session_id = parse_offer(offer)
+        enclave_public, session_id, enrolled = parse_offer(offer)
         shared = key.exchange(enclave_public)
         mac_key = _session_key(
             shared, nonce, quote.measurement, key.public, enclave_public, session_id
         )
-        return cls(session_id, verified, time.monotonic(), mac_key)
+        return cls(session_id, verified, time.monotonic(), mac_key, enrolled=enrolled)
 
     def age_s(self) -> float:
         return time.monotonic() - self.opened_at
@@ -198,8 +238,15 @@ class AttestedSession:
             self._seq += 1
             return self._seq
 
-    def check(self, *, seq: int, answered_seq: int, data: bytes, output: bytes, tag: bytes) -> None:
-        """Accept `output` for request `seq` on input `data`, or raise.
+    def request_tag(self, seq: int, data: bytes) -> bytes:
+        """The MAC that authenticates request `seq` on input `data` to the enclave."""
+        return request_tag(self._key, self.session_id, seq, data)
+
+    def check(
+        self, *, seq: int, answered_seq: int, data: bytes, output: bytes, tag: bytes
+    ) -> bytes:
+        """Accept `output` for request `seq` on input `data` and return it (decrypted in an
+        enrolled session), or raise.
 
         `answered_seq` is the sequence number the reply claims (unauthenticated: it only names
         a replay); the tag is checked against the client's own `seq`."""
@@ -213,6 +260,13 @@ class AttestedSession:
                 "the session tag does not verify: the output was altered, or computed on "
                 "another input, or by something other than the attested enclave"
             )
+        if not self.enrolled:
+            return output
+        aead, iv, aad = _output_cipher(self._key, self.session_id, seq, data)
+        try:
+            return bytes(aead.decrypt(iv, output, aad))
+        except InvalidTag:
+            raise BindingMismatch("the session's encrypted output does not open") from None
 
 
 class EnclaveSessions:
@@ -224,8 +278,11 @@ class EnclaveSessions:
         self._keys: OrderedDict[bytes, bytes] = OrderedDict()
         self._capacity = capacity
 
-    def open(self, client_public: bytes, nonce: bytes, measurement: bytes) -> tuple[bytes, bytes]:
-        """(the quoted input, the quoted offer) for a new session with `client_public`."""
+    def open(
+        self, client_public: bytes, nonce: bytes, measurement: bytes, *, enrolled: bool = False
+    ) -> tuple[bytes, bytes]:
+        """(the quoted input, the quoted offer) for a new session with `client_public`;
+        `enrolled`: the caller checked the client's identity against its enrolment."""
         if len(client_public) != _KEY_SIZE:
             raise ValueError(f"client key must be {_KEY_SIZE} bytes (X25519)")
         private = X25519PrivateKey.generate()
@@ -237,7 +294,7 @@ class EnclaveSessions:
         )
         while len(self._keys) > self._capacity:
             self._keys.popitem(last=False)
-        return open_request(client_public), _offer(enclave_public, session_id)
+        return open_request(client_public), _offer(enclave_public, session_id, enrolled)
 
     def key(self, session_id: bytes) -> bytes:
         """The session's MAC key; `UnknownSession` if dropped or never opened."""

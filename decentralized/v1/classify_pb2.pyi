@@ -117,7 +117,7 @@ class ClassifyReply(_message.Message):
     def __init__(self, probs: _Optional[bytes] = ..., n_classes: _Optional[int] = ..., compute_s: _Optional[float] = ..., node_id: _Optional[str] = ..., model_digest: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("verifier", "inputs", "nonce", "session_id", "seq", "phase", "sealed", "request_digest", "service_probs")
+    __slots__ = ("verifier", "inputs", "nonce", "session_id", "seq", "phase", "sealed", "request_digest", "service_probs", "request_tag")
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class VerifyRequest(_message.Message):
     SEALED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SERVICE_PROBS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_TAG_FIELD_NUMBER: _ClassVar[int]
     verifier: str
     inputs: Inputs
     nonce: bytes
@@ -136,7 +137,8 @@ class VerifyRequest(_message.Message):
     sealed: bytes
     request_digest: bytes
     service_probs: bytes
-    def __init__(self, verifier: _Optional[str] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ..., nonce: _Optional[bytes] = ..., session_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sealed: _Optional[bytes] = ..., request_digest: _Optional[bytes] = ..., service_probs: _Optional[bytes] = ...) -> None: ...
+    request_tag: bytes
+    def __init__(self, verifier: _Optional[str] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ..., nonce: _Optional[bytes] = ..., session_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sealed: _Optional[bytes] = ..., request_digest: _Optional[bytes] = ..., service_probs: _Optional[bytes] = ..., request_tag: _Optional[bytes] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
     __slots__ = ("output", "quote_json", "compute_s", "node_id", "tag", "seq")
@@ -155,14 +157,18 @@ class VerifyReply(_message.Message):
     def __init__(self, output: _Optional[bytes] = ..., quote_json: _Optional[str] = ..., compute_s: _Optional[float] = ..., node_id: _Optional[str] = ..., tag: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class AttestedSessionRequest(_message.Message):
-    __slots__ = ("verifier", "client_public", "nonce")
+    __slots__ = ("verifier", "client_public", "nonce", "client_certificate", "identity_signature")
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
     CLIENT_PUBLIC_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     verifier: str
     client_public: bytes
     nonce: bytes
-    def __init__(self, verifier: _Optional[str] = ..., client_public: _Optional[bytes] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+    client_certificate: bytes
+    identity_signature: bytes
+    def __init__(self, verifier: _Optional[str] = ..., client_public: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., client_certificate: _Optional[bytes] = ..., identity_signature: _Optional[bytes] = ...) -> None: ...
 
 class AttestedSessionReply(_message.Message):
     __slots__ = ("offer", "quote_json", "node_id")

@@ -6,7 +6,8 @@ MNIST images, a small CNN, ~15 s on one idle CPU thread; cached under the Fides 
 
     verifier  hosts the Fides verifiers "mnist" (answering the "client" certificate only),
               "mnist-open" (the same verifier, open to every mesh client) and "reviews" in
-              SIMULATED enclaves (INSECURE: tests only)
+              SIMULATED enclaves (INSECURE: tests only), and a slot "sealed-enrolled" that
+              its owner provisions with an enrolment of the "client" certificate
     judge     hosts "mnist" under protocol "verdicts", and two slots ("sealed",
               "sealed-verdicts") whose verifier the tests provision sealed (tee.provisioning)
     service   hosts the honest classifiers "mnist" and "reviews" (MiniLM + head)
@@ -80,7 +81,7 @@ def mesh(
     service, fides = artefacts / "service", artefacts / "fides"
     attacks = [
         a
-        for attack in (*ATTACKS, "relay-mnist", "relay-mnist-open")
+        for attack in (*ATTACKS, "relay-mnist", "relay-mnist-open", "relay-sealed-enrolled")
         for a in ("--classifier", f"mnist@{attack}={service}")
     ]
     specs = [
@@ -92,6 +93,8 @@ def mesh(
                 # the same verifier, open to every mesh client (a relaying service can use it)
                 *("--fides-verifier", f"mnist-open={fides}"),
                 *("--fides-client", "mnist=client"),  # "mnist" answers the client only
+                # a slot its owner provisions sealed WITH an enrolment (checked in the enclave)
+                *("--fides-sealed", "sealed-enrolled=client"),
                 *("--enclave", "simulated"),
             ),
         ),

@@ -356,7 +356,8 @@ def _one_blas_thread() -> Any:
     work: measured in `bench/fides_mesh.py` at batch 256, the client burned ~70 ms of CPU per
     verified request (3 ms of it work), which on a machine it shares with the nodes slowed the
     service and verifier calls by half (an enclave judging under protocol "verdicts" did the
-    same). The limit is process-wide while it holds (BLAS keeps one global thread count)."""
+    same). The limit is process-wide while it holds (BLAS keeps one global thread count), and
+    covers the BLAS libraries loaded at the first call: numpy's, which runs these products."""
     global _BLAS
     if _BLAS is None:
         from threadpoolctl import ThreadpoolController
