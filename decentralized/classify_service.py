@@ -643,7 +643,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             return classify_pb2.ProvisionReply(
                 output=result.output,
                 quote_json=result.quote.to_json(),
-                verifier=hosted.info(),
+                verifier=self._listed(hosted),
                 node_id=self._node.identity.node_id,
             )
         raise AssertionError("unreachable")  # pragma: no cover

@@ -253,6 +253,7 @@ def result_dict(res: ClassificationResult) -> dict[str, Any]:
             "key_pinning": res.quote.key_pinning,
             "attestation": res.quote.attestation,
             "session_age_s": res.quote.session_age_s,
+            "enrolled": res.quote.enrolled,
         }
         doc["threat_model"] = res.threat_model
     return doc

@@ -560,6 +560,7 @@ def classify_fides(
         key_pinning=pinning,
         attestation=options.attestation,
         session_age_s=None if session is None else round(session.age_s(), 3),
+        enrolled=session is not None and session.enrolled,
     )
     predictions = probs.argmax(1)
     return ClassificationResult(

@@ -175,6 +175,9 @@ class QuoteSummary:
     # under the session key (bound by that quote) was checked against this request's input
     attestation: str = "request"
     session_age_s: float | None = None
+    # the enclave admitted this client by the enrolment its owner sealed with the verifier
+    # (tee.enrolment: quoted in the session's offer); requests were MACed, answers encrypted
+    enrolled: bool = False
 
     def __str__(self) -> str:
         tee = (
@@ -186,7 +189,7 @@ class QuoteSummary:
             f"session quote from {self.session_age_s:.0f} s ago + per-result HMAC"
             if self.attestation == "session"
             else "per-request quote"
-        )
+        ) + ("; enrolled client (checked in the enclave)" if self.enrolled else "")
         return (
             f"{tee}; measurement {self.measurement[:16]}...; verifier node {self.verifier_node}; "
             f"{how}"

@@ -659,6 +659,7 @@ def test_a_verifier_sealed_with_an_enrolment_serves_its_clients_only(
     local = FidesVerifier.load(full)
     assert [c.attacked for c in res.checks] == [v.attacked for v in local.verify(x, res.probs)]
     assert "checked inside the attested enclave" in res.threat_model
+    assert res.quote.enrolled and "enrolled client (checked in the enclave)" in str(res.quote)
     with Client(mesh.seeds, tls=_tls(mesh, "service")) as stranger:
         with pytest.raises(NotPermitted, match=r"ClientNotEnrolled.*'service'.*not enrolled"):
             stranger.classify("mnist", x, verify="fides", fides=opts)
