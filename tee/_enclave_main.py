@@ -200,13 +200,15 @@ class _Enclave:
         if not 0 < seq < 1 << 64:
             raise EnclaveError("sequence numbers are 1 .. 2**64 - 1")
         key = self.sessions.key(session)  # before computing: UnknownSession costs nothing
+        digest = input_digest(data)  # once: ~1.6 ms for 256 MNIST images
         checked = mac or self.enrolment is not None  # only the session's client can make it
-        if checked and not hmac.compare_digest(mac, request_tag(key, session, seq, data)):
+        expected = request_tag(key, session, seq, data, digest=digest) if checked else b""
+        if checked and not hmac.compare_digest(mac, expected):
             raise ClientNotEnrolled("the request is not authenticated by its session's key")
         output = self._compute(data)
         if self.enrolment is not None:  # readable by the session's client only
-            output = seal_output(key, session, seq, data, output)
-        return [output, result_tag(key, session, seq, data, output)]
+            output = seal_output(key, session, seq, data, output, digest=digest)
+        return [output, result_tag(key, session, seq, data, output, digest=digest)]
 
 
 def _serve(enclave: _Enclave, fd_in: int, fd_out: int) -> None:

@@ -140,35 +140,56 @@ def _session_key(
     return HKDF(hashes.SHA384(), _MAC_KEY_SIZE, salt=nonce, info=info).derive(shared)
 
 
-def result_tag(key: bytes, session_id: bytes, seq: int, data: bytes, output: bytes) -> bytes:
-    """HMAC-SHA384 binding one request (`seq`, the input) to its output within a session."""
+def result_tag(
+    key: bytes,
+    session_id: bytes,
+    seq: int,
+    data: bytes,
+    output: bytes,
+    *,
+    digest: bytes | None = None,
+) -> bytes:
+    """HMAC-SHA384 binding one request (`seq`, the input) to its output within a session.
+    `digest`: `input_digest(data)` if the caller has it (hashing a large input costs ~ms)."""
     message = encode(
         b"secure-infer/tee/session-result/v1",
         session_id,
         seq.to_bytes(8, "big"),
-        input_digest(data),
+        input_digest(data) if digest is None else digest,
         result_digest(output),
     )
     return hmac.new(key, message, hashlib.sha384).digest()
 
 
-def request_tag(key: bytes, session_id: bytes, seq: int, data: bytes) -> bytes:
+def request_tag(
+    key: bytes, session_id: bytes, seq: int, data: bytes, *, digest: bytes | None = None
+) -> bytes:
     """HMAC-SHA384 by which a client authenticates request `seq` (its input) in a session."""
-    message = encode(_REQUEST, session_id, seq.to_bytes(8, "big"), input_digest(data))
+    d = input_digest(data) if digest is None else digest
+    message = encode(_REQUEST, session_id, seq.to_bytes(8, "big"), d)
     return hmac.new(key, message, hashlib.sha384).digest()
 
 
 def _output_cipher(
-    key: bytes, session_id: bytes, seq: int, data: bytes
+    key: bytes, session_id: bytes, seq: int, digest: bytes
 ) -> tuple[AESGCM, bytes, bytes]:
     aead = AESGCM(HKDF(hashes.SHA256(), 32, salt=None, info=_OUTPUT).derive(key))
-    aad = encode(_OUTPUT, session_id, seq.to_bytes(8, "big"), input_digest(data))
+    aad = encode(_OUTPUT, session_id, seq.to_bytes(8, "big"), digest)
     return aead, seq.to_bytes(12, "big"), aad  # one key per session, one seq per request
 
 
-def seal_output(key: bytes, session_id: bytes, seq: int, data: bytes, output: bytes) -> bytes:
+def seal_output(
+    key: bytes,
+    session_id: bytes,
+    seq: int,
+    data: bytes,
+    output: bytes,
+    *,
+    digest: bytes | None = None,
+) -> bytes:
     """An enrolled session's output, encrypted so that only its client reads it."""
-    aead, iv, aad = _output_cipher(key, session_id, seq, data)
+    d = input_digest(data) if digest is None else digest
+    aead, iv, aad = _output_cipher(key, session_id, seq, d)
     return aead.encrypt(iv, output, aad)
 
 
@@ -238,12 +259,19 @@ class AttestedSession:
             self._seq += 1
             return self._seq
 
-    def request_tag(self, seq: int, data: bytes) -> bytes:
+    def request_tag(self, seq: int, data: bytes, *, digest: bytes | None = None) -> bytes:
         """The MAC that authenticates request `seq` on input `data` to the enclave."""
-        return request_tag(self._key, self.session_id, seq, data)
+        return request_tag(self._key, self.session_id, seq, data, digest=digest)
 
     def check(
-        self, *, seq: int, answered_seq: int, data: bytes, output: bytes, tag: bytes
+        self,
+        *,
+        seq: int,
+        answered_seq: int,
+        data: bytes,
+        output: bytes,
+        tag: bytes,
+        digest: bytes | None = None,
     ) -> bytes:
         """Accept `output` for request `seq` on input `data` and return it (decrypted in an
         enrolled session), or raise.
@@ -254,7 +282,8 @@ class AttestedSession:
             raise ReplayedNonce(
                 f"the verifier answered request {answered_seq} of this session to request {seq}"
             )
-        expected = result_tag(self._key, self.session_id, seq, data, output)
+        d = input_digest(data) if digest is None else digest
+        expected = result_tag(self._key, self.session_id, seq, data, output, digest=d)
         if not hmac.compare_digest(expected, tag):
             raise BindingMismatch(
                 "the session tag does not verify: the output was altered, or computed on "
@@ -262,7 +291,7 @@ class AttestedSession:
             )
         if not self.enrolled:
             return output
-        aead, iv, aad = _output_cipher(self._key, self.session_id, seq, data)
+        aead, iv, aad = _output_cipher(self._key, self.session_id, seq, d)
         try:
             return bytes(aead.decrypt(iv, output, aad))
         except InvalidTag:
