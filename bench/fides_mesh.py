@@ -1,7 +1,7 @@
 """Request latency through the mesh with and without `verify="fides"` (issue 5: <= 10 % added).
 
     .venv/bin/python bench/fides_mesh.py --json [--scale full] [--requests 40] [--batches 1,64]
-        [--pin] [--protocol distribution|verdicts]
+        [--pin] [--protocol distribution|verdicts] [--enrolled]
 
 Starts a local mesh of real node processes over mTLS: `service` hosts the MNIST service CNN as
 a plaintext classifier, `verifier` hosts the Fides verification model in a SIMULATED enclave
@@ -23,6 +23,10 @@ client still shares both cores with them.
 `--protocol verdicts` runs the verifier node with `--fides-protocol verdicts`: the enclave
 judges and returns only verdicts, at the cost of a second call to it once the service has
 answered (docs/fides.md).
+
+`--enrolled` provisions the verifier sealed (`--fides-sealed`, `fides_provision`) with an
+enrolment of the bench's client (`tee.enrolment`): its sessions then carry a request MAC and
+encrypted answers, and per-request quotes are refused (only "session" is measured).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from secure_infer.client import Client  # noqa: E402
 from secure_infer.fides_client import ATTESTATIONS, FidesOptions, client_bundle  # noqa: E402
+from secure_infer.fides_provision import provision_verifier  # noqa: E402
 from secure_infer.localmesh import LocalMesh, NodeSpec  # noqa: E402
 from secure_infer.results import ClassificationResult  # noqa: E402
 from verification.fides.artefacts import SCALES, build  # noqa: E402
@@ -58,24 +63,28 @@ def _median_ms(values: list[float]) -> float:
 
 
 def measure(
-    client: Client, x: torch.Tensor, options: FidesOptions, requests: int
+    client: Client,
+    x: torch.Tensor,
+    options: FidesOptions,
+    requests: int,
+    attestations: tuple[str, ...] = ATTESTATIONS,
 ) -> dict[str, Any]:
-    """Rotating plain and verified requests (both attestation modes) on the same batch."""
-    modes = {m: dataclasses.replace(options, attestation=m) for m in ATTESTATIONS}
+    """Rotating plain and verified requests (in each attestation mode) on the same batch."""
+    modes = {m: dataclasses.replace(options, attestation=m) for m in attestations}
 
     def once(mode: str) -> ClassificationResult:
         if mode == "plain":
             return client.classify("mnist", x.numpy(), privacy="none")
         return client.classify("mnist", x.numpy(), verify="fides", fides=modes[mode])
 
-    order = ["plain", *ATTESTATIONS]
+    order = ["plain", *attestations]
     for _ in range(3):  # warm-up: catalog, channels, sessions, first forwards
         for mode in order:
             once(mode)
     wall: dict[str, list[float]] = {m: [] for m in order}
     parts = {
         m: {"service_s": [], "verifier_s": [], "check_s": [], "judge_call_s": []}
-        for m in ATTESTATIONS
+        for m in attestations
     }
     flagged = 0
     for i in range(requests):
@@ -93,7 +102,7 @@ def measure(
         "requests": requests,
         "plain_ms": _median_ms(wall["plain"]),
     }
-    for mode in ATTESTATIONS:
+    for mode in attestations:
         ratio = statistics.median(wall[mode]) / plain
         row[mode] = {
             "fides_ms": _median_ms(wall[mode]),
@@ -102,7 +111,7 @@ def measure(
             "parts_ms": {k: _median_ms(v) for k, v in parts[mode].items()},
             "target_met": ratio - 1 <= TARGET_ADDED,
         }
-    row["clean_flagged_fraction"] = round(flagged / (2 * requests * len(x)), 4)
+    row["clean_flagged_fraction"] = round(flagged / (len(attestations) * requests * len(x)), 4)
     return row
 
 
@@ -221,6 +230,12 @@ def main() -> None:
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--pin", action="store_true", help="one CPU per node (see above)")
     parser.add_argument("--protocol", default="distribution", choices=["distribution", "verdicts"])
+    parser.add_argument(
+        "--enrolled",
+        action="store_true",
+        help="the verifier is provisioned sealed with an enrolment of the bench's client "
+        "(tee.enrolment: sessions with request MACs and encrypted answers)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     artefacts = build("mnist", args.scale)
@@ -233,12 +248,12 @@ def main() -> None:
         NodeSpec(
             name="verifier",
             extra_args=(
-                "--fides-verifier",
-                f"mnist={artefacts / 'fides'}",
-                "--enclave",
-                "simulated",
-                "--fides-protocol",
-                args.protocol,
+                *(
+                    ("--fides-sealed", "mnist=client")  # the bench's client provisions it
+                    if args.enrolled
+                    else ("--fides-verifier", f"mnist={artefacts / 'fides'}")
+                ),
+                *("--enclave", "simulated", "--fides-protocol", args.protocol),
             ),
         ),
     ]
@@ -247,9 +262,22 @@ def main() -> None:
         LocalMesh(Path(tmp), specs, threads=1) as mesh,
         Client(mesh.seeds, tls=mesh.client_tls()) as client,
     ):
+        if args.enrolled:
+            provision_verifier(
+                mesh.nodes["verifier"].address,
+                "mnist",
+                artefacts / "fides",
+                protocol=args.protocol,
+                tls=mesh.client_tls(),
+                node_name="verifier",
+                allow_simulated=True,
+                enrol=("client",),
+            )
         pinned = pin_nodes(mesh) if args.pin else None
+        # an enrolled enclave refuses per-request quotes: sessions only
+        attestations = ("session",) if args.enrolled else ATTESTATIONS
         rows = [
-            measure(client, images[:b], options, args.requests)
+            measure(client, images[:b], options, args.requests, attestations)
             for b in (int(v) for v in args.batches.split(","))
         ]
     doc = {
@@ -257,6 +285,7 @@ def main() -> None:
         "fixed_costs_batch1_in_process": fixed_costs(artefacts / "fides", images[:1]),
         "scale": f"mnist/{args.scale}",
         "protocol": args.protocol,
+        "enrolled": args.enrolled,
         "tee": "SIMULATED (INSECURE): enclave process + software-signed quote / session HMAC",
         "transport": "mTLS on loopback, one process per node, 1 torch thread each",
         "pinned": pinned,  # node -> [cpu, pids...], or None
