@@ -154,9 +154,9 @@ def threat_model(protocol: str, enrolled_only: bool = False, in_enclave: bool = 
     )
     leak = (
         "not secret: the verifier's function (this result carries its distribution; whoever "
-        "may query the verifier, the service's operator too unless it is not enrolled, can "
-        "distil a copy from a few thousand queries and evade detection: protocol 'verdicts' "
-        "keeps it in the enclave)"
+        "may query the verifier, the service's operator too if the verifier is open or enrols "
+        "it, can distil a copy from a few thousand queries and evade detection: protocol "
+        "'verdicts' keeps it in the enclave)"
         if protocol == "distribution"
         else "the verifier's distribution stayed in the enclave (protocol 'verdicts'), but the "
         "flags and re-classified labels still leak its labels query by query"
