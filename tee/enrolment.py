@@ -22,7 +22,10 @@ session whose key it cannot derive (it lacks c), whose requests it cannot authen
 whose outputs it cannot read. Per-request quotes (no session) are refused. What it rests on:
 the enclave platform (on SEV-SNP/TDX hardware; a SIMULATED enclave's host reads the process's
 memory, enrolment and keys included), the CA's issuing policy (who gets a certificate with an
-enrolled CN), and the enrolled clients themselves (one may still relay for the service).
+enrolled CN), and the enrolled clients themselves (one may still relay for the service). The
+enrolment is fixed when the model is sealed: no revocation list is consulted, so removing a
+client means provisioning a new enclave (sessions already open end with their client's
+re-opening or the enclave).
 """
 
 from __future__ import annotations
@@ -117,8 +120,9 @@ def check_identity(
     except (ValueError, TypeError, InvalidSignature):
         raise ClientNotEnrolled("the certificate was not issued by the enrolment's CA") from None
     when = now or datetime.datetime.now(datetime.UTC)
-    if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
-        raise ClientNotEnrolled("the certificate is outside its validity period")
+    for which, c in (("enrolment's CA", ca), ("certificate", cert)):
+        if not c.not_valid_before_utc <= when <= c.not_valid_after_utc:
+            raise ClientNotEnrolled(f"the {which} is outside its validity period")
     names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     enrolled = [n for n in names if n in enrolment.names]
     if not enrolled:

@@ -104,9 +104,18 @@ def test_check_identity_admits_an_enrolled_signed_opening_only(
         with pytest.raises(ClientNotEnrolled, match=match):
             check_identity(enrolment, **opening, client_public=public, nonce=nonce)
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3 * 365)
-    with pytest.raises(ClientNotEnrolled, match="validity"):
+    with pytest.raises(ClientNotEnrolled, match="certificate is outside its validity"):
         check_identity(
             enrolment, **alice.opening(public, nonce), client_public=public, nonce=nonce, now=later
+        )
+
+
+def test_an_expired_ca_admits_nobody(enrolment: Enrolment, alice: Party) -> None:
+    public, nonce = SessionKey().public, os.urandom(32)
+    after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=20 * 365)
+    with pytest.raises(ClientNotEnrolled, match="enrolment's CA is outside its validity"):
+        check_identity(
+            enrolment, **alice.opening(public, nonce), client_public=public, nonce=nonce, now=after
         )
 
 
