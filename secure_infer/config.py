@@ -101,17 +101,21 @@ def parse_named_dirs(value: Any, key: str, base: Path) -> tuple[tuple[str, str],
     return tuple(out)
 
 
-def parse_sealed(value: Any) -> tuple[tuple[str, str], ...]:
-    """NAME=OWNER strings (a list, or one comma-separated string) -> ((name, owner CN), ...)."""
+def _name_pairs(value: Any, key: str, expected: str) -> list[tuple[str, str]]:
+    """NAME=VALUE strings (a list, or one comma-separated string) -> [(name, value), ...]."""
     items = [v for v in value.split(",") if v] if isinstance(value, str) else list(value)
     out = []
     for item in items:
-        name, sep, owner = str(item).partition("=")
-        if not sep or not name.strip() or not owner.strip():
-            raise ConfigError(
-                f"fides_sealed: expected NAME=OWNER (owner: a certificate CN), got {item!r}"
-            )
-        out.append((name.strip(), owner.strip()))
+        name, sep, rest = str(item).partition("=")
+        if not sep or not name.strip() or not rest.strip():
+            raise ConfigError(f"{key}: expected {expected}, got {item!r}")
+        out.append((name.strip(), rest.strip()))
+    return out
+
+
+def parse_sealed(value: Any) -> tuple[tuple[str, str], ...]:
+    """NAME=OWNER strings (a list, or one comma-separated string) -> ((name, owner CN), ...)."""
+    out = _name_pairs(value, "fides_sealed", "NAME=OWNER (owner: a certificate CN)")
     if len({n for n, _ in out}) != len(out):
         raise ConfigError("fides_sealed: a name appears twice")
     return tuple(out)
@@ -120,15 +124,7 @@ def parse_sealed(value: Any) -> tuple[tuple[str, str], ...]:
 def parse_clients(value: Any) -> tuple[tuple[str, str], ...]:
     """NAME=CN strings (a list, or one comma-separated string) -> ((verifier, client CN), ...);
     a verifier may appear with several CNs."""
-    items = [v for v in value.split(",") if v] if isinstance(value, str) else list(value)
-    out = []
-    for item in items:
-        name, sep, cn = str(item).partition("=")
-        if not sep or not name.strip() or not cn.strip():
-            raise ConfigError(
-                f"fides_clients: expected NAME=CN (a client certificate's CN), got {item!r}"
-            )
-        out.append((name.strip(), cn.strip()))
+    out = _name_pairs(value, "fides_clients", "NAME=CN (a client certificate's CN)")
     return tuple(dict.fromkeys(out))
 
 

@@ -403,30 +403,20 @@ def classify_fides(
             verifier=vname, session_id=session.session_id, seq=seq, request_tag=tag, **fields
         )
 
-    memo: dict[str, bytes] = {}
-
+    @functools.cache
     def enclave_data() -> bytes:
         """What the enclave runs on for this client's inputs (as the node builds it)."""
-        if "data" not in memo:
-            memo["data"] = (
-                image_request(wire.images, n)
-                if vinfo.task == "image"
-                else enclave_request(wire, vinfo.task)
-            )
-        return memo["data"]
+        if vinfo.task == "image":
+            return image_request(wire.images, n)
+        return enclave_request(wire, vinfo.task)
 
+    @functools.cache
     def first_input() -> tuple[bytes, bytes | None]:
         """The first request's enclave input and, in a session, its digest (hashed once for
         the request MAC and the tag check: ~1.6 ms at 256 images; a quote check hashes it
-        itself)."""
-        if "first" not in memo:
-            data = enclave_data()
-            memo["first"] = prepare_request(data) if verdicts else data
-        if session is None:
-            return memo["first"], None
-        if "first_digest" not in memo:
-            memo["first_digest"] = input_digest(memo["first"])
-        return memo["first"], memo["first_digest"]
+        itself). Whether there is a session is fixed for the call (re-opening keeps one)."""
+        first = prepare_request(enclave_data()) if verdicts else enclave_data()
+        return first, None if session is None else input_digest(first)
 
     def first_request() -> classify_pb2.VerifyRequest:
         phase = classify_pb2.PREPARE if verdicts else classify_pb2.DISTRIBUTION

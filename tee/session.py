@@ -39,6 +39,7 @@ domain-separated and length-prefixed (`tee._encoding.encode`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -170,12 +171,16 @@ def request_tag(
     return hmac.new(key, message, hashlib.sha384).digest()
 
 
+@functools.lru_cache(maxsize=1024)  # one per session (as many as EnclaveSessions holds)
+def _output_aead(key: bytes) -> AESGCM:
+    return AESGCM(HKDF(hashes.SHA256(), 32, salt=None, info=_OUTPUT).derive(key))
+
+
 def _output_cipher(
     key: bytes, session_id: bytes, seq: int, digest: bytes
 ) -> tuple[AESGCM, bytes, bytes]:
-    aead = AESGCM(HKDF(hashes.SHA256(), 32, salt=None, info=_OUTPUT).derive(key))
     aad = encode(_OUTPUT, session_id, seq.to_bytes(8, "big"), digest)
-    return aead, seq.to_bytes(12, "big"), aad  # one key per session, one seq per request
+    return _output_aead(key), seq.to_bytes(12, "big"), aad  # one seq per request
 
 
 def seal_output(
