@@ -205,6 +205,7 @@ class _Enclave:
         expected = request_tag(key, session, seq, data, digest=digest) if checked else b""
         if checked and not hmac.compare_digest(mac, expected):
             raise ClientNotEnrolled("the request is not authenticated by its session's key")
+        self.sessions.claim(session, seq)  # after the MAC check, where there is one
         output = self._compute(data)
         if self.enrolment is not None:  # readable by the session's client only
             output = seal_output(key, session, seq, data, output, digest=digest)

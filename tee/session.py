@@ -13,7 +13,8 @@ A session binds a key to the attested enclave once, as RA-TLS does for a channel
     verify_quote(...)  (pinned roots, allowed measurement, nonce once)
     K = HKDF-SHA384(X25519(c, E), salt = n, info = (measurement, C, E, s))   [same on both sides]
 
-    per request, the client picks a sequence number q it never used in this session:
+    per request, the client picks a sequence number q it never used in this session (the
+    enclave runs each q once per session and refuses a replayed one):
     data, s, q                   --->
                                  <-- output, q, tag = HMAC-SHA384(K, (s, q, H(data), H(output)))
     check the tag against ITS OWN q and H(data)
@@ -303,13 +304,47 @@ class AttestedSession:
             raise BindingMismatch("the session's encrypted output does not open") from None
 
 
+REPLAY_WINDOW = 1024  # sequence numbers an enclave remembers below the highest it served
+
+
+class _ReplayWindow:
+    """The sequence numbers one session has used: the highest, and a bitmap of the
+    `REPLAY_WINDOW` below it (bit i: highest - i used), as IPsec's anti-replay window does.
+    Numbers further below are refused: a client numbers its requests in order, so only a
+    request delayed behind ~1,000 later ones of the same session would be."""
+
+    __slots__ = ("bits", "high")
+
+    def __init__(self) -> None:
+        self.high = 0
+        self.bits = 0
+
+    def claim(self, seq: int) -> None:
+        if seq > self.high:
+            self.bits = ((self.bits << (seq - self.high)) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self.high = seq
+            return
+        offset = self.high - seq
+        if offset >= REPLAY_WINDOW:
+            raise ReplayedNonce(
+                f"sequence number {seq} is more than {REPLAY_WINDOW} below this session's "
+                f"highest ({self.high}): refused as a possible replay"
+            )
+        if self.bits >> offset & 1:
+            raise ReplayedNonce(f"sequence number {seq} was already used in this session")
+        self.bits |= 1 << offset
+
+
 class EnclaveSessions:
     """The enclave's side: opens sessions and tags outputs. Lives inside the enclave process.
 
-    Holds at most `capacity` sessions (the oldest is dropped first; its client re-opens)."""
+    Holds at most `capacity` sessions (the oldest is dropped first; its client re-opens). Each
+    sequence number runs once per session (`claim`): a request the host replays is refused, so
+    an answer is never computed twice under the same number (an enrolled session's output IV is
+    the sequence number: a replay would reuse it)."""
 
     def __init__(self, capacity: int = 1024) -> None:
-        self._keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self._sessions: OrderedDict[bytes, tuple[bytes, _ReplayWindow]] = OrderedDict()
         self._capacity = capacity
 
     def open(
@@ -323,17 +358,23 @@ class EnclaveSessions:
         enclave_public = private.public_key().public_bytes_raw()
         session_id = secrets.token_bytes(SESSION_ID_SIZE)
         shared = private.exchange(X25519PublicKey.from_public_bytes(client_public))
-        self._keys[session_id] = _session_key(
-            shared, nonce, measurement, client_public, enclave_public, session_id
-        )
-        while len(self._keys) > self._capacity:
-            self._keys.popitem(last=False)
+        key = _session_key(shared, nonce, measurement, client_public, enclave_public, session_id)
+        self._sessions[session_id] = (key, _ReplayWindow())
+        while len(self._sessions) > self._capacity:
+            self._sessions.popitem(last=False)
         return open_request(client_public), _offer(enclave_public, session_id, enrolled)
 
     def key(self, session_id: bytes) -> bytes:
         """The session's MAC key; `UnknownSession` if dropped or never opened."""
-        key = self._keys.get(session_id)
-        if key is None:
+        entry = self._sessions.get(session_id)
+        if entry is None:
             raise UnknownSession("unknown or expired session; open a new one")
-        self._keys.move_to_end(session_id)
-        return key
+        self._sessions.move_to_end(session_id)
+        return entry[0]
+
+    def claim(self, session_id: bytes, seq: int) -> None:
+        """Mark `seq` used in the session; `ReplayedNonce` if it was, or is too old to tell."""
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            raise UnknownSession("unknown or expired session; open a new one")
+        entry[1].claim(seq)

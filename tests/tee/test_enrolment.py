@@ -20,6 +20,7 @@ from tee import (
     AttestedSession,
     BindingMismatch,
     ClientNotEnrolled,
+    EnclaveError,
     Enrolment,
     MalformedEvidence,
     NonceStore,
@@ -241,3 +242,33 @@ def test_sessions_without_an_enrolment_stay_open_and_in_the_clear(
             enclave.run_in_session(
                 b"q", session_id=session.session_id, seq=seq + 1, request_tag=bytes(48)
             )
+
+
+def test_the_enclave_runs_each_sequence_number_once(
+    enrolled: tuple[SimulatedEnclave, NonceStore], alice: Party
+) -> None:
+    """The host replaying an enrolled client's authenticated request is refused: the answer is
+    not computed twice, and the output's AES-GCM IV (the sequence number) is never reused."""
+    enclave, store = enrolled
+    session = _open(enclave, store, alice)
+    seqs = [session.next_seq() for _ in range(3)]
+
+    def send(seq: int) -> object:
+        return enclave.run_in_session(
+            b"question",
+            session_id=session.session_id,
+            seq=seq,
+            request_tag=session.request_tag(seq, b"question"),
+        )
+
+    send(seqs[1])  # out of order within the window is fine
+    send(seqs[0])
+    for seq in seqs[:2]:
+        with pytest.raises(EnclaveError, match="already used"):
+            send(seq)
+    send(seqs[2])
+    far = seqs[2] + 2000
+    send(far)
+    with pytest.raises(EnclaveError, match="more than 1024 below"):
+        send(seqs[2] + 1)  # never used, but too old to tell
+    assert enclave.running

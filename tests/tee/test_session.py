@@ -62,7 +62,9 @@ def test_altered_replayed_or_redirected_results_are_refused(enclave) -> None:
     check = {"seq": seq, "answered_seq": seq, "data": b"question", "tag": good.tag}
     with pytest.raises(BindingMismatch):  # the host changes the answer
         session.check(output=good.output + b"!", **check)  # type: ignore[arg-type]
-    other = enclave.run_in_session(b"host's input", session_id=session.session_id, seq=seq)
+    with pytest.raises(EnclaveError, match="already used"):  # each seq runs once
+        enclave.run_in_session(b"host's input", session_id=session.session_id, seq=seq)
+    other = enclave.run_in_session(b"host's input", session_id=session.session_id, seq=seq + 50)
     with pytest.raises(BindingMismatch):  # the host ran the enclave on another input
         session.check(**(check | {"tag": other.tag}), output=other.output)  # type: ignore[arg-type]
     session.check(output=good.output, **check)  # type: ignore[arg-type]
