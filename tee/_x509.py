@@ -63,6 +63,13 @@ def _check_validity(cert: x509.Certificate, now: datetime) -> None:
         )
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False  # AMD's VCEKs carry no basicConstraints
+
+
 def _check_can_sign_certs(issuer: x509.Certificate, cas_below: int) -> None:
     """`issuer` must be a CA allowed to sign certificates with `cas_below` CAs under it."""
     try:
@@ -139,6 +146,8 @@ def verify_chain(
                 f"chain ends at self-issued {_name(cert)!r}, which is not the pinned root "
                 f"{_name(root)!r}"
             )
+    if path and _is_ca(path[0]):  # the leaf signs evidence, never certificates
+        raise BadChain(f"the signing certificate {_name(path[0])!r} is a CA certificate")
     path.append(root)
     _check_signed_by(root, root)  # the pinned root is self-signed
     for cert in path:

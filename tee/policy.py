@@ -34,14 +34,36 @@ class Policy:
     allowed_code_measurements: frozenset[bytes] | None  # enclave code+model measurement (48 B)
     expected_report_data: bytes | None = None  # exact 64-byte REPORT_DATA; set per request
     allow_debug: bool = False  # accept guests the host may debug (SNP policy bit 19, TD DEBUG)
+    # accept guests the host may hand to a migration agent / migrate with their memory
+    # (SNP policy bit 18 MIGRATE_MA, TD_ATTRIBUTES bit 29 MIGRATABLE): the launch measurement
+    # does not cover these host choices
+    allow_migration: bool = False
     allow_simulated: bool = False  # accept INSECURE simulated quotes (development only)
     min_snp_tcb: SnpTcb | None = None  # minimum reported TCB of an SEV-SNP guest
+    snp_vmpl: int | None = None  # the VMPL the SNP report must have been requested at (0-3)
     min_tdx_tee_tcb_svn: bytes | None = None  # minimum TEE_TCB_SVN (16 B, component-wise)
+    # TDX: MRTD measures only the TD's firmware; the kernel, initrd and command line are
+    # extended into RTMR1 and RTMR2 (firmware configuration into RTMR0). Allowed values of
+    # RTMR0 || RTMR1 || RTMR2 (144 B); RTMR3 is extended at run time and not pinned here.
+    allowed_tdx_rtmrs: frozenset[bytes] | None = None
+    # TDX: exact MRCONFIGID || MROWNER || MROWNERCONFIG (144 B), host-provided at launch
+    expected_tdx_owner_fields: bytes | None = None
     max_age_s: float = 300.0  # seconds; oldest simulated quote timestamp accepted
 
     def __post_init__(self) -> None:
         if self.expected_report_data is not None and len(self.expected_report_data) != 64:
             raise ValueError("expected_report_data must be 64 bytes")
+        if self.allowed_tdx_rtmrs is not None and any(
+            len(r) != 144 for r in self.allowed_tdx_rtmrs
+        ):
+            raise ValueError("allowed_tdx_rtmrs values must be RTMR0 || RTMR1 || RTMR2 (144 bytes)")
+        if (
+            self.expected_tdx_owner_fields is not None
+            and len(self.expected_tdx_owner_fields) != 144
+        ):
+            raise ValueError("expected_tdx_owner_fields must be 144 bytes")
+        if self.snp_vmpl is not None and not 0 <= self.snp_vmpl <= 3:
+            raise ValueError("snp_vmpl must be 0..3")
         if self.min_tdx_tee_tcb_svn is not None and len(self.min_tdx_tee_tcb_svn) != 16:
             raise ValueError("min_tdx_tee_tcb_svn must be 16 bytes")
         if self.max_age_s <= 0:

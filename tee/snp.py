@@ -41,6 +41,7 @@ from tee.errors import (
     DebugNotAllowed,
     MalformedEvidence,
     MeasurementNotAllowed,
+    PolicyViolation,
     TCBTooLow,
 )
 from tee.policy import Policy
@@ -60,6 +61,7 @@ REPORT_SIZE = 0x4A0  # 1184 bytes
 _SIGNED_END = 0x2A0  # the signature covers bytes [0, 0x2A0)
 _SIG_COMPONENT = 72  # bytes of r and of s, little-endian, zero-padded
 _POLICY_DEBUG = 1 << 19
+_POLICY_MIGRATE_MA = 1 << 18
 _SIGNING_KEY_VCEK, _SIGNING_KEY_VLEK = 0, 1
 _AMD_OID = "1.3.6.1.4.1.3704.1."
 _VCEK_TCB_OIDS = {  # extension OID -> SnpTcb field
@@ -248,11 +250,17 @@ def _vcek_tcb(vcek: x509.Certificate) -> SnpTcb:
     return SnpTcb(**spl)
 
 
-def _vcek_hwid(vcek: x509.Certificate) -> bytes:
+def _vcek_hwid(vcek: x509.Certificate, product: str) -> bytes:
+    """The chip id the VCEK was issued for, as the report's 64-byte CHIP_ID carries it.
+
+    AMD encodes the hwID extension raw: 64 bytes, except on Turin, where the key server
+    issues VCEKs for an 8-byte id and the report's CHIP_ID is those 8 bytes then 56 zeros."""
     raw = _vcek_extension(vcek, _OID_HWID)
     if raw is None:
         raise BadChain("VCEK has no hwID extension")
-    return raw if len(raw) == 64 else _der_value(raw, 0x04)  # AMD encodes it raw
+    if len(raw) == 8 and product == "Turin":
+        return raw + bytes(56)
+    return raw if len(raw) == 64 else _der_value(raw, 0x04)
 
 
 def _check_report_signature(report: SnpReport, vcek: x509.Certificate) -> None:
@@ -269,10 +277,23 @@ def _check_report_signature(report: SnpReport, vcek: x509.Certificate) -> None:
 def _check_policy(report: SnpReport, tcb: SnpTcb, policy: Policy) -> None:
     if report.debug and not policy.allow_debug:
         raise DebugNotAllowed("guest policy allows debugging (bit 19) and policy forbids it")
+    if report.policy & _POLICY_MIGRATE_MA and not policy.allow_migration:
+        raise PolicyViolation(
+            "guest policy allows a migration agent (bit 18, MIGRATE_MA), which can export the "
+            "guest's memory, and policy forbids it"
+        )
+    if policy.snp_vmpl is not None and report.vmpl != policy.snp_vmpl:
+        raise PolicyViolation(f"report was requested at VMPL {report.vmpl}, not {policy.snp_vmpl}")
     allowed = policy.allowed_launch_measurements
     if allowed is not None and not any(hmac.compare_digest(report.measurement, m) for m in allowed):
         raise MeasurementNotAllowed(
             f"launch measurement {report.measurement.hex()} is not in the allow list"
+            + (
+                ""
+                if allowed
+                else " (no launch measurement is pinned: hardware evidence from "
+                "an unknown guest image proves nothing about the code it claims to run)"
+            )
         )
     if policy.min_snp_tcb is not None and not tcb.at_least(policy.min_snp_tcb):
         raise TCBTooLow(f"reported TCB {tcb} is below the minimum {policy.min_snp_tcb}")
@@ -323,7 +344,9 @@ def verify_snp_report(
     reported = SnpTcb.from_u64(report.reported_tcb, product=product)
     if _vcek_tcb(vcek) != reported:
         raise BadChain(f"VCEK was issued for TCB {_vcek_tcb(vcek)}, report says {reported}")
-    if not report.mask_chip_id and not hmac.compare_digest(_vcek_hwid(vcek), report.chip_id):
+    if not report.mask_chip_id and not hmac.compare_digest(
+        _vcek_hwid(vcek, product), report.chip_id
+    ):
         raise BadChain("VCEK hwID does not match the report's CHIP_ID")
     _check_policy(report, reported, policy)
     return SnpClaims(

@@ -48,6 +48,7 @@ from tee.errors import (
     DebugNotAllowed,
     MalformedEvidence,
     MeasurementNotAllowed,
+    PolicyViolation,
     TCBTooLow,
 )
 from tee.policy import Policy
@@ -70,6 +71,7 @@ _TD_QE_ATTRIBUTES = bytes.fromhex("11000000000000000000000000000000")
 _TD_QE_ATTRIBUTES_MASK = bytes.fromhex("fbffffffffffffff0000000000000000")
 _TD_QE_MISCSELECT, _TD_QE_MISCSELECT_MASK = 0x00000000, 0xFFFFFFFF
 _TD_ATTR_DEBUG = 0x1  # bit 0 of TD_ATTRIBUTES (TUD.DEBUG)
+_TD_ATTR_MIGRATABLE_BYTE3 = 0x20  # bit 29 of TD_ATTRIBUTES (MIGRATABLE), in byte 3
 _ECDSA_SHA256_ONLY = frozenset({SignatureAlgorithmOID.ECDSA_WITH_SHA256})
 
 
@@ -217,9 +219,30 @@ def _check_qe_identity(qe_report: bytes) -> None:
 def _check_policy(claims: TdxClaims, policy: Policy) -> None:
     if claims.debug and not policy.allow_debug:
         raise DebugNotAllowed("TD attributes allow debugging and policy forbids it")
+    if claims.td_attributes[3] & _TD_ATTR_MIGRATABLE_BYTE3 and not policy.allow_migration:
+        raise PolicyViolation("TD_ATTRIBUTES.MIGRATABLE is set and policy forbids migration")
     allowed = policy.allowed_launch_measurements
     if allowed is not None and not any(hmac.compare_digest(claims.mr_td, m) for m in allowed):
-        raise MeasurementNotAllowed(f"MRTD {claims.mr_td.hex()} is not in the allow list")
+        raise MeasurementNotAllowed(
+            f"MRTD {claims.mr_td.hex()} is not in the allow list"
+            + (
+                ""
+                if allowed
+                else " (no launch measurement is pinned: hardware evidence from "
+                "an unknown guest image proves nothing about the code it claims to run)"
+            )
+        )
+    rtmrs = b"".join(claims.rtmrs[:3])
+    pinned = policy.allowed_tdx_rtmrs
+    if pinned is not None and not any(hmac.compare_digest(rtmrs, r) for r in pinned):
+        raise MeasurementNotAllowed(
+            f"RTMR0-2 {rtmrs.hex()} are not in the allow list (the TD's kernel, initrd and "
+            "command line are measured there, not in MRTD)"
+        )
+    owner = policy.expected_tdx_owner_fields
+    fields = claims.mr_config_id + claims.mr_owner + claims.mr_owner_config
+    if owner is not None and not hmac.compare_digest(fields, owner):
+        raise PolicyViolation("MRCONFIGID || MROWNER || MROWNERCONFIG differ from the expected")
     minimum = policy.min_tdx_tee_tcb_svn
     if minimum is not None and not tdx_svn_at_least(claims.tee_tcb_svn, minimum):
         raise TCBTooLow(f"TEE_TCB_SVN {claims.tee_tcb_svn.hex()} is below {minimum.hex()}")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tee import (
@@ -19,6 +20,7 @@ from tee import (
     MalformedEvidence,
     MeasurementNotAllowed,
     Policy,
+    PolicyViolation,
     SnpTcb,
     SnpTrust,
     TCBTooLow,
@@ -27,7 +29,7 @@ from tee import (
 from tee.snp import GUID_ARK, GUID_ASK, GUID_VCEK, SnpReport, build_cert_table, parse_cert_table
 
 from .conftest import SNP_NOW
-from .forge import fake_amd_chain, flip_bit, sign_snp_report
+from .forge import fake_amd_chain, flip_bit, issue, sign_snp_report
 
 MEASUREMENT = bytes.fromhex(
     "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b"
@@ -199,3 +201,84 @@ def test_cert_table_round_trip_with_real_certificates(vcek, milan) -> None:
     assert table.vcek == vcek and table.ask == milan.ask and table.ark == milan.ark
     with pytest.raises(MalformedEvidence):
         parse_cert_table(blob[:30])
+
+
+def _forged_under_pinned_fake(snp_report, vcek, milan, report: bytes):
+    """`report` re-signed by a VCEK of a self-made chain that the caller then pins (so that
+    only the policy under test decides)."""
+    ark, ask, fake_vcek = fake_amd_chain(vcek, milan.ask, milan.ark)
+    forged = sign_snp_report(report, fake_vcek.key)  # type: ignore[arg-type]
+    return forged, fake_vcek.cert, [SnpTrust(product="Milan", ask=ask.cert, ark=ark.cert)]
+
+
+def test_a_guest_the_host_may_hand_to_a_migration_agent_is_refused(snp_report, vcek, milan) -> None:
+    assert not SnpReport.parse(snp_report).policy & (1 << 18)
+    report = flip_bit(snp_report, 0x08 + 2, 2)  # guest policy bit 18: MIGRATE_MA
+    forged, fake, trust = _forged_under_pinned_fake(snp_report, vcek, milan, report)
+    with pytest.raises(PolicyViolation, match="migration agent"):
+        _verify(forged, fake, trust)
+    allowed = dataclasses.replace(VECTOR_POLICY, allow_migration=True)
+    assert _verify(forged, fake, trust, policy=allowed).policy & (1 << 18)
+
+
+def test_the_report_vmpl_can_be_pinned(snp_report, vcek, milan) -> None:
+    vmpl = SnpReport.parse(snp_report).vmpl
+    assert _verify(
+        snp_report, vcek, [milan], policy=dataclasses.replace(VECTOR_POLICY, snp_vmpl=vmpl)
+    )
+    with pytest.raises(PolicyViolation, match="VMPL"):
+        _verify(
+            snp_report,
+            vcek,
+            [milan],
+            policy=dataclasses.replace(VECTOR_POLICY, snp_vmpl=(vmpl + 1) % 4),
+        )
+
+
+def test_no_pinned_launch_measurement_refuses_with_a_reason(snp_report, vcek, milan) -> None:
+    policy = dataclasses.replace(VECTOR_POLICY, allowed_launch_measurements=frozenset())
+    with pytest.raises(MeasurementNotAllowed, match="no launch measurement is pinned"):
+        _verify(snp_report, vcek, [milan], policy=policy)
+
+
+def test_a_turin_vcek_names_its_chip_with_8_bytes(snp_report, vcek, milan) -> None:
+    """AMD's key server issues Turin VCEKs for an 8-byte hwID; the report's CHIP_ID is those 8
+    bytes then 56 zeros. (A self-made Turin chain, pinned: only the hwID rule decides.)"""
+    ark, ask, _ = fake_amd_chain(vcek, milan.ask, milan.ark)
+    chip = bytes(range(1, 9))
+    report = snp_report[:0x1A0] + chip + bytes(56) + snp_report[0x1E0:]
+    tcb = SnpTcb.from_u64(SnpReport.parse(report).reported_tcb, product="Turin")
+    spl = {"3.1": tcb.bootloader, "3.2": tcb.tee, "3.3": tcb.snp, "3.8": tcb.microcode}
+
+    def turin_vcek(hwid: bytes):
+        def ext(oid: str, value: bytes) -> x509.Extension:
+            ident = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1." + oid)
+            return x509.Extension(ident, False, x509.UnrecognizedExtension(ident, value))
+
+        exts = [ext("2", b"\x16\x08Turin-B0"), ext("4", hwid), ext("3.9", bytes([2, 1, tcb.fmc]))]
+        exts += [ext(oid, bytes([2, 1, v])) for oid, v in spl.items()]
+        key = ec.generate_private_key(ec.SECP384R1())
+        return issue(vcek.subject, key, issuer=ask, ca=False, extensions=exts)
+
+    trust = [SnpTrust(product="Turin", ask=ask.cert, ark=ark.cert)]
+    policy = dataclasses.replace(VECTOR_POLICY, min_snp_tcb=None)  # Milan's minimum
+    good = turin_vcek(chip)
+    signed = sign_snp_report(report, good.key)  # type: ignore[arg-type]
+    assert _verify(signed, good.cert, trust, policy=policy).product == "Turin"
+    other = turin_vcek(bytes(range(2, 10)))  # another chip's VCEK
+    with pytest.raises(BadChain, match="hwID"):
+        _verify(sign_snp_report(report, other.key), other.cert, trust, policy=policy)  # type: ignore[arg-type]
+    unpadded = report[:0x1A8] + b"\x01" + report[0x1A9:]  # the 8 bytes, then not zeros
+    with pytest.raises(BadChain, match="hwID"):
+        _verify(sign_snp_report(unpadded, good.key), good.cert, trust, policy=policy)  # type: ignore[arg-type]
+
+
+def test_a_ca_certificate_cannot_sign_a_report(snp_report, vcek, milan) -> None:
+    ark, ask, fake_vcek = fake_amd_chain(vcek, milan.ask, milan.ark)
+    amd = [e for e in vcek.extensions if e.oid.dotted_string.startswith("1.3.6.1.4.1.3704")]
+    ca_vcek = issue(vcek.subject, fake_vcek.key, issuer=ask, ca=True, extensions=amd)
+    forged = sign_snp_report(snp_report, fake_vcek.key)  # type: ignore[arg-type]
+    trust = [SnpTrust(product="Milan", ask=ask.cert, ark=ark.cert)]
+    assert _verify(forged, fake_vcek.cert, trust)  # control: the same key as a leaf passes
+    with pytest.raises(BadChain, match="is a CA certificate"):
+        _verify(forged, ca_vcek.cert, trust)

@@ -19,6 +19,7 @@ from tee import (
     MalformedEvidence,
     MeasurementNotAllowed,
     Policy,
+    PolicyViolation,
     Revoked,
     TCBTooLow,
     verify_tdx_quote,
@@ -230,3 +231,46 @@ def test_truncated_quote_is_malformed(tdx_v4, intel_root, cut) -> None:
 def test_unsupported_version_is_malformed(tdx_v4, intel_root) -> None:
     with pytest.raises(MalformedEvidence, match="version"):
         _verify(b"\x03" + tdx_v4[1:], intel_root)
+
+
+def test_a_migratable_td_is_refused(tdx_v4) -> None:
+    parsed = TdxQuote.parse(tdx_v4)
+    assert not parsed.body[123] & 0x20
+    root, ca, pck = fake_intel_chain(parsed.pck_chain_pem)
+    body = flip_bit(parsed.body, 123, 5)  # TD_ATTRIBUTES bit 29: MIGRATABLE
+    forged = forge_tdx_quote(tdx_v4, pck_key=pck.key, chain=[pck.cert, ca.cert], body=body)  # type: ignore[arg-type]
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    with pytest.raises(PolicyViolation, match="MIGRATABLE"):
+        _verify(forged, root.cert, now=later)
+    allowed = dataclasses.replace(POLICY, allow_migration=True)
+    assert _verify(forged, root.cert, now=later, policy=allowed).td_attributes[3] & 0x20
+
+
+def test_the_tds_kernel_is_pinned_by_its_rtmrs_not_by_mrtd(tdx_v4, intel_root) -> None:
+    claims = _verify(tdx_v4, intel_root)
+    rtmrs = b"".join(claims.rtmrs[:3])
+    pinned = dataclasses.replace(POLICY, allowed_tdx_rtmrs=frozenset({rtmrs}))
+    assert _verify(tdx_v4, intel_root, policy=pinned).mr_td == MRTD_V4
+    # Same MRTD (firmware), another kernel or command line: refused once RTMRs are pinned.
+    other = dataclasses.replace(POLICY, allowed_tdx_rtmrs=frozenset({bytes(144)}))
+    with pytest.raises(MeasurementNotAllowed, match="RTMR0-2"):
+        _verify(tdx_v4, intel_root, policy=other)
+    with pytest.raises(ValueError, match="144"):
+        dataclasses.replace(POLICY, allowed_tdx_rtmrs=frozenset({bytes(48)}))
+
+
+def test_the_owner_fields_can_be_required(tdx_v4, intel_root) -> None:
+    claims = _verify(tdx_v4, intel_root)
+    fields = claims.mr_config_id + claims.mr_owner + claims.mr_owner_config
+    assert _verify(
+        tdx_v4, intel_root, policy=dataclasses.replace(POLICY, expected_tdx_owner_fields=fields)
+    )
+    wrong = dataclasses.replace(POLICY, expected_tdx_owner_fields=b"\x01" + fields[1:])
+    with pytest.raises(PolicyViolation, match="MROWNER"):
+        _verify(tdx_v4, intel_root, policy=wrong)
+
+
+def test_no_pinned_mrtd_refuses_with_a_reason(tdx_v4, intel_root) -> None:
+    policy = dataclasses.replace(POLICY, allowed_launch_measurements=frozenset())
+    with pytest.raises(MeasurementNotAllowed, match="no launch measurement is pinned"):
+        _verify(tdx_v4, intel_root, policy=policy)
