@@ -31,7 +31,7 @@ from secure_infer.errors import (
     SessionMismatch,
     UnknownModel,
 )
-from secure_infer.fides_client import FidesOptions
+from secure_infer.fides_client import FidesOptions, GuestPins
 from secure_infer.he_client import HEClassifyResult as ClassifyResult
 from secure_infer.results import (
     ClassificationResult,
@@ -67,6 +67,7 @@ __all__ = [
     "FidesOptions",
     "GarbageOutput",
     "GenerateResult",
+    "GuestPins",
     "HopRecord",
     "InvalidManifest",
     "InvalidRequest",

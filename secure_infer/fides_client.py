@@ -104,6 +104,7 @@ from tee import (
     Policy,
     Quote,
     SessionKey,
+    SnpTcb,
     TrustAnchors,
     VerifiedQuote,
     code_digest,
@@ -175,6 +176,71 @@ def threat_model(protocol: str, enrolled_only: bool = False, in_enclave: bool = 
     )
 
 
+@dataclass(frozen=True)
+class GuestPins:
+    """What the client pins about the confidential guest a hardware enclave runs in.
+
+    On SEV-SNP and TDX the hardware signs only the guest's launch state and 64 bytes the guest
+    chooses (REPORT_DATA); the enclave's code+model measurement is a claim the guest's own
+    software makes there. Any guest (a rented confidential VM will do) can produce genuine
+    evidence binding the published measurement to a forged output. So hardware evidence is
+    accepted only from a pinned guest image: SNP MEASUREMENT (which covers the kernel, initrd
+    and command line when the guest boots with measured direct boot), TDX MRTD **and** RTMR0-2
+    (MRTD measures only the TD's firmware). Unpinned, every hardware quote is refused, unless
+    `allow_unpinned` (testing only; the result's `key_pinning` says so).
+
+    Args:
+        launch_measurements: SNP MEASUREMENT / TDX MRTD values (48 B) of the verifier's image.
+        tdx_rtmrs: RTMR0 || RTMR1 || RTMR2 values (144 B) of that image (TDX).
+        min_snp_tcb, min_tdx_tee_tcb_svn: minimum TCB (`tee.Policy`).
+        allow_unpinned: accept hardware evidence from any guest image.
+    """
+
+    launch_measurements: frozenset[bytes] | None = None
+    tdx_rtmrs: frozenset[bytes] | None = None
+    min_snp_tcb: SnpTcb | None = None
+    min_tdx_tee_tcb_svn: bytes | None = None
+    allow_unpinned: bool = False
+
+    def policy_fields(self) -> dict[str, Any]:
+        """The `tee.Policy` fields these pins set (an empty allow list refuses everything)."""
+        refuse = None if self.allow_unpinned else frozenset()
+        return {
+            "allowed_launch_measurements": (
+                refuse if self.launch_measurements is None else self.launch_measurements
+            ),
+            "allowed_tdx_rtmrs": refuse if self.tdx_rtmrs is None else self.tdx_rtmrs,
+            "min_snp_tcb": self.min_snp_tcb,
+            "min_tdx_tee_tcb_svn": self.min_tdx_tee_tcb_svn,
+        }
+
+    def describe(self) -> str:
+        """How the guest image is pinned, for results and logs."""
+        if self.launch_measurements is None and self.tdx_rtmrs is None:
+            return (
+                "guest image NOT pinned (GuestPins.allow_unpinned): any confidential guest's "
+                "evidence is accepted"
+                if self.allow_unpinned
+                else "guest image not pinned: hardware evidence refused"
+            )
+        return "guest image pinned (launch measurement" + (
+            ", TDX RTMR0-2)" if self.tdx_rtmrs is not None else ")"
+        )
+
+    def digest_parts(self) -> list[bytes]:
+        return [
+            b"launch",
+            *sorted(self.launch_measurements or ()),
+            b"pinned" if self.launch_measurements is not None else b"unpinned",
+            b"rtmrs",
+            *sorted(self.tdx_rtmrs or ()),
+            b"pinned" if self.tdx_rtmrs is not None else b"unpinned",
+            str(self.min_snp_tcb).encode(),
+            self.min_tdx_tee_tcb_svn or b"no tdx minimum",
+            b"any guest" if self.allow_unpinned else b"pinned guests only",
+        ]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FidesOptions:
     """How to check a classification with Fides.
@@ -193,8 +259,8 @@ class FidesOptions:
             `allow_simulated`, the key the verifier node announces is pinned on first use
             (which adds nothing: a simulated enclave is insecure anyway; stated in the result).
         trust: pinned AMD/Intel roots for hardware quotes.
-        allowed_launch_measurements: SNP MEASUREMENT / TDX MRTD values to accept (None: not
-            pinned, i.e. any guest image).
+        guest: the hardware guest image to accept (`GuestPins`): by default none is pinned
+            and every hardware quote is refused (a simulated enclave is unaffected).
         service_node, verifier_node: pin nodes by name, address or id (default: least loaded).
         timeout_s: per RPC.
         attestation: "session" (one quote per session, an HMAC per result; the default) or
@@ -213,7 +279,7 @@ class FidesOptions:
     allow_simulated: bool = False
     simulated_keys: tuple[bytes, ...] = ()
     trust: TrustAnchors = field(default_factory=TrustAnchors)
-    allowed_launch_measurements: frozenset[bytes] | None = None
+    guest: GuestPins = field(default_factory=GuestPins)
     service_node: str | None = None
     verifier_node: str | None = None
     timeout_s: float = 30.0
@@ -618,10 +684,12 @@ def _policy(
         vinfo.simulated_platform_key,
     )
     policy = Policy(
-        allowed_launch_measurements=options.allowed_launch_measurements,
+        **options.guest.policy_fields(),
         allowed_code_measurements=frozenset({checker.measurements[options.protocol]}),
         allow_simulated=options.allow_simulated,
     )
+    if not vinfo.simulated:
+        pinning = f"{pinning}; {options.guest.describe()}"
     return policy, trust, pinning
 
 
@@ -634,8 +702,7 @@ def _acceptance(options: FidesOptions) -> bytes:
         options.protocol.encode(),
         b"simulated" if options.allow_simulated else b"hardware only",
         *sorted(options.simulated_keys),
-        *sorted(options.allowed_launch_measurements or ()),
-        b"launch pinned" if options.allowed_launch_measurements is not None else b"any launch",
+        *options.guest.digest_parts(),
         *(c.public_bytes(der) for t in trust.snp for c in (t.ask, t.ark)),
         trust.tdx_root.public_bytes(der) if trust.tdx_root is not None else b"no tdx root",
         *(k.public_bytes(der, spki) for k in trust.simulated_keys),

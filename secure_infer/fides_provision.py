@@ -38,7 +38,7 @@ from decentralized.v1 import classify_pb2
 from secure_infer.certs import TLSMaterial
 from secure_infer.classify_client import call
 from secure_infer.client import credentials
-from secure_infer.fides_client import pinned_trust
+from secure_infer.fides_client import GuestPins, pinned_trust
 from tee import (
     CodeRef,
     Enrolment,
@@ -103,7 +103,7 @@ def provision_verifier(
     allow_simulated: bool = False,
     simulated_keys: tuple[bytes, ...] = (),
     trust: TrustAnchors | None = None,
-    allowed_launch_measurements: frozenset[bytes] | None = None,
+    guest: GuestPins | None = None,
     enrol: Sequence[str] = (),
     timeout_s: float = 120.0,
 ) -> ProvisionResult:
@@ -118,7 +118,9 @@ def provision_verifier(
         simulated_keys: PEM platform keys to pin; if empty and `allow_simulated`, the key the
             node sends is used (trust on first use, which adds nothing for a simulated enclave).
         trust: pinned AMD/Intel roots for hardware enclaves.
-        allowed_launch_measurements: SNP MEASUREMENT / TDX MRTD values to accept (None: any).
+        guest: the hardware guest image to accept (`GuestPins`; default: none pinned, so every
+            hardware enclave is refused: any confidential guest could claim the enclave's
+            measurement, and the owner's model would be sealed to it).
         enrol: client certificate CNs (issued by the mesh CA of `tls`) that the enclave will
             serve, sealed with the model (`tee.enrolment`): the enclave then refuses every
             other caller, its host included, authenticates each request and encrypts each
@@ -137,8 +139,9 @@ def provision_verifier(
         enrolment = Enrolment(Path(tls.ca_cert).read_bytes(), tuple(enrol))
     t0 = time.perf_counter()
     anchors = trust or TrustAnchors()
+    pins = guest or GuestPins()
     policy = Policy(
-        allowed_launch_measurements=allowed_launch_measurements,
+        **pins.policy_fields(),
         allowed_code_measurements=frozenset(),  # replaced by the exact value at each step
         allow_simulated=allow_simulated,
     )
@@ -158,6 +161,8 @@ def provision_verifier(
         anchors, pinning = pinned_trust(
             anchors, simulated_keys, allow_simulated, quote.simulated, offer.simulated_platform_key
         )
+        if not quote.simulated:
+            pinning = f"{pinning}; {pins.describe()}"
         enclave_public, _ = verify_offer(
             quote,
             offer=offer.offer,
