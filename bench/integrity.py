@@ -12,6 +12,10 @@ Fides, per service model (MNIST 5,000 CNN; MiniLM + head on movie reviews)
         queries whose returned top-1 differs from the honest one), reclassification_accuracy
         (flagged queries whose re-classified label equals the service's honest top-1) and
         attacked_output_accuracy (the same for the attacked output itself, the baseline),
+        and two threshold-free views of the scores: roc_auc (clean vs attacked test queries)
+        and detection_rate_at_test_operating_point (the threshold that flags 2 % of the clean
+        test queries, chosen on them: not deployable, it shows what the scores separate apart
+        from the calibration split's draw),
       - latency: median wall time of one request (batch 1) of the service model (image: the
         CNN; text: sentence-transformers encode + head, tokenisation included) against the
         verification model on the same input (text: tokenisation included), calls alternated;
@@ -201,7 +205,9 @@ def main() -> None:
             lo, hi = a["detection_rate_ci95"]
             print(
                 f"  {name:20s} detect {a['detection_rate']:.3f} [{lo:.3f}, {hi:.3f}]  "
-                f"reclassify {a['reclassification_accuracy']}"
+                f"reclassify {a['reclassification_accuracy']}  AUC {a['roc_auc']:.4f}  "
+                f"detect at the test split's own 2 % point "
+                f"{a['detection_rate_at_test_operating_point']:.3f}"
             )
 
 

@@ -226,3 +226,30 @@ def test_feature_order_breaks_ties_by_class_index() -> None:
     expect = ps.log()
     assert torch.allclose(divergence_features(ps, pv)[0, :4], expect[0])
     np.testing.assert_allclose(divergence_features_np(ps.numpy(), pv.numpy())[0, :4], expect[0])
+
+
+def test_roc_auc_is_the_mann_whitney_statistic() -> None:
+    from verification.fides.experiment import roc_auc
+
+    clean = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    assert roc_auc(clean, torch.tensor([10.0, 11.0])) == 1.0
+    assert roc_auc(clean, torch.tensor([-1.0])) == 0.0
+    # 2.0 beats 0 and 1, ties 2, loses to 3: (2 + 0.5) / 4
+    assert roc_auc(clean, torch.tensor([2.0])) == 0.625
+    rng = torch.Generator().manual_seed(7)
+    a, b = torch.randn(300, generator=rng), torch.randn(200, generator=rng) + 1.0
+    from scipy.stats import mannwhitneyu
+
+    u = float(mannwhitneyu(b.double().numpy(), a.double().numpy()).statistic)
+    assert math.isclose(roc_auc(a, b), u / (300 * 200), rel_tol=1e-9)
+
+
+def test_operating_threshold_flags_at_most_the_rate_on_the_same_scores() -> None:
+    from verification.fides.experiment import operating_threshold
+
+    scores = torch.randn(500, generator=torch.Generator().manual_seed(9))
+    for fpr, above in ((0.0, 0), (0.02, 10), (0.1, 50)):
+        t = operating_threshold(scores, fpr)
+        assert int((scores > t).sum()) == above
+    # stricter than the calibrated threshold only by the conformal "+1"
+    assert int((scores > calibrate_threshold(scores, 0.02)).sum()) == 9

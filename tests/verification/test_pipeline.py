@@ -37,6 +37,21 @@ def test_every_attack_flagged_well_above_chance(tiny_mnist: tuple[TaskData, Outc
         assert rate >= max(0.4, 5 * fp), (name, a)
 
 
+def test_threshold_free_views_agree_with_the_detection_rates(
+    tiny_mnist: tuple[TaskData, Outcome],
+) -> None:
+    m = tiny_mnist[1].metrics
+    op = m["test_operating_point"]
+    assert op["false_positive_rate"] <= 0.02  # on the clean test scores it was chosen on
+    for name, a in m["attacks"].items():
+        assert 0.5 < a["roc_auc"] <= 1.0, (name, a)
+        # a stricter (or equal) threshold than the deployed one flags fewer (or as many)
+        if op["threshold"] >= m["threshold"]:
+            assert a["detection_rate_at_test_operating_point"] <= a["detection_rate"]
+        else:
+            assert a["detection_rate_at_test_operating_point"] >= a["detection_rate"]
+
+
 def test_reclassifier_beats_the_attacked_output(tiny_mnist: tuple[TaskData, Outcome]) -> None:
     for name in OUTPUT_ATTACKS:
         a = tiny_mnist[1].metrics["attacks"][name]

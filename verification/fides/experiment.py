@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,6 +293,7 @@ def run(data: TaskData, scale: Scale) -> Outcome:
         ps["test"],
         pv["test"],
         attack_outputs(data, "test", service, substitute, scale),
+        scale.max_fpr,
     )
     metrics.update(
         {
@@ -335,16 +337,29 @@ def evaluate(
     ps: torch.Tensor,
     pv: torch.Tensor,
     attacked: dict[str, torch.Tensor],
+    max_fpr: float = 0.02,
 ) -> dict[str, Any]:
     """False positives on clean `ps`; per attack detection and re-classification on `test`.
 
     Rates come with their exact 95 % binomial intervals (`*_ci95`): on 500 test queries a
-    measured 2.2 % false-positive rate is [1.1 %, 3.9 %], so one run cannot tell it from 2 %."""
+    measured 2.2 % false-positive rate is [1.1 %, 3.9 %], so one run cannot tell it from 2 %.
+
+    Two threshold-free views of the same scores separate the detector's quality from the
+    calibration's draw: per attack the ROC AUC (clean test vs attacked test scores), and the
+    detection rate at the *test* split's own operating point (`test_operating_point`: the
+    threshold that flags at most `max_fpr` of the clean test queries, as detection "at a 2 %
+    false-positive rate" is usually reported). That threshold is chosen on the very queries it is
+    evaluated on, so it is a measurement of the scores, never a deployable setting: the deployed
+    threshold is `fides.threshold`, calibrated on `calib`.
+    """
     honest = ps.argmax(1)
     truth = data.labels["test"]
+    clean_scores = fides.scores(ps, pv)
+    oracle = operating_threshold(clean_scores, max_fpr)
     per_attack = {}
     for name, pa in attacked.items():
-        flagged = fides.scores(pa, pv) > fides.threshold
+        scores = fides.scores(pa, pv)
+        flagged = scores > fides.threshold
         changed = pa.argmax(1) != honest
         recl = fides.reclassifier(reclassifier_features(pa, pv, floor=fides.log_floor)).argmax(1)
         per_attack[name] = {
@@ -355,13 +370,36 @@ def evaluate(
             "reclassification_accuracy": _mean((recl == honest)[flagged]),
             "reclassification_true_label_accuracy": _mean((recl == truth)[flagged]),
             "attacked_output_accuracy": _mean((pa.argmax(1) == honest)[flagged]),
+            "roc_auc": roc_auc(clean_scores, scores),
+            "detection_rate_at_test_operating_point": (scores > oracle).float().mean().item(),
         }
-    clean_flagged = fides.scores(ps, pv) > fides.threshold
+    clean_flagged = clean_scores > fides.threshold
     return {
         "false_positive_rate": clean_flagged.float().mean().item(),
         "false_positive_rate_ci95": rate_interval(int(clean_flagged.sum()), len(clean_flagged)),
+        "test_operating_point": {
+            "threshold": oracle,
+            "false_positive_rate": (clean_scores > oracle).float().mean().item(),
+            "note": "threshold chosen on the clean test scores themselves (not deployable): "
+            "what the scores can separate, apart from the calibration split's draw",
+        },
         "attacks": per_attack,
     }
+
+
+def operating_threshold(clean_scores: torch.Tensor, max_fpr: float) -> float:
+    """The lowest threshold t (flag when score > t) at which at most `max_fpr` of
+    `clean_scores` are flagged: with n scores, k = floor(max_fpr * n) of them above t."""
+    s = clean_scores.sort().values
+    allowed = math.floor(max_fpr * len(s) + 1e-9)
+    return float(s[len(s) - allowed - 1])
+
+
+def roc_auc(clean_scores: torch.Tensor, attacked_scores: torch.Tensor) -> float:
+    """P(an attacked score > a clean score), ties counted half (the Mann-Whitney statistic)."""
+    a = attacked_scores.double()[:, None]
+    c = clean_scores.double()[None, :]
+    return ((a > c).double() + 0.5 * (a == c).double()).mean().item()
 
 
 def _mean(mask: torch.Tensor) -> float | None:
