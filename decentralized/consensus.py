@@ -2,30 +2,39 @@
 
 `ConsensusChain` is the consensus counterpart of `decentralized.client.Chain`. For a request:
 
-1. **Eligible nodes.** A node may serve span [s, e) only if the weight digest in its signed record
-   equals the manifest's digest for [s, e) (its weight commitment), the client's reputation does
-   not exclude it, and it is not banned for recent failures.
-2. **Plan.** The cheapest chain of spans each served by at least k eligible nodes; for every span
-   the client draws k of them with the OS's CSPRNG, so a node cannot predict whether, or with
-   whom, it is being compared.
+1. **Eligible nodes.** A node may serve span [s, e) only if the manifest covers the span (inside
+   the model, with a calibrated tolerance), the weight digest in its signed record equals the
+   manifest's digest for [s, e) (its weight commitment), the client's reputation does not
+   exclude its name, and its record has not failed recently. A record's span that fails one of
+   these is refused (with the reason in the report) for that span only; it never fails the
+   request.
+2. **Plan.** The cheapest chain of spans each served by at least k eligible node *names*
+   (certificate names: one operator's many keys count once); for every span the client draws k
+   distinct names with the OS's CSPRNG, so a node cannot predict whether, or with whom, it is
+   being compared.
 3. **Execute and decide.** Every replica of a span gets the same input, in parallel. Each reply
    carries the node's signed receipt (checked in `MeshClient.forward`). The outputs are compared
    at the span's calibrated tolerance (`verification.consensus.decide`); the majority's output
    goes on to the next span. Without a strict majority (e.g. k = 2 and the two disagree) the
    client escalates: it adds a fresh replica, up to `max_replicas`, and decides again.
 4. **Convict.** A replica outside a strict majority is convicted at once: the client signs a
-   verdict holding every receipt (and, with `evidence=True`, the input and the disputed outputs),
-   the reputation excludes the node from this moment on, its session is ended and, for
+   verdict holding every receipt (and, with `evidence=True`, every replica's input and output),
+   the reputation excludes the node's name from this moment on, its session is ended and, for
    generation, a fresh node takes its place, rebuilt by replaying the span's inputs.
-5. **Faults.** A replica that dies, stalls or sends an invalid reply is replaced the same way
-   (and counted as a fault, not a conviction).
+5. **Faults.** A replica whose call fails, whatever the gRPC status (it dies, stalls, refuses,
+   or sends an invalid reply), is counted as a fault of its record (not a conviction) and
+   replaced by a fresh node when there is one; the request fails only when too few replicas
+   answered to decide (two for a checked span).
 
 With `check_rate` < 1 only that fraction of requests is executed redundantly (drawn per
-request); the others run on one random eligible node per span. Nodes cannot tell the two apart.
+request); the others run on one random eligible node per span of the same kind of route: it is
+planned over the same spans (those with k eligible names) at the same costs, so being on a route
+does not tell a node whether the request is checked.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import threading
@@ -39,7 +48,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from decentralized import _wire
-from decentralized.client import _FAILOVER_CODES, MeshClient
+from decentralized.client import MeshClient
 from decentralized.errors import MeshError, NoRoute
 from decentralized.models import get_spec
 from decentralized.routing import Hop, hop_cost, shortest_path
@@ -58,6 +67,7 @@ from verification.consensus.verdict import WireTensor
 
 logger = logging.getLogger(__name__)
 _RNG = secrets.SystemRandom()
+_REPLICA_KEYS = itertools.count()
 _EVIDENCE_MAX_BYTES = 8 * 1024 * 1024  # per tensor kept in a verdict; larger ones: digests only
 
 
@@ -105,6 +115,7 @@ class Replica:
     hop: Hop
     session_id: str
     past: int = 0  # tokens this replica's cache holds
+    key: int = field(default_factory=lambda: next(_REPLICA_KEYS))  # identifies it in a step
     calls: int = 0
     compute_s: float = 0.0
     agreed: int = 0
@@ -179,59 +190,78 @@ class ConsensusChain:
 
     # -- planning ------------------------------------------------------------------------------
     def _eligible(self, records: list[common_pb2.NodeRecord]) -> dict[tuple[int, int], list[Hop]]:
+        """Eligible hops per span. A record's span the manifest does not cover (outside the
+        model, no calibrated tolerance) or whose weight digest differs is refused, with the
+        reason, for that span only; a name the reputation excludes, or a record recently
+        failed, for every span."""
         banned = self.client.banned()
         by_span: dict[tuple[int, int], list[Hop]] = {}
         for rec in records:
             if self.options.candidates and rec.name not in self.options.candidates:
                 continue
-            why = self.reputation.excluded(rec.node_id)
+            why = self.reputation.excluded(rec.name, rec.node_id)
             if why is None and rec.node_id in banned:
                 why = "failed recently"
             for span in rec.spans:
                 if span.model != self.model:
                     continue
-                if why is None and span.weight_digest != self.manifest.span_digest(
-                    span.start, span.end
-                ):
+                if why is not None:
+                    self.refused[rec.name] = why
+                    continue
+                uncovered = self.manifest.uncovered(span.start, span.end)
+                if uncovered is not None:
+                    self.refused[rec.name] = uncovered
+                    continue
+                if span.weight_digest != self.manifest.span_digest(span.start, span.end):
                     self.refused[rec.name] = (
                         f"weight digest of [{span.start}, {span.end}) does not match the manifest"
                     )
                     continue
-                if why is not None:
-                    self.refused[rec.name] = why
-                    continue
-                hop = Hop.of(rec, span)
-                by_span.setdefault((span.start, span.end), []).append(hop)
+                by_span.setdefault((span.start, span.end), []).append(Hop.of(rec, span))
         return by_span
 
+    @staticmethod
+    def _one_per_name(hops: Sequence[Hop]) -> list[Hop]:
+        """One hop per node name, drawn at random among that name's records: replicas must be
+        distinct certificates, not merely distinct keys (a node chooses its own keys)."""
+        by_name: dict[str, list[Hop]] = {}
+        for h in hops:
+            by_name.setdefault(h.name, []).append(h)
+        return [_RNG.choice(group) for group in by_name.values()]
+
     def _plan(self, start: int = 0) -> list[_Slot]:
+        # Checked or not, the route is planned the same way: over spans with at least
+        # `options.k` eligible names, at the cost of the k-th cheapest of them. Only the number
+        # of replicas drawn differs, so being on a route says nothing about being checked.
+        need = self.options.k
         for force in (False, True):
             records = self.client.refresh(force=force)
             by_span = self._eligible(records)
             edges: dict[int, list[tuple[float, int, tuple[int, int]]]] = {}
             costs = {r.node_id: r for r in records}
             for (s, e), hops in by_span.items():
-                if s < start or len(hops) < self.k:
+                names: dict[str, float] = {}
+                for h in hops:
+                    cost = hop_cost(costs[h.node_id], e - s, self.client.rtt(h.node_id))
+                    names[h.name] = min(cost, names.get(h.name, cost))
+                if s < start or len(names) < need:
                     continue
-                per_node = sorted(
-                    hop_cost(costs[h.node_id], e - s, self.client.rtt(h.node_id)) for h in hops
-                )
-                edges.setdefault(s, []).append((per_node[self.k - 1], e, (s, e)))
+                edges.setdefault(s, []).append((sorted(names.values())[need - 1], e, (s, e)))
             path = shortest_path(edges, start, self.num_layers)
             if path is not None:
                 break
         else:
-            served = {k: len(v) for k, v in by_span.items()}
+            served = {k: len({h.name for h in v}) for k, v in by_span.items()}
             refused = "; ".join(f"{n}: {w}" for n, w in sorted(self.refused.items()))
             raise NoRoute(
-                f"no chain of {self.model} spans with {self.k} eligible nodes each covers layers "
+                f"no chain of {self.model} spans with {need} eligible nodes each covers layers "
                 f"[{start}, {self.num_layers}); eligible nodes per span: "
                 f"{ {f'[{s}, {e})': c for (s, e), c in sorted(served.items())} or 'none' }"
                 + (f"; refused: {refused}" if refused else "")
             )
         slots = []
         for s, e in path:
-            hops = _RNG.sample(by_span[(s, e)], self.k)
+            hops = _RNG.sample(self._one_per_name(by_span[(s, e)]), self.k)
             tol = self.manifest.tolerance(s, e).value
             replicas = [self._replica(h) for h in hops]
             slots.append(_Slot(s, e, tol, replicas, SlotReport(s, e, tol)))
@@ -241,11 +271,11 @@ class ConsensusChain:
         return Replica(hop, secrets.token_urlsafe(18) if self.stateful else "")
 
     def _fresh_hop(self, slot: _Slot) -> Hop | None:
-        """An eligible node for the slot's span that is not already one of its replicas."""
-        in_use = {r.hop.node_id for r in slot.replicas}
+        """An eligible node for the slot's span whose name is not already one of its replicas'."""
+        in_use = {r.hop.name for r in slot.replicas}
         by_span = self._eligible(self.client.refresh())
-        fresh = [h for h in by_span.get((slot.start, slot.end), []) if h.node_id not in in_use]
-        return _RNG.choice(fresh) if fresh else None
+        fresh = [h for h in by_span.get((slot.start, slot.end), []) if h.name not in in_use]
+        return _RNG.choice(self._one_per_name(fresh)) if fresh else None
 
     # -- execution -----------------------------------------------------------------------------
     def step(
@@ -292,57 +322,67 @@ class ConsensusChain:
         excluded = [
             i
             for i, r in enumerate(slot.replicas)
-            if self.reputation.excluded(r.hop.node_id) is not None
+            if self.reputation.excluded(r.hop.name, r.hop.node_id) is not None
         ]
         if excluded:
             self._drop(slot, excluded)
-        if len(slot.replicas) < min(self.k, 2):
+        need = min(self.k, 2)  # a checked span needs two answers to compare
+        if len(slot.replicas) < need:
             raise NoRoute(
                 f"{self.model} [{slot.start}, {slot.end}): {len(slot.replicas)} eligible "
                 f"replica(s) left after exclusions; a checked span needs at least 2"
             )
-        results: dict[int, _Answer] = {}
-        pending = list(range(len(slot.replicas)))
+        answers: dict[int, _Answer] = {}  # Replica.key -> its answer to this step
+        faults: list[str] = []
+        todo = list(slot.replicas)
         while True:
-            futures = {
-                i: self._pool.submit(self._call, slot, slot.replicas[i], x, mask) for i in pending
-            }
-            pending = []
-            for i, fut in futures.items():
+            futures = [(rep, self._pool.submit(self._call, slot, rep, x, mask)) for rep in todo]
+            todo = []
+            for rep, fut in futures:
                 try:
-                    results[i] = fut.result()
+                    answers[rep.key] = fut.result()
                 except MeshError as exc:
-                    if exc.code not in _FAILOVER_CODES:
-                        raise
-                    pending.extend(self._replace_faulty(slot, i, exc))
-            if pending:
+                    # Whatever the status, a replica that does not answer a request its peers
+                    # are sent too is at fault: the client checked the input before sending.
+                    faults.append(f"{rep.hop.name}: {exc}")
+                    fresh = self._replace_faulty(slot, rep, exc)
+                    if fresh is not None:
+                        todo.append(fresh)
+            if todo:
                 continue
-            order = sorted(results)
-            for i in order:
-                if slot.replicas[i].hop.name not in slot.report.replicas:
-                    slot.report.replicas.append(slot.replicas[i].hop.name)
-            outputs = [results[i].output for i in order]
+            if len(slot.replicas) < need:
+                raise NoRoute(
+                    f"{self.model} [{slot.start}, {slot.end}): {len(slot.replicas)} replica(s) "
+                    f"answered and no other eligible node serves the span, so no decision is "
+                    f"possible; faults: {'; '.join(faults)}"
+                )
+            for rep in slot.replicas:
+                if rep.hop.name not in slot.report.replicas:
+                    slot.report.replicas.append(rep.hop.name)
+            order = list(slot.replicas)
+            outputs = [answers[r.key].output for r in order]
             decision = decide(outputs, slot.tolerance)
             slot.report.decisions += 1
             if decision.decided:
                 break
             if len(slot.replicas) >= self.options.max_replicas:
-                self._record_verdict(slot, order, results, decision, mask)
+                self._record_verdict(slot, order, answers, decision, mask)
                 raise NoConsensus(
                     f"{self.model} [{slot.start}, {slot.end}): {len(order)} replicas "
-                    f"({', '.join(slot.replicas[i].hop.name for i in order)}) disagree beyond "
+                    f"({', '.join(r.hop.name for r in order)}) disagree beyond "
                     f"tolerance {slot.tolerance:.2e} and no node is left to escalate to"
                 )
             hop = self._fresh_hop(slot)
             if hop is None:
-                self._record_verdict(slot, order, results, decision, mask)
+                self._record_verdict(slot, order, answers, decision, mask)
                 raise NoConsensus(
                     f"{self.model} [{slot.start}, {slot.end}): replicas disagree beyond tolerance "
                     f"{slot.tolerance:.2e} and no other eligible node serves the span"
                 )
-            slot.replicas.append(self._replica(hop))
+            fresh = self._replica(hop)
+            slot.replicas.append(fresh)
             slot.report.escalations += 1
-            pending = [len(slot.replicas) - 1]
+            todo = [fresh]
             logger.warning(
                 "consensus: %s [%d, %d) undecided, escalating to %s",
                 self.model,
@@ -350,23 +390,20 @@ class ConsensusChain:
                 slot.end,
                 hop.name,
             )
-        order = sorted(results)
         winner = order[decision.winner]  # type: ignore[index]
-        agree = {order[j] for j in decision.agree}
-        for i in agree:
-            slot.replicas[i].agreed += 1
-            self.reputation.agree(slot.replicas[i].hop.node_id)
-            for j in agree:
+        agree = [order[j] for j in decision.agree]
+        for i, rep in zip(decision.agree, agree, strict=True):
+            rep.agreed += 1
+            self.reputation.agree(rep.hop.name)
+            for j in decision.agree:
                 slot.report.max_agreeing_distance = max(
-                    slot.report.max_agreeing_distance,
-                    decision.distances[order.index(i)][order.index(j)],
+                    slot.report.max_agreeing_distance, decision.distances[i][j]
                 )
         deviants = [order[j] for j in decision.deviate]
         if deviants:
-            verdict = self._record_verdict(slot, order, results, decision, mask)
-            for i in deviants:
-                rep = slot.replicas[i]
-                self.reputation.convict(rep.hop.node_id, verdict.id)
+            verdict = self._record_verdict(slot, order, answers, decision, mask)
+            for rep in deviants:
+                self.reputation.convict(rep.hop.name, verdict.id)
                 slot.report.convicted.append(rep.hop.name)
                 logger.warning(
                     "consensus: convicted %s on %s [%d, %d) (verdict %s)",
@@ -376,14 +413,14 @@ class ConsensusChain:
                     slot.end,
                     verdict.id[:12],
                 )
-            self._drop(slot, deviants)
+            self._drop(slot, [slot.replicas.index(rep) for rep in deviants])
         if self.stateful:
             slot.inputs.append(x)
-        return results[winner].output
+        return answers[winner.key].output
 
-    def _replace_faulty(self, slot: _Slot, i: int, exc: MeshError) -> list[int]:
-        """A replica failed to answer: count the fault, put a fresh node in its place."""
-        rep = slot.replicas[i]
+    def _replace_faulty(self, slot: _Slot, rep: Replica, exc: MeshError) -> Replica | None:
+        """A replica failed to answer: count the fault against its record, put a fresh node
+        in its place when there is one (returned), else just take it out of the slot."""
         logger.warning(
             "consensus: %s failed on [%d, %d): %s", rep.hop.name, slot.start, slot.end, exc
         )
@@ -392,14 +429,13 @@ class ConsensusChain:
         slot.report.faults.append(f"{rep.hop.name}: {exc}")
         self._end(rep)
         self.retired.append(rep)
-        hop = self._fresh_hop(slot)
+        i = slot.replicas.index(rep)
+        hop = self._fresh_hop(slot)  # `rep` is still in the slot: its name is not drawn again
         if hop is None:
-            raise NoRoute(
-                f"{rep.hop.name} failed on {self.model} [{slot.start}, {slot.end}) and no other "
-                f"eligible node serves the span: {exc}"
-            ) from None
-        slot.replicas[i] = self._replica(hop)
-        return [i]
+            slot.replicas.pop(i)
+            return None
+        fresh = slot.replicas[i] = self._replica(hop)
+        return fresh
 
     def _drop(self, slot: _Slot, indices: Sequence[int]) -> None:
         """Remove convicted replicas; refill the slot to k from eligible nodes if possible."""
@@ -420,22 +456,19 @@ class ConsensusChain:
     def _record_verdict(
         self,
         slot: _Slot,
-        order: list[int],
-        results: dict[int, _Answer],
+        order: list[Replica],
+        answers: dict[int, _Answer],
         decision: Decision,
         mask: torch.Tensor | None,
     ) -> Verdict:
-        """Sign, keep and publish the verdict on one decision; with evidence, the sent inputs
-        and the replies of the winner and of every deviating replica."""
-        receipts = [results[i].receipt for i in order]
+        """Sign, keep and publish the verdict on one decision; with evidence, the inputs sent to
+        and the replies of every replica, so that anybody can recompute the decision."""
+        results = [answers[r.key] for r in order]
+        receipts = [a.receipt for a in results]
         evidence: dict[int, tuple[WireTensor, WireTensor]] = {}
         if self.options.evidence and decision.deviate:
             extra = _wire.proto_digest(_wire.tensor_to_proto(mask)) if mask is not None else b""
-            keep = set(decision.deviate)
-            if decision.winner is not None:
-                keep.add(decision.winner)
-            for j in sorted(keep):
-                answer = results[order[j]]
+            for j, answer in enumerate(results):
                 sent = _wire.tensor_to_proto(answer.sent)
                 reply = _wire.tensor_to_proto(answer.reply)
                 if len(sent.data) + len(reply.data) > _EVIDENCE_MAX_BYTES:
@@ -454,7 +487,7 @@ class ConsensusChain:
             time_s=time.time(),
             receipts=receipts,
             decision=decision,
-            step_tokens=results[order[0]].output.shape[1],
+            step_tokens=results[0].output.shape[1],
             evidence=evidence,
         )
         with self._lock:

@@ -7,7 +7,6 @@ boundary (`verify_record`): signature, derived id, and timestamps.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -18,13 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from decentralized.errors import PeerMisbehaved
 from decentralized.v1 import common_pb2
+from verification.consensus.receipts import node_id_of  # one definition; receipts check it too
+
+__all__ = ["MAX_CLOCK_SKEW_MS", "Identity", "node_id_of", "verify_record"]
 
 MAX_CLOCK_SKEW_MS = 30_000  # records signed further in the future than this are refused
-
-
-def node_id_of(public_key: bytes) -> str:
-    """Hex of the first 16 bytes of SHA-256 of a raw Ed25519 public key."""
-    return hashlib.sha256(public_key).digest()[:16].hex()
 
 
 class Identity:

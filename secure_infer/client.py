@@ -658,7 +658,7 @@ class Client:
         (signature checked against the pinned publisher key), or one built from this
         machine's copy of the weights (calibrated once, cached)."""
         options = options or ConsensusOptions()
-        get_spec(model)
+        num_layers = get_spec(model).num_layers
         if options.manifest is not None:
             key = (model, options.manifest)
             if key not in self._manifests:
@@ -669,8 +669,13 @@ class Client:
             return self._manifests[key]
         from decentralized.models.calibrate import local_manifest
 
+        # Only spans inside the model are calibrated: a record announcing one outside it is
+        # refused at planning (ConsensusChain), and must not trigger a calibration per request.
         served = {
-            (s.start, s.end) for r in self._mesh.refresh() for s in r.spans if s.model == model
+            (s.start, s.end)
+            for r in self._mesh.refresh()
+            for s in r.spans
+            if s.model == model and 0 <= s.start < s.end <= num_layers
         }
         manifest = self._manifests.get((model, None))
         if manifest is None or not served <= set(manifest.tolerances):

@@ -1,7 +1,9 @@
 """A real mesh for `verify="consensus"`: honest and dishonest node processes over mTLS.
 
-Every node serves all-MiniLM-L6-v2 as two spans, [0, 3) and [3, 6). The honest nodes are
-h1..h3; each dishonest one runs `tests/consensus/liar.py` with one misbehaviour, named after it.
+Every node serves all-MiniLM-L6-v2 as two spans, [0, 3) and [3, 6), except `solo`, an honest
+node that alone serves the whole model as one span [0, 6). The honest nodes are h1..h3; each
+dishonest one runs `tests/consensus/liar.py` with one misbehaviour, named after it. `sybil` is
+two processes (two keys) behind one certificate: the second runs as `--as-name sybil`.
 Tests pick their replicas with `ConsensusOptions(candidates=...)` and get a fresh client (fresh
 reputation) each, unless they test reputation across requests.
 """
@@ -27,6 +29,9 @@ LIARS = {
     "wrong": "wrong_weights",
     "badcommit": "bad_commitment",
     "dropper": "drop_after:0",
+    "refuse": "refuse:OUT_OF_RANGE",
+    "badspan": "extra_span:4:9",
+    "sybil": "zeros",
 }
 
 
@@ -49,6 +54,15 @@ def mesh(
             extra_args=("--misbehave", mode),
         )
         for name, mode in LIARS.items()
+    ]
+    specs += [
+        NodeSpec(
+            name="sybil2",  # its files; it runs as "sybil", with sybil's certificate
+            spans=SPANS,
+            entry="tests.consensus.liar",
+            extra_args=("--misbehave", "zeros", "--as-name", "sybil"),
+        ),
+        NodeSpec(name="solo", spans=((MODEL, 0, 6),)),
     ]
     with LocalMesh(tmp_path_factory.mktemp("consensus-mesh"), specs, threads=1) as running:
         yield running

@@ -91,15 +91,18 @@ def test_a_lying_replica_is_convicted_and_excluded_within_the_epoch(
     # The verdict verifies on its own: the client's signature, the nodes' receipts, the evidence.
     logged = [line for line in log.read_text().splitlines() if line]
     assert len(logged) == 1
-    checked = verify_verdict(logged[0], client_key=verdict.client_key)
-    assert checked.id == verdict.id and set(checked.evidence) == {checked.winner, *checked.deviate}
+    checked = verify_verdict(
+        logged[0], client_key=verdict.client_key, manifest=client.manifest(MODEL)
+    )
+    # The evidence covers every replica, so the whole decision is recomputed from it.
+    assert checked.id == verdict.id and set(checked.evidence) == set(range(len(checked.receipts)))
     # The liar is excluded for the rest of the epoch: the next request plans without it.
     options2 = ConsensusOptions(k=2, candidates=("h1", "h2", liar))
     after = client.embed(MODEL, OTHER, verify="consensus", consensus=options2)
     assert after.consensus is not None
     assert liar not in {n for s in after.consensus.spans for n in s.replicas}
     assert after.consensus.refused[liar].startswith("convicted in epoch")
-    assert client.reputation.standing(_node_id(client, liar))["convictions"] == 1
+    assert client.reputation.standing(liar)["convictions"] == 1
 
 
 def _node_id(client: Client, name: str) -> str:
@@ -176,7 +179,7 @@ def test_no_majority_and_nobody_left_is_an_error(client: Client) -> None:
     with pytest.raises(NoConsensus, match=r"\[0, 3\).*disagree"):
         client.embed(MODEL, TEXTS, verify="consensus", consensus=options)
     # Nobody was convicted: with two replicas the client cannot tell which one lied.
-    assert all(client.reputation.excluded(n["node_id"]) is None for n in client.nodes())
+    assert all(client.reputation.excluded(n["name"], n["node_id"]) is None for n in client.nodes())
 
 
 def test_a_replica_that_dies_mid_request_is_replaced(
@@ -205,6 +208,102 @@ def test_a_node_whose_weight_commitment_does_not_match_is_refused(client: Client
     assert res.consensus is not None
     assert "badcommit" not in {n for s in res.consensus.spans for n in s.replicas}
     assert "does not match the manifest" in res.consensus.refused["badcommit"]
+
+
+def test_a_record_span_outside_the_model_is_refused_for_that_span_only(
+    client: Client, reference: SentenceTransformer
+) -> None:
+    # badspan serves [0, 3) and [3, 6) honestly and also announces [4, 9) of a 6-layer model.
+    options = ConsensusOptions(k=3, candidates=("h1", "h2", "badspan"))
+    for texts in (TEXTS, OTHER):
+        res = client.embed(MODEL, texts, verify="consensus", consensus=options)
+        _check_embeddings(res.embeddings, texts, reference)
+        assert res.consensus is not None
+        assert "[4, 9) is outside the model" in res.consensus.refused["badspan"]
+        # Its spans the manifest covers stay eligible: k = 3 of three names takes it on both.
+        assert all(sorted(s.replicas) == ["badspan", "h1", "h2"] for s in res.consensus.spans)
+    # The manifest is calibrated once, not again on every request for the span it cannot cover.
+    assert client.manifest(MODEL) is client.manifest(MODEL)
+
+
+def test_a_replica_refusing_with_any_status_is_a_fault_not_an_abort(
+    client: Client, reference: SentenceTransformer, mesh: LocalMesh
+) -> None:
+    from secure_infer import NoRoute
+
+    # refuse answers every forward with OUT_OF_RANGE (not a fail-over code of plain chains).
+    options = ConsensusOptions(k=3, candidates=("h1", "h2", "refuse"))
+    res = client.embed(MODEL, TEXTS, verify="consensus", consensus=options)
+    _check_embeddings(res.embeddings, TEXTS, reference)
+    assert res.consensus is not None and res.consensus.convicted == ()
+    first = res.consensus.spans[0]
+    assert [f.split(":")[0] for f in first.faults] == ["refuse"]
+    assert "OUT_OF_RANGE" in first.faults[0]
+    # Nobody was left to replace it: the two replicas that answered decide.
+    assert sorted(first.replicas) == ["h1", "h2"] and first.decisions == 1
+    standing = client.reputation.standing("refuse", _node_id(client, "refuse"))
+    assert standing["recent_faults"] >= 1 and standing["convictions"] == 0
+    # Too few answers to decide: a clear error, and every node keeps serving.
+    with (
+        Client(mesh.seeds, tls=mesh.client_tls()) as fresh,
+        pytest.raises(NoRoute, match="no decision is possible.*OUT_OF_RANGE"),
+    ):
+        fresh.embed(
+            MODEL,
+            TEXTS,
+            verify="consensus",
+            consensus=ConsensusOptions(k=2, candidates=("h1", "refuse")),
+        )
+    assert mesh.nodes["refuse"].alive and mesh.nodes["h1"].alive
+
+
+def test_one_certificate_fills_one_replica_and_its_conviction_covers_all_its_keys(
+    client: Client, reference: SentenceTransformer
+) -> None:
+    # Two processes with two keys behind the one certificate "sybil", both returning zeros.
+    ids = {n["node_id"] for n in client.nodes() if n["name"] == "sybil"}
+    assert len(ids) == 2
+    options = ConsensusOptions(k=3, candidates=("h1", "h2", "sybil"))
+    res = client.embed(MODEL, TEXTS, verify="consensus", consensus=options)
+    _check_embeddings(res.embeddings, TEXTS, reference)  # the two zeros never outvote h1, h2
+    assert res.consensus is not None
+    assert sorted(res.consensus.spans[0].replicas) == ["h1", "h2", "sybil"]
+    assert res.consensus.convicted == ("sybil",)
+    assert client.reputation.standing("sybil")["convictions"] == 1
+    # The conviction is the name's: its other key does not bring it back within the period.
+    after = client.embed(
+        MODEL,
+        OTHER,
+        verify="consensus",
+        consensus=ConsensusOptions(k=2, candidates=("h1", "h2", "sybil")),
+    )
+    assert after.consensus is not None
+    assert all("sybil" not in s.replicas for s in after.consensus.spans)
+    assert after.consensus.refused["sybil"].startswith("convicted in epoch")
+
+
+def test_unchecked_requests_are_planned_over_the_same_spans_as_checked_ones(
+    client: Client,
+) -> None:
+    from secure_infer import NoRoute
+
+    # solo alone serves [0, 6): no second node could ever be compared with it, so under
+    # verify="consensus" it must carry no request, checked or not; otherwise every request it
+    # gets would be one it knows is unchecked.
+    options = ConsensusOptions(k=2, check_rate=0.01, candidates=("h1", "h2", "solo"))
+    unchecked = 0
+    for i in range(4):
+        res = client.embed(MODEL, [f"{TEXTS[0]} ({i})"], verify="consensus", consensus=options)
+        assert res.consensus is not None
+        unchecked += not res.consensus.checked
+        assert [(s.start, s.end) for s in res.consensus.spans] == [(0, 3), (3, 6)]
+        assert "solo" not in {h.name for h in res.route}
+    assert unchecked >= 1  # check_rate 0.01: all four checked with probability 1e-8
+    # Where no span has k eligible nodes, an unchecked request fails like a checked one.
+    alone = ConsensusOptions(k=2, check_rate=0.01, candidates=("h1", "solo"))
+    for _ in range(3):
+        with pytest.raises(NoRoute, match="with 2 eligible nodes"):
+            client.embed(MODEL, TEXTS, verify="consensus", consensus=alone)
 
 
 def test_a_published_manifest_is_checked_against_the_pinned_publisher(

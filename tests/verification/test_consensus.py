@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from verification.consensus import (
     BadReceipt,
+    Decision,
     InvalidManifest,
     InvalidVerdict,
     Manifest,
@@ -21,6 +22,7 @@ from verification.consensus import (
     Tolerance,
     decide,
     distance,
+    node_id_of,
     receipt_message,
     sign_verdict,
     span_digest,
@@ -85,7 +87,7 @@ def _receipt(key: Ed25519PrivateKey, out: bytes = b"o") -> Receipt:
         "past_length": 0,
         "input_digest": tensor_digest("float32", [1], b"\0\0\0\0"),
         "output_digest": tensor_digest("float32", [1], out * 4),
-        "node_id": "n1",
+        "node_id": node_id_of(_raw(key)),
     }
     return Receipt(**args, public_key=_raw(key), signature=key.sign(receipt_message(**args)))
 
@@ -97,11 +99,17 @@ def test_receipts_bind_every_field() -> None:
     assert Receipt.from_json(json.loads(json.dumps(r.to_json()))) == r
     for field, value in [("end", 4), ("past_length", 1), ("node_id", "n2"), ("session_id", "s")]:
         forged = Receipt(**{**r.fields(), field: value})
-        with pytest.raises(BadReceipt, match="bad signature"):
+        with pytest.raises(BadReceipt, match="bad signature|not derived from its key"):
             forged.verify()
     other = Receipt(**{**r.fields(), "public_key": _raw(Ed25519PrivateKey.generate())})
     with pytest.raises(BadReceipt):
         other.verify()
+    # A receipt in another node's name, signed by a key of one's own: the id must be the key's.
+    mallory = Ed25519PrivateKey.generate()
+    args = {k: v for k, v in r.fields().items() if k not in ("public_key", "signature")}
+    framed = Receipt(**args, public_key=_raw(mallory), signature=mallory.sign(r.message()))
+    with pytest.raises(BadReceipt, match="not derived from its key"):
+        framed.verify()
 
 
 def test_span_digest_is_fixed_by_the_layer_digests() -> None:
@@ -136,27 +144,36 @@ def test_manifest_signature_pinning_and_tampering() -> None:
         Manifest.from_json('{"format": "secure-infer/manifest/v1"}', publisher_key=None)
 
 
-def test_reputation_excludes_at_once_for_the_epoch_then_bans() -> None:
-    now = [1000.0]
+def test_reputation_excludes_at_once_for_a_full_period_then_bans() -> None:
+    now = [1099.0]  # one second before the end of epoch 10
     rep = Reputation(
         epoch_s=100, exclusion_epochs=1, ban_after=2, max_faults=2, clock=lambda: now[0]
     )
     assert rep.excluded("a") is None
     rep.convict("a", "v" * 64)
     assert rep.excluded("a").startswith("convicted in epoch 10")  # type: ignore[union-attr]
-    now[0] = 1099.0
-    assert rep.excluded("a") is not None  # still the same epoch
     now[0] = 1100.0
-    assert rep.excluded("a") is None  # next epoch: back on probation
+    assert rep.excluded("a") is not None  # a new epoch, but not a full period: still out
+    now[0] = 1198.9
+    assert rep.excluded("a") is not None
+    now[0] = 1199.0
+    assert rep.excluded("a") is None  # a full period after the conviction: back on probation
     rep.convict("a", "w" * 64)
     now[0] = 5000.0
     assert rep.excluded("a") == "banned after 2 convictions"
-    rep.fault("b")
-    assert rep.excluded("b") is None
-    rep.fault("b")
-    assert rep.excluded("b") == "2 faults in epoch 50"
+    assert rep.excluded("a", "a-new-key") == "banned after 2 convictions"  # keyed by name
+    # Faults count against one record (node id), within a sliding period, not against a name.
+    now[0] = 5099.0
+    rep.fault("id-b")
+    assert rep.excluded("b", "id-b") is None
     now[0] = 5100.0
-    assert rep.excluded("b") is None
+    rep.fault("id-b")
+    assert rep.excluded("b", "id-b") == "2 faults in the last 100 s"
+    assert rep.excluded("b", "id-b2") is None and rep.excluded("b") is None
+    now[0] = 5198.0
+    assert rep.excluded("b", "id-b") is not None  # the epoch changed, the faults are recent
+    now[0] = 5199.0
+    assert rep.excluded("b", "id-b") is None
 
 
 def _tensor(t: torch.Tensor) -> WireTensor:
@@ -164,32 +181,22 @@ def _tensor(t: torch.Tensor) -> WireTensor:
     return WireTensor("float32", tuple(t.shape), t.numpy().tobytes())
 
 
-def test_verdict_round_trip_and_forgeries() -> None:
-    x = torch.randn(1, 2, 4, generator=GEN)
-    good = x * 2
-    bad = torch.zeros_like(x)
-    keys = [Ed25519PrivateKey.generate() for _ in range(3)]
-    outs = [good, bad, good.clone()]
-    sent = _tensor(x)
-    receipts = []
-    for i, (k, o) in enumerate(zip(keys, outs, strict=True)):
-        args = {
-            "model": "m",
-            "start": 0,
-            "end": 1,
-            "session_id": "",
-            "past_length": 0,
-            "input_digest": sent.digest(),
-            "output_digest": _tensor(o).digest(),
-            "node_id": f"n{i}",
-        }
-        receipts.append(
-            Receipt(**args, public_key=_raw(k), signature=k.sign(receipt_message(**args)))
-        )
-    decision = decide(outs, 1e-6)
-    client = Ed25519PrivateKey.generate()
-    evidence = {j: (sent, _tensor(outs[j])) for j in (decision.winner, 1)}
-    v = sign_verdict(
+def _signed_receipt(key: Ed25519PrivateKey, sent: WireTensor, out: WireTensor) -> Receipt:
+    args = {
+        "model": "m",
+        "start": 0,
+        "end": 1,
+        "session_id": "",
+        "past_length": 0,
+        "input_digest": sent.digest(),
+        "output_digest": out.digest(),
+        "node_id": node_id_of(_raw(key)),
+    }
+    return Receipt(**args, public_key=_raw(key), signature=key.sign(receipt_message(**args)))
+
+
+def _verdict(client: Ed25519PrivateKey, receipts, decision, evidence):  # type: ignore[no-untyped-def]
+    return sign_verdict(
         client,
         model="m",
         start=0,
@@ -201,7 +208,21 @@ def test_verdict_round_trip_and_forgeries() -> None:
         step_tokens=2,
         evidence=evidence,
     )
-    assert v.convicted == ("n1",)
+
+
+def test_verdict_round_trip_and_forgeries() -> None:
+    x = torch.randn(1, 2, 4, generator=GEN)
+    good = x * 2
+    bad = torch.zeros_like(x)
+    keys = [Ed25519PrivateKey.generate() for _ in range(3)]
+    outs = [good, bad, good.clone()]
+    sent = _tensor(x)
+    receipts = [_signed_receipt(k, sent, _tensor(o)) for k, o in zip(keys, outs, strict=True)]
+    decision = decide(outs, 1e-6)
+    client = Ed25519PrivateKey.generate()
+    evidence = {j: (sent, _tensor(outs[j])) for j in range(3)}
+    v = _verdict(client, receipts, decision, evidence)
+    assert v.convicted == (node_id_of(_raw(keys[1])),)
     checked = verify_verdict(v.to_json(), client_key=_raw(client))
     assert checked.id == v.id
     with pytest.raises(InvalidVerdict, match="pinned"):
@@ -212,8 +233,6 @@ def test_verdict_round_trip_and_forgeries() -> None:
         verify_verdict(json.dumps(data))
     # A client that lies about the distances, re-signing its lie, is caught by the evidence.
     lying = decide([good, bad, good.clone()], 1e-6)
-    from verification.consensus import Decision
-
     fake = Decision(
         lying.winner,
         lying.agree,
@@ -221,20 +240,56 @@ def test_verdict_round_trip_and_forgeries() -> None:
         tuple(tuple(0.5 if i != j else 0.0 for j in range(3)) for i in range(3)),
         1.0,
     )
-    forged = sign_verdict(
-        client,
-        model="m",
-        start=0,
-        end=1,
-        epoch=3,
-        time_s=1.0,
-        receipts=receipts,
-        decision=fake,
-        step_tokens=2,
-        evidence=evidence,
-    )
     with pytest.raises(InvalidVerdict, match="decision does not follow|does not match"):
-        verify_verdict(forged.to_json())
+        verify_verdict(_verdict(client, receipts, fake, evidence).to_json())
+    # Against the manifest, the tolerance must be the published one for the span.
+    layers = [f"{i:064x}" for i in range(2)]
+    manifest = build("m", layers, {(0, 1): Tolerance(1e-6, 1e-7, 4.0, 1, "t")}, {})
+    verify_verdict(v.to_json(), manifest=manifest)
+    loose = build("m", layers, {(0, 1): Tolerance(1e-3, 1e-4, 4.0, 1, "t")}, {})
+    with pytest.raises(InvalidVerdict, match="not the manifest's"):
+        verify_verdict(v.to_json(), manifest=loose)
+
+
+def test_a_conviction_verifies_only_with_evidence_that_recomputes_it() -> None:
+    x = torch.randn(1, 2, 4, generator=GEN)
+    good = x * 2
+    sent = _tensor(x)
+    honest = [Ed25519PrivateKey.generate() for _ in range(3)]
+    client = Ed25519PrivateKey.generate()  # a malicious client: it signs whatever it likes
+    claim = Decision(0, (0, 1), (2,), ((0.0, 0.0, 1.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0)), 1e-6)
+    # 1. A receipt in the victim's name under another key: the victim's id is not that key's.
+    victim_id = node_id_of(_raw(honest[2]))
+    mallory = Ed25519PrivateKey.generate()
+    framed = _signed_receipt(mallory, sent, _tensor(torch.zeros_like(x)))
+    args = {k: v for k, v in framed.fields().items() if k not in ("node_id", "signature")}
+    args["node_id"] = victim_id
+    forged = Receipt(**args, signature=mallory.sign(Receipt(**args, signature=b"").message()))
+    receipts = [_signed_receipt(k, sent, _tensor(good)) for k in honest[:2]] + [forged]
+    with pytest.raises(InvalidVerdict, match="not derived from its key"):
+        verify_verdict(_verdict(client, receipts, claim, None).to_json())
+    # 2. Three honest receipts with the same output, one "convicted" on stated distances alone.
+    same = [_signed_receipt(k, sent, _tensor(good)) for k in honest]
+    with pytest.raises(InvalidVerdict, match="unverifiable: no evidence"):
+        verify_verdict(_verdict(client, same, claim, None).to_json())
+    # ... and with the evidence, the recomputed distances give it away.
+    evidence = {j: (sent, _tensor(good)) for j in range(3)}
+    with pytest.raises(InvalidVerdict, match="does not match"):
+        verify_verdict(_verdict(client, same, claim, evidence).to_json())
+    # 3. Evidence for the winner and the convicted only: the others are the client's word.
+    other = _tensor(x + 1)
+    mixed = [
+        _signed_receipt(honest[0], sent, _tensor(good)),
+        _signed_receipt(honest[1], sent, _tensor(good)),
+        _signed_receipt(honest[2], other, _tensor(torch.zeros_like(x))),  # another input
+    ]
+    partial = {0: (sent, _tensor(good)), 2: (other, _tensor(torch.zeros_like(x)))}
+    with pytest.raises(InvalidVerdict, match="unverifiable: no evidence for replica"):
+        verify_verdict(_verdict(client, mixed, claim, partial).to_json())
+    # 4. With every replica's evidence, a replica sent another input cannot be convicted.
+    full = {**partial, 1: (sent, _tensor(good))}
+    with pytest.raises(InvalidVerdict, match="not the same step"):
+        verify_verdict(_verdict(client, mixed, claim, full).to_json())
 
 
 def test_minilm_tolerances_separate_rounding_from_a_one_percent_lie() -> None:

@@ -31,7 +31,7 @@ from verification.consensus.errors import (
     NoConsensus,
 )
 from verification.consensus.manifest import Manifest, SpanTolerance
-from verification.consensus.receipts import Receipt, receipt_message
+from verification.consensus.receipts import Receipt, node_id_of, receipt_message
 from verification.consensus.reputation import Reputation
 from verification.consensus.verdict import Verdict, sign_verdict, verify_verdict
 
@@ -51,6 +51,7 @@ __all__ = [
     "decide",
     "distance",
     "layer_set_digest",
+    "node_id_of",
     "receipt_message",
     "sign_verdict",
     "span_digest",

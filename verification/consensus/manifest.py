@@ -58,6 +58,15 @@ class Manifest:
     def signed(self) -> bool:
         return bool(self.signature)
 
+    def uncovered(self, start: int, end: int) -> str | None:
+        """Why the manifest does not cover span [start, end) (None when it does): a span
+        outside the model, or one without a calibrated tolerance, cannot be checked."""
+        if not 0 <= start < end <= self.num_layers:
+            return f"span [{start}, {end}) is outside the model's {self.num_layers} layers"
+        if (start, end) not in self.tolerances:
+            return f"the manifest has no calibrated tolerance for span [{start}, {end})"
+        return None
+
     def span_digest(self, start: int, end: int) -> str:
         if not 0 <= start < end <= self.num_layers:
             raise InvalidManifest(f"{self.model}: span [{start}, {end}) is outside the model")

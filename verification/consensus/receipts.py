@@ -7,10 +7,14 @@ is a fixed, length-prefixed encoding, so no two different receipts share a messa
 
     "secure-infer/receipt/v1" | model | start | end | session_id | past_length
     | input_digest (32 bytes) | output_digest (32 bytes) | node_id
+
+A node id is derived from the node's public key (`node_id_of`), so a receipt verifies only if
+its node id is the one its key yields: nobody can sign a receipt in another node's name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -20,6 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from verification.consensus.errors import BadReceipt
 
 _TAG = b"secure-infer/receipt/v1"
+
+
+def node_id_of(public_key: bytes) -> str:
+    """A node's id: hex of the first 16 bytes of SHA-256 of its raw Ed25519 public key."""
+    return hashlib.sha256(public_key).digest()[:16].hex()
 
 
 def _field(value: bytes) -> bytes:
@@ -82,9 +91,13 @@ class Receipt:
         )
 
     def verify(self) -> None:
-        """Check the signature against the node's public key."""
+        """Check that the node id is the key's and the signature the key's."""
         if len(self.public_key) != 32:
             raise BadReceipt(f"receipt of node {self.node_id[:8]}: public key is not 32 bytes")
+        if self.node_id != node_id_of(self.public_key):
+            raise BadReceipt(
+                f"receipt of node {self.node_id[:8]}: the node id is not derived from its key"
+            )
         try:
             Ed25519PublicKey.from_public_bytes(self.public_key).verify(
                 self.signature, self.message()

@@ -1,15 +1,22 @@
-"""Per-epoch reputation: a convicted node is excluded at once, for the rest of its epoch and the
-next `exclusion_epochs - 1` epochs; repeated convictions ban it for good.
+"""Reputation: a convicted node is excluded at once and for a full exclusion period from the
+moment of its conviction; repeated convictions ban it for good.
 
-Epochs are fixed windows of `epoch_s` seconds of the given clock. "Excluded during the epoch,
-not after it" means: the conviction takes effect for the very next span the client plans (in
-the same request, and for every request after it), not at the next epoch boundary.
+Keys. Convictions, agreements and bans are kept per node **name** (on the mesh: the name its
+mTLS node certificate carries), not per node id: an id is derived from an Ed25519 key the node
+chooses itself, so a convicted operator could otherwise come back under a fresh key. Faults are
+kept per node **id** (one signed record): a fault is not proof of anything, and anybody can
+gossip a record that names another node and fails to answer; keying faults by name would let
+such records exclude an honest name.
+
+Periods. `epoch_s` is the exclusion period: a conviction at time t excludes the name until
+t + `exclusion_epochs` * `epoch_s` (not until the end of a fixed clock window, which could be
+a second away). `max_faults` faults within the last `epoch_s` seconds exclude a record until
+the oldest of them is `epoch_s` old. `epoch()` (fixed windows of `epoch_s`) only labels verdicts.
 
 Events:
     agree      the node's output was in the majority of a checked span.
     convict    the node's output deviated from a strict majority (evidence: a signed verdict).
-    fault      the node failed to answer (dead, timeout, malformed reply). Not proof of
-               malice; `max_faults` faults within one epoch exclude it for that epoch.
+    fault      the node failed to answer (dead, timeout, refusal, malformed reply).
 """
 
 from __future__ import annotations
@@ -23,8 +30,7 @@ from dataclasses import dataclass, field
 @dataclass(slots=True)
 class NodeStanding:
     agreements: int = 0
-    convictions: list[tuple[int, str]] = field(default_factory=list)  # (epoch, verdict id)
-    faults: dict[int, int] = field(default_factory=dict)  # epoch -> count
+    convictions: list[tuple[float, int, str]] = field(default_factory=list)  # (t, epoch, verdict)
     banned: bool = False
 
 
@@ -47,54 +53,64 @@ class Reputation:
         self.ban_after = ban_after
         self.max_faults = max_faults
         self._clock = clock
-        self._nodes: dict[str, NodeStanding] = {}
+        self._names: dict[str, NodeStanding] = {}
+        self._faults: dict[str, list[float]] = {}  # node id -> times of its faults
         self._lock = threading.Lock()
 
     def epoch(self) -> int:
         return int(self._clock() // self.epoch_s)
 
-    def _get(self, node_id: str) -> NodeStanding:
-        return self._nodes.setdefault(node_id, NodeStanding())
+    def _get(self, name: str) -> NodeStanding:
+        return self._names.setdefault(name, NodeStanding())
 
-    def agree(self, node_id: str) -> None:
+    def agree(self, name: str) -> None:
         with self._lock:
-            self._get(node_id).agreements += 1
+            self._get(name).agreements += 1
 
-    def convict(self, node_id: str, verdict_id: str) -> None:
+    def convict(self, name: str, verdict_id: str) -> None:
         with self._lock:
-            st = self._get(node_id)
-            st.convictions.append((self.epoch(), verdict_id))
+            st = self._get(name)
+            now = self._clock()
+            st.convictions.append((now, int(now // self.epoch_s), verdict_id))
             if len(st.convictions) >= self.ban_after:
                 st.banned = True
 
     def fault(self, node_id: str) -> None:
         with self._lock:
-            st = self._get(node_id)
-            e = self.epoch()
-            st.faults[e] = st.faults.get(e, 0) + 1
+            self._faults.setdefault(node_id, []).append(self._clock())
 
-    def excluded(self, node_id: str) -> str | None:
-        """Why the node is excluded now, or None when it is eligible."""
+    def _recent_faults(self, node_id: str, now: float) -> list[float]:
+        times = [t for t in self._faults.get(node_id, ()) if now - t < self.epoch_s]
+        if node_id in self._faults:
+            self._faults[node_id] = times
+        return times
+
+    def excluded(self, name: str, node_id: str = "") -> str | None:
+        """Why the node (its name; its record's id for faults) is excluded now, or None."""
         with self._lock:
-            st = self._nodes.get(node_id)
-            if st is None:
-                return None
-            if st.banned:
-                return f"banned after {len(st.convictions)} convictions"
-            now = self.epoch()
-            for epoch, verdict in reversed(st.convictions):
-                if now - epoch < self.exclusion_epochs:
-                    return f"convicted in epoch {epoch} (verdict {verdict[:12]})"
-            if st.faults.get(now, 0) >= self.max_faults:
-                return f"{st.faults[now]} faults in epoch {now}"
+            now = self._clock()
+            st = self._names.get(name)
+            if st is not None:
+                if st.banned:
+                    return f"banned after {len(st.convictions)} convictions"
+                period = self.exclusion_epochs * self.epoch_s
+                for t, epoch, verdict in reversed(st.convictions):
+                    if now - t < period:
+                        return (
+                            f"convicted in epoch {epoch} (verdict {verdict[:12]}), excluded for "
+                            f"{period - (now - t):.0f} s more"
+                        )
+            faults = self._recent_faults(node_id, now) if node_id else []
+            if len(faults) >= self.max_faults:
+                return f"{len(faults)} faults in the last {self.epoch_s:.0f} s"
             return None
 
-    def standing(self, node_id: str) -> dict[str, object]:
+    def standing(self, name: str, node_id: str = "") -> dict[str, object]:
         with self._lock:
-            st = self._nodes.get(node_id, NodeStanding())
+            st = self._names.get(name, NodeStanding())
             return {
                 "agreements": st.agreements,
                 "convictions": len(st.convictions),
-                "faults_this_epoch": st.faults.get(self.epoch(), 0),
+                "recent_faults": len(self._recent_faults(node_id, self._clock())) if node_id else 0,
                 "banned": st.banned,
             }

@@ -3,18 +3,27 @@
 A verdict names the span, the tolerance, every replica's signed receipt, the pairwise distances
 (over the step's last `step_tokens` token rows) and the decision, and is signed by the client's
 Ed25519 key. When a replica is convicted the verdict also carries the evidence: what was sent to
-and what came back from the winner and every deviating replica, as the bytes that travelled (a
+and what came back from **every** replica of the decision, as the bytes that travelled (a
 generation replica that joined late was sent the span's history plus the step). Anybody can then
 check, without trusting the client:
 
-1. every receipt's signature (the node did return that output digest for that input digest);
+1. every receipt's signature, and that its node id is the one its key yields (the node did
+   return that output digest for that input digest);
 2. that all receipts are for the same span, and for the same input (or, with evidence, inputs
-   whose last `step_tokens` rows are the same step);
-3. that the evidence tensors hash to the receipts' digests, and that recomputing the distances
-   from them gives the verdict's decision at its tolerance;
+   whose last `step_tokens` rows are the same step, under the same attention mask);
+3. that the evidence tensors hash to the receipts' digests, and that the distances recomputed
+   from them give the verdict's decision at its tolerance;
 4. with the span's weights, re-running the input settles which output was right.
 
-`verify_verdict` does 1-3 and raises InvalidVerdict on any failure.
+`verify_verdict` does 1-3 and raises InvalidVerdict on any failure. A verdict that convicts
+somebody but lacks the evidence of any of its replicas (the client ran with `evidence=False`, or
+a tensor was too large to carry) is refused as **unverifiable**: its distances and its decision
+would be the client's word only. Such a conviction still stands in the signing client's own
+reputation (it saw the outputs), but it proves nothing to anybody else.
+
+What a verifier does not learn: the receipts name node ids (keys), not the certificate names the
+client's reputation is keyed by; and whether a replica that joined late was sent the same
+history as the others is only settled by re-running its evidence input with the weights.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from verification.consensus.compare import Decision, distance
 from verification.consensus.digests import tensor_digest
-from verification.consensus.errors import BadReceipt, InvalidVerdict
+from verification.consensus.errors import BadReceipt, InvalidManifest, InvalidVerdict
+from verification.consensus.manifest import Manifest
 from verification.consensus.receipts import Receipt
 
 FORMAT = "secure-infer/verdict/v1"
@@ -216,15 +226,33 @@ def parse_verdict(text: str | bytes) -> Verdict:
         raise InvalidVerdict(f"malformed verdict: {exc}") from None
 
 
-def verify_verdict(verdict: Verdict | str | bytes, *, client_key: bytes | None = None) -> Verdict:
+def verify_verdict(
+    verdict: Verdict | str | bytes,
+    *,
+    client_key: bytes | None = None,
+    manifest: Manifest | None = None,
+) -> Verdict:
     """Check a verdict (see the module docstring, steps 1-3); returns it, raises InvalidVerdict.
 
     Args:
         client_key: pin the raw Ed25519 key of the client that must have signed it.
+        manifest: the model's manifest; the verdict's tolerance must then be the manifest's for
+            its span (without it, the tolerance is the client's word).
     """
     v = verdict if isinstance(verdict, Verdict) else parse_verdict(verdict)
     if client_key is not None and v.client_key != client_key:
         raise InvalidVerdict("verdict is signed by another client than the pinned one")
+    if manifest is not None:
+        if manifest.model != v.model:
+            raise InvalidVerdict(f"verdict is for {v.model}, the manifest for {manifest.model}")
+        try:
+            expected = manifest.tolerance(v.start, v.end).value
+        except InvalidManifest as exc:
+            raise InvalidVerdict(str(exc)) from None
+        if v.tolerance != expected:
+            raise InvalidVerdict(
+                f"verdict tolerance {v.tolerance:.3e} is not the manifest's {expected:.3e}"
+            )
     unsigned = Verdict(**{**_fields(v), "signature": b""})
     try:
         Ed25519PublicKey.from_public_bytes(v.client_key).verify(
@@ -235,38 +263,64 @@ def verify_verdict(verdict: Verdict | str | bytes, *, client_key: bytes | None =
     n = len(v.receipts)
     if n == 0 or len(v.distances) != n or any(len(row) != n for row in v.distances):
         raise InvalidVerdict("verdict needs one receipt and one distance row per replica")
+    if v.step_tokens < 1:
+        raise InvalidVerdict("step_tokens must be at least 1")
     for r in v.receipts:
         try:
-            r.verify()
+            r.verify()  # signature, and node id derived from the key
         except BadReceipt as exc:
             raise InvalidVerdict(str(exc)) from None
         if (r.model, r.start, r.end) != (v.model, v.start, v.end):
             raise InvalidVerdict(f"receipt of node {r.node_id[:8]} is for another span")
-    if v.winner is not None:
-        agree = [j for j in range(n) if v.distances[v.winner][j] <= v.tolerance]
-        if 2 * len(agree) <= n or sorted(set(range(n)) - set(agree)) != sorted(v.deviate):
-            raise InvalidVerdict("the decision does not follow from the distances")
-    if not v.evidence:
-        if len({r.input_digest for r in v.receipts}) != 1:
-            raise InvalidVerdict("receipts are for different inputs and no evidence says why")
-        return v
-    steps: list[torch.Tensor] = []
-    outs: dict[int, torch.Tensor] = {}
-    for i, (sent, reply) in v.evidence.items():
+    for i in v.evidence:
         if not 0 <= i < n:
             raise InvalidVerdict(f"evidence for replica {i} of {n}")
-        if sent.digest() != v.receipts[i].input_digest:
-            raise InvalidVerdict(f"evidence input {i} does not hash to its receipt")
-        if reply.digest() != v.receipts[i].output_digest:
-            raise InvalidVerdict(f"evidence output {i} does not hash to its receipt")
-        steps.append(sent.to_torch()[:, -v.step_tokens :])
-        outs[i] = reply.to_torch()[:, -v.step_tokens :]
-    if any(not torch.equal(s, steps[0]) for s in steps):
-        raise InvalidVerdict("the evidence inputs are not the same step")
-    for i in outs:
-        for j in outs:
-            if i < j and not math.isclose(
-                distance(outs[i], outs[j]), v.distances[i][j], rel_tol=1e-6, abs_tol=1e-9
-            ):
-                raise InvalidVerdict(f"distance between replicas {i} and {j} does not match")
+    if v.winner is not None and not 0 <= v.winner < n:
+        raise InvalidVerdict(f"winner {v.winner} of {n} replicas")
+    convicts = v.winner is not None and bool(v.deviate)
+    missing = [i for i in range(n) if i not in v.evidence]
+    if convicts and missing:
+        raise InvalidVerdict(
+            f"conviction unverifiable: no evidence for replica(s) {missing}; its distances "
+            "and decision are the client's word only"
+        )
+    distances = [list(row) for row in v.distances]
+    if v.evidence:
+        steps: dict[int, torch.Tensor] = {}
+        outs: dict[int, torch.Tensor] = {}
+        masks: set[bytes] = set()
+        for i, (sent, reply) in sorted(v.evidence.items()):
+            if sent.digest() != v.receipts[i].input_digest:
+                raise InvalidVerdict(f"evidence input {i} does not hash to its receipt")
+            if reply.digest() != v.receipts[i].output_digest:
+                raise InvalidVerdict(f"evidence output {i} does not hash to its receipt")
+            steps[i] = sent.to_torch()[:, -v.step_tokens :]
+            outs[i] = reply.to_torch()[:, -v.step_tokens :]
+            masks.add(sent.extra)
+        first = steps[min(steps)]
+        if len(masks) != 1 or any(not torch.equal(s, first) for s in steps.values()):
+            raise InvalidVerdict("the evidence inputs are not the same step")
+        digests = {v.receipts[i].input_digest for i in steps}
+        for i in missing:  # no evidence: its input must be one of those shown
+            if v.receipts[i].input_digest not in digests:
+                raise InvalidVerdict(f"receipt {i} is for another input and no evidence says why")
+        for i in outs:
+            for j in outs:
+                if i < j:
+                    d = distance(outs[i], outs[j])
+                    stated = v.distances[i][j]
+                    if not (
+                        (math.isinf(d) and math.isinf(stated))
+                        or math.isclose(d, stated, rel_tol=1e-6, abs_tol=1e-9)
+                    ):
+                        raise InvalidVerdict(
+                            f"distance between replicas {i} and {j} does not match"
+                        )
+                    distances[i][j] = distances[j][i] = d  # decide on the recomputed values
+    elif len({r.input_digest for r in v.receipts}) != 1:
+        raise InvalidVerdict("receipts are for different inputs and no evidence says why")
+    if v.winner is not None:
+        agree = [j for j in range(n) if distances[v.winner][j] <= v.tolerance]
+        if 2 * len(agree) <= n or sorted(set(range(n)) - set(agree)) != sorted(v.deviate):
+            raise InvalidVerdict("the decision does not follow from the distances")
     return v
