@@ -268,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("full", type=Path, help="full Fides directory (with verifier.safetensors)")
     export.add_argument("out", type=Path, help="where to write the client bundle")
+    export.add_argument(
+        "--labels-from",
+        type=Path,
+        help="the service's classifier directory: its label names are published in the bundle "
+        "(clients then refuse a service node that lists other names)",
+    )
     prov = fides_sub.add_parser(
         "provision",
         help="send a full Fides directory SEALED to the enclave of a node's verifier slot "
@@ -711,7 +717,12 @@ def _fides_export(args: argparse.Namespace) -> int:
     from verification.fides import ModelFormatError
 
     try:
-        out = export_client_bundle(args.full, args.out)
+        labels = None
+        if args.labels_from is not None:
+            from verification.fides.service_model import load_classifier
+
+            labels = load_classifier(args.labels_from).labels
+        out = export_client_bundle(args.full, args.out, labels)
     except ModelFormatError as exc:
         sys.stderr.write(f"ModelFormatError: {exc}\n")
         return _EXIT_ERROR

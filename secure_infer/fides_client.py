@@ -71,7 +71,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,10 +132,16 @@ from verification.fides.enclave_app import (
 logger = logging.getLogger(__name__)
 
 
-def threat_model(protocol: str, enrolled_only: bool = False, in_enclave: bool = False) -> str:
+def threat_model(
+    protocol: str,
+    enrolled_only: bool = False,
+    in_enclave: bool = False,
+    labels_published: bool = True,
+) -> str:
     """The threat model a Fides result states, for the verifier node's `protocol`, whether
-    that node answers enrolled clients only (`--fides-client`: the node's word) and whether
-    the enclave itself does (`in_enclave`: its sealed enrolment, attested in the session)."""
+    that node answers enrolled clients only (`--fides-client`: the node's word), whether the
+    enclave itself does (`in_enclave`: its sealed enrolment, attested in the session), and
+    whether the client bundle published the label names (else the service's are used)."""
     relay = (
         "the verifier's enclave serves only the clients its owner enrolled when sealing it "
         "(checked inside the attested enclave, which authenticates every request and encrypts "
@@ -172,7 +178,14 @@ def threat_model(protocol: str, enrolled_only: bool = False, in_enclave: bool = 
         f"sealed to a hardware enclave); {relay}; {leak}; leaks: both nodes see the input in "
         "the clear (the verifier's enclave hides it from its host only on real SEV-SNP/TDX "
         "hardware); a SIMULATED enclave protects and proves nothing; detection is statistical (see "
-        "docs/fides.md for measured rates)"
+        "docs/fides.md for measured rates); "
+        + (
+            "label names: the client bundle's (the service node's listing must match them)"
+            if labels_published
+            else "label names: as the service node lists them, UNCHECKED (the client bundle "
+            "publishes none: Fides checks class indices, and a service could list its names "
+            "permuted)"
+        )
     )
 
 
@@ -313,6 +326,9 @@ class FidesChecker:
                 bundle,
             )
         self.measurements = {p: _measurement(self.fides, bundle, p) for p in PROTOCOLS}
+        names = self.fides.metadata.get("labels")
+        # the label names the bundle's publisher gives the classes (None: not published)
+        self.labels: tuple[str, ...] | None = None if names is None else tuple(map(str, names))
         self.nonces = NonceStore()
         # (verifier node address, verifier name, acceptance rules) -> open session: a session
         # is reused only under the rules its opening quote was checked against
@@ -364,16 +380,23 @@ def _model_digests(full: Path) -> dict[str, str]:
     return {p: model_digest(verifier_bundle(full, p)).hex() for p in PROTOCOLS}
 
 
-def export_client_bundle(full: Path, out: Path) -> Path:
+def export_client_bundle(full: Path, out: Path, labels: Sequence[str] | None = None) -> Path:
     """Write the CLIENT bundle of the full Fides directory `full` into `out`: what clients get.
 
     It holds the detector, the re-classifier, the threshold and the verifier's enclave model
     digest, and NOT the verification model: a service operator that had the verifier's weights
     could answer with the verifier's own distribution and never be flagged (`bench/
-    fides_mimic.py`), so only the host of the verifier's enclave gets the full bundle."""
+    fides_mimic.py`), so only the host of the verifier's enclave gets the full bundle.
+
+    `labels` (default: the full bundle's, if it records them) are the class names clients
+    accept: a service node listing other names is refused."""
     fides = FidesVerifier.load(full)
     if fides.client_only:
         raise InvalidRequest(f"{full} is already a client bundle")
+    if labels is not None:
+        if len(labels) != fides.n_classes:
+            raise InvalidRequest(f"{len(labels)} label names for {fides.n_classes} classes")
+        fides.metadata["labels"] = [str(name) for name in labels]
     digests = _model_digests(full)
     return fides.save_client(out, digests["distribution"], digests["verdicts"])
 
@@ -424,12 +447,16 @@ def classify_fides(
     service = catalog.pick(
         lambda n: n.classifier(model) is not None, f"classifier {model!r}", options.service_node
     )
+    # Never the service's own node: its operator would hold the verifier (weights on disk,
+    # or at least the enclave's host) and could answer with its distribution unflagged.
     verifier = catalog.pick(
         lambda n: (
             (v := n.verifier(vname)) is not None
             and (v.protocol or "distribution") == options.protocol
+            and n.node_id != service.node_id
         ),
-        f"Fides verifier {vname!r} (protocol {options.protocol!r})",
+        f"Fides verifier {vname!r} (protocol {options.protocol!r}) on a node other than the "
+        f"service's ({service.name})",
         options.verifier_node,
     )
     info, vinfo = service.classifier(model), verifier.verifier(vname)
@@ -438,6 +465,13 @@ def classify_fides(
         raise InvalidRequest(
             f"verifier {vname!r} ({vinfo.task}, {vinfo.n_classes} classes) does not match "
             f"classifier {model!r} ({info.input_kind}, {len(info.labels)} classes)"
+        )
+    label_names = checker.labels or tuple(info.labels)
+    if checker.labels is not None and tuple(info.labels) != checker.labels:
+        raise PeerMisbehaved(
+            f"service node {service.name} lists the labels of {model!r} as {list(info.labels)}, "
+            f"the published client bundle as {list(checker.labels)}: refused (a service that "
+            "permutes its label names would mislabel every answer without changing a class)"
         )
     verdicts = options.protocol == "verdicts"
     wire = encode_inputs(inputs, info.input_kind)
@@ -647,7 +681,7 @@ def classify_fides(
         model=model,
         probs=probs,
         predictions=predictions,
-        labels=tuple(info.labels[i] for i in predictions),
+        labels=tuple(label_names[i] for i in predictions),
         node_id=reply.node_id,
         node_name=service.name,
         model_digest=reply.model_digest,
@@ -666,7 +700,10 @@ def classify_fides(
         verifier_probs=None if pv is None else pv.numpy(),
         quote=summary,
         threat_model=threat_model(
-            options.protocol, vinfo.enrolled_only, session is not None and session.enrolled
+            options.protocol,
+            vinfo.enrolled_only,
+            session is not None and session.enrolled,
+            labels_published=checker.labels is not None,
         ),
     )
 
@@ -862,7 +899,12 @@ def fides_privacy(
     return Privacy(
         mode="fides (plaintext classification, verified)",
         channel=channel,
-        client_keeps="the nonce, the detector's verdicts and the re-classified labels",
+        client_keeps=(
+            "the nonce, the detector's verdicts and the re-classified labels"
+            if protocol == "distribution"
+            else "the nonce (the verdicts and re-classified labels come from the enclave: "
+            "its host sees them unless the session is enrolled)"
+        ),
         node_views=(
             f"service node {service} saw every input and its own output distribution",
             f"verifier node {verifier} saw every input in the clear before handing it to {tee}, "

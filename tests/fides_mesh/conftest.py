@@ -93,6 +93,8 @@ def mesh(
                 # the same verifier, open to every mesh client (a relaying service can use it)
                 *("--fides-verifier", f"mnist-open={fides}"),
                 *("--fides-client", "mnist=client"),  # "mnist" answers the client only
+                # the service model on the verifier's own node: clients must not pair them
+                *("--classifier", f"colocated={service}"),
                 # a slot its owner provisions sealed WITH an enrolment (checked in the enclave)
                 *("--fides-sealed", "sealed-enrolled=client"),
                 *("--enclave", "simulated"),

@@ -32,12 +32,18 @@ from secure_infer.errors import (
     InvalidRequest,
     MeasurementNotAllowed,
     NotPermitted,
+    PeerMisbehaved,
     ReplayedNonce,
     SimulatedNotAllowed,
     UnknownModel,
     status_code,
 )
-from secure_infer.fides_client import FidesOptions, client_bundle, published_measurement
+from secure_infer.fides_client import (
+    FidesOptions,
+    client_bundle,
+    export_client_bundle,
+    published_measurement,
+)
 from secure_infer.fides_provision import provision_verifier
 from secure_infer.localmesh import LocalMesh
 from tee import (
@@ -400,8 +406,10 @@ def test_cli_prints_the_verdict_and_the_simulated_tee(
     args = ["classify", "--seeds", ",".join(mesh.seeds), "--model", "mnist@swap_top2"]
     args += ["--images", str(images), "--verify", "fides", "--verifier", "mnist"]
     bundle = tmp_path / "client-bundle"
-    assert cli.main(["fides", "export-client", str(artefacts / "fides"), str(bundle)]) == 0
+    export = ["fides", "export-client", str(artefacts / "fides"), str(bundle)]
+    assert cli.main([*export, "--labels-from", str(artefacts / "service")]) == 0
     assert "no verification model weights" in capsys.readouterr().out
+    assert FidesVerifier.load(bundle).metadata["labels"] == [str(d) for d in range(10)]
     assert cli.main(["fides", "export-client", str(bundle), str(tmp_path / "again")]) == 1
     assert "already a client bundle" in capsys.readouterr().err
     args += ["--fides-bundle", str(bundle), "--certs", str(mesh.certs_dir)]
@@ -674,3 +682,50 @@ def test_a_verifier_sealed_with_an_enrolment_serves_its_clients_only(
     assert listed["sealed-enrolled"]["sealed_owner"] == "client"
     again = client.classify("mnist", x, verify="fides", fides=opts)  # still serving its client
     assert [c.attacked for c in again.checks] == [c.attacked for c in res.checks]
+
+
+def test_a_node_never_verifies_its_own_service(
+    client: Client, options: FidesOptions, test_images: torch.Tensor
+) -> None:
+    """The "verifier" node also hosts the service model as "colocated": its operator holds the
+    verifier, so a client must not pair the two (it could answer with the verifier's own
+    distribution unflagged). The only "mnist-open" verifier is on that node: refused."""
+    x = test_images.numpy()[:4]
+    for node in (None, "verifier"):  # picked by load, or pinned by the caller
+        opts = dataclasses.replace(options, verifier="mnist-open", verifier_node=node)
+        with pytest.raises(UnknownModel, match="other than the service's"):
+            client.classify("colocated", x, verify="fides", fides=opts)
+    opts = dataclasses.replace(options, verifier="mnist-open")
+    assert client.classify("mnist", x, verify="fides", fides=opts).node_name == "service"
+
+
+def test_label_names_come_from_the_published_bundle(
+    client: Client,
+    options: FidesOptions,
+    artefacts: Path,
+    tmp_path: Path,
+    test_images: torch.Tensor,
+) -> None:
+    """Fides checks class indices; the names a user reads must not be the service's word."""
+    x = test_images.numpy()[:8]
+    digits = [str(d) for d in range(10)]
+    published = export_client_bundle(artefacts / "fides", tmp_path / "named", labels=digits)
+    res = client.classify(
+        "mnist", x, verify="fides", fides=dataclasses.replace(options, bundle=published)
+    )
+    assert res.labels == tuple(digits[i] for i in res.predictions)
+    assert "label names: the client bundle's" in res.threat_model
+    rotated = digits[1:] + digits[:1]  # what the service's listing says are the bundle's
+    renamed = export_client_bundle(artefacts / "fides", tmp_path / "rotated", labels=rotated)
+    with pytest.raises(PeerMisbehaved, match="lists the labels"):
+        client.classify(
+            "mnist", x, verify="fides", fides=dataclasses.replace(options, bundle=renamed)
+        )
+    with pytest.raises(InvalidRequest, match="label names for 10 classes"):
+        export_client_bundle(artefacts / "fides", tmp_path / "short", labels=digits[:9])
+    unnamed = client.classify("mnist", x, verify="fides", fides=options)
+    if FidesVerifier.load(options.bundle).metadata.get("labels") is None:  # older artefacts
+        assert "label names: as the service node lists them, UNCHECKED" in unnamed.threat_model
+    else:  # artefacts built since the bundle records them
+        assert "label names: the client bundle's" in unnamed.threat_model
+    assert unnamed.labels == res.labels

@@ -136,6 +136,7 @@ def build(
     save_classifier(out / "service", outcome.service, LABELS[task], text=text)
     if not text:  # the text substitute reads MiniLM's 2nd layer: not a hosted family
         save_classifier(out / "substitute", outcome.substitute, LABELS[task])
+    outcome.fides.metadata["labels"] = LABELS[task]  # what clients show (the bundle pins them)
     outcome.fides.save(out / "fides")
     metrics: dict[str, Any] = {"scale": scale_id, "seed": cfg.seed, **outcome.metrics}
     marker.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
