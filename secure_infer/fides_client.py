@@ -81,11 +81,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from decentralized.classify_service import enclave_request
-from decentralized.errors import InvalidRequest, PeerMisbehaved, SessionMismatch
+from decentralized.errors import InvalidRequest, PeerMisbehaved, SessionMismatch, UnknownModel
 from decentralized.transport import Credentials
 from decentralized.v1 import classify_pb2
 from secure_infer.classify_client import (
     Catalog,
+    NodeModels,
     call,
     count,
     decode_probs,
@@ -447,18 +448,33 @@ def classify_fides(
     service = catalog.pick(
         lambda n: n.classifier(model) is not None, f"classifier {model!r}", options.service_node
     )
+
     # Never the service's own node: its operator would hold the verifier (weights on disk,
     # or at least the enclave's host) and could answer with its distribution unflagged.
-    verifier = catalog.pick(
-        lambda n: (
-            (v := n.verifier(vname)) is not None
+    # Among the others, those listing the published measurement first (a node with another
+    # verifier, however lightly loaded, is not picked over them); if none does, the listing
+    # may be stale or wrong, and attestation decides.
+    def hosts_verifier(n: NodeModels, published: bytes | None = None) -> bool:
+        v = n.verifier(vname)
+        return (
+            v is not None
             and (v.protocol or "distribution") == options.protocol
             and n.node_id != service.node_id
-        ),
+            and (published is None or v.measurement == published)
+        )
+
+    what = (
         f"Fides verifier {vname!r} (protocol {options.protocol!r}) on a node other than the "
-        f"service's ({service.name})",
-        options.verifier_node,
+        f"service's ({service.name})"
     )
+    try:
+        verifier = catalog.pick(
+            functools.partial(hosts_verifier, published=checker.measurements[options.protocol]),
+            what,
+            options.verifier_node,
+        )
+    except UnknownModel:
+        verifier = catalog.pick(hosts_verifier, what, options.verifier_node)
     info, vinfo = service.classifier(model), verifier.verifier(vname)
     assert info is not None and vinfo is not None  # noqa: S101 - picked for them
     if vinfo.task != info.input_kind or vinfo.n_classes != len(info.labels):

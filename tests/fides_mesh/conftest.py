@@ -95,6 +95,7 @@ def mesh(
                 *("--fides-client", "mnist=client"),  # "mnist" answers the client only
                 # the service model on the verifier's own node: clients must not pair them
                 *("--classifier", f"colocated={service}"),
+                *("--fides-verifier", f"twin={fides}"),  # "liar" lists another one as "twin"
                 # a slot its owner provisions sealed WITH an enrolment (checked in the enclave)
                 *("--fides-sealed", "sealed-enrolled=client"),
                 *("--enclave", "simulated"),
@@ -137,6 +138,8 @@ def mesh(
                 f"mnist@wrong={wrong}",
                 "--fides-verifier",
                 f"mnist@reroute={fides}",
+                "--fides-verifier",
+                f"twin={wrong}",
             ),
         ),
     ]

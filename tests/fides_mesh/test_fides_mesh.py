@@ -729,3 +729,20 @@ def test_label_names_come_from_the_published_bundle(
     else:  # artefacts built since the bundle records them
         assert "label names: the client bundle's" in unnamed.threat_model
     assert unnamed.labels == res.labels
+
+
+def test_a_verifier_listing_the_published_measurement_is_preferred(
+    client: Client, options: FidesOptions, test_images: torch.Tensor
+) -> None:
+    """Two nodes list a verifier "twin"; "liar"'s is another model. However loaded either is,
+    the client picks the one whose listing matches the bundle's measurement; pinned to the
+    other, attestation refuses it."""
+    x = test_images.numpy()[:4]
+    opts = dataclasses.replace(options, verifier="twin", verifier_node=None)
+    for _ in range(3):
+        res = client.classify("mnist", x, verify="fides", fides=opts)
+        assert res.quote is not None and res.quote.verifier_node == "verifier"
+    with pytest.raises(MeasurementNotAllowed):
+        client.classify(
+            "mnist", x, verify="fides", fides=dataclasses.replace(opts, verifier_node="liar")
+        )
