@@ -409,3 +409,20 @@ def _raw_hex(key: Ed25519PrivateKey) -> str:
         .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         .hex()
     )
+
+
+def test_a_node_refusing_a_plain_request_is_failed_over_not_obeyed(mesh: LocalMesh) -> None:
+    """Plain split inference (no consensus): a node answering any error status, here
+    OUT_OF_RANGE, is banned and the request fails over; it cannot abort the request."""
+    from secure_infer import NoRoute
+
+    with Client(mesh.seeds, tls=mesh.client_tls()) as fresh:
+        mesh_client = fresh._mesh  # the SDK's mesh client: which nodes it bans
+        refuse = _node_id(fresh, "refuse")
+        for node in fresh.nodes():  # leave the planner the refusing node only
+            if node["node_id"] != refuse:
+                mesh_client.ban(node["node_id"])
+        with pytest.raises(NoRoute, match="after refuse failed.*OUT_OF_RANGE"):
+            fresh.embed(MODEL, TEXTS)
+        assert refuse in mesh_client.banned()
+    assert mesh.nodes["refuse"].alive
