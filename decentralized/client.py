@@ -38,6 +38,36 @@ from verification.consensus import BadReceipt, Receipt
 
 logger = logging.getLogger(__name__)
 
+# Statuses of a call that did not reach a working node (or not in time): not a node's answer.
+TRANSPORT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+
+
+def refusal_status(exc: MeshError) -> grpc.StatusCode | None:
+    """The status a node refused a call with; None for a transport failure (unreachable, late,
+    gone) and for a reply that failed the client's checks (PeerMisbehaved)."""
+    if isinstance(exc, PeerMisbehaved) or exc.code in TRANSPORT_CODES:
+        return None
+    return exc.code
+
+
+def same_refusal(errors: list[MeshError]) -> MeshError | None:
+    """When at least two nodes refused with one and the same status (transport failures and
+    invalid replies aside), an error of that type and status for the caller, else None.
+
+    The client checks what it sends, but not everything: it does not know a node's token limit,
+    for one. A status every node gives is an answer about the request, not a node's fault."""
+    refusals = [e for e in errors if refusal_status(e) is not None]
+    if len(refusals) < 2 or len({e.code for e in refusals}) != 1:
+        return None
+    first = refusals[0]
+    err = type(first)(
+        f"{first} (refused with the same status by {len(refusals)} nodes and accepted by none: "
+        "the request is refused, no node is blamed)"
+    )
+    err.code = first.code
+    return err
 
 
 def error_from_rpc(exc: grpc.RpcError, where: str) -> MeshError:
@@ -112,6 +142,10 @@ class MeshClient:
 
     def ban(self, node_id: str) -> None:
         self._banned[node_id] = time.monotonic() + self.ban_s
+
+    def unban(self, node_id: str) -> None:
+        """Lift a ban (a refusal turned out to be about the request, not the node)."""
+        self._banned.pop(node_id, None)
 
     def rtt(self, node_id: str) -> float | None:
         """Measured round trip to a node (health check), None when not measured."""
@@ -306,6 +340,7 @@ class Chain:
             _wire.check_mask(attention_mask, hidden)
         x = hidden
         step_tokens = hidden.shape[1]
+        refused: dict[int, tuple[MeshError, str]] = {}  # first layer -> a refusal, its node id
         i = 0
         while i < len(self.states):
             st = self.states[i]
@@ -320,11 +355,19 @@ class Chain:
                     timeout_s=self.client.hop_timeout_s * max(1.0, x.shape[1] / 256),
                 )
             except MeshError as exc:
-                # Whatever the status: the client validated what it sent before sending it, so a
-                # node that refuses it (INVALID_ARGUMENT, PERMISSION_DENIED, OUT_OF_RANGE, ...)
-                # lies or runs another version. It is banned and the request fails over
-                # (bounded by max_failovers; the last error is in the final one) instead of
-                # one node aborting requests.
+                # Whatever the status, a node that refuses what the client validated
+                # (INVALID_ARGUMENT, PERMISSION_DENIED, OUT_OF_RANGE, ...) is banned and the
+                # request fails over (bounded by max_failovers) instead of one node aborting
+                # requests. But the client does not know everything (a node's token limit):
+                # when the replacement for the same layers refuses with the same status, that
+                # status is about the request. It is raised as is and the first node unbanned.
+                first = refused.get(st.hop.start)
+                same = same_refusal([first[0], exc]) if first is not None else None
+                if same is not None and first is not None:
+                    self.client.unban(first[1])
+                    raise same from None
+                if refusal_status(exc) is not None and first is None:
+                    refused[st.hop.start] = (exc, st.hop.node_id)
                 x = self._fail_over(i, x, exc)
                 continue
             st.compute_s += compute_s
@@ -347,9 +390,11 @@ class Chain:
             exc,
         )
         if len(self.failovers) >= self.client.max_failovers:
-            raise PeerUnavailable(
-                f"gave up after {len(self.failovers)} fail-overs; last: {exc}"
-            ) from None
+            # The last error's status where it is a node's answer; UNAVAILABLE otherwise.
+            cls = type(exc) if refusal_status(exc) is not None else PeerUnavailable
+            gave_up = cls(f"gave up after {len(self.failovers)} fail-overs; last: {exc}")
+            gave_up.code = exc.code if refusal_status(exc) is not None else PeerUnavailable.code
+            raise gave_up from None
         self.client.ban(failed.hop.node_id)
         # Everything that entered layer `start` so far, plus this step: the replay input.
         history = torch.cat([*failed.inputs, x], dim=1) if failed.inputs else x

@@ -23,8 +23,18 @@
    generation, a fresh node takes its place, rebuilt by replaying the span's inputs.
 5. **Faults.** A replica whose call fails, whatever the gRPC status (it dies, stalls, refuses,
    or sends an invalid reply), is counted as a fault of its record (not a conviction) and
-   replaced by a fresh node when there is one; the request fails only when too few replicas
-   answered to decide (two for a checked span).
+   replaced by a fresh node when there is one: another name, or another record of the same
+   name (faults are per record: a gossiped record claiming an honest name and failing must
+   not shut that name out), at most `MeshClient.max_failovers` replacements per span and step.
+   Whatever the faults, a span is decided only by a strict majority of the **planned** k
+   replicas (more than k // 2 agreeing outputs): fewer answers, or a smaller majority among
+   them, escalate to a fresh node when one is left and otherwise fail the request (`NoRoute`
+   when too few answered, `NoConsensus` when too few agree), so two colluders cannot decide a
+   span of k = 4 or 5 alone by having the others fail. One exception: when no replica of a
+   step answered and at least two refused with one and the same status other than a transport
+   failure (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED), e.g. every node's INVALID_ARGUMENT for a
+   prompt over its `max_tokens` (a limit the client does not know), the request fails with
+   that error, its status and message, and none of those replicas is faulted or banned.
 
 With `check_rate` < 1 only that fraction of requests is executed redundantly (drawn per
 request); the others run on one random eligible node per span of the same kind of route: it is
@@ -48,7 +58,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from decentralized import _wire
-from decentralized.client import MeshClient
+from decentralized.client import MeshClient, refusal_status, same_refusal
 from decentralized.errors import MeshError, NoRoute
 from decentralized.models import get_spec
 from decentralized.routing import Hop, hop_cost, shortest_path
@@ -68,7 +78,6 @@ from verification.consensus.verdict import WireTensor
 logger = logging.getLogger(__name__)
 _RNG = secrets.SystemRandom()
 _REPLICA_KEYS = itertools.count()
-_EVIDENCE_MAX_BYTES = 8 * 1024 * 1024  # per tensor kept in a verdict; larger ones: digests only
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,7 +89,14 @@ class ConsensusOptions:
         max_replicas: replicas a span may escalate to when its replicas disagree.
         check_rate: fraction of requests executed redundantly, drawn per request.
         candidates: restrict the replicas to these node names (diagnostics, tests); empty = all.
-        evidence: keep the input and the disputed outputs in conviction verdicts.
+        evidence: keep, in verdicts that convict or leave a span undecided, every replica's
+            input (as sent) and output (as returned), so that a third party can recompute the
+            decision.
+        evidence_max_bytes: the most bytes of one replica's evidence (its input plus its
+            output) a verdict carries. A conviction verifies only with the evidence of every
+            replica, so when one replica's is larger the verdict keeps none (digests only: it
+            still counts in this client's reputation, but `verify_verdict` refuses it as
+            unverifiable) and a warning is logged. None = no cap.
         manifest: the model publisher's manifest (JSON); None = build one from this machine's
             copy of the weights (cached; the client is then its own publisher).
         publisher_key: the pinned raw Ed25519 key of the manifest's publisher (required with
@@ -93,6 +109,7 @@ class ConsensusOptions:
     check_rate: float = 1.0
     candidates: tuple[str, ...] = ()
     evidence: bool = True
+    evidence_max_bytes: int | None = 8 * 1024 * 1024
     manifest: Path | None = None
     publisher_key: bytes | None = None
     verdict_log: Path | None = None
@@ -104,6 +121,8 @@ class ConsensusOptions:
             raise ValueError("max_replicas must be >= k")
         if not 0.0 < self.check_rate <= 1.0:
             raise ValueError("check_rate must be in (0, 1]")
+        if self.evidence_max_bytes is not None and self.evidence_max_bytes < 1:
+            raise ValueError("evidence_max_bytes must be positive (or None: no cap)")
         if self.manifest is not None and self.publisher_key is None:
             raise ValueError("a published manifest needs publisher_key (the pinned Ed25519 key)")
 
@@ -199,7 +218,7 @@ class ConsensusChain:
         for rec in records:
             if self.options.candidates and rec.name not in self.options.candidates:
                 continue
-            why = self.reputation.excluded(rec.name, rec.node_id)
+            why = self.reputation.excluded(rec.name, node_id=rec.node_id)
             if why is None and rec.node_id in banned:
                 why = "failed recently"
             for span in rec.spans:
@@ -270,11 +289,18 @@ class ConsensusChain:
     def _replica(self, hop: Hop) -> Replica:
         return Replica(hop, secrets.token_urlsafe(18) if self.stateful else "")
 
-    def _fresh_hop(self, slot: _Slot) -> Hop | None:
-        """An eligible node for the slot's span whose name is not already one of its replicas'."""
+    def _fresh_hop(
+        self, slot: _Slot, exclude_ids: set[str] | frozenset[str] = frozenset()
+    ) -> Hop | None:
+        """An eligible node for the slot's span whose name is not already one of its replicas'
+        and whose record is not one of `exclude_ids` (those that failed in this step)."""
         in_use = {r.hop.name for r in slot.replicas}
         by_span = self._eligible(self.client.refresh())
-        fresh = [h for h in by_span.get((slot.start, slot.end), []) if h.name not in in_use]
+        fresh = [
+            h
+            for h in by_span.get((slot.start, slot.end), [])
+            if h.name not in in_use and h.node_id not in exclude_ids
+        ]
         return _RNG.choice(self._one_per_name(fresh)) if fresh else None
 
     # -- execution -----------------------------------------------------------------------------
@@ -322,74 +348,30 @@ class ConsensusChain:
         excluded = [
             i
             for i, r in enumerate(slot.replicas)
-            if self.reputation.excluded(r.hop.name, r.hop.node_id) is not None
+            if self.reputation.excluded(r.hop.name, node_id=r.hop.node_id) is not None
         ]
         if excluded:
             self._drop(slot, excluded)
-        need = min(self.k, 2)  # a checked span needs two answers to compare
+        # A decision needs a strict majority of the replicas planned, whatever happens to
+        # them: otherwise colluders could decide a span alone once the others failed.
+        need = self.k // 2 + 1
         if len(slot.replicas) < need:
             raise NoRoute(
                 f"{self.model} [{slot.start}, {slot.end}): {len(slot.replicas)} eligible "
-                f"replica(s) left after exclusions; a checked span needs at least 2"
+                f"replica(s) left after exclusions; a decision needs {need} agreeing of the "
+                f"{self.k} planned"
             )
         answers: dict[int, _Answer] = {}  # Replica.key -> its answer to this step
-        faults: list[str] = []
-        todo = list(slot.replicas)
-        while True:
-            futures = [(rep, self._pool.submit(self._call, slot, rep, x, mask)) for rep in todo]
-            todo = []
-            for rep, fut in futures:
-                try:
-                    answers[rep.key] = fut.result()
-                except MeshError as exc:
-                    # Whatever the status, a replica that does not answer a request its peers
-                    # are sent too is at fault: the client checked the input before sending.
-                    faults.append(f"{rep.hop.name}: {exc}")
-                    fresh = self._replace_faulty(slot, rep, exc)
-                    if fresh is not None:
-                        todo.append(fresh)
-            if todo:
-                continue
-            if len(slot.replicas) < need:
-                raise NoRoute(
-                    f"{self.model} [{slot.start}, {slot.end}): {len(slot.replicas)} replica(s) "
-                    f"answered and no other eligible node serves the span, so no decision is "
-                    f"possible; faults: {'; '.join(faults)}"
-                )
-            for rep in slot.replicas:
-                if rep.hop.name not in slot.report.replicas:
-                    slot.report.replicas.append(rep.hop.name)
-            order = list(slot.replicas)
-            outputs = [answers[r.key].output for r in order]
-            decision = decide(outputs, slot.tolerance)
-            slot.report.decisions += 1
-            if decision.decided:
-                break
-            if len(slot.replicas) >= self.options.max_replicas:
-                self._record_verdict(slot, order, answers, decision, mask)
-                raise NoConsensus(
-                    f"{self.model} [{slot.start}, {slot.end}): {len(order)} replicas "
-                    f"({', '.join(r.hop.name for r in order)}) disagree beyond "
-                    f"tolerance {slot.tolerance:.2e} and no node is left to escalate to"
-                )
-            hop = self._fresh_hop(slot)
-            if hop is None:
-                self._record_verdict(slot, order, answers, decision, mask)
-                raise NoConsensus(
-                    f"{self.model} [{slot.start}, {slot.end}): replicas disagree beyond tolerance "
-                    f"{slot.tolerance:.2e} and no other eligible node serves the span"
-                )
-            fresh = self._replica(hop)
-            slot.replicas.append(fresh)
-            slot.report.escalations += 1
-            todo = [fresh]
-            logger.warning(
-                "consensus: %s [%d, %d) undecided, escalating to %s",
-                self.model,
-                slot.start,
-                slot.end,
-                hop.name,
-            )
+        failures: list[tuple[Replica, MeshError]] = []  # this step's, recorded as faults below
+        excused: set[int] = set()  # indices into failures that are not the node's fault
+        try:
+            decision, order = self._decide_step(slot, x, mask, need, answers, failures, excused)
+        finally:
+            for i, (rep, exc) in enumerate(failures):
+                if i not in excused:
+                    self.reputation.fault(rep.hop.node_id)
+                    self.client.ban(rep.hop.node_id)
+                    slot.report.faults.append(f"{rep.hop.name}: {exc}")
         winner = order[decision.winner]  # type: ignore[index]
         agree = [order[j] for j in decision.agree]
         for i, rep in zip(decision.agree, agree, strict=True):
@@ -418,23 +400,129 @@ class ConsensusChain:
             slot.inputs.append(x)
         return answers[winner.key].output
 
-    def _replace_faulty(self, slot: _Slot, rep: Replica, exc: MeshError) -> Replica | None:
-        """A replica failed to answer: count the fault against its record, put a fresh node
-        in its place when there is one (returned), else just take it out of the slot."""
+    def _decide_step(
+        self,
+        slot: _Slot,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        need: int,
+        answers: dict[int, _Answer],
+        failures: list[tuple[Replica, MeshError]],
+        excused: set[int],
+    ) -> tuple[Decision, list[Replica]]:
+        """Call the slot's replicas (replacing failed ones, escalating when undecided) until
+        `need` of them agree; returns the decision and the replicas in its order."""
+        replaced = 0
+        todo = list(slot.replicas)
+        while True:
+            futures = [(rep, self._pool.submit(self._call, slot, rep, x, mask)) for rep in todo]
+            todo = []
+            failed: list[tuple[Replica, MeshError]] = []
+            for rep, fut in futures:
+                try:
+                    answers[rep.key] = fut.result()
+                except MeshError as exc:
+                    failed.append((rep, exc))
+            failures.extend(failed)
+            if not answers:
+                refused = same_refusal([exc for _, exc in failures])
+                if refused is not None:
+                    # Every node that answered with a status refused this step the same way
+                    # and none accepted it: the request (e.g. over the nodes' token limit) is
+                    # the likely cause, not the nodes. Nobody is faulted for it.
+                    excused.update(
+                        i for i, (_, exc) in enumerate(failures) if refusal_status(exc) is not None
+                    )
+                    raise refused
+            for rep, exc in failed:
+                # Whatever the status, a replica that does not answer a request its peers are
+                # sent too is at fault: it is replaced (bounded) or taken out of the slot.
+                allow = replaced < self.client.max_failovers
+                fresh = self._replace_faulty(
+                    slot, rep, exc, {r.hop.node_id for r, _ in failures}, allow
+                )
+                if fresh is not None:
+                    replaced += 1
+                    todo.append(fresh)
+            if todo:
+                continue
+            faults = "; ".join(f"{r.hop.name}: {e}" for r, e in failures)
+            if len(slot.replicas) < need:
+                raise NoRoute(
+                    f"{self.model} [{slot.start}, {slot.end}): {len(slot.replicas)} replica(s) "
+                    f"answered and no other eligible node serves the span"
+                    + (f" (replacements capped at {replaced})" if replaced else "")
+                    + f", so no decision is possible (it needs {need} agreeing of the "
+                    f"{self.k} planned); faults: {faults}"
+                )
+            for rep in slot.replicas:
+                if rep.hop.name not in slot.report.replicas:
+                    slot.report.replicas.append(rep.hop.name)
+            order = list(slot.replicas)
+            outputs = [answers[r.key].output for r in order]
+            decision = decide(outputs, slot.tolerance)
+            slot.report.decisions += 1
+            if decision.decided and len(decision.agree) >= need:
+                return decision, order
+            if decision.decided:
+                why = (
+                    f"only {len(decision.agree)} of {len(order)} answering replicas agree, and a "
+                    f"decision needs {need} agreeing of the {self.k} planned; faults: {faults}"
+                )
+            else:
+                why = f"{len(order)} replicas disagree beyond tolerance {slot.tolerance:.2e}"
+            if len(slot.replicas) >= self.options.max_replicas:
+                if not decision.decided:
+                    self._record_verdict(slot, order, answers, decision, mask)
+                raise NoConsensus(
+                    f"{self.model} [{slot.start}, {slot.end}): {why} "
+                    f"({', '.join(r.hop.name for r in order)}) and no node is left to escalate to"
+                )
+            hop = self._fresh_hop(slot, {r.hop.node_id for r, _ in failures})
+            if hop is None:
+                if not decision.decided:
+                    self._record_verdict(slot, order, answers, decision, mask)
+                raise NoConsensus(
+                    f"{self.model} [{slot.start}, {slot.end}): {why} and no other eligible node "
+                    f"serves the span"
+                )
+            fresh = self._replica(hop)
+            slot.replicas.append(fresh)
+            slot.report.escalations += 1
+            todo = [fresh]
+            logger.warning(
+                "consensus: %s [%d, %d) undecided (%s), escalating to %s",
+                self.model,
+                slot.start,
+                slot.end,
+                why,
+                hop.name,
+            )
+
+    def _replace_faulty(
+        self,
+        slot: _Slot,
+        rep: Replica,
+        exc: MeshError,
+        failed_ids: set[str],
+        allow: bool,
+    ) -> Replica | None:
+        """A replica failed to answer: put a fresh node in its place when there is one and
+        `allow` (returned), else just take it out of the slot. The fresh node may carry the
+        failed one's name (another record of it), never a record that failed in this step.
+        The fault itself is recorded by `_run_slot` at the end of the step."""
         logger.warning(
             "consensus: %s failed on [%d, %d): %s", rep.hop.name, slot.start, slot.end, exc
         )
-        self.reputation.fault(rep.hop.node_id)
-        self.client.ban(rep.hop.node_id)
-        slot.report.faults.append(f"{rep.hop.name}: {exc}")
         self._end(rep)
         self.retired.append(rep)
         i = slot.replicas.index(rep)
-        hop = self._fresh_hop(slot)  # `rep` is still in the slot: its name is not drawn again
+        slot.replicas.pop(i)
+        hop = self._fresh_hop(slot, failed_ids) if allow else None
         if hop is None:
-            slot.replicas.pop(i)
             return None
-        fresh = slot.replicas[i] = self._replica(hop)
+        fresh = self._replica(hop)
+        slot.replicas.insert(i, fresh)
         return fresh
 
     def _drop(self, slot: _Slot, indices: Sequence[int]) -> None:
@@ -471,8 +559,21 @@ class ConsensusChain:
             for j, answer in enumerate(results):
                 sent = _wire.tensor_to_proto(answer.sent)
                 reply = _wire.tensor_to_proto(answer.reply)
-                if len(sent.data) + len(reply.data) > _EVIDENCE_MAX_BYTES:
-                    evidence.clear()  # too large to carry: the receipts' digests only
+                cap = self.options.evidence_max_bytes
+                if cap is not None and len(sent.data) + len(reply.data) > cap:
+                    # A conviction verifies only with every replica's evidence: partial
+                    # evidence would be dead weight. Digests only, and say so.
+                    logger.warning(
+                        "consensus: evidence of %s on [%d, %d) is %d bytes, over "
+                        "evidence_max_bytes %d: this verdict carries digests only and will "
+                        "not verify for anybody else",
+                        order[j].hop.name,
+                        slot.start,
+                        slot.end,
+                        len(sent.data) + len(reply.data),
+                        cap,
+                    )
+                    evidence.clear()
                     break
                 evidence[j] = (
                     WireTensor(sent.dtype, tuple(sent.shape), sent.data, extra),

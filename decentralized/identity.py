@@ -2,11 +2,19 @@
 
 A node's id is derived from its public key (first 16 bytes of SHA-256, hex), so a record cannot
 claim another node's id without its key. Records are checked where they cross the trust
-boundary (`verify_record`): signature, derived id, and timestamps.
+boundary (`verify_record`): signature, derived id, timestamps, and the node name.
+
+Node names. A client opens a forward requiring the server's certificate to carry the record's
+name as a SAN (gRPC's target-name override), and node certificates carry `localhost`,
+`127.0.0.1` and `::1` SANs by default (`secure-infer certs issue`). A record named `localhost`
+or an IP address would therefore be answered by **any** node certificate: one operator could
+claim as many distinct replicas as it liked. Such names (`reserved_node_name`) are refused for
+node certificates and for records.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from pathlib import Path
@@ -19,9 +27,22 @@ from decentralized.errors import PeerMisbehaved
 from decentralized.v1 import common_pb2
 from verification.consensus.receipts import node_id_of  # one definition; receipts check it too
 
-__all__ = ["MAX_CLOCK_SKEW_MS", "Identity", "node_id_of", "verify_record"]
+__all__ = ["MAX_CLOCK_SKEW_MS", "Identity", "node_id_of", "reserved_node_name", "verify_record"]
 
 MAX_CLOCK_SKEW_MS = 30_000  # records signed further in the future than this are refused
+
+
+def reserved_node_name(name: str) -> str | None:
+    """Why `name` cannot be a node's name (it is one every node certificate may carry as a
+    SAN: `localhost`, a `.localhost` name, or an IP address such as `127.0.0.1`), or None."""
+    host = name.strip().rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"{name!r} is a loopback host name, which node certificates carry by default"
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return f"{name!r} is an IP address, which node certificates carry as SANs"
 
 
 class Identity:
@@ -88,6 +109,9 @@ def verify_record(
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if record.timestamp_ms > now + MAX_CLOCK_SKEW_MS:
         raise PeerMisbehaved(f"record of node {record.node_id} is signed in the future")
+    reserved = reserved_node_name(record.name)
+    if reserved is not None:
+        raise PeerMisbehaved(f"record of node {record.node_id} is refused: {reserved}")
     for span in record.spans:
         if span.end <= span.start:
             raise PeerMisbehaved(f"record of node {record.node_id} has an empty span")

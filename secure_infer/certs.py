@@ -226,7 +226,10 @@ def issue(
         directory: Directory that holds ``ca.crt`` and ``ca.key``. The new
             files are written there too.
         name: Name of the node or client. Must match
-            ``^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`` and must not be ``ca``.
+            ``^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`` and must not be ``ca``. A node's
+            name must not be ``localhost`` (or end in ``.localhost``) nor an IP
+            address: every node certificate may carry those as SANs, so a client
+            requiring that name would accept any node.
         role: ``"node"`` or ``"client"``.
         hosts: Host names and IP addresses the certificate is valid for.
         valid_days: How many days the certificate is valid. Must be positive.
@@ -250,6 +253,15 @@ def issue(
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     else:
         raise CertError(f"expected role 'node' or 'client', found {role!r}")
+    if role == "node":
+        from decentralized.identity import reserved_node_name
+
+        reserved = reserved_node_name(name)
+        if reserved is not None:
+            raise CertError(
+                f"expected a node name that is not a host every node certificate carries: "
+                f"{reserved} (a client could not tell that node from any other)"
+            )
     if role == "node" and not isinstance(hosts, str) and name not in hosts:
         hosts = [name, *hosts]
     sans = _subject_alt_names(hosts)

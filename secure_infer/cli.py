@@ -618,24 +618,33 @@ def _manifest(args: argparse.Namespace) -> int:
 
 
 def _verdicts(args: argparse.Namespace) -> int:
-    from verification.consensus import verify_verdict
+    """Check every verdict of a JSON-lines file; one line of output per verdict, exit 1 if
+    any is refused (a refused one does not stop the others from being checked)."""
+    from verification.consensus import InvalidVerdict, verify_verdict
 
     pinned = bytes.fromhex(args.client_key) if args.client_key else None
-    count = 0
-    for line in args.path.read_text().splitlines():
+    verified = refused = 0
+    for number, line in enumerate(args.path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        v = verify_verdict(line, client_key=pinned)
-        count += 1
+        try:
+            v = verify_verdict(line, client_key=pinned)
+        except InvalidVerdict as exc:
+            refused += 1
+            sys.stdout.write(f"REFUSED line {number}: {exc}\n")
+            continue
+        verified += 1
         who = ", ".join(n[:8] for n in v.convicted) or "nobody (undecided)"
         sys.stdout.write(
-            f"OK {v.id[:12]}: {v.model} [{v.start}, {v.end}) epoch {v.epoch}, "
+            f"OK line {number} {v.id[:12]}: {v.model} [{v.start}, {v.end}) epoch {v.epoch}, "
             f"{len(v.receipts)} receipts, convicted {who}"
             + (", evidence checked" if v.evidence else ", digests only")
             + "\n"
         )
-    sys.stdout.write(f"{count} verdict(s) verified\n")
-    return 0
+    sys.stdout.write(
+        f"{verified} verdict(s) verified" + (f", {refused} refused" if refused else "") + "\n"
+    )
+    return _EXIT_ERROR if refused else 0
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -179,7 +179,9 @@ def test_no_majority_and_nobody_left_is_an_error(client: Client) -> None:
     with pytest.raises(NoConsensus, match=r"\[0, 3\).*disagree"):
         client.embed(MODEL, TEXTS, verify="consensus", consensus=options)
     # Nobody was convicted: with two replicas the client cannot tell which one lied.
-    assert all(client.reputation.excluded(n["name"], n["node_id"]) is None for n in client.nodes())
+    assert all(
+        client.reputation.excluded(n["name"], node_id=n["node_id"]) is None for n in client.nodes()
+    )
 
 
 def test_a_replica_that_dies_mid_request_is_replaced(
@@ -241,7 +243,7 @@ def test_a_replica_refusing_with_any_status_is_a_fault_not_an_abort(
     assert "OUT_OF_RANGE" in first.faults[0]
     # Nobody was left to replace it: the two replicas that answered decide.
     assert sorted(first.replicas) == ["h1", "h2"] and first.decisions == 1
-    standing = client.reputation.standing("refuse", _node_id(client, "refuse"))
+    standing = client.reputation.standing("refuse", node_id=_node_id(client, "refuse"))
     assert standing["recent_faults"] >= 1 and standing["convictions"] == 0
     # Too few answers to decide: a clear error, and every node keeps serving.
     with (

@@ -396,3 +396,14 @@ def test_mtls_client_cert_cannot_serve(pki: Path) -> None:
 
     assert isinstance(client_outcome, ssl.SSLError)
     assert server_result.peer_cn is None
+
+
+@pytest.mark.parametrize(
+    "name", ["localhost", "LocalHost", "db.localhost", "127.0.0.1", "10.0.0.7"]
+)
+def test_issue_refuses_node_names_every_node_certificate_carries(pki: Path, name: str) -> None:
+    # A client requires the record's name as a SAN; these are SANs of every default node cert.
+    with pytest.raises(CertError, match="not a host every node certificate carries"):
+        issue(pki, name, role="node")
+    assert sorted(p.name for p in pki.iterdir()) == ["ca.crt", "ca.key"]
+    verify_leaf(issue(pki, name, role="client"))  # a client's name is never dialled

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from decentralized.errors import PeerMisbehaved
-from decentralized.identity import Identity, node_id_of, verify_record
+from decentralized.identity import Identity, node_id_of, reserved_node_name, verify_record
 from decentralized.v1 import common_pb2
 
 
@@ -71,3 +71,18 @@ def test_future_and_garbage_records_are_rejected(tmp_path: Path) -> None:
     empty.spans[0].end = 0
     with pytest.raises(PeerMisbehaved, match="empty span"):
         verify_record(ident.sign(empty))
+
+
+@pytest.mark.parametrize("name", ["localhost", "localhost.", "a.LOCALHOST", "127.0.0.1", "::1"])
+def test_a_record_named_like_a_default_san_is_refused(tmp_path: Path, name: str) -> None:
+    # Any node certificate carries localhost / 127.0.0.1 / ::1: the name would bind nothing.
+    ident = Identity.load_or_create(tmp_path / "k")
+    with pytest.raises(PeerMisbehaved, match="is refused.*(loopback host name|IP address)"):
+        verify_record(ident.sign(_named(name)))
+    assert reserved_node_name("node-1") is None and reserved_node_name("localhost-1") is None
+
+
+def _named(name: str) -> common_pb2.NodeRecord:
+    rec = _record()
+    rec.name = name
+    return rec

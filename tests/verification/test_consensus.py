@@ -21,6 +21,7 @@ from verification.consensus import (
     Reputation,
     Tolerance,
     decide,
+    decide_distances,
     distance,
     node_id_of,
     receipt_message,
@@ -161,19 +162,38 @@ def test_reputation_excludes_at_once_for_a_full_period_then_bans() -> None:
     rep.convict("a", "w" * 64)
     now[0] = 5000.0
     assert rep.excluded("a") == "banned after 2 convictions"
-    assert rep.excluded("a", "a-new-key") == "banned after 2 convictions"  # keyed by name
+    assert rep.excluded("a", node_id="a-new-key") == "banned after 2 convictions"  # keyed by name
     # Faults count against one record (node id), within a sliding period, not against a name.
     now[0] = 5099.0
     rep.fault("id-b")
-    assert rep.excluded("b", "id-b") is None
+    assert rep.excluded("b", node_id="id-b") is None
     now[0] = 5100.0
     rep.fault("id-b")
-    assert rep.excluded("b", "id-b") == "2 faults in the last 100 s"
-    assert rep.excluded("b", "id-b2") is None and rep.excluded("b") is None
+    assert rep.excluded("b", node_id="id-b") == "2 faults in the last 100 s"
+    assert rep.excluded("b", node_id="id-b2") is None and rep.excluded("b") is None
     now[0] = 5198.0
-    assert rep.excluded("b", "id-b") is not None  # the epoch changed, the faults are recent
+    assert rep.excluded("b", node_id="id-b") is not None  # the epoch changed, the faults are recent
     now[0] = 5199.0
-    assert rep.excluded("b", "id-b") is None
+    assert rep.excluded("b", node_id="id-b") is None
+
+
+def test_reputation_takes_node_ids_by_keyword_and_forgets_old_faults() -> None:
+    now = [0.0]
+    rep = Reputation(epoch_s=100, max_faults=1, clock=lambda: now[0])
+    rep.fault("id-a")
+    # The old signature was excluded(node_id): a positional id must not pass for a name.
+    with pytest.raises(TypeError):
+        rep.excluded("a", "id-a")  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        rep.standing("a", "id-a")  # type: ignore[misc]
+    assert rep.excluded("a", node_id="id-a") == "1 faults in the last 100 s"
+    for i in range(50):  # records gossiped once, each failing once
+        rep.fault(f"gossip-{i}")
+    assert rep.tracked_faults() == 51
+    now[0] = 150.0
+    assert rep.tracked_faults() == 0  # nothing kept once the faults are a period old
+    rep.fault("id-b")
+    assert rep.tracked_faults() == 1
 
 
 def _tensor(t: torch.Tensor) -> WireTensor:
@@ -313,3 +333,88 @@ def test_minilm_tolerances_separate_rounding_from_a_one_percent_lie() -> None:
     assert distance(out, again) <= tol[(0, 6)].value
     noisy = out * (1 + 0.01 * torch.randn(out.shape, generator=GEN))
     assert distance(out, noisy) > 100 * tol[(0, 6)].value
+
+
+def _five_replicas() -> tuple[
+    list[Receipt], list[torch.Tensor], dict[int, tuple[WireTensor, WireTensor]]
+]:
+    x = torch.randn(1, 2, 4, generator=GEN)
+    good, bad = x * 2, x * 3
+    outs = [good, good.clone(), good.clone(), good.clone(), bad]
+    sent = _tensor(x)
+    keys = [Ed25519PrivateKey.generate() for _ in outs]
+    receipts = [_signed_receipt(k, sent, _tensor(o)) for k, o in zip(keys, outs, strict=True)]
+    evidence = {j: (sent, _tensor(o)) for j, o in enumerate(outs)}
+    return receipts, outs, evidence
+
+
+def _restate(
+    d: Decision, rows: list[list[float]], winner: int | None, deviate: tuple[int, ...]
+) -> Decision:
+    agree = tuple(i for i in range(len(rows)) if i not in deviate)
+    return Decision(winner, agree, deviate, tuple(tuple(r) for r in rows), d.tolerance)
+
+
+def test_a_verdict_cannot_convict_its_winner_through_the_distance_matrix() -> None:
+    receipts, outs, evidence = _five_replicas()
+    client = Ed25519PrivateKey.generate()
+    honest = decide(outs, 1e-5)
+    assert honest.winner == 0 and honest.deviate == (4,)
+    verify_verdict(_verdict(client, receipts, honest, evidence).to_json())
+    rows = [list(r) for r in honest.distances]
+    # The reviewer's attack: the winner's distance to itself set to inf, the winner "deviates".
+    diag = [list(r) for r in rows]
+    diag[0][0] = math.inf
+    with pytest.raises(InvalidVerdict, match=r"distance \[0\]\[0\] of a replica to itself"):
+        verify_verdict(
+            _verdict(client, receipts, _restate(honest, diag, 0, (0, 4)), evidence).to_json()
+        )
+    # A clean diagonal, but the winner named among the deviating replicas anyway.
+    with pytest.raises(InvalidVerdict, match="winner, replica 0, is also named as deviating"):
+        verify_verdict(
+            _verdict(client, receipts, _restate(honest, rows, 0, (0, 4)), evidence).to_json()
+        )
+    # An asymmetric matrix (the verifier used to read the upper triangle only).
+    skew = [list(r) for r in rows]
+    skew[3][0] = math.inf
+    with pytest.raises(InvalidVerdict, match=r"distances \[0\]\[3\] and \[3\]\[0\] differ"):
+        verify_verdict(
+            _verdict(client, receipts, _restate(honest, skew, 0, (3, 4)), evidence).to_json()
+        )
+    # The stated decision must be exactly the recomputed one: not another honest replica
+    # convicted, nor a deviating one left out, nor another winner.
+    for winner, deviate in ((0, (3, 4)), (0, ()), (1, (4,)), (None, (0, 1, 2, 3, 4))):
+        with pytest.raises(InvalidVerdict, match="decision does not follow"):
+            verify_verdict(
+                _verdict(
+                    client, receipts, _restate(honest, rows, winner, deviate), evidence
+                ).to_json()
+            )
+
+
+def test_one_receipt_counted_twice_does_not_outvote_an_honest_replica() -> None:
+    x = torch.randn(1, 2, 4, generator=GEN)
+    good, bad = x * 2, x * 3
+    sent = _tensor(x)
+    mallory, honest = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    rm, rh = (
+        _signed_receipt(mallory, sent, _tensor(bad)),
+        _signed_receipt(honest, sent, _tensor(good)),
+    )
+    outs = [bad, bad, good]
+    decision = decide(outs, 1e-5)
+    assert decision.deviate == (2,)  # on the outputs alone, the honest one would lose
+    evidence = {j: (sent, _tensor(o)) for j, o in enumerate(outs)}
+    client = Ed25519PrivateKey.generate()
+    with pytest.raises(InvalidVerdict, match="receipt 1 is a second receipt of node"):
+        verify_verdict(_verdict(client, [rm, rm, rh], decision, evidence).to_json())
+
+
+def test_decide_distances_is_the_rule_decide_applies() -> None:
+    x = torch.randn(1, 3, 8, generator=GEN)
+    outs = [x, x * 2, x.clone(), x + 1e-9]
+    d = decide(outs, 1e-5)
+    again = decide_distances(d.distances, 1e-5)
+    assert (again.winner, again.agree, again.deviate) == (d.winner, d.agree, d.deviate)
+    with pytest.raises(ValueError, match="square"):
+        decide_distances([[0.0, 1.0]], 1e-5)

@@ -21,7 +21,7 @@ Modules:
 No gRPC, no `decentralized`: the mesh wiring is `decentralized/consensus.py`.
 """
 
-from verification.consensus.compare import Decision, Tolerance, decide, distance
+from verification.consensus.compare import Decision, Tolerance, decide, decide_distances, distance
 from verification.consensus.digests import layer_set_digest, span_digest, tensor_digest
 from verification.consensus.errors import (
     BadReceipt,
@@ -49,6 +49,7 @@ __all__ = [
     "Tolerance",
     "Verdict",
     "decide",
+    "decide_distances",
     "distance",
     "layer_set_digest",
     "node_id_of",

@@ -102,10 +102,19 @@ def decide(outputs: Sequence[torch.Tensor], tolerance: float) -> Decision:
     for i in range(n):
         for j in range(i + 1, n):
             dist[i][j] = dist[j][i] = distance(outputs[i], outputs[j])
+    return decide_distances(dist, tolerance)
+
+
+def decide_distances(dist: Sequence[Sequence[float]], tolerance: float) -> Decision:
+    """The majority decision for an n x n distance matrix (what `decide` does after measuring;
+    a verdict's checker re-runs it on the distances it recomputed)."""
+    n = len(dist)
+    if n == 0 or any(len(row) != n for row in dist):
+        raise ValueError("the distances must be a non-empty square matrix")
     support = [[j for j in range(n) if dist[i][j] <= tolerance] for i in range(n)]
     # Largest support wins; ties go to the smaller total distance (inf counted as 1e9).
     best = max(range(n), key=lambda i: (len(support[i]), -sum(min(d, 1e9) for d in dist[i])))
-    table = tuple(tuple(row) for row in dist)
+    table = tuple(tuple(float(d) for d in row) for row in dist)
     if 2 * len(support[best]) <= n:
         return Decision(None, (), tuple(range(n)), table, tolerance)
     agree = tuple(support[best])

@@ -13,6 +13,10 @@ t + `exclusion_epochs` * `epoch_s` (not until the end of a fixed clock window, w
 a second away). `max_faults` faults within the last `epoch_s` seconds exclude a record until
 the oldest of them is `epoch_s` old. `epoch()` (fixed windows of `epoch_s`) only labels verdicts.
 
+Signatures. `agree`, `convict`, `excluded` and `standing` take the node's name first; the
+record's id, where it matters, is the keyword-only `node_id` (a call written for the old
+`excluded(node_id)` fails loudly instead of looking a name up by an id).
+
 Events:
     agree      the node's output was in the majority of a checked span.
     convict    the node's output deviated from a strict majority (evidence: a signed verdict).
@@ -77,15 +81,31 @@ class Reputation:
 
     def fault(self, node_id: str) -> None:
         with self._lock:
-            self._faults.setdefault(node_id, []).append(self._clock())
+            now = self._clock()
+            self._prune(now)
+            self._faults.setdefault(node_id, []).append(now)
+
+    def _prune(self, now: float) -> None:
+        """Forget faults older than a period, and records left with none (gossip can bring
+        any number of records; their entries must not stay forever)."""
+        for node_id in list(self._faults):
+            self._recent_faults(node_id, now)
 
     def _recent_faults(self, node_id: str, now: float) -> list[float]:
         times = [t for t in self._faults.get(node_id, ()) if now - t < self.epoch_s]
-        if node_id in self._faults:
+        if times:
             self._faults[node_id] = times
+        else:
+            self._faults.pop(node_id, None)
         return times
 
-    def excluded(self, name: str, node_id: str = "") -> str | None:
+    def tracked_faults(self) -> int:
+        """How many records have faults within the last period (for tests and monitoring)."""
+        with self._lock:
+            self._prune(self._clock())
+            return len(self._faults)
+
+    def excluded(self, name: str, *, node_id: str = "") -> str | None:
         """Why the node (its name; its record's id for faults) is excluded now, or None."""
         with self._lock:
             now = self._clock()
@@ -105,7 +125,7 @@ class Reputation:
                 return f"{len(faults)} faults in the last {self.epoch_s:.0f} s"
             return None
 
-    def standing(self, name: str, node_id: str = "") -> dict[str, object]:
+    def standing(self, name: str, *, node_id: str = "") -> dict[str, object]:
         with self._lock:
             st = self._names.get(name, NodeStanding())
             return {

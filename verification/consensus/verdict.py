@@ -4,26 +4,34 @@ A verdict names the span, the tolerance, every replica's signed receipt, the pai
 (over the step's last `step_tokens` token rows) and the decision, and is signed by the client's
 Ed25519 key. When a replica is convicted the verdict also carries the evidence: what was sent to
 and what came back from **every** replica of the decision, as the bytes that travelled (a
-generation replica that joined late was sent the span's history plus the step). Anybody can then
-check, without trusting the client:
+generation replica that joined late was sent the span's history plus the step). A third party
+can check:
 
 1. every receipt's signature, and that its node id is the one its key yields (the node did
-   return that output digest for that input digest);
+   return that output digest for that input digest); that no node id and no key appears twice
+   (one receipt counted twice would outvote an honest replica);
 2. that all receipts are for the same span, and for the same input (or, with evidence, inputs
    whose last `step_tokens` rows are the same step, under the same attention mask);
-3. that the evidence tensors hash to the receipts' digests, and that the distances recomputed
-   from them give the verdict's decision at its tolerance;
+3. that the distance matrix is one (zero diagonal, symmetric), that the evidence tensors hash
+   to the receipts' digests, and that re-running the decision rule
+   (`compare.decide_distances`) on the distances recomputed from them gives exactly the stated
+   winner and deviating replicas at the verdict's tolerance;
 4. with the span's weights, re-running the input settles which output was right.
 
 `verify_verdict` does 1-3 and raises InvalidVerdict on any failure. A verdict that convicts
 somebody but lacks the evidence of any of its replicas (the client ran with `evidence=False`, or
-a tensor was too large to carry) is refused as **unverifiable**: its distances and its decision
-would be the client's word only. Such a conviction still stands in the signing client's own
-reputation (it saw the outputs), but it proves nothing to anybody else.
+a tensor was over the evidence cap) is refused as **unverifiable**: its distances and its
+decision would be the client's word only. Such a conviction still stands in the signing client's
+own reputation (it saw the outputs), but it proves nothing to anybody else.
 
-What a verifier does not learn: the receipts name node ids (keys), not the certificate names the
-client's reputation is keyed by; and whether a replica that joined late was sent the same
-history as the others is only settled by re-running its evidence input with the weights.
+What a verified verdict does **not** prove: that the client was honest about who the replicas
+were. Receipts name node ids (keys), and a client can mint keys, run its own "replicas" and sign
+a verdict in which its puppets outvote a real node's receipt. What steps 1-3 establish is that
+the named receipts' outputs, as evidenced, disagree as stated; only re-running the evidence
+input with the span's weights (step 4) settles who was right. For a generation replica with
+`past_length` > 0 the evidence holds only what it was sent in that call, not the history in
+its cache, so even step 4 cannot settle its output from the verdict alone. Receipts name node
+ids, not the certificate names the client's reputation is keyed by.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from verification.consensus.compare import Decision, distance
+from verification.consensus.compare import Decision, decide_distances, distance
 from verification.consensus.digests import tensor_digest
 from verification.consensus.errors import BadReceipt, InvalidManifest, InvalidVerdict
 from verification.consensus.manifest import Manifest
@@ -265,18 +273,33 @@ def verify_verdict(
         raise InvalidVerdict("verdict needs one receipt and one distance row per replica")
     if v.step_tokens < 1:
         raise InvalidVerdict("step_tokens must be at least 1")
-    for r in v.receipts:
+    _check_matrix(v.distances)
+    ids: set[str] = set()
+    keys: set[bytes] = set()
+    for i, r in enumerate(v.receipts):
         try:
             r.verify()  # signature, and node id derived from the key
         except BadReceipt as exc:
             raise InvalidVerdict(str(exc)) from None
         if (r.model, r.start, r.end) != (v.model, v.start, v.end):
             raise InvalidVerdict(f"receipt of node {r.node_id[:8]} is for another span")
+        # One node, one vote: a receipt counted twice would outvote an honest replica.
+        if r.node_id in ids or r.public_key in keys:
+            raise InvalidVerdict(
+                f"receipt {i} is a second receipt of node {r.node_id[:8]}: every replica of a "
+                "decision must be another node (node id and key)"
+            )
+        ids.add(r.node_id)
+        keys.add(r.public_key)
     for i in v.evidence:
         if not 0 <= i < n:
             raise InvalidVerdict(f"evidence for replica {i} of {n}")
     if v.winner is not None and not 0 <= v.winner < n:
         raise InvalidVerdict(f"winner {v.winner} of {n} replicas")
+    if any(not 0 <= i < n for i in v.deviate) or len(set(v.deviate)) != len(v.deviate):
+        raise InvalidVerdict(f"deviate {list(v.deviate)} is not a set of replicas of {n}")
+    if v.winner is not None and v.winner in v.deviate:
+        raise InvalidVerdict(f"the winner, replica {v.winner}, is also named as deviating")
     convicts = v.winner is not None and bool(v.deviate)
     missing = [i for i in range(n) if i not in v.evidence]
     if convicts and missing:
@@ -319,8 +342,27 @@ def verify_verdict(
                     distances[i][j] = distances[j][i] = d  # decide on the recomputed values
     elif len({r.input_digest for r in v.receipts}) != 1:
         raise InvalidVerdict("receipts are for different inputs and no evidence says why")
-    if v.winner is not None:
-        agree = [j for j in range(n) if distances[v.winner][j] <= v.tolerance]
-        if 2 * len(agree) <= n or sorted(set(range(n)) - set(agree)) != sorted(v.deviate):
-            raise InvalidVerdict("the decision does not follow from the distances")
+    # The whole decision is re-made from the (recomputed) distances by the rule the client
+    # runs; the stated winner and deviating replicas must be exactly its outcome.
+    again = decide_distances(distances, v.tolerance)
+    if again.winner != v.winner or again.deviate != tuple(v.deviate):
+        raise InvalidVerdict(
+            f"the decision does not follow from the distances: they give winner {again.winner} "
+            f"and deviating {list(again.deviate)}, the verdict states winner {v.winner} and "
+            f"deviating {list(v.deviate)}"
+        )
     return v
+
+
+def _check_matrix(distances: Sequence[Sequence[float]]) -> None:
+    """A distance matrix: non-negative (inf allowed), zero on the diagonal, symmetric."""
+    n = len(distances)
+    for i in range(n):
+        for j in range(n):
+            d = distances[i][j]
+            if math.isnan(d) or d < 0:
+                raise InvalidVerdict(f"distance [{i}][{j}] is {d}, not a distance")
+            if i == j and d != 0.0:
+                raise InvalidVerdict(f"distance [{i}][{i}] of a replica to itself is {d}, not 0")
+            if d != distances[j][i]:
+                raise InvalidVerdict(f"distances [{i}][{j}] and [{j}][{i}] differ")
