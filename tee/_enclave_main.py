@@ -21,19 +21,26 @@ Protocol (one frame each way per request, see `tee._channel`):
 
 What crosses the boundary: the entry-point string, the model bytes (or, for a sealed load, their
 ciphertext: the provisioning key never leaves this process), input and output bytes, the nonce,
-and evidence. The enclave measures what it actually loaded (the imported module's source
-file and the model bytes it received), so the host cannot make it report another measurement.
-Errors go back as {error: type name, message}; tracebacks go to this process's stderr only.
-The loaded code's stdout is redirected to stderr so that it cannot corrupt the protocol.
+and evidence. The enclave measures what it actually runs: it reads the entry module's source,
+hashes it, and executes exactly those bytes (never a cached `.pyc` that the import system
+would prefer), and it hashes the model bytes it received; so the host cannot make it report
+another measurement. An enclave is single-use: once a `load` or `offer` fails (the host named
+code that does not load: its top level may have run all the same), it refuses every further
+operation. Each `offer` draws a fresh provisioning key (the previous one is erased) and a key
+opens at most one sealed load, so a payload sealed for an earlier offer can never be loaded in
+place of the owner's latest. Errors go back as {error: type name, message}; tracebacks go to
+this process's stderr only. The loaded code's stdout is redirected to stderr so that it cannot
+corrupt the protocol.
 """
 
 from __future__ import annotations
 
 import hmac
-import importlib
+import importlib.util
 import logging
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +75,7 @@ from tee.simulated import SimulatedPlatform
 logger = logging.getLogger("tee.enclave")
 
 Handler = Callable[[bytes], bytes]
+_OPENINGS_KEPT = 1 << 16  # session-opening nonces remembered (older ones: 32 random bytes)
 
 
 class _Enclave:
@@ -78,8 +86,18 @@ class _Enclave:
         self.measurement = b""
         self.sessions = EnclaveSessions()
         self.enrolment: Enrolment | None = None  # sealed with the model: who may use it
-        # code imported for a sealed load: (entry, factory, code digest, provisioning key)
-        self.pending: tuple[CodeRef, Callable[[bytes], Any], bytes, ProvisioningKey] | None = None
+        # code imported for a sealed load: (entry, factory, code digest)
+        self.pending: tuple[CodeRef, Callable[[bytes], Any], bytes] | None = None
+        self.offer_key: ProvisioningKey | None = None  # the latest offer's; one load attempt
+        self.failed: str | None = None  # why this enclave serves nothing more (single-use)
+        self.openings: OrderedDict[bytes, None] = OrderedDict()  # session nonces seen
+
+    def check_usable(self) -> None:
+        if self.failed is not None:
+            raise EnclaveError(
+                f"this enclave ran code that failed to load ({self.failed}); it serves nothing "
+                "more: start a new one"
+            )
 
     def hello(self) -> tuple[dict[str, Any], list[bytes]]:
         if self.simulated is not None:
@@ -88,10 +106,22 @@ class _Enclave:
         return {"platform": "configfs-tsm", "provider": ""}, [b""]
 
     def _import(self, entry: str) -> tuple[CodeRef, Callable[[bytes], Any], bytes]:
-        code = CodeRef.parse(entry)
-        module = importlib.import_module(code.module)
-        source = Path(module.__file__ or "").read_bytes()  # what was imported, not a lookup
-        return code, getattr(module, code.function), code_digest(code, source)
+        """Execute the entry module from the very source bytes it hashes (an import could run
+        a `.pyc` whose header merely matches the source's size and time). A failure makes this
+        enclave unusable: the module's top level may have run."""
+        try:
+            code = CodeRef.parse(entry)
+            spec = importlib.util.find_spec(code.module)
+            if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+                raise EnclaveError(f"{code.module} is not a Python source module")
+            source = Path(spec.origin).read_bytes()
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[code.module] = module
+            exec(compile(source, spec.origin, "exec"), module.__dict__)  # noqa: S102 - measured
+            return code, getattr(module, code.function), code_digest(code, source)
+        except BaseException as exc:
+            self.failed = f"{entry}: {type(exc).__name__}"
+            raise
 
     def _install(
         self, factory: Callable[[bytes], Any], entry: str, cd: bytes, model: bytes
@@ -108,21 +138,29 @@ class _Enclave:
         }
 
     def load(self, entry: str, model: bytes) -> dict[str, Any]:
+        self.check_usable()
         if self.handler is not None or self.pending is not None:
             raise EnclaveError("this enclave already loaded code; start a new one")
         _, factory, cd = self._import(entry)
-        return self._install(factory, entry, cd, model)
+        try:
+            return self._install(factory, entry, cd, model)
+        except BaseException as exc:
+            self.failed = f"{entry} refused its model: {type(exc).__name__}"
+            raise
 
     def offer(self, entry: str, nonce: bytes) -> tuple[dict[str, Any], list[bytes]]:
         """Quote this enclave's provisioning key for `entry` (imported once, no model yet)."""
+        self.check_usable()
         if self.handler is not None:
             raise SealedModelRejected("this enclave already loaded its model")
         if self.pending is None:
-            code, factory, cd = self._import(entry)
-            self.pending = (code, factory, cd, ProvisioningKey(awaiting_measurement(cd)))
-        code, _, cd, key = self.pending
+            self.pending = self._import(entry)
+        code, _, cd = self.pending
         if code.entry != entry:
             raise EnclaveError(f"this enclave awaits a model for {code.entry}, not {entry}")
+        if self.offer_key is not None:  # a fresh key per offer: older seals never open
+            self.offer_key.erase()
+        key = self.offer_key = ProvisioningKey(awaiting_measurement(cd))
         header, blobs = self._quote(
             nonce, offer_request(entry), offer_output(key.public), key.awaiting
         )
@@ -132,19 +170,25 @@ class _Enclave:
         self, nonce: bytes, owner_public: bytes, ciphertext: bytes
     ) -> tuple[dict[str, Any], list[bytes]]:
         """Open a model sealed to this enclave's key, load it, erase the key; quote the result."""
-        if self.pending is None:
-            raise SealedModelRejected("no provisioning offer was made: ask for one first")
-        code, factory, cd, key = self.pending
+        self.check_usable()
+        if self.pending is None or self.offer_key is None:
+            raise SealedModelRejected("no provisioning offer is open: ask for one first")
+        code, factory, cd = self.pending
+        key, self.offer_key = self.offer_key, None  # one attempt per offer, whatever happens
         sealed = SealedModel(owner_public=owner_public, ciphertext=ciphertext)
-        # SealedModelRejected: stays pending for another try
-        model, enrolment = unseal_payload(key.open(sealed))
+        try:
+            model, enrolment = unseal_payload(key.open(sealed))
+        finally:
+            key.erase()
         try:
             digests = self._install(factory, code.entry, cd, model)
-        except Exception as exc:  # noqa: BLE001 - the owner's bytes: refused, still pending
+        except Exception as exc:  # noqa: BLE001 - the owner's bytes: refused; offer again
+            # the type only: the exception's text (a size mismatch, a missing key) would tell
+            # the host about the model
             raise SealedModelRejected(
-                f"the model opened but {code.entry} refused it: {type(exc).__name__}: {exc}"
+                f"the model opened but {code.entry} refused it ({type(exc).__name__}); ask "
+                "for a new offer to try again"
             ) from None
-        key.erase()
         self.pending = None
         self.enrolment = enrolment
         enrolled = enrolment.digest() if enrolment else b""
@@ -179,6 +223,7 @@ class _Enclave:
         return header, [output, report.outblob, report.auxblob]
 
     def run(self, nonce: bytes, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+        self.check_usable()
         if self.enrolment is not None:  # anyone could ask: only sessions identify the client
             raise ClientNotEnrolled("this enclave serves enrolled clients in sessions only")
         return self._quote(nonce, data, self._compute(data))
@@ -186,17 +231,24 @@ class _Enclave:
     def open(
         self, nonce: bytes, client_public: bytes, certificate: bytes, signature: bytes
     ) -> tuple[dict[str, Any], list[bytes]]:
+        self.check_usable()
         if self.handler is None:
             raise EnclaveError("open before load")
+        if nonce in self.openings:  # a captured opening replayed (it could not use the key)
+            raise ClientNotEnrolled("this session opening was used before")
         if self.enrolment is not None:
             name = check_identity(self.enrolment, certificate, signature, client_public, nonce)
             logger.info("session opened for enrolled client %r", name)
+        self.openings[nonce] = None
+        while len(self.openings) > _OPENINGS_KEPT:
+            self.openings.popitem(last=False)
         quoted_input, offer = self.sessions.open(
             client_public, nonce, self.measurement, enrolled=self.enrolment is not None
         )
         return self._quote(nonce, quoted_input, offer)
 
     def session_run(self, session: bytes, seq: int, data: bytes, mac: bytes) -> list[bytes]:
+        self.check_usable()
         if not 0 < seq < 1 << 64:
             raise EnclaveError("sequence numbers are 1 .. 2**64 - 1")
         key = self.sessions.key(session)  # before computing: UnknownSession costs nothing

@@ -79,13 +79,15 @@ class Enclave(ABC):
     @abstractmethod
     def offer_provisioning(self, code: CodeRef | str, *, nonce: bytes) -> ProvisioningOffer:
         """Import `code` (no model yet) and quote the enclave's provisioning key under the
-        awaiting measurement (`tee.provisioning`); the same key for every offer."""
+        awaiting measurement (`tee.provisioning`); a fresh key for every offer (the previous
+        one is erased), which opens at most one sealed load."""
 
     @abstractmethod
     def load_sealed(self, sealed: SealedModel, *, nonce: bytes) -> AttestedResult:
         """Open a model sealed to the offered key inside the enclave and load it; the quote
         binds `nonce`, the new code+model measurement and the ciphertext. Raises
-        `SealedModelRejected` if it does not open (the enclave keeps awaiting)."""
+        `SealedModelRejected` if it does not open or the code refuses it (the enclave keeps
+        awaiting its model, under a new offer)."""
 
     @abstractmethod
     def run(self, data: bytes, *, nonce: bytes) -> AttestedResult:

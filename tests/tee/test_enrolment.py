@@ -272,3 +272,17 @@ def test_the_enclave_runs_each_sequence_number_once(
     with pytest.raises(EnclaveError, match="more than 1024 below"):
         send(seqs[2] + 1)  # never used, but too old to tell
     assert enclave.running
+
+
+def test_a_captured_session_opening_is_not_admitted_twice(
+    enrolled: tuple[SimulatedEnclave, NonceStore], alice: Party
+) -> None:
+    """The host replaying alice's signed opening cannot derive the session key, but each
+    replay would open a session logged as alice (and push out an older one): refused."""
+    enclave, store = enrolled
+    key, nonce = SessionKey(), store.issue()
+    opening = alice.opening(key.public, nonce)
+    enclave.open_session(key.public, nonce=nonce, **opening)
+    with pytest.raises(ClientNotEnrolled, match="used before"):
+        enclave.open_session(key.public, nonce=nonce, **opening)
+    assert _open(enclave, store, alice).enrolled  # a fresh opening still works

@@ -245,3 +245,56 @@ def test_torch_model_runs_inside_the_enclave() -> None:
         expected = torch.softmax(layer(x), dim=-1)
     torch.testing.assert_close(probs, expected, rtol=0, atol=1e-6)
     assert verified.simulated
+
+
+GOOD_APP = b"""def make(model):
+    return lambda data: b"good|" + model + b"|" + data
+"""
+EVIL_APP = b"""def make(model):
+    return lambda data: b"evil|" + model  # leaks the model, whatever it is asked
+"""
+
+
+def test_the_enclave_runs_the_source_it_measures_not_a_planted_pyc(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python would run a cached `.pyc` whose header matches only the source's size and
+    modification time; the enclave executes the very bytes it hashes."""
+    import importlib.util
+    import py_compile
+
+    from tee import code_digest, enclave_measurement, model_digest
+
+    package = tmp_path / "planted_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_bytes(b"")
+    source = package / "app.py"
+    evil = EVIL_APP.ljust(len(GOOD_APP), b"#")[: len(GOOD_APP)]
+    assert len(evil) == len(GOOD_APP)
+    source.write_bytes(evil)
+    stamp = os.stat(source).st_mtime
+    py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)))
+    source.write_bytes(GOOD_APP)  # same size, same modification time: the .pyc looks fresh
+    os.utime(source, (stamp, stamp))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = NonceStore()
+    with SimulatedEnclave(timeout_s=60) as enclave:
+        measured = enclave.load("planted_pkg.app:make", b"secret")
+        good = code_digest(CodeRef.parse("planted_pkg.app:make"), GOOD_APP)
+        assert measured == enclave_measurement(good, model_digest(b"secret"))
+        assert enclave.run(b"q", nonce=store.issue()).output == b"good|secret|q"
+
+
+def test_an_enclave_that_failed_to_load_code_serves_nothing_more() -> None:
+    """The host named code that does not load: its top level may have run all the same, so
+    the enclave does not go on as if it were fresh."""
+    store = NonceStore()
+    for bad in ("tests.tee.enclave_apps:no_such_factory", "tests.tee.no_such_module:f"):
+        with SimulatedEnclave(timeout_s=60) as enclave:
+            with pytest.raises(EnclaveError):
+                enclave.load(bad, MODEL)
+            with pytest.raises(EnclaveError, match="serves nothing more"):
+                enclave.load(APP, MODEL)
+            with pytest.raises(EnclaveError, match="serves nothing more"):
+                enclave.offer_provisioning(APP, nonce=store.issue())
+            assert enclave.running
