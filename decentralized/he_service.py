@@ -57,7 +57,8 @@ HEALTH_NAME = "decentralized.v1.HE"
 class HELimits:
     max_sessions: int = 4  # contexts held at once (each tens of MB in memory)
     idle_s: float = 300.0  # a session unused this long is dropped
-    max_context_bytes: int = 128 * 1024 * 1024  # serialized public context
+    # a public context, both as received and once its SEAL objects are decompressed
+    max_context_bytes: int = 128 * 1024 * 1024
     max_inputs_per_call: int = 32  # ciphertexts per Evaluate (~0.4 MB each in, <= 1.3 MB out)
     max_batch_bytes: int = 1024 * 1024 * 1024  # ciphertext bytes per EvaluatePacked stream
 
@@ -254,7 +255,9 @@ class HEServicer(he_pb2_grpc.HEServicer):
                 data = await self._receive_context(request_iterator)
                 self._node.metrics.bytes_in.inc(len(data))
                 try:
-                    ctx = await self._compute(load_public_context, data, self._params)
+                    ctx = await self._compute(
+                        load_public_context, data, self._params, self._limits.max_context_bytes
+                    )
                 except InvalidContext as exc:
                     raise InvalidRequest(str(exc)) from None
                 sid = self._sessions.add(ctx)

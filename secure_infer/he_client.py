@@ -431,6 +431,9 @@ def classify_he(
                 "the logits leak information about the head (extraction by many queries); "
                 "no circuit privacy: CKKS noise and unused slots may leak more",
                 "no integrity: a malicious node can return a wrong ciphertext undetected",
+                "do not show the decrypted logits to the node's operator: CKKS decryptions "
+                "carry noise that leaks information about the secret key (Li-Micciancio "
+                "2021), and this client keeps its keys per node for the Client's lifetime",
             ),
         ),
     )

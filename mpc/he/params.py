@@ -12,13 +12,27 @@ the public, relinearization and Galois keys and never the secret key.
 
 from __future__ import annotations
 
+import contextlib
+import struct
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import tenseal as ts
+import zstandard
 
 from mpc.he.errors import InvalidContext
 
 _MAX_BITS_128 = {4096: 109, 8192: 218, 16384: 438, 32768: 881}  # HE standard, tc128
+# What a client's public context may expand to in the server's memory (its SEAL objects after
+# decompression). The default parameters' context is ~50 MB on the wire and ~65 MB expanded
+# (mostly Galois keys); SEAL's per-object zstd/zlib compression lets a few MB of crafted keys
+# (e.g. thousands of all-zero Galois keys) expand to gigabytes, so the bound is checked on the
+# expanded size, before the context is deserialized.
+MAX_EXPANDED_CONTEXT_BYTES = 128 * 1024 * 1024
+_SEAL_MAGIC = 0xA15E
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, version, compr_mode, size
+_COMPR_NONE, _COMPR_ZLIB, _COMPR_ZSTD = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,19 +115,113 @@ def _chain(ctx: ts.Context) -> tuple[int, int, int]:
     )
 
 
-def load_public_context(data: bytes, params: CKKSParams = DEFAULT_PARAMS) -> ts.Context:
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _seal_objects(message: bytes, depth: int = 0) -> Iterator[bytes]:
+    """Every SEAL-serialized object (it starts with SEAL's header magic) in a protobuf
+    message, found by walking its wire format: length-delimited fields that are not SEAL
+    objects are walked as nested messages where they parse as such (TenSEAL's context is a
+    message of messages of bytes fields)."""
+    pos = 0
+    while pos < len(message):
+        tag, pos = _varint(message, pos)
+        wire = tag & 7
+        if wire == 0:
+            _, pos = _varint(message, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            n, pos = _varint(message, pos)
+            field = message[pos : pos + n]
+            pos += n
+            if len(field) >= _SEAL_HEADER.size and (
+                _SEAL_HEADER.unpack_from(field)[0] == _SEAL_MAGIC
+            ):
+                yield field
+            elif depth < 8:
+                with contextlib.suppress(ValueError):  # a string or bytes field, not a message
+                    yield from _seal_objects(field, depth + 1)
+        else:
+            raise ValueError(f"wire type {wire} is not used by TenSEAL's context")
+        if pos > len(message):
+            raise ValueError("truncated field")
+
+
+def _expanded_size(obj: bytes, budget: int) -> int:
+    """The size of one SEAL object once decompressed, reading at most `budget` + 1 bytes."""
+    _, _, _, _, compr, _, _ = _SEAL_HEADER.unpack_from(obj)
+    body = obj[_SEAL_HEADER.size :]
+    if compr == _COMPR_NONE:
+        return len(obj)
+    chunk, total = 1 << 20, _SEAL_HEADER.size
+    if compr == _COMPR_ZLIB:
+        inflater = zlib.decompressobj()
+        piece = inflater.decompress(body, chunk)
+        while piece and total <= budget:
+            total += len(piece)
+            piece = inflater.decompress(inflater.unconsumed_tail, chunk)
+        return total
+    if compr == _COMPR_ZSTD:
+        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+            while total <= budget and (piece := reader.read(chunk)):
+                total += len(piece)
+        return total
+    raise ValueError(f"SEAL compression mode {compr} is unknown")
+
+
+def check_expanded_size(data: bytes, limit: int = MAX_EXPANDED_CONTEXT_BYTES) -> int:
+    """The bytes `data`'s SEAL objects take once decompressed; `InvalidContext` above `limit`
+    (checked while decompressing, before anything is deserialized)."""
+    total = 0
+    try:
+        for obj in _seal_objects(data):
+            total += _expanded_size(obj, limit - total)
+            if total > limit:
+                raise InvalidContext(
+                    f"context expands to more than {limit} bytes once decompressed (its SEAL "
+                    "objects are compressed on the wire); refused before deserializing"
+                )
+    except (ValueError, zlib.error, zstandard.ZstdError) as exc:
+        raise InvalidContext(
+            f"context does not deserialize ({type(exc).__name__}: {exc})"
+        ) from None
+    return total
+
+
+def load_public_context(
+    data: bytes,
+    params: CKKSParams = DEFAULT_PARAMS,
+    max_expanded_bytes: int = MAX_EXPANDED_CONTEXT_BYTES,
+) -> ts.Context:
     """Deserialize and check a client's evaluation context (server side).
 
-    Refuses a corrupt context, one that carries a secret key (the client would have leaked it:
-    refusing makes that mistake loud), one without relinearization or Galois keys, and one made
-    with other parameters than `params`.
+    Refuses, before deserializing, a context whose SEAL objects expand beyond
+    `max_expanded_bytes` once decompressed; then a corrupt context, one that carries a secret
+    key (the client would have leaked it: refusing makes that mistake loud), one without a
+    public key or relinearization or Galois keys, and one made with other parameters than
+    `params`.
     """
+    check_expanded_size(data, max_expanded_bytes)
     try:
         ctx = ts.context_from(data)
     except Exception as exc:  # TenSEAL raises ValueError/RuntimeError from SEAL's loader
         raise InvalidContext(f"context does not deserialize ({type(exc).__name__})") from None
     if ctx.is_private() or ctx.has_secret_key():
         raise InvalidContext("context carries a secret key; send only the public context")
+    if not ctx.has_public_key():
+        raise InvalidContext("context lacks the public key (the server encrypts constants)")
     if not ctx.has_relin_keys() or not ctx.has_galois_keys():
         raise InvalidContext("context lacks relinearization or Galois keys needed for evaluation")
     want = (params.poly_modulus_degree, params.total_bits, len(params.coeff_mod_bit_sizes))

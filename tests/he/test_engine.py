@@ -187,3 +187,61 @@ def test_heads_round_trip_as_safetensors_and_json(tmp_path: Path) -> None:
         load_head(tmp_path, "roundtrip")
     with pytest.raises(FileNotFoundError):
         load_head(tmp_path, "../etc/passwd")
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A protobuf length-delimited field (what TenSEAL's context is made of)."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def _zstd_seal_object(expanded: int) -> bytes:
+    """A SEAL-serialized object whose zstd body expands to `expanded` zero bytes."""
+    import struct
+
+    import zstandard
+
+    packer = zstandard.ZstdCompressor().compressobj()
+    body = b"".join(packer.compress(bytes(1 << 20)) for _ in range(expanded >> 20)) + packer.flush()
+    header = struct.pack("<HBBBBHQ", 0xA15E, 16, 4, 3, 2, 0, 16 + len(body))
+    return header + body
+
+
+def test_a_compressed_context_is_bounded_by_what_it_expands_to(
+    keys: tuple[ts.Context, bytes, ts.Context],
+) -> None:
+    """SEAL compresses each object: a few MB of crafted keys (all-zero Galois keys) could
+    expand to gigabytes in the server's memory. The expanded size is checked before anything
+    is deserialized; a real client's context (~50 MB on the wire) expands to ~65 MB."""
+    from mpc.he.params import MAX_EXPANDED_CONTEXT_BYTES, check_expanded_size
+
+    _, public, _ = keys
+    expanded = check_expanded_size(public)
+    assert len(public) < expanded < MAX_EXPANDED_CONTEXT_BYTES
+    bomb = _field(1, _field(4, _zstd_seal_object(300 << 20)))  # 300 MiB from ~10 KB
+    assert len(bomb) < 100_000
+    with pytest.raises(InvalidContext, match="expands to more than"):
+        load_public_context(bomb)
+    with pytest.raises(InvalidContext, match="expands to more than"):
+        load_public_context(public + _field(15, _zstd_seal_object(100 << 20)))
+    with pytest.raises(InvalidContext, match="expands to more than"):
+        check_expanded_size(public, limit=expanded - 1)
+
+
+def test_a_context_without_its_public_key_is_refused(
+    keys: tuple[ts.Context, bytes, ts.Context],
+) -> None:
+    ctx, _, _ = keys
+    symmetric = ctx.serialize(
+        save_public_key=False, save_secret_key=False, save_galois_keys=True, save_relin_keys=True
+    )
+    with pytest.raises(InvalidContext, match="lacks the public key"):
+        load_public_context(symmetric)
