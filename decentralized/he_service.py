@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc.aio
+from cryptography import x509
 
 from decentralized.errors import (
     Draining,
@@ -39,6 +40,7 @@ from decentralized.errors import (
     UnknownModel,
 )
 from decentralized.service import _serving
+from decentralized.transport import common_names
 from decentralized.v1 import he_pb2, he_pb2_grpc
 from mpc.he.engine import PACKED_LAYOUT, evaluate, evaluate_packed
 from mpc.he.errors import DepthExceeded, InvalidCiphertext, InvalidContext, InvalidHead
@@ -67,6 +69,13 @@ class HELimits:
 class _Session:
     context: Any  # tenseal.Context, public only
     last_used: float
+    caller: tuple[str, ...] = ()  # the CNs of the certificate that opened it (mTLS)
+
+
+def caller_names(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
+    """The CNs of the caller's mesh certificate; empty without mTLS (--insecure-dev)."""
+    pems = context.auth_context().get("x509_pem_cert") or []
+    return tuple(common_names(x509.load_pem_x509_certificate(pems[0]))) if pems else ()
 
 
 class HESessions:
@@ -102,24 +111,30 @@ class HESessions:
         finally:
             self._pending -= 1
 
-    def add(self, context: Any) -> str:
-        """Register a session; call inside `reserve()`."""
+    def add(self, context: Any, caller: tuple[str, ...] = ()) -> str:
+        """Register a session for the certificate names `caller`; call inside `reserve()`."""
         sid = secrets.token_urlsafe(24)
-        self._sessions[sid] = _Session(context, time.monotonic())
+        self._sessions[sid] = _Session(context, time.monotonic(), caller)
         return sid
 
-    def get(self, sid: str) -> Any:
+    def get(self, sid: str, caller: tuple[str, ...] = ()) -> Any:
+        """The session's context, for the certificate that opened it only (another caller
+        that learnt the id gets the same answer as for an unknown one)."""
         self.expire()
         session = self._sessions.get(sid)
-        if session is None:
+        if session is None or session.caller != caller:
             raise SessionMismatch(
                 "unknown or expired HE session; open a new one (upload the context again)"
             )
         session.last_used = time.monotonic()
         return session.context
 
-    def close(self, sid: str) -> bool:
-        return self._sessions.pop(sid, None) is not None
+    def close(self, sid: str, caller: tuple[str, ...] = ()) -> bool:
+        session = self._sessions.get(sid)
+        if session is None or session.caller != caller:
+            return False
+        del self._sessions[sid]
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +275,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
                     )
                 except InvalidContext as exc:
                     raise InvalidRequest(str(exc)) from None
-                sid = self._sessions.add(ctx)
+                sid = self._sessions.add(ctx, caller_names(context))
             logger.info("HE session %s… opened (%d context bytes)", sid[:6], len(data))
             return he_pb2.OpenSessionReply(
                 session_id=sid, idle_expiry_s=self._limits.idle_s, context_bytes=len(data)
@@ -271,7 +286,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
         self, request: he_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> he_pb2.EvaluateReply:
         async with _serving("HE.Evaluate", context, self._node.metrics):
-            ctx = self._sessions.get(request.session_id)
+            ctx = self._sessions.get(request.session_id, caller_names(context))
             head = self._heads.get(request.head).head
             n = len(request.inputs)
             if n == 0:
@@ -298,9 +313,11 @@ class HEServicer(he_pb2_grpc.HEServicer):
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _check_header(self, header: he_pb2.PackedHeader) -> tuple[Any, Head]:
+    def _check_header(
+        self, header: he_pb2.PackedHeader, caller: tuple[str, ...]
+    ) -> tuple[Any, Head]:
         """Everything a packed batch's header can refuse before its bytes are read."""
-        ctx = self._sessions.get(header.session_id)
+        ctx = self._sessions.get(header.session_id, caller)
         head = self._heads.get(header.head).head
         if header.layout != PACKED_LAYOUT:
             raise InvalidRequest(
@@ -327,7 +344,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
         return ctx, head
 
     async def _receive_packed(
-        self, chunks: AsyncIterator[he_pb2.PackedChunk]
+        self, chunks: AsyncIterator[he_pb2.PackedChunk], caller: tuple[str, ...]
     ) -> tuple[he_pb2.PackedHeader, Any, Head, list[bytes]]:
         header: he_pb2.PackedHeader | None = None
         ctx: Any = None
@@ -339,7 +356,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
                 if not chunk.HasField("header"):
                     raise InvalidRequest("the first EvaluatePacked chunk carries no header")
                 header = chunk.header
-                ctx, head = self._check_header(header)
+                ctx, head = self._check_header(header, caller)
             elif chunk.HasField("header"):
                 raise InvalidRequest("a second header in one EvaluatePacked stream")
             received += sum(len(c) for c in chunk.ciphertexts)
@@ -364,7 +381,9 @@ class HEServicer(he_pb2_grpc.HEServicer):
         context: grpc.aio.ServicerContext,
     ) -> he_pb2.PackedReply:
         async with _serving("HE.EvaluatePacked", context, self._node.metrics):
-            header, ctx, head, inputs = await self._receive_packed(request_iterator)
+            header, ctx, head, inputs = await self._receive_packed(
+                request_iterator, caller_names(context)
+            )
             self._node.metrics.bytes_in.inc(header.total_bytes)
             t0 = time.perf_counter()
             try:
@@ -389,7 +408,8 @@ class HEServicer(he_pb2_grpc.HEServicer):
         self, request: he_pb2.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> he_pb2.CloseSessionReply:
         async with _serving("HE.CloseSession", context, self._node.metrics):
-            return he_pb2.CloseSessionReply(existed=self._sessions.close(request.session_id))
+            closed = self._sessions.close(request.session_id, caller_names(context))
+            return he_pb2.CloseSessionReply(existed=closed)
         raise AssertionError("unreachable")  # pragma: no cover
 
 

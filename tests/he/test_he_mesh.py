@@ -334,3 +334,27 @@ def test_sdk_client_classify_he_reuses_its_session(
     assert first.privacy.mode == "he" and first.layouts == {VECTOR_LAYOUT: 2}
     assert batch.layouts == {PACKED_LAYOUT: 33} and batch.bytes_sent["context"] == 0
     np.testing.assert_allclose(batch.logits, head.forward(many_images[:33] / 255.0), atol=1e-4)
+
+
+def test_a_session_id_is_useless_to_another_certificate(
+    he_mesh: LocalMesh, channel: grpc.Channel, session: HESession, images: np.ndarray
+) -> None:
+    """Session ids are 192-bit random, but one that leaks (a log, a proxy) must not let another
+    mesh member use or close the session: the node answers it as an unknown id."""
+    from secure_infer import certs
+
+    other = certs.issue(he_mesh.certs_dir, "mallory", role="client")
+    ca, key, cert = other.read()
+    creds = Credentials(root_ca=ca, private_key=key, certificate=cert)
+    node = he_mesh.nodes["he-node"].address
+    request = he_pb2.EvaluateRequest(session_id=session.session_id, head=LINEAR, inputs=[b"x"])
+    with sync_channel(node, creds, expect_name="he-node") as theirs:
+        stub = he_pb2_grpc.HEStub(theirs)
+        got, details = _code(stub.Evaluate, request)
+        assert got == grpc.StatusCode.FAILED_PRECONDITION and "unknown or expired" in details
+        closed = stub.CloseSession(
+            he_pb2.CloseSessionRequest(session_id=session.session_id), timeout=10
+        )
+        assert not closed.existed
+    res = classify_he(channel, LINEAR, images[:1], session=session)  # still the owner's
+    assert res.bytes_sent["context"] == 0

@@ -30,3 +30,17 @@ def test_sessions_are_bounded_expire_when_idle_and_close() -> None:
     for sid in (a, c, "x" * 32):
         with pytest.raises(SessionMismatch, match="unknown or expired"):
             sessions.get(sid)
+
+
+def test_a_session_answers_the_certificate_that_opened_it_only() -> None:
+    """A session id that leaks to another mesh member does not let it use or close the
+    session: it gets the answer an unknown id gets."""
+    sessions = HESessions(HELimits())
+    with sessions.reserve():
+        sid = sessions.add("context", ("alice",))
+    for other in ((), ("bob",), ("alice", "bob")):
+        with pytest.raises(SessionMismatch, match="unknown or expired"):
+            sessions.get(sid, other)
+        assert not sessions.close(sid, other)
+    assert sessions.get(sid, ("alice",)) == "context"
+    assert sessions.close(sid, ("alice",))
