@@ -14,6 +14,7 @@ is retried on a fresh set, up to `attempts` times.
 
 from __future__ import annotations
 
+import math
 import queue
 import secrets
 import time
@@ -28,6 +29,7 @@ import torch
 from decentralized import _wire
 from decentralized.client import MeshClient, error_from_rpc
 from decentralized.errors import InvalidRequest, MeshError, NoRoute, SessionAborted
+from decentralized.models import get_spec
 from decentralized.v1 import common_pb2, mpc_pb2, mpc_pb2_grpc
 from mpc.errors import GarbageOutput
 from mpc.models import check_output
@@ -47,9 +49,11 @@ class MPCOptions:
         threat_model: "input_private" (the parties know the public weights) or
             "weights_private" (PUMA's setting: party 0 owns the weights and secret-shares them).
         attempts: sessions tried before giving up; each retry draws a fresh set of nodes and
-            excludes the nodes that failed.
-        parties: node names for the first attempt, in rank order (party 0, party 1, dealer),
-            e.g. nodes the client trusts not to collude; None draws them at random.
+            excludes the nodes that failed (with `parties` set, it retries those nodes only).
+        parties: node names, in rank order (party 0, party 1, dealer), e.g. nodes the client
+            trusts not to collude: every attempt uses them, never other nodes (if one of them
+            fails for good, the call fails); None draws three distinct certificate names at
+            random.
         peer_timeout_s: how long a party waits for a silent peer before aborting the session.
         deadline_s: the longest a session may run.
     """
@@ -209,10 +213,19 @@ def _attempt(
         raise SessionAborted("the parties returned output shares of different shapes")
     output = decode_fixed_point(shares[0] + shares[1])
     # Under weights_private only party 0 (the owner) knows the weights, hence the bound.
-    bounds = [results[r].output_bound for r in (0, 1)]
-    bound = bounds[0] if options.threat_model == "weights_private" else min(bounds)
+    bound = _bound((results[0].output_bound, results[1].output_bound), options.threat_model)
     reports = tuple(RankReport.of(r, nodes[r], results[r]) for r in range(3))
     return output, bound, reports, seconds
+
+
+def _bound(bounds: tuple[float, float], threat_model: str) -> float:
+    """The output bound the client checks against: party 0's under weights_private (only it
+    knows the weights), else the smaller; a bound that is not a positive finite number is a
+    party deviating (`min(nan, b)` is nan, and nothing compares above nan)."""
+    used = bounds[:1] if threat_model == "weights_private" else bounds
+    if not all(math.isfinite(b) and b > 0 for b in used):
+        raise GarbageOutput(f"a party reported the output bound {used}: not a positive number")
+    return min(used)
 
 
 class _SessionFailed(Exception):
@@ -240,7 +253,14 @@ def _pick(
     pool: list[common_pb2.NodeRecord], pinned: tuple[str, str, str] | None
 ) -> list[common_pb2.NodeRecord]:
     if pinned is None:
-        return secrets.SystemRandom().sample(pool, 3)
+        # Three distinct certificate NAMES: a node signs its records with keys it chooses, so
+        # one operator can announce many records; drawing records would let it fill the draw
+        # (and sit in both party seats far more often than one name in the pool should).
+        by_name: dict[str, list[common_pb2.NodeRecord]] = {}
+        for rec in pool:
+            by_name.setdefault(rec.name, []).append(rec)
+        rng = secrets.SystemRandom()
+        return [rng.choice(by_name[name]) for name in rng.sample(sorted(by_name), 3)]
     by_name = {r.name: r for r in pool}
     missing = [name for name in pinned if name not in by_name]
     if missing:
@@ -330,18 +350,30 @@ class _Retries:
         self.excluded: set[str] = set()
 
     def __iter__(self) -> Iterator[list[common_pb2.NodeRecord]]:
-        for attempt in range(self.options.attempts):
+        for _ in range(self.options.attempts):
             pool = [r for r in _candidates(self.mesh, self.model) if r.node_id not in self.excluded]
-            if len(pool) < 3:
+            names = {r.name for r in pool}
+            if len(names) < 3:
                 raise NoRoute(
-                    f"need 3 live nodes running {self.model} under MPC (2 parties + dealer), "
-                    f"found {len(pool)}"
+                    f"need 3 live nodes (distinct names) running {self.model} under MPC "
+                    f"(2 parties + dealer), found {len(names)}"
                     + (f"; earlier attempts: {self.failures}" if self.failures else "")
                 )
-            yield _pick(pool, self.options.parties if attempt == 0 else None)
+            try:
+                picked = _pick(pool, self.options.parties)
+            except NoRoute as exc:
+                if self.failures:
+                    raise NoRoute(f"{exc}; earlier attempts: {self.failures}") from None
+                raise
+            yield picked
 
     def failed(self, nodes: list[common_pb2.NodeRecord], exc: _SessionFailed) -> None:
-        self.failures.append(str(exc))
+        # Name every node that may hold the input's shares: each attempt is another pair that
+        # must not collude, and the result should say so, not only the pair that succeeded.
+        self.failures.append(
+            f"{exc} (this attempt's parties, which may hold shares of the input: "
+            f"{nodes[0].name}, {nodes[1].name}; dealer {nodes[2].name})"
+        )
         for rank in _culprits(exc.failures):
             self.excluded.add(nodes[rank].node_id)
             self.mesh.ban(nodes[rank].node_id)
@@ -541,12 +573,12 @@ class _DecoderSession:
         if shares[0].shape != (2, 1) or shares[1].shape != (2, 1):
             raise SessionAborted("the parties returned token shares of the wrong shape")
         # Under weights_private only party 0 (the owner) knows the weights, hence the bound.
-        bounds = (r0.logit_bound, r1.logit_bound)
-        self.bound = bounds[0] if self.options.threat_model == "weights_private" else min(bounds)
+        self.bound = _bound((r0.logit_bound, r1.logit_bound), self.options.threat_model)
         decoded = decode_fixed_point(shares[0] + shares[1])  # (2, 1)
         logit = float(check_output(decoded[1], self.bound)[0])  # GarbageOutput beyond it
         token_id = int(decoded[0, 0].round())
-        if abs(float(decoded[0, 0]) - token_id) > 1e-3 or token_id < 0:
+        vocab = get_spec(self.model).vocab_size
+        if abs(float(decoded[0, 0]) - token_id) > 1e-3 or not 0 <= token_id < vocab:
             raise GarbageOutput(f"step {step}: the reconstructed token id {float(decoded[0, 0])}")
         return DecodedToken(step=step, token_id=token_id, logit=logit)
 
