@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 import grpc.aio
 import numpy as np
 import torch
-from cryptography import x509
 
 from decentralized.errors import (
     AlreadyProvisioned,
@@ -52,7 +51,7 @@ from decentralized.errors import (
     UnknownModel,
 )
 from decentralized.service import _serving
-from decentralized.transport import common_names
+from decentralized.transport import caller_names
 from decentralized.v1 import classify_pb2, classify_pb2_grpc
 from tee import (
     ClientNotEnrolled,
@@ -380,7 +379,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         hosted = self._lookup(name)
         enrolled = self._clients.get(name)
         if enrolled is not None:
-            names = _caller_cns(context)
+            names = caller_names(context)
             if not enrolled.intersection(names):
                 raise NotPermitted(
                     f"verifier {name!r} answers enrolled clients only; the caller's "
@@ -556,7 +555,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             raise UnknownModel(f"no sealed verifier slot {name!r} on this node")
         if self._node.creds.insecure_dev:
             return slot  # plaintext loopback development: no certificates to check
-        names = _caller_cns(context)
+        names = caller_names(context)
         if slot.owner not in names:
             raise NotPermitted(
                 f"only {slot.owner!r} may provision verifier {name!r}; the caller is {names}"
@@ -652,12 +651,6 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         for hosted in [*self._verifiers.values(), *self._slots.values()]:
             _stop(hosted)
         self._executor.shutdown(wait=False)
-
-
-def _caller_cns(context: grpc.aio.ServicerContext) -> list[str]:
-    """The CNs of the caller's mesh certificate (mTLS); empty without one."""
-    pems = context.auth_context().get("x509_pem_cert") or []
-    return common_names(x509.load_pem_x509_certificate(pems[0])) if pems else []
 
 
 def _sealed_enrolment(loaded: bytes) -> bool:

@@ -61,7 +61,7 @@ from decentralized import _wire
 from decentralized.client import MeshClient, refusal_status, same_refusal
 from decentralized.errors import MeshError, NoRoute
 from decentralized.models import get_spec
-from decentralized.routing import Hop, hop_cost, shortest_path
+from decentralized.routing import Hop, hop_cost, one_per_name, shortest_path
 from decentralized.v1 import common_pb2
 from verification.consensus import (
     Decision,
@@ -239,15 +239,6 @@ class ConsensusChain:
                 by_span.setdefault((span.start, span.end), []).append(Hop.of(rec, span))
         return by_span
 
-    @staticmethod
-    def _one_per_name(hops: Sequence[Hop]) -> list[Hop]:
-        """One hop per node name, drawn at random among that name's records: replicas must be
-        distinct certificates, not merely distinct keys (a node chooses its own keys)."""
-        by_name: dict[str, list[Hop]] = {}
-        for h in hops:
-            by_name.setdefault(h.name, []).append(h)
-        return [_RNG.choice(group) for group in by_name.values()]
-
     def _plan(self, start: int = 0) -> list[_Slot]:
         # Checked or not, the route is planned the same way: over spans with at least
         # `options.k` eligible names, at the cost of the k-th cheapest of them. Only the number
@@ -280,7 +271,7 @@ class ConsensusChain:
             )
         slots = []
         for s, e in path:
-            hops = _RNG.sample(self._one_per_name(by_span[(s, e)]), self.k)
+            hops = _RNG.sample(one_per_name(by_span[(s, e)], _RNG), self.k)
             tol = self.manifest.tolerance(s, e).value
             replicas = [self._replica(h) for h in hops]
             slots.append(_Slot(s, e, tol, replicas, SlotReport(s, e, tol)))
@@ -301,7 +292,7 @@ class ConsensusChain:
             for h in by_span.get((slot.start, slot.end), [])
             if h.name not in in_use and h.node_id not in exclude_ids
         ]
-        return _RNG.choice(self._one_per_name(fresh)) if fresh else None
+        return _RNG.choice(one_per_name(fresh, _RNG)) if fresh else None
 
     # -- execution -----------------------------------------------------------------------------
     def step(

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc.aio
-from cryptography import x509
 
 from decentralized.errors import (
     Draining,
@@ -40,7 +39,7 @@ from decentralized.errors import (
     UnknownModel,
 )
 from decentralized.service import _serving
-from decentralized.transport import common_names
+from decentralized.transport import caller_names
 from decentralized.v1 import he_pb2, he_pb2_grpc
 from mpc.he.engine import PACKED_LAYOUT, evaluate, evaluate_packed
 from mpc.he.errors import DepthExceeded, InvalidCiphertext, InvalidContext, InvalidHead
@@ -70,12 +69,6 @@ class _Session:
     context: Any  # tenseal.Context, public only
     last_used: float
     caller: tuple[str, ...] = ()  # the CNs of the certificate that opened it (mTLS)
-
-
-def caller_names(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
-    """The CNs of the caller's mesh certificate; empty without mTLS (--insecure-dev)."""
-    pems = context.auth_context().get("x509_pem_cert") or []
-    return tuple(common_names(x509.load_pem_x509_certificate(pems[0]))) if pems else ()
 
 
 class HESessions:
@@ -275,7 +268,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
                     )
                 except InvalidContext as exc:
                     raise InvalidRequest(str(exc)) from None
-                sid = self._sessions.add(ctx, caller_names(context))
+                sid = self._sessions.add(ctx, tuple(caller_names(context)))
             logger.info("HE session %s… opened (%d context bytes)", sid[:6], len(data))
             return he_pb2.OpenSessionReply(
                 session_id=sid, idle_expiry_s=self._limits.idle_s, context_bytes=len(data)
@@ -286,7 +279,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
         self, request: he_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> he_pb2.EvaluateReply:
         async with _serving("HE.Evaluate", context, self._node.metrics):
-            ctx = self._sessions.get(request.session_id, caller_names(context))
+            ctx = self._sessions.get(request.session_id, tuple(caller_names(context)))
             head = self._heads.get(request.head).head
             n = len(request.inputs)
             if n == 0:
@@ -382,7 +375,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
     ) -> he_pb2.PackedReply:
         async with _serving("HE.EvaluatePacked", context, self._node.metrics):
             header, ctx, head, inputs = await self._receive_packed(
-                request_iterator, caller_names(context)
+                request_iterator, tuple(caller_names(context))
             )
             self._node.metrics.bytes_in.inc(header.total_bytes)
             t0 = time.perf_counter()
@@ -408,7 +401,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
         self, request: he_pb2.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> he_pb2.CloseSessionReply:
         async with _serving("HE.CloseSession", context, self._node.metrics):
-            closed = self._sessions.close(request.session_id, caller_names(context))
+            closed = self._sessions.close(request.session_id, tuple(caller_names(context)))
             return he_pb2.CloseSessionReply(existed=closed)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -30,6 +30,7 @@ from decentralized import _wire
 from decentralized.client import MeshClient, error_from_rpc
 from decentralized.errors import InvalidRequest, MeshError, NoRoute, SessionAborted
 from decentralized.models import get_spec
+from decentralized.routing import one_per_name
 from decentralized.v1 import common_pb2, mpc_pb2, mpc_pb2_grpc
 from mpc.errors import GarbageOutput
 from mpc.models import check_output
@@ -256,11 +257,8 @@ def _pick(
         # Three distinct certificate NAMES: a node signs its records with keys it chooses, so
         # one operator can announce many records; drawing records would let it fill the draw
         # (and sit in both party seats far more often than one name in the pool should).
-        by_name: dict[str, list[common_pb2.NodeRecord]] = {}
-        for rec in pool:
-            by_name.setdefault(rec.name, []).append(rec)
         rng = secrets.SystemRandom()
-        return [rng.choice(by_name[name]) for name in rng.sample(sorted(by_name), 3)]
+        return rng.sample(one_per_name(pool, rng), 3)
     by_name = {r.name: r for r in pool}
     missing = [name for name in pinned if name not in by_name]
     if missing:

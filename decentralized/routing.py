@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from decentralized.errors import NoRoute
 from decentralized.v1 import common_pb2
@@ -46,6 +48,24 @@ class Hop:
             span.weight_digest,
             record.public_key,
         )
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+Named = TypeVar("Named", bound=_Named)
+
+
+def one_per_name(items: Sequence[Named], rng: secrets.SystemRandom) -> list[Named]:
+    """One item per node name, drawn at random among that name's: a node signs its records
+    with keys it chooses, so one certificate name can announce many records, and whoever
+    draws nodes that must be distinct operators (consensus replicas, MPC parties) draws names."""
+    by_name: dict[str, list[Named]] = {}
+    for item in items:
+        by_name.setdefault(item.name, []).append(item)
+    return [rng.choice(group) for group in by_name.values()]
 
 
 def hop_cost(record: common_pb2.NodeRecord, layers: int, rtt_s: float | None) -> float:

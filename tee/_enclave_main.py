@@ -138,7 +138,6 @@ class _Enclave:
         }
 
     def load(self, entry: str, model: bytes) -> dict[str, Any]:
-        self.check_usable()
         if self.handler is not None or self.pending is not None:
             raise EnclaveError("this enclave already loaded code; start a new one")
         _, factory, cd = self._import(entry)
@@ -150,7 +149,6 @@ class _Enclave:
 
     def offer(self, entry: str, nonce: bytes) -> tuple[dict[str, Any], list[bytes]]:
         """Quote this enclave's provisioning key for `entry` (imported once, no model yet)."""
-        self.check_usable()
         if self.handler is not None:
             raise SealedModelRejected("this enclave already loaded its model")
         if self.pending is None:
@@ -170,7 +168,6 @@ class _Enclave:
         self, nonce: bytes, owner_public: bytes, ciphertext: bytes
     ) -> tuple[dict[str, Any], list[bytes]]:
         """Open a model sealed to this enclave's key, load it, erase the key; quote the result."""
-        self.check_usable()
         if self.pending is None or self.offer_key is None:
             raise SealedModelRejected("no provisioning offer is open: ask for one first")
         code, factory, cd = self.pending
@@ -223,7 +220,6 @@ class _Enclave:
         return header, [output, report.outblob, report.auxblob]
 
     def run(self, nonce: bytes, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
-        self.check_usable()
         if self.enrolment is not None:  # anyone could ask: only sessions identify the client
             raise ClientNotEnrolled("this enclave serves enrolled clients in sessions only")
         return self._quote(nonce, data, self._compute(data))
@@ -231,7 +227,6 @@ class _Enclave:
     def open(
         self, nonce: bytes, client_public: bytes, certificate: bytes, signature: bytes
     ) -> tuple[dict[str, Any], list[bytes]]:
-        self.check_usable()
         if self.handler is None:
             raise EnclaveError("open before load")
         if nonce in self.openings:  # a captured opening replayed (it could not use the key)
@@ -248,7 +243,6 @@ class _Enclave:
         return self._quote(nonce, quoted_input, offer)
 
     def session_run(self, session: bytes, seq: int, data: bytes, mac: bytes) -> list[bytes]:
-        self.check_usable()
         if not 0 < seq < 1 << 64:
             raise EnclaveError("sequence numbers are 1 .. 2**64 - 1")
         key = self.sessions.key(session)  # before computing: UnknownSession costs nothing
@@ -273,6 +267,7 @@ def _serve(enclave: _Enclave, fd_in: int, fd_out: int) -> None:
         try:
             if op == "close":
                 return
+            enclave.check_usable()  # every operation: a failed load or offer ends the enclave
             if op == "load":
                 write_frame(fd_out, enclave.load(str(request["entry"]), blobs[0]))
             elif op == "run":

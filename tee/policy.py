@@ -21,6 +21,12 @@ from tee.tcb import SnpTcb
 
 __all__ = ["NonceStore", "Policy"]
 
+# Why an empty launch allow list refuses everything (how the SDK refuses unpinned guests).
+UNPINNED_LAUNCH = (
+    "no launch measurement is pinned: hardware evidence from an unknown guest image proves "
+    "nothing about the code it claims to run"
+)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:

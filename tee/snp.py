@@ -44,7 +44,7 @@ from tee.errors import (
     PolicyViolation,
     TCBTooLow,
 )
-from tee.policy import Policy
+from tee.policy import UNPINNED_LAUNCH, Policy
 from tee.tcb import SnpTcb
 
 __all__ = [
@@ -288,12 +288,7 @@ def _check_policy(report: SnpReport, tcb: SnpTcb, policy: Policy) -> None:
     if allowed is not None and not any(hmac.compare_digest(report.measurement, m) for m in allowed):
         raise MeasurementNotAllowed(
             f"launch measurement {report.measurement.hex()} is not in the allow list"
-            + (
-                ""
-                if allowed
-                else " (no launch measurement is pinned: hardware evidence from "
-                "an unknown guest image proves nothing about the code it claims to run)"
-            )
+            + ("" if allowed else f" ({UNPINNED_LAUNCH})")
         )
     if policy.min_snp_tcb is not None and not tcb.at_least(policy.min_snp_tcb):
         raise TCBTooLow(f"reported TCB {tcb} is below the minimum {policy.min_snp_tcb}")

@@ -51,7 +51,7 @@ from tee.errors import (
     PolicyViolation,
     TCBTooLow,
 )
-from tee.policy import Policy
+from tee.policy import UNPINNED_LAUNCH, Policy
 from tee.tcb import tdx_svn_at_least
 
 __all__ = ["TdxClaims", "TdxQuote", "verify_tdx_quote"]
@@ -225,12 +225,7 @@ def _check_policy(claims: TdxClaims, policy: Policy) -> None:
     if allowed is not None and not any(hmac.compare_digest(claims.mr_td, m) for m in allowed):
         raise MeasurementNotAllowed(
             f"MRTD {claims.mr_td.hex()} is not in the allow list"
-            + (
-                ""
-                if allowed
-                else " (no launch measurement is pinned: hardware evidence from "
-                "an unknown guest image proves nothing about the code it claims to run)"
-            )
+            + ("" if allowed else f" ({UNPINNED_LAUNCH})")
         )
     rtmrs = b"".join(claims.rtmrs[:3])
     pinned = policy.allowed_tdx_rtmrs
