@@ -124,6 +124,7 @@ class MeshClient:
         self._records: dict[str, common_pb2.NodeRecord] = {}
         self._rtt: dict[str, float] = {}
         self._banned: dict[str, float] = {}
+        self._disputes: dict[frozenset[str], float] = {}  # pair of names -> expiry
         self._refreshed = 0.0
 
     # -- channels and discovery ------------------------------------------------------------
@@ -146,6 +147,23 @@ class MeshClient:
     def unban(self, node_id: str) -> None:
         """Lift a ban (a refusal turned out to be about the request, not the node)."""
         self._banned.pop(node_id, None)
+
+    def dispute(self, a: str, b: str, *, distinct: int = 2) -> set[str]:
+        """Record that nodes `a` and `b` (certificate names) blamed each other in a way the
+        client cannot settle (one of them lies, or a link between them failed); returns the
+        names now in disputes with at least `distinct` different nodes within `ban_s`. An
+        honest node disputes with the deviating nodes it meets; a node that disputes with
+        everyone it is paired with is the likely liar."""
+        now = time.monotonic()
+        self._disputes = {pair: t for pair, t in self._disputes.items() if t > now}
+        if a != b:
+            self._disputes[frozenset((a, b))] = now + self.ban_s
+        partners: dict[str, set[str]] = {}
+        for pair in self._disputes:
+            x, y = tuple(pair)
+            partners.setdefault(x, set()).add(y)
+            partners.setdefault(y, set()).add(x)
+        return {name for name, others in partners.items() if len(others) >= distinct}
 
     def rtt(self, node_id: str) -> float | None:
         """Measured round trip to a node (health check), None when not measured."""

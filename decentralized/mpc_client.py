@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import queue
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -235,19 +236,60 @@ class _SessionFailed(Exception):
         self.failures = failures
 
 
-def _culprits(failures: dict[int, MeshError]) -> set[int]:
-    """Ranks to blame: those that were unreachable or silent, else every failing rank."""
-    codes = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-    hard = {r for r, e in failures.items() if getattr(e, "code", None) in codes}
+_ACCUSATION = re.compile(r"rank (\d) (?:sent nothing|\()")
+
+
+@dataclass(frozen=True, slots=True)
+class _Blame:
+    """What one failed attempt says about its three nodes (ranks)."""
+
+    ban: frozenset[int]  # failed in a way only they can have caused
+    exclude: frozenset[int]  # not drawn again for this request (ban included)
+    disputes: tuple[tuple[int, int], ...]  # (accuser, accused) pairs nobody can settle
+
+
+def _assess(failures: dict[int, MeshError]) -> _Blame:
+    """Whom an abandoned attempt is blamed on, under the 2-party + dealer model's own
+    assumption that at most one of the three nodes deviates.
+
+    - What the client saw itself: a node it could not reach, or that did not answer within
+      the deadline (UNAVAILABLE, DEADLINE_EXCEEDED on its own call), is banned; the other
+      ranks' failures are then consequences.
+    - A busy node (RESOURCE_EXHAUSTED) is not drawn again for this request, not banned.
+    - A surviving party's error text naming a peer ("rank N sent nothing", "rank N (addr):
+      ...") is hearsay: a deviating party can write it about an honest peer. A rank that both
+      other ranks accuse is banned (two accusers cannot both lie when at most one node
+      deviates). A single accusation is a dispute: accuser and accused are excluded from this
+      request and the dispute is recorded (`MeshClient.dispute`), never a ban by itself.
+    - A rank that failed without accusing anyone failed on its own: banned.
+    """
+    own = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+    hard = {r for r, e in failures.items() if getattr(e, "code", None) in own}
     if hard:
-        return hard
-    named = set()
-    for err in failures.values():  # "rank N sent nothing ..." from a surviving party
-        text = str(err)
-        for rank in range(3):
-            if f"rank {rank} sent nothing" in text or f"rank {rank} (" in text:
-                named.add(rank)
-    return named or set(failures)
+        return _Blame(frozenset(hard), frozenset(hard), ())
+    busy = {
+        r
+        for r, e in failures.items()
+        if getattr(e, "code", None) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    }
+    accused: dict[int, set[int]] = {}
+    ban: set[int] = set()
+    for rank, err in failures.items():
+        if rank in busy:
+            continue
+        named = {int(m) for m in _ACCUSATION.findall(str(err))} - {rank}
+        if not named:
+            ban.add(rank)
+        for other in named:
+            accused.setdefault(other, set()).add(rank)
+    disputes = []
+    for rank, accusers in accused.items():
+        if len(accusers) >= 2:
+            ban.add(rank)
+        elif rank not in ban:
+            disputes.append((next(iter(accusers)), rank))
+    exclude = ban | busy | {r for pair in disputes for r in pair}
+    return _Blame(frozenset(ban), frozenset(exclude), tuple(sorted(disputes)))
 
 
 def _pick(
@@ -345,11 +387,11 @@ class _Retries:
         self.model = model
         self.options = options
         self.failures: list[str] = []
-        self.excluded: set[str] = set()
+        self.excluded: set[str] = set()  # certificate names
 
     def __iter__(self) -> Iterator[list[common_pb2.NodeRecord]]:
         for _ in range(self.options.attempts):
-            pool = [r for r in _candidates(self.mesh, self.model) if r.node_id not in self.excluded]
+            pool = [r for r in _candidates(self.mesh, self.model) if r.name not in self.excluded]
             names = {r.name for r in pool}
             if len(names) < 3:
                 raise NoRoute(
@@ -372,9 +414,24 @@ class _Retries:
             f"{exc} (this attempt's parties, which may hold shares of the input: "
             f"{nodes[0].name}, {nodes[1].name}; dealer {nodes[2].name})"
         )
-        for rank in _culprits(exc.failures):
-            self.excluded.add(nodes[rank].node_id)
-            self.mesh.ban(nodes[rank].node_id)
+        blame = _assess(exc.failures)
+        banned = set(blame.ban)
+        for accuser, accused in blame.disputes:
+            # A node in unsettled disputes with several distinct peers is the likely liar
+            # (an honest node disputes only with the one deviating node it met).
+            for name in self.mesh.dispute(nodes[accuser].name, nodes[accused].name):
+                banned |= {r for r in range(3) if nodes[r].name == name}
+                self._ban_name(name)
+        for rank in blame.exclude | banned:
+            self.excluded.add(nodes[rank].name)
+        for rank in banned:
+            self._ban_name(nodes[rank].name)
+
+    def _ban_name(self, name: str) -> None:
+        """Ban every record of a certificate name (one operator may announce several)."""
+        for record in self.mesh.refresh():
+            if record.name == name:
+                self.mesh.ban(record.node_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,13 @@ import grpc
 from cryptography import x509
 
 from decentralized import _wire
-from decentralized.errors import InvalidRequest, MeshError, NotANode, SessionMismatch
+from decentralized.errors import (
+    InvalidRequest,
+    MeshError,
+    NotANode,
+    Overloaded,
+    SessionMismatch,
+)
 from decentralized.transport import (
     Credentials,
     add_sync_port,
@@ -47,6 +53,10 @@ _STOP_GRACE_S = 2.0
 # embedding / LM head is 226 MB at 8 bytes an element. A peer can make a rank buffer this much
 # per message; a node bounds it by its number of MPC sessions (`mpc_max_sessions`).
 MAX_PAYLOAD_BYTES = 512 * 1024 * 1024
+# What a rank's mailbox holds at once, from all its peers and tags together (received, not
+# yet read): the protocols read what they are sent, so only a deviating peer gets near it.
+MAX_BUFFERED_BYTES = 2 * MAX_PAYLOAD_BYTES
+MAX_BUFFERED_MESSAGES = 65536  # messages (or fragments) received and not yet read
 
 
 class _Mailbox:
@@ -59,6 +69,8 @@ class _Mailbox:
         )
         self._next_seq: dict[tuple[int, str], int] = collections.defaultdict(int)
         self._partial: dict[tuple[int, str], list[bytes]] = collections.defaultdict(list)
+        self._buffered_bytes = 0  # queued and partial, not yet read
+        self._buffered_messages = 0
 
     def put(self, msg: mpc_pb2.MPCMessage) -> None:
         key = (msg.src, msg.tag)
@@ -69,14 +81,26 @@ class _Mailbox:
                     f"message {msg.seq} from rank {msg.src} on {msg.tag!r}: expected {want} "
                     "(lost or replayed message)"
                 )
+            size = len(msg.payload)
+            if (
+                self._buffered_bytes + size > MAX_BUFFERED_BYTES
+                or self._buffered_messages >= MAX_BUFFERED_MESSAGES
+            ):
+                raise Overloaded(
+                    f"rank {msg.src} sent more than this rank's mailbox holds unread "
+                    f"({MAX_BUFFERED_BYTES} bytes, {MAX_BUFFERED_MESSAGES} messages)"
+                )
             self._next_seq[key] = want + 1
             parts = self._partial[key]
             parts.append(msg.payload)
+            self._buffered_bytes += size
+            self._buffered_messages += 1
             if sum(len(p) for p in parts) > MAX_PAYLOAD_BYTES:
                 raise InvalidRequest(f"payload from rank {msg.src} exceeds {MAX_PAYLOAD_BYTES}")
             if msg.more:
                 return
             self._queues[key].append(b"".join(parts))
+            self._buffered_messages -= len(parts) - 1  # the fragments are one message now
             parts.clear()
             self._cond.notify_all()
 
@@ -95,7 +119,10 @@ class _Mailbox:
                         timeout_s=timeout_s,
                     )
                 self._cond.wait(left)
-            return self._queues[key].popleft()
+            payload = self._queues[key].popleft()
+            self._buffered_bytes -= len(payload)
+            self._buffered_messages -= 1
+            return payload
 
 
 class _RelayServicer(mpc_pb2_grpc.MPCRelayServicer):
@@ -129,6 +156,7 @@ class RelayTransport(Transport):
         creds: Credentials,
         *,
         listen: str = "127.0.0.1:0",
+        advertise_host: str = "",
         expect_names: dict[int, str] | None = None,
         send_timeout_s: float = 30.0,
     ) -> None:
@@ -149,7 +177,9 @@ class RelayTransport(Transport):
         self._server = new_sync_server()
         mpc_pb2_grpc.add_MPCRelayServicer_to_server(_RelayServicer(self), self._server)
         port = add_sync_port(self._server, listen, creds)
-        self.address = f"{listen.rsplit(':', 1)[0]}:{port}"
+        # What peers dial: the node's advertised host (a node bound to 0.0.0.0 or behind a
+        # NAT is not reachable at its listen host), with the port this mailbox bound.
+        self.address = f"{advertise_host or listen.rsplit(':', 1)[0]}:{port}"
         self._server.start()
 
     # -- wiring ----------------------------------------------------------------------------

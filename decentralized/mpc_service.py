@@ -44,6 +44,7 @@ from decentralized.errors import (
 from decentralized.models import get_spec
 from decentralized.mpc_classifiers import THREAT_MODELS, HostedClassifier
 from decentralized.service import _serving
+from decentralized.transport import caller_names
 from decentralized.v1 import common_pb2, mpc_pb2, mpc_pb2_grpc
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class _Rank:
     job: mpc_worker.Job
     process: Any  # multiprocessing.Process (spawn context)
     conn: Connection
+    opener: tuple[str, ...] = ()  # the certificate names of the client that opened it
     opened_at: float = field(default_factory=time.monotonic)
     running: bool = False
 
@@ -93,6 +95,7 @@ class MPCHost:
         creds: Credentials,
         listen_host: str,
         *,
+        advertise_host: str = "",
         max_sessions: int = 2,
         classifiers: tuple[HostedClassifier, ...] = (),
         warm_spare: bool = True,
@@ -102,6 +105,9 @@ class MPCHost:
         self.classifiers = {c.name: c for c in classifiers}
         self.creds = creds
         self.listen_host = listen_host
+        # The host peers dial for this node's mailboxes (the node's --advertise host); a
+        # mailbox listens on `listen_host` at a free port.
+        self.advertise_host = advertise_host or listen_host
         self.max_sessions = max_sessions
         self._ranks: dict[str, _Rank] = {}
         self._ctx = mp.get_context("spawn")
@@ -204,6 +210,7 @@ class MPCHost:
             rank_names=names,
             peer_timeout_s=timeout,
             listen_host=self.listen_host,
+            advertise_host=self.advertise_host,
             hidden_size=get_spec(request.model).hidden_size,
             vocab_size=get_spec(request.model).vocab_size,
             max_new_tokens=request.max_new_tokens,
@@ -230,6 +237,7 @@ class MPCHost:
             rank_names=names,
             peer_timeout_s=timeout,
             listen_host=self.listen_host,
+            advertise_host=self.advertise_host,
             hidden_size=shape[2],
             vocab_size=0,
             checkpoint=str(hosted.path),
@@ -271,7 +279,8 @@ class MPCHost:
             dealer.get("round_trips", 0),
         )
 
-    async def open(self, request: mpc_pb2.OpenSession) -> str:
+    async def open(self, request: mpc_pb2.OpenSession, caller: tuple[str, ...] = ()) -> str:
+        """Open a rank for the client whose certificate names are `caller`: only it may run it."""
         self._reap()
         job = self._job(request)
         if job.rank == 0 and (plan := self._plans.get(job.plan_key())) is not None:
@@ -281,7 +290,7 @@ class MPCHost:
         if len(self._ranks) >= self.max_sessions:
             raise Overloaded(f"{self.name} runs {self.max_sessions} MPC ranks already")
         process, mine = self._worker(job)
-        rank = _Rank(job, process, mine)
+        rank = _Rank(job, process, mine, caller)
         self._ranks[job.session_id] = rank
         try:
             reply = await _receive(mine, START_TIMEOUT_S)
@@ -304,15 +313,20 @@ class MPCHost:
         return str(reply["relay_address"])
 
     async def _start(
-        self, chunks: AsyncIterator[mpc_pb2.RunChunk], *, generate: bool
+        self,
+        chunks: AsyncIterator[mpc_pb2.RunChunk],
+        caller: tuple[str, ...],
+        *,
+        generate: bool,
     ) -> tuple[mpc_pb2.RunChunk, _Rank]:
         """Claim the session rank named by the first chunk and hand the process its peers and
-        step 0's input share."""
+        step 0's input share. Only the certificate that opened the rank may claim it (another
+        caller that learnt the id, e.g. a peer party, gets the answer an unknown id gets)."""
         first = await anext(chunks, None)
         if first is None:
             raise InvalidRequest("empty request stream")
         rank = self._ranks.get(first.session_id)
-        if rank is None:
+        if rank is None or rank.opener != caller:
             raise SessionMismatch("unknown or expired session: Open it first")
         if rank.running:
             raise SessionMismatch("this session rank is already running")
@@ -353,9 +367,12 @@ class MPCHost:
             self._start_spare()
 
     async def run(
-        self, chunks: AsyncIterator[mpc_pb2.RunChunk], deadline_s: float
+        self,
+        chunks: AsyncIterator[mpc_pb2.RunChunk],
+        deadline_s: float,
+        caller: tuple[str, ...] = (),
     ) -> dict[str, Any]:
-        first, rank = await self._start(chunks, generate=False)
+        first, rank = await self._start(chunks, caller, generate=False)
         why = ""
         try:
             reply = await _receive(rank.conn, min(deadline_s, MAX_RUN_S))
@@ -371,11 +388,14 @@ class MPCHost:
         return reply
 
     async def generate(
-        self, chunks: AsyncIterator[mpc_pb2.RunChunk], deadline_s: float
+        self,
+        chunks: AsyncIterator[mpc_pb2.RunChunk],
+        deadline_s: float,
+        caller: tuple[str, ...] = (),
     ) -> AsyncIterator[dict[str, Any]]:
         """A computing party of a generation session: yields each step's message from the
         process, then its final one; party 1's later input shares are read from `chunks`."""
-        first, rank = await self._start(chunks, generate=True)
+        first, rank = await self._start(chunks, caller, generate=True)
         job = rank.job
         ends_at = time.monotonic() + min(deadline_s, MAX_RUN_S)
         why = ""
@@ -477,7 +497,8 @@ class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
         self, request: mpc_pb2.OpenSession, context: grpc.aio.ServicerContext
     ) -> mpc_pb2.SessionOpened:
         async with _serving("MPCSession.Open", context, self._metrics):
-            return mpc_pb2.SessionOpened(relay_address=await self._host.open(request))
+            address = await self._host.open(request, tuple(caller_names(context)))
+            return mpc_pb2.SessionOpened(relay_address=address)
         raise AssertionError("unreachable")  # pragma: no cover - _serving aborts
 
     async def Run(  # noqa: N802 - the proto's RPC name
@@ -486,7 +507,7 @@ class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
         async with _serving("MPCSession.Run", context, self._metrics):
             remaining = context.time_remaining()
             deadline = MAX_RUN_S if remaining is None else max(remaining - 1.0, 1.0)
-            reply = await self._host.run(request_iterator, deadline)
+            reply = await self._host.run(request_iterator, deadline, tuple(caller_names(context)))
             shape = reply.get("output_shape")
             share = (
                 common_pb2.Tensor(data=reply["output_share"], dtype="int64", shape=shape)
@@ -517,7 +538,8 @@ class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
         async with _serving("MPCSession.Generate", context, self._metrics):
             remaining = context.time_remaining()
             deadline = MAX_RUN_S if remaining is None else max(remaining - 1.0, 1.0)
-            async for reply in self._host.generate(request_iterator, deadline):
+            caller = tuple(caller_names(context))
+            async for reply in self._host.generate(request_iterator, deadline, caller):
                 if "step" in reply:
                     yield mpc_pb2.StepResult(
                         step=int(reply["step"]),

@@ -84,6 +84,7 @@ class Job:
     checkpoint: str = ""  # MPC classifiers: the checkpoint path (no suffix)
     input_shape: tuple[int, ...] = ()  # MPC classifiers: (B, T, P)
     dealer_plan: Any = None  # rank 0: a `DealerPlan` of an earlier session of the same shapes
+    advertise_host: str = ""  # the host peers dial for this rank's mailbox (else listen_host)
 
     def plan_key(self) -> tuple[Any, ...]:
         """What a computation's dealer requests depend on: the model and the public shapes."""
@@ -293,6 +294,7 @@ def run(conn: Connection, job: Job, creds: Credentials) -> None:
             WORLD_SIZE,
             creds,
             listen=f"{job.listen_host}:0",
+            advertise_host=job.advertise_host,
             expect_names=dict(enumerate(job.rank_names)),
             send_timeout_s=job.peer_timeout_s,
         )

@@ -191,6 +191,7 @@ class Node:
                 s.mpc_models,
                 self.creds,
                 s.listen.rsplit(":", 1)[0],
+                advertise_host=s.advertise.rsplit(":", 1)[0] if s.advertise else "",
                 max_sessions=s.mpc_max_sessions,
                 classifiers=hosted,
             )

@@ -138,3 +138,40 @@ def test_a_missing_checkpoint_is_a_clear_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="not a directory"):
         load(None, {"insecure_dev": True, "mpc_classifiers": [f"x={tmp_path / 'nope'}"]})
+
+
+def test_only_the_opener_may_run_a_session_rank(mesh: LocalMesh, digits: ImageSplit) -> None:
+    """The session id is shared with the three parties; a party (or anyone else who learnt
+    it) must not be able to claim another node's rank before the client does: the node
+    answers another certificate as it answers an unknown id, and the opener can still run."""
+    from decentralized.transport import Credentials, sync_channel
+    from decentralized.v1 import mpc_pb2_grpc
+    from secure_infer import certs
+
+    sid = "opener-bound-session-0001"
+    stub = mpc_stub(mesh, "vit-a")
+    opened = mpc_pb2.OpenSession(
+        session_id=sid,
+        rank=2,  # the dealer: its Run takes no input share
+        model=NAME,
+        threat_model="input_private",
+        rank_names=["vit-b", "vit-c", "vit-a"],
+        peer_timeout_s=2.0,
+        input_shape=[1, 5, 16],
+    )
+    relay = stub.Open(opened, timeout=60).relay_address
+    assert relay.startswith("127.0.0.1:")
+    # a peer node's own certificate, as a deviating party would use
+    ca, key, cert = certs.material(mesh.certs_dir, "vit-b").read()
+    creds = Credentials(root_ca=ca, private_key=key, certificate=cert)
+    chunk = mpc_pb2.RunChunk(session_id=sid, relay_addresses=[relay, relay, relay])
+    with sync_channel(mesh.nodes["vit-a"].address, creds, expect_name="vit-a") as theirs:
+        with pytest.raises(grpc.RpcError) as info:
+            mpc_pb2_grpc.MPCSessionStub(theirs).Run(iter([chunk]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "unknown or expired session" in info.value.details()
+    # the opener claims it: it starts (and aborts, its peers never being there: the dealer
+    # waits `peer_timeout_s` for requests that do not come, and ends)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Run(iter([chunk]), timeout=60)
+    assert "unknown or expired" not in info.value.details()

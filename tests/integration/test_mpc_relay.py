@@ -214,3 +214,59 @@ def test_the_wire_carries_no_plaintext(pki: Path) -> None:
         recorder.close()
         for p in parties:
             p.close()
+
+
+def test_the_mailbox_address_is_the_advertised_host(pki: Path) -> None:
+    """A node bound to 0.0.0.0 (or behind a NAT) is dialled at its --advertise host: its
+    session mailboxes must be announced there too, not at the address they bound."""
+    relay = RelayTransport(
+        SESSION, 0, 3, _creds(pki, NAMES[0]), listen="0.0.0.0:0", advertise_host="127.0.0.1"
+    )
+    try:
+        host, port = relay.address.rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass  # reachable there
+    finally:
+        relay.close()
+
+
+def test_a_peer_cannot_fill_a_mailbox_with_unread_messages(
+    relays: list[RelayTransport], pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each message is bounded, and so is what a rank holds unread from all its peers and
+    tags together: a peer sending on tag after tag that nobody reads is refused."""
+    from decentralized import mpc_relay
+    from decentralized.transport import sync_channel
+
+    monkeypatch.setattr(mpc_relay, "MAX_BUFFERED_MESSAGES", 8)
+    monkeypatch.setattr(mpc_relay, "MAX_BUFFERED_BYTES", 1000)
+    with sync_channel(relays[1].address, _creds(pki, "party-0"), "party-1") as channel:
+        stub = mpc_pb2_grpc.MPCRelayStub(channel)
+
+        def flood(tags: int, payload: bytes) -> grpc.RpcError:  # one call, many tags
+            messages = (
+                mpc_pb2.MPCMessage(
+                    session_id=SESSION, src=0, dst=1, tag=f"t{i}", payload=payload, seq=0
+                )
+                for i in range(tags)
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Deliver(messages, timeout=5)
+            return info.value
+
+        refused = flood(100, b"")
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "mailbox holds unread" in refused.details()
+        assert relays[1].recv(0, "t0", 5) == b""  # what was accepted is still there to read
+    # reading frees room; bytes are bounded too
+    for i in range(1, 8):
+        relays[1].recv(0, f"t{i}", 5)
+    with sync_channel(relays[1].address, _creds(pki, "party-0"), "party-1") as channel:
+        stub = mpc_pb2_grpc.MPCRelayStub(channel)
+        big = mpc_pb2.MPCMessage(session_id=SESSION, src=0, dst=1, tag="b", payload=b"x" * 600)
+        assert stub.Deliver(iter([big]), timeout=5).accepted == 1
+        big.seq = 1
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Deliver(iter([big]), timeout=5)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import collections
 
+import grpc
 import pytest
 
-from decentralized.mpc_client import _bound, _pick
+from decentralized.client import MeshClient
+from decentralized.errors import MeshError
+from decentralized.mpc_client import _assess, _bound, _pick
+from decentralized.transport import Credentials
 from decentralized.v1 import common_pb2
 from mpc.errors import GarbageOutput
 
@@ -58,3 +62,69 @@ def test_the_bound_is_party_0_s_under_weights_private_else_the_smaller() -> None
     assert _bound((5.0, 3.0), "input_private") == 3.0
     assert _bound((5.0, 3.0), "weights_private") == 5.0
     assert _bound((5.0, float("nan")), "weights_private") == 5.0  # party 1 knows no weights
+
+
+def _failure(code: grpc.StatusCode, text: str) -> MeshError:
+    err = MeshError(text)
+    err.code = code
+    return err
+
+
+ABORTED = grpc.StatusCode.ABORTED
+
+
+def test_what_the_client_saw_itself_is_blamed_and_the_rest_are_consequences() -> None:
+    blame = _assess(
+        {
+            0: _failure(grpc.StatusCode.UNAVAILABLE, "party 0 node-a: connection refused"),
+            1: _failure(ABORTED, "rank 1 on node-b: rank 0 sent nothing on 'x' within 5 s"),
+        }
+    )
+    assert blame.ban == {0} and blame.exclude == {0} and not blame.disputes
+
+
+def test_a_single_accusation_is_a_dispute_not_a_ban() -> None:
+    """A deviating party can write "rank 1 sent nothing" about an honest peer; the honest
+    peer, left waiting, writes the same about it. Nobody can tell who lies: neither is banned,
+    both are left out of this request's next attempts."""
+    blame = _assess(
+        {
+            0: _failure(ABORTED, "rank 0 on evil: rank 1 sent nothing on 'p2p' within 5 s"),
+            1: _failure(ABORTED, "rank 1 on honest: rank 0 sent nothing on 'p2p' within 5 s"),
+        }
+    )
+    assert blame.ban == set() and blame.exclude == {0, 1}
+    assert set(blame.disputes) == {(0, 1), (1, 0)}
+
+
+def test_a_rank_both_others_accuse_is_banned() -> None:
+    """At most one of the three deviates (the model's own assumption), so two accusers
+    cannot both lie."""
+    blame = _assess(
+        {
+            0: _failure(ABORTED, "rank 0 on a: rank 1 sent nothing on 'p2p' within 5 s"),
+            2: _failure(ABORTED, "rank 2 on c: rank 1 (127.0.0.1:9): UNAVAILABLE: reset"),
+            1: _failure(ABORTED, "rank 1 on b: rank 0 sent nothing on 'p2p' within 5 s"),
+        }
+    )
+    assert blame.ban == {1}
+    assert blame.exclude == {0, 1}  # 1 accused 0 alone: a dispute
+    assert blame.disputes == ((1, 0),)
+
+
+def test_a_busy_node_is_skipped_not_banned_and_a_lone_failure_is_its_own() -> None:
+    busy = _assess({2: _failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "runs 2 ranks already")})
+    assert busy.ban == set() and busy.exclude == {2}
+    own = _assess({1: _failure(ABORTED, "rank 1 on b: the session rank's process died")})
+    assert own.ban == {1} and own.exclude == {1}
+
+
+def test_a_node_in_disputes_with_several_peers_is_the_likely_liar() -> None:
+    mesh = MeshClient(["127.0.0.1:1"], Credentials(insecure_dev=True), ban_s=60.0)
+    assert mesh.dispute("liar", "honest-1") == set()
+    assert mesh.dispute("liar", "honest-1") == set()  # the same pair again counts once
+    assert mesh.dispute("honest-2", "liar") == {"liar"}
+    assert mesh.dispute("honest-3", "honest-1") == {"liar", "honest-1"}  # two peers each
+    expired = MeshClient(["127.0.0.1:1"], Credentials(insecure_dev=True), ban_s=0.0)
+    expired.dispute("liar", "honest-1")
+    assert expired.dispute("liar", "honest-2") == set()  # the first one has expired
