@@ -18,9 +18,10 @@ import math
 import queue
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,13 @@ import torch
 
 from decentralized import _wire
 from decentralized.client import MeshClient, error_from_rpc
-from decentralized.errors import InvalidRequest, MeshError, NoRoute, SessionAborted
+from decentralized.errors import (
+    InvalidRequest,
+    MeshError,
+    NoRoute,
+    PeerUnavailable,
+    SessionAborted,
+)
 from decentralized.models import get_spec
 from decentralized.routing import one_per_name
 from decentralized.v1 import common_pb2, mpc_pb2, mpc_pb2_grpc
@@ -40,6 +47,7 @@ from mpc.prg import AESCTRGenerator
 FRACTIONAL_BITS = 16  # CrypTen's fixed point
 CHUNK_BYTES = 4 * 1024 * 1024
 RANK_ROLES = ("party 0", "party 1", "dealer")
+SILENCE_GRACE_S = 15.0  # past peer_timeout_s, after another rank failed: a rank is silent
 OPEN_TIMEOUT_S = 150.0  # a node spawns the rank's process and binds its mailbox
 
 
@@ -190,10 +198,6 @@ def _attempt(
         )
         return str(stubs[rank].Open(request, timeout=OPEN_TIMEOUT_S).relay_address)
 
-    def run_rank(rank: int, relays: list[str]) -> mpc_pb2.RunResult:
-        chunks = _run_chunks(session_id, relays, inputs[rank])
-        return stubs[rank].Run(chunks, timeout=options.deadline_s)
-
     def guarded(rank: int, fn: object, *args: object) -> object:
         try:
             return fn(rank, *args)  # type: ignore[operator]
@@ -204,9 +208,14 @@ def _attempt(
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=3) as pool:
         relays = list(pool.map(lambda r: guarded(r, open_rank), range(3)))
-        if failures:
-            raise _SessionFailed(failures)
-        results = list(pool.map(lambda r: guarded(r, run_rank, relays), range(3)))
+    if failures:
+        raise _SessionFailed(failures)
+    calls = [
+        stubs[r].Run.future(_run_chunks(session_id, relays, inputs[r]), timeout=options.deadline_s)
+        for r in range(3)
+    ]
+    where = [f"{RANK_ROLES[r]} {names[r]}" for r in range(3)]
+    results = _gather(calls, where, options.peer_timeout_s + SILENCE_GRACE_S, failures)
     if failures:
         raise _SessionFailed(failures)
     seconds = time.perf_counter() - start
@@ -218,6 +227,53 @@ def _attempt(
     bound = _bound((results[0].output_bound, results[1].output_bound), options.threat_model)
     reports = tuple(RankReport.of(r, nodes[r], results[r]) for r in range(3))
     return output, bound, reports, seconds
+
+
+def _gather(
+    calls: list[Any], where: list[str], grace_s: float, failures: dict[int, MeshError]
+) -> list[Any]:
+    """The results of the ranks' concurrent calls (`grpc.Future`s); failures go to `failures`.
+
+    Once one rank has failed, an honest rank ends within `peer_timeout_s` (it waits that long
+    at most for a silent peer, and a dead peer fails its sends at once). A rank still running
+    `grace_s` later is silent in the client's own eyes: its call is cancelled and it is
+    blamed as unreachable, instead of holding the request until `deadline_s` (30 minutes by
+    default).
+    """
+    cond = threading.Condition()
+    finished: set[int] = set()
+
+    def done(rank: int) -> None:
+        with cond:
+            finished.add(rank)
+            cond.notify_all()
+
+    for rank, call in enumerate(calls):
+        call.add_done_callback(lambda _call, rank=rank: done(rank))
+    give_up: float | None = None
+    with cond:
+        while len(finished) < len(calls):
+            if give_up is None and any(calls[r].code() != grpc.StatusCode.OK for r in finished):
+                give_up = time.monotonic() + grace_s
+            left = None if give_up is None else give_up - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            cond.wait(left)
+        silent = [r for r in range(len(calls)) if r not in finished]
+    results: list[Any] = [None] * len(calls)
+    for rank, call in enumerate(calls):
+        if rank in silent:
+            call.cancel()
+            failures[rank] = _Silent(
+                f"{where[rank]} was still running {grace_s:g} s after another rank failed "
+                "(an honest rank ends within peer_timeout_s): silent, cancelled"
+            )
+            continue
+        try:
+            results[rank] = call.result()
+        except grpc.RpcError as exc:
+            failures[rank] = error_from_rpc(exc, where[rank])
+    return results
 
 
 def _bound(bounds: tuple[float, float], threat_model: str) -> float:
@@ -236,7 +292,14 @@ class _SessionFailed(Exception):
         self.failures = failures
 
 
-_ACCUSATION = re.compile(r"rank (\d) (?:sent nothing|\()")
+# Any rank a failing rank's error text names besides itself ("rank 1 sent nothing", "rank 1
+# (addr): UNAVAILABLE", "message 3 from rank 1 ...", "rank 1 disconnected ..."): what it says
+# about its peers. The node prefixes its own rank ("rank 0 on node-a: ..."), removed by rank.
+_ACCUSATION = re.compile(r"\brank (\d)\b")
+
+
+class _Silent(PeerUnavailable):
+    """A rank still running well after another rank failed (`_gather`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,43 +315,52 @@ def _assess(failures: dict[int, MeshError]) -> _Blame:
     """Whom an abandoned attempt is blamed on, under the 2-party + dealer model's own
     assumption that at most one of the three nodes deviates.
 
-    - What the client saw itself: a node it could not reach, or that did not answer within
-      the deadline (UNAVAILABLE, DEADLINE_EXCEEDED on its own call), is banned; the other
-      ranks' failures are then consequences.
+    - What the client saw itself: a node it could not reach (UNAVAILABLE on its own call) is
+      banned, and the other ranks' failures are consequences. A rank alone in failing by
+      running out the deadline is banned; several doing so are only left out (the deadline
+      may be too short for the work, or one kept the others busy).
     - A busy node (RESOURCE_EXHAUSTED) is not drawn again for this request, not banned.
-    - A surviving party's error text naming a peer ("rank N sent nothing", "rank N (addr):
-      ...") is hearsay: a deviating party can write it about an honest peer. A rank that both
-      other ranks accuse is banned (two accusers cannot both lie when at most one node
-      deviates). A single accusation is a dispute: accuser and accused are excluded from this
-      request and the dispute is recorded (`MeshClient.dispute`), never a ban by itself.
-    - A rank that failed without accusing anyone failed on its own: banned.
+    - A failing rank's error text naming a peer ("rank 1 sent nothing") is hearsay: a
+      deviating party can write it about an honest one. A rank that both other ranks accuse
+      is banned (two accusers cannot both lie when at most one node deviates). One accusation
+      is a dispute: accuser and accused are left out of this request's next attempts and the
+      dispute is recorded (`MeshClient.dispute`), never a ban by itself. A rank still running
+      long after another failed (`_Silent`) is in dispute with each rank that failed: a
+      deviating party can keep an honest peer busy while itself failing at once.
+    - A rank that failed without naming anyone failed on its own: banned.
     """
-    own = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-    hard = {r for r, e in failures.items() if getattr(e, "code", None) in own}
-    if hard:
-        return _Blame(frozenset(hard), frozenset(hard), ())
-    busy = {
-        r
-        for r, e in failures.items()
-        if getattr(e, "code", None) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def code(err: MeshError) -> object:
+        return getattr(err, "code", None)
+
+    silent = {r for r, e in failures.items() if isinstance(e, _Silent)}
+    unreachable = {
+        r for r, e in failures.items() if code(e) == grpc.StatusCode.UNAVAILABLE and r not in silent
     }
+    if unreachable:
+        return _Blame(frozenset(unreachable), frozenset(unreachable), ())
+    timeouts = {r for r, e in failures.items() if code(e) == grpc.StatusCode.DEADLINE_EXCEEDED}
+    if timeouts:
+        alone = frozenset(timeouts) if len(failures) == 1 else frozenset()
+        return _Blame(alone, frozenset(failures), ())
+    busy = {r for r, e in failures.items() if code(e) == grpc.StatusCode.RESOURCE_EXHAUSTED}
     accused: dict[int, set[int]] = {}
     ban: set[int] = set()
-    for rank, err in failures.items():
-        if rank in busy:
-            continue
-        named = {int(m) for m in _ACCUSATION.findall(str(err))} - {rank}
-        if not named:
+    failed = [r for r in failures if r not in busy and r not in silent]
+    for rank in failed:
+        named = {int(m) for m in _ACCUSATION.findall(str(failures[rank]))} - {rank}
+        if not named and not silent:
             ban.add(rank)
         for other in named:
             accused.setdefault(other, set()).add(rank)
-    disputes = []
+    disputes = set()
     for rank, accusers in accused.items():
-        if len(accusers) >= 2:
+        if len(accusers) >= 2 and rank not in silent:
             ban.add(rank)
         elif rank not in ban:
-            disputes.append((next(iter(accusers)), rank))
-    exclude = ban | busy | {r for pair in disputes for r in pair}
+            disputes |= {(a, rank) for a in accusers}
+    disputes |= {(f, s) for s in silent for f in failed}
+    exclude = ban | busy | silent | {r for pair in disputes for r in pair}
     return _Blame(frozenset(ban), frozenset(exclude), tuple(sorted(disputes)))
 
 
@@ -587,7 +659,18 @@ class _DecoderSession:
         futures = [self._pool.submit(next, stream) for stream in self._streams]
         failures: dict[int, MeshError] = {}
         replies = []
+        _, running = wait(futures, return_when=FIRST_EXCEPTION)
+        if running:  # one failed: the other ends within peer_timeout_s if honest (`_gather`)
+            _, running = wait(running, timeout=self.options.peer_timeout_s + SILENCE_GRACE_S)
         for rank, future in enumerate(futures):
+            if future in running:
+                self._streams[rank].cancel()
+                failures[rank] = _Silent(
+                    f"{RANK_ROLES[rank]} {self.names[rank]} was still running "
+                    f"{self.options.peer_timeout_s + SILENCE_GRACE_S:g} s after the other "
+                    "party failed: silent, cancelled"
+                )
+                continue
             try:
                 replies.append(future.result())
             except grpc.RpcError as exc:

@@ -274,6 +274,22 @@ def serve_spare(conn: Connection) -> None:
     run(conn, message["job"], message["creds"])
 
 
+def _serve_dealer(crypten: Any) -> None:
+    """The dealer's loop (CrypTen's TTP server, which takes requests from rank 0 only). An
+    error while serving is attributed to the request's sender, rank 0, so that the client
+    does not take it for the dealer failing on its own (`mpc_client._assess`)."""
+    from mpc.comm import CommFailure
+
+    try:
+        crypten.mpc.provider.ttp_provider.TTPServer()
+    except CommFailure:
+        raise  # names its peer already
+    except Exception as exc:
+        raise RuntimeError(
+            f"serving a dealer request of rank 0: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def run(conn: Connection, job: Job, creds: Credentials) -> None:
     """Process entry point. Messages on `conn` (plain dicts; see `decentralized.mpc_service`):
 
@@ -309,7 +325,7 @@ def run(conn: Connection, job: Job, creds: Credentials) -> None:
         result: dict[str, Any] = {"ok": True}
         start = time.perf_counter()
         if job.rank == DEALER_RANK:
-            crypten.mpc.provider.ttp_provider.TTPServer()
+            _serve_dealer(crypten)
         else:
             crypten.init()
             try:

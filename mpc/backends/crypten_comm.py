@@ -264,7 +264,10 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
 
     def _take_tensors(self, src: int, op: bytes, count: int, tag: str | None = None) -> list[Any]:
         # The transport's buffer is ours alone: tensors may use it in place.
-        tensors = decode_tensors(self._take(src, op, tag), share=True)
+        try:
+            tensors = decode_tensors(self._take(src, op, tag), share=True)
+        except MalformedMessage as exc:
+            raise MalformedMessage(f"from rank {src}: {exc}") from None
         if len(tensors) != count:
             raise MalformedMessage(f"rank {src} sent {len(tensors)} tensors, expected {count}")
         return tensors
@@ -506,7 +509,7 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
         self._check(group, src)
         idle = self.ttp_initialized and self.rank == self.get_ttp_rank()
         with self._counted():
-            return decode_object(self._take(src, _OBJ, idle=idle))
+            return self._object(src, self._take(src, _OBJ, idle=idle))
 
     def broadcast_obj(self, obj: object, src: int, group: Group | None = None) -> object:
         """Root `src` sends a control object to every member. Cost: 1 round, g-1 messages."""
@@ -518,7 +521,14 @@ class TransportCommunicator(_Communicator):  # type: ignore[misc]
                     if rank != src:
                         self._post(rank, body)
                 return obj
-            return decode_object(self._take(src, _BOBJ))
+            return self._object(src, self._take(src, _BOBJ))
+
+    @staticmethod
+    def _object(src: int, body: memoryview) -> object:
+        try:
+            return decode_object(body)
+        except MalformedMessage as exc:  # the sender is named: the client blames by rank
+            raise MalformedMessage(f"from rank {src}: {exc}") from None
 
     # ---- identity and stats -------------------------------------------------------------------
 

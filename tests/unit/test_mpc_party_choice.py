@@ -128,3 +128,24 @@ def test_a_node_in_disputes_with_several_peers_is_the_likely_liar() -> None:
     expired = MeshClient(["127.0.0.1:1"], Credentials(insecure_dev=True), ban_s=0.0)
     expired.dispute("liar", "honest-1")
     assert expired.dispute("liar", "honest-2") == set()  # the first one has expired
+
+
+def test_a_peer_named_in_any_error_text_is_accused_not_the_one_that_reports_it() -> None:
+    """An honest rank that received a malformed message fails; the text names the sender
+    (`from rank 1`), so the receiver is not taken for failing on its own."""
+    blame = _assess(
+        {0: _failure(ABORTED, "rank 0 on a: MalformedMessage: from rank 1: bad tensor magic")}
+    )
+    assert blame.ban == set() and blame.disputes == ((0, 1),)
+    dealer = _assess(
+        {2: _failure(ABORTED, "rank 2 on c: serving a dealer request of rank 0: KeyError")}
+    )
+    assert dealer.ban == set() and dealer.disputes == ((2, 0),)
+
+
+def test_several_ranks_out_of_time_are_left_out_not_banned() -> None:
+    late = grpc.StatusCode.DEADLINE_EXCEEDED
+    several = _assess({0: _failure(late, "party 0 a"), 1: _failure(late, "party 1 b")})
+    assert several.ban == set() and several.exclude == {0, 1}
+    alone = _assess({1: _failure(late, "party 1 b")})
+    assert alone.ban == {1}
