@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import signal
 import time
 import traceback
@@ -230,12 +231,14 @@ def _decoder_party(crypten: Any, job: Job, conn: Connection, first_input: bytes)
             x = crypten.mpc.MPCTensor.from_shares(share, precision=precision)
             hidden = model.embed_one_hot(x) if precision == 0 else x
             token = model.token_shares(model.forward(hidden, cache))  # (2, B) secret
+            bound = model.logits_bound if math.isfinite(model.logits_bound) else 0.0
             conn.send(
                 {
                     "step": step,
                     "token_share": token._tensor.share.contiguous().numpy().tobytes(),
                     "token_shape": list(token.size()),
-                    "logit_bound": model.logits_bound,
+                    # 0: not known to this party (WEIGHTS_PRIVATE: the owner's alone)
+                    "logit_bound": bound,
                 }
             )
             if stream is None and step + 1 < job.max_new_tokens:

@@ -11,7 +11,8 @@ Method:  y = 1 + t (order 1) or 1 + t + t^2 / 2 (order 2), t = x / 2^n, then n s
          Computing y directly loses the low bits of x * 2^-n, a relative error of 2^-16 that
          the squarings amplify to 2^(n-16) (0.0039 at n = 8, measured); carrying the 2^n
          factor keeps n extra fractional bits.
-Domain:  x <= 0 (|x| < 46000 for order 2, where x^2 fits the ring). The threshold must be
+Domain:  x <= 0 (|x| <= 32768 for order 2: x^2 at 32 fractional bits stays within the
+         2^62 the exact truncation takes). The threshold must be
          >= -2^n: below -2^n the base leaves [0, 1] (1 + t < 0; 1 + t + t^2 / 2 > 1 once t < -2)
          and its 2^n-th power wraps around the ring; it is multiplied by an exact 0 bit there.
          With threshold None, x must be >= -2^n.

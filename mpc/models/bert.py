@@ -379,8 +379,11 @@ def check_output(values: torch.Tensor, bound: float) -> torch.Tensor:
 
     Raises:
         GarbageOutput: non-finite values or values beyond the bound: the secure computation
-            overflowed and this output is wrong.
+            overflowed and this output is wrong; or a bound that is not a positive finite
+            number (nothing could be checked against it).
     """
+    if not (math.isfinite(bound) and bound > 0):  # `x > nan` is False: no check at all
+        raise GarbageOutput(f"no usable output bound ({bound!r}): the output cannot be checked")
     if not bool(torch.isfinite(values).all()):
         raise GarbageOutput("the revealed output has non-finite values")
     worst = float(values.abs().max()) if values.numel() else 0.0

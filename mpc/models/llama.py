@@ -41,7 +41,8 @@ Leaks:   to the parties: shapes (B, prompt length T, number of generated tokens,
          weights. Not leaked to them: token ids, hidden states, KV cache, logits, the generated
          tokens. To the client (the `client` rank): each generated token id and its logit (the
          top logit is revealed for the garbage check; in WEIGHTS_PRIVATE that is one number
-         about the weights per token, besides the token itself). Generation runs a fixed
+         about the weights per token, besides the token itself, and the owner's
+         `logits_bound`, which goes to the client only, never to the other party). Generation runs a fixed
          number of steps: stopping at an end-of-turn token would tell the parties when it came.
 Failure: every revealed top logit is checked against the bound the final RMSNorm and the LM
          head impose (`logits_bound`); beyond it `check_output` raises `GarbageOutput` (a ring
@@ -360,12 +361,15 @@ class SecureLlama:
         head = state.get("lm_head.weight", table).detach().to(torch.float32)  # (V, C)
         norm = state["model.norm.weight"].detach().to(torch.float32)  # (C,)
         folded_head = (head * norm[None, :]).T.contiguous()  # (C, V)
+        self.owner = owner
         self.logits_bound = logits_bound(folded_head)
         if threat_model is ThreatModel.WEIGHTS_PRIVATE:
             crypten = load()
-            # A public number about the weights: the owner's value, sent to every party.
-            bound = torch.tensor([self.logits_bound], dtype=torch.float64)
-            self.logits_bound = float(crypten.comm.get().broadcast(bound, owner)[0])
+            if crypten.comm.get().get_rank() != owner:
+                # A number about the secret weights: only the owner knows it, and it goes to
+                # the client only (`next_token`; on the mesh, party 0's reply), not to the
+                # other party. Its own weights here are placeholders.
+                self.logits_bound = math.nan
             self.layers: list[dict[str, Weight]] = [
                 share_weights(p, _MATRICES, owner) for p in prepared
             ]
@@ -501,10 +505,18 @@ class SecureLlama:
         crypten = load()
         token = self.token_shares(hidden)  # (2, B) secret
         encoded = token.reveal(dst=client)  # ring integers, client only
-        if crypten.comm.get().get_rank() != client:
+        comm = crypten.comm.get()
+        bound = self.logits_bound
+        if self.threat_model is ThreatModel.WEIGHTS_PRIVATE and client != self.owner:
+            # the owner's bound, to the client alone (never broadcast: `__init__`)
+            if comm.get_rank() == self.owner:
+                comm.send(torch.tensor([bound], dtype=torch.float64), dst=client)
+            elif comm.get_rank() == client:
+                bound = float(comm.recv(torch.zeros(1, dtype=torch.float64), src=self.owner)[0])
+        if comm.get_rank() != client:
             return [], []
         decoded = encoded.double() / token.encoder.scale  # (2, B)
-        top_logits = check_output(decoded[1], self.logits_bound)
+        top_logits = check_output(decoded[1], bound)
         ids = decoded[0].round().long()
         if bool(((ids < 0) | (ids >= self.config.vocab_size)).any()):
             raise ValueError(f"secure argmax revealed an index out of range: {ids.tolist()}")

@@ -72,7 +72,8 @@ __all__ = [
     "secure_classify_interleaved",
 ]
 
-# softmax's exp at n = 4, as `mpc.models.bert` (fewer two-party truncation failures).
+# softmax's exp at n = 4 (the BERT encoder uses 6: n = 4 dropped its 128-token cosines below
+# 0.999); the ViT's tests bound its error at n = 4 (tests/vit/test_secure.py).
 DEFAULT_EXP_ITERATIONS = 4
 THREAT_MODEL = (
     "input_private: 2 semi-honest CrypTen parties hold the images and activations as additive "

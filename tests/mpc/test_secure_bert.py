@@ -258,3 +258,6 @@ def test_output_check_refuses_garbage_and_passes_real_outputs(minilm: Any) -> No
         check_output(wrapped, bound)
     with pytest.raises(GarbageOutput, match="non-finite"):
         check_output(torch.full((2, 3), float("nan")), bound)
+    for unusable in (float("nan"), float("inf"), 0.0, -1.0):  # `x > nan` is False
+        with pytest.raises(GarbageOutput, match="no usable output bound"):
+            check_output(wrapped, unusable)

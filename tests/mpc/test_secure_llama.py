@@ -11,6 +11,7 @@ measured result is in docs/mpc-llama.md). Party functions are module-level for s
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -320,3 +321,71 @@ def test_full_model_greedy_tokens_match_plaintext() -> None:
         {k: client[k] for k in ("tokens", "top_logits", "seconds", "bytes", "rounds")}
     )
     assert client["tokens"] == expected
+
+
+TINY_LLAMA = {
+    "hidden_size": 8,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "intermediate_size": 16,
+    "num_hidden_layers": 1,
+    "vocab_size": 10,
+    "rms_norm_eps": 1e-5,
+}
+
+
+def _tiny_llama_state(seed: int) -> dict[str, torch.Tensor]:
+    """Random weights of a one-layer LLaMA of `TINY_LLAMA`'s shape (the owner's secret)."""
+    g = torch.Generator().manual_seed(seed)
+    c, f, v = 8, 16, 10
+    kv = 1 * (c // 2)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * 0.3
+
+    p = "model.layers.0."
+    return {
+        p + "input_layernorm.weight": 1 + r(c),
+        p + "self_attn.q_proj.weight": r(c, c),
+        p + "self_attn.k_proj.weight": r(kv, c),
+        p + "self_attn.v_proj.weight": r(kv, c),
+        p + "self_attn.o_proj.weight": r(c, c),
+        p + "post_attention_layernorm.weight": 1 + r(c),
+        p + "mlp.gate_proj.weight": r(f, c),
+        p + "mlp.up_proj.weight": r(f, c),
+        p + "mlp.down_proj.weight": r(c, f),
+        "model.embed_tokens.weight": r(v, c) * 7.0,
+        "model.norm.weight": 1 + r(c),
+    }
+
+
+def _party_bound(rank: int, client: int) -> dict[str, Any]:
+    from mpc.models.llama import LlamaConfig
+
+    real = _tiny_llama_state(1234)
+    state = real if rank == 0 else {k: torch.zeros_like(t) for k, t in real.items()}
+    model = SecureLlama(
+        state, LlamaConfig.from_dict(TINY_LLAMA), threat_model=ThreatModel.WEIGHTS_PRIVATE
+    )
+    built = model.logits_bound
+    ids = torch.tensor([[1, 2, 3]]) if rank == client else torch.zeros(1, 3, dtype=torch.long)
+    hidden = model.forward(model.embed(ids, client=client), model.new_cache())
+    tokens, top = model.next_token(hidden, client=client)
+    return {"built": built, "tokens": tokens, "top": top}
+
+
+@pytest.mark.multiparty
+def test_the_owner_s_logit_bound_reaches_the_client_only() -> None:
+    """Under WEIGHTS_PRIVATE the bound is a number about the secret head, norm and table: the
+    other party must not learn it (it was broadcast to every party); a client that is not the
+    owner gets it from the owner, and its garbage check uses it."""
+    real = _tiny_llama_state(1234)
+    head = (real["model.embed_tokens.weight"] * real["model.norm.weight"][None, :]).T
+    truth = logits_bound(head.contiguous())
+    owner, other = run_parties(
+        _party_bound, world_size=2, ttp=True, timeout_s=PARTY_TIMEOUT_S, args=(1,)
+    )
+    assert owner["built"] == pytest.approx(truth)
+    assert math.isnan(other["built"])  # party 1 never learns it
+    assert len(other["tokens"]) == 1 and owner["tokens"] == []  # party 1 is the client here
+    assert abs(other["top"][0]) <= truth
