@@ -1,8 +1,9 @@
 """Conversions between protobuf messages and domain objects. The only place that knows both.
 
 Everything that arrives from a peer is validated here before any other code sees it: dtype from
-a fixed list, shape non-negative and bounded, byte length equal to prod(shape) * itemsize. No
-pickle anywhere: tensors are raw little-endian bytes.
+a fixed list, shape non-negative and bounded (each dimension, and the product of the dimensions
+with zeros counted as 1), byte length equal to prod(shape) * itemsize. Any failure to build a
+tensor is an InvalidRequest. No pickle anywhere: tensors are raw little-endian bytes.
 """
 
 from __future__ import annotations
@@ -47,20 +48,44 @@ def tensor_to_proto(t: torch.Tensor) -> common_pb2.Tensor:
 
 
 def tensor_header_nbytes(msg: common_pb2.Tensor, what: str) -> int:
-    """Validate dtype and shape of a Tensor message; the byte length its data must have."""
+    """Validate dtype and shape of a Tensor message; the byte length its data must have.
+
+    Every dimension is capped before anything is multiplied, and so is the product of the
+    dimensions with each 0 counted as 1: a zero-element shape such as [2**62, 2**62, 0] has
+    product 0 but would overflow torch's size and stride arithmetic, so it is refused like an
+    oversized one.
+    """
     if msg.dtype not in _DTYPES:
         raise InvalidRequest(f"{what}: unknown dtype {msg.dtype!r}; allowed: {', '.join(_DTYPES)}")
     shape = list(msg.shape)
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
-        raise InvalidRequest(f"{what}: invalid shape {shape}")
-    nbytes = math.prod(shape) * _DTYPES[msg.dtype][1]
-    if nbytes > MAX_TENSOR_BYTES:
-        raise InvalidRequest(f"{what}: {nbytes} bytes exceeds the {MAX_TENSOR_BYTES}-byte limit")
-    return nbytes
+        raise InvalidRequest(
+            f"{what}: invalid shape {shape} (at most {MAX_DIMS} dimensions, each >= 0)"
+        )
+    itemsize = _DTYPES[msg.dtype][1]
+    max_elements = MAX_TENSOR_BYTES // itemsize
+    if any(d > max_elements for d in shape):
+        raise InvalidRequest(
+            f"{what}: shape {shape} exceeds the {MAX_TENSOR_BYTES}-byte limit "
+            f"(a dimension above {max_elements} {msg.dtype} elements)"
+        )
+    extent = 1
+    for d in shape:  # each factor <= max_elements, so this stays small
+        extent *= max(d, 1)
+        if extent > max_elements:
+            raise InvalidRequest(
+                f"{what}: shape {shape} exceeds the {MAX_TENSOR_BYTES}-byte limit "
+                f"(more than {max_elements} {msg.dtype} elements, zero dimensions counted as 1)"
+            )
+    return math.prod(shape) * itemsize
 
 
 def tensor_from_proto(msg: common_pb2.Tensor, what: str = "tensor") -> torch.Tensor:
-    """A Tensor message -> torch tensor; raises InvalidRequest on any inconsistency."""
+    """A Tensor message -> torch tensor; raises InvalidRequest on any inconsistency.
+
+    Every failure to build the tensor is an InvalidRequest, never a torch error: a server
+    answers INVALID_ARGUMENT, and a client treats the peer that sent it as misbehaving.
+    """
     nbytes = tensor_header_nbytes(msg, what)
     if len(msg.data) != nbytes:
         raise InvalidRequest(
@@ -69,10 +94,16 @@ def tensor_from_proto(msg: common_pb2.Tensor, what: str = "tensor") -> torch.Ten
         )
     dtype, _ = _DTYPES[msg.dtype]
     shape = tuple(msg.shape)
-    if nbytes == 0:
-        return torch.empty(shape, dtype=dtype)
-    raw = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8)
-    return raw.view(dtype).reshape(shape)
+    try:
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype)
+        raw = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8)
+        return raw.view(dtype).reshape(shape)
+    except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequest(
+            f"{what}: cannot build a {msg.dtype} tensor of shape {list(shape)}: "
+            f"{type(exc).__name__}"
+        ) from None
 
 
 def check_hidden(t: torch.Tensor, hidden_size: int, what: str = "hidden") -> None:

@@ -34,6 +34,7 @@ from decentralized.errors import (
     InvalidRequest,
     MeshError,
     NoRoute,
+    PeerMisbehaved,
     PeerUnavailable,
     SessionAborted,
 )
@@ -219,14 +220,55 @@ def _attempt(
     if failures:
         raise _SessionFailed(failures)
     seconds = time.perf_counter() - start
-    shares = [_wire.tensor_from_proto(results[r].output_share, "output share") for r in (0, 1)]
-    if shares[0].shape != shares[1].shape or shares[0].dtype != torch.int64:
-        raise SessionAborted("the parties returned output shares of different shapes")
+    batch = int(encoded.shape[0])
+    shares = _shares(
+        [results[0].output_share, results[1].output_share],
+        names,
+        lambda s: s.dim() == 2 and s.shape[0] == batch,
+        f"(batch {batch}, features)",
+    )
     output = decode_fixed_point(shares[0] + shares[1])
     # Under weights_private only party 0 (the owner) knows the weights, hence the bound.
     bound = _bound((results[0].output_bound, results[1].output_bound), options.threat_model)
     reports = tuple(RankReport.of(r, nodes[r], results[r]) for r in range(3))
     return output, bound, reports, seconds
+
+
+def _shares(
+    messages: list[common_pb2.Tensor],
+    names: list[str],
+    fits: Callable[[torch.Tensor], bool],
+    expected: str,
+) -> list[torch.Tensor]:
+    """Parties 0 and 1's output shares. A share that does not decode, is not int64 or not of
+    the expected shape is its sender's fault (what the client received itself); two shares
+    that fit but differ in shape are a dispute between the parties."""
+    shares: list[torch.Tensor] = []
+    bad: dict[int, MeshError] = {}
+    for rank, message in enumerate(messages):
+        where = f"{RANK_ROLES[rank]} {names[rank]}"
+        try:
+            share = _wire.tensor_from_proto(message, "output share")
+        except InvalidRequest as exc:
+            bad[rank] = PeerMisbehaved(f"{where}: {exc}")
+            continue
+        if share.dtype != torch.int64 or not fits(share):
+            bad[rank] = PeerMisbehaved(
+                f"{where}: a {share.dtype} share of shape {tuple(share.shape)}, "
+                f"expected int64 {expected}"
+            )
+        shares.append(share)
+    if bad:
+        raise _SessionFailed(bad)
+    if shares[0].shape != shares[1].shape:
+        a, b = tuple(shares[0].shape), tuple(shares[1].shape)
+        raise _SessionFailed(
+            {
+                0: PeerMisbehaved(f"party 0 {names[0]}: a share of shape {a}, rank 1's is {b}"),
+                1: PeerMisbehaved(f"party 1 {names[1]}: a share of shape {b}, rank 0's is {a}"),
+            }
+        )
+    return shares
 
 
 def _gather(
@@ -707,9 +749,9 @@ class _DecoderSession:
     def _reconstruct(
         self, step: int, r0: mpc_pb2.StepResult, r1: mpc_pb2.StepResult
     ) -> DecodedToken:
-        shares = [_wire.tensor_from_proto(r.token_share, "token share") for r in (r0, r1)]
-        if shares[0].shape != (2, 1) or shares[1].shape != (2, 1):
-            raise SessionAborted("the parties returned token shares of the wrong shape")
+        shares = _shares(
+            [r0.token_share, r1.token_share], self.names, lambda s: s.shape == (2, 1), "(2, 1)"
+        )
         # Under weights_private only party 0 (the owner) knows the weights, hence the bound.
         self.bound = _bound((r0.logit_bound, r1.logit_bound), self.options.threat_model)
         decoded = decode_fixed_point(shares[0] + shares[1])  # (2, 1)

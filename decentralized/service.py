@@ -3,13 +3,20 @@
 Every handler goes through `_serving`, which counts the RPC, times it, and maps domain errors
 to status codes through the single table in `decentralized.errors`. Unexpected exceptions
 become INTERNAL with a generic message: tracebacks never go to peers.
+
+Forward jobs queue for the node's compute thread. At most `MAX_QUEUED_FORWARDS` wait or run at
+once (more get RESOURCE_EXHAUSTED "node busy"); a job whose caller cancelled or whose deadline
+passed while it waited is skipped instead of computed, and drops its tensor at once; the node's
+`load` counts a job until the compute thread is done with it, even when its caller is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -17,11 +24,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
+import torch
 from cryptography import x509
 
 from decentralized import _wire
-from decentralized.errors import Draining, InvalidRequest, MeshError, NotANode
+from decentralized.errors import Draining, InvalidRequest, MeshError, NotANode, Overloaded
 from decentralized.identity import verify_record
+from decentralized.models import SpanRuntime
 from decentralized.shards import ForwardJob, ShardHost
 from decentralized.transport import node_names
 from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
@@ -32,6 +41,45 @@ if TYPE_CHECKING:
     from decentralized.node import Node
 
 logger = logging.getLogger(__name__)
+
+# Forward jobs waiting for or running on the compute thread; more are refused as "node busy".
+# Each holds its input tensor (up to `_wire.MAX_TENSOR_BYTES`) while it waits.
+MAX_QUEUED_FORWARDS = 8
+
+
+class _Skipped(MeshError):
+    """A queued job whose deadline passed before the compute thread reached it."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class _Ticket:
+    """One forward job on its way to the compute thread.
+
+    The compute thread calls `run`; the event loop calls `abandon` when the caller is gone
+    (cancelled, or past its deadline). `run` checks both before computing anything.
+    """
+
+    __slots__ = ("_job", "_span", "deadline", "abandoned")
+
+    def __init__(self, job: ForwardJob, span: SpanRuntime, deadline: float) -> None:
+        self._job: ForwardJob | None = job
+        self._span: SpanRuntime | None = span
+        self.deadline = deadline  # time.monotonic() value; math.inf without a deadline
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self._job = self._span = None  # the queue entry no longer holds the tensor
+
+    def run(self, host: ShardHost) -> torch.Tensor:
+        job, span = self._job, self._span
+        self._job = self._span = None
+        if self.abandoned or job is None:
+            raise _Skipped("the caller gave up on this request before it was computed")
+        if time.monotonic() >= self.deadline:
+            raise _Skipped("the request's deadline passed while it waited for compute")
+        return host.forward(job, span)
 
 
 @contextlib.asynccontextmanager
@@ -95,18 +143,59 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self._node = node
         self._host = host
         self._executor = executor
+        self._queued = 0  # forward jobs submitted to the executor and not finished there
 
-    async def _run(self, job: ForwardJob) -> shard_pb2.ForwardReply:
+    def _finished(self) -> None:
+        self._queued -= 1
+        self._node.load -= 1
+
+    async def _compute(
+        self, job: ForwardJob, span: SpanRuntime, context: grpc.aio.ServicerContext
+    ) -> torch.Tensor:
+        """Run the job on the compute thread, unless the queue is full or the caller leaves.
+
+        `load` and the queue count drop when the compute thread is done with the job (or
+        skipped it), not when the caller stops waiting.
+        """
+        if self._queued >= MAX_QUEUED_FORWARDS:
+            raise Overloaded(
+                f"node busy: {self._queued} forward requests already queued "
+                f"(limit {MAX_QUEUED_FORWARDS}); retry on another node"
+            )
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else math.inf
+        ticket = _Ticket(job, span, deadline)
+        loop = asyncio.get_running_loop()
+
+        def done(_: concurrent.futures.Future[torch.Tensor]) -> None:
+            # On the compute thread when the job ran or was skipped there; on the loop's own
+            # thread when `cancel` removed it from the queue first.
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to count
+                loop.call_soon_threadsafe(self._finished)
+
+        self._queued += 1
+        self._node.load += 1
+        try:
+            future = self._executor.submit(ticket.run, self._host)
+        except BaseException:
+            self._finished()
+            raise
+        future.add_done_callback(done)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            ticket.abandon()
+            future.cancel()
+            raise
+
+    async def _run(
+        self, job: ForwardJob, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ForwardReply:
         if self._node.draining:
             raise Draining("node is shutting down; retry on another node")
         span = self._host.validate(job)  # cheap checks before queueing for compute
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        self._node.load += 1
-        try:
-            out = await loop.run_in_executor(self._executor, self._host.forward, job, span)
-        finally:
-            self._node.load -= 1
+        out = await self._compute(job, span, context)
         hidden = _wire.tensor_to_proto(out)
         output_digest = _wire.proto_digest(hidden)
         node_id = self._node.identity.node_id
@@ -141,7 +230,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self, request: shard_pb2.ForwardRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ForwardReply:
         async with _serving("Forward", context, self._node.metrics):
-            return await self._run(_job_from_header(request, request.hidden))
+            return await self._run(_job_from_header(request, request.hidden), context)
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
     async def ForwardStream(
@@ -176,7 +265,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             hidden = common_pb2.Tensor(
                 data=b"".join(chunks), dtype=header.hidden.dtype, shape=header.hidden.shape
             )
-            return await self._run(_job_from_header(header, hidden))
+            return await self._run(_job_from_header(header, hidden), context)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def EndSession(

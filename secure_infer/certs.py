@@ -65,6 +65,7 @@ CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_DNS_LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 _KEY_MODE = 0o600
 _CERT_MODE = 0o644
@@ -231,7 +232,10 @@ def issue(
             address: every node certificate may carry those as SANs, so a client
             requiring that name would accept any node.
         role: ``"node"`` or ``"client"``.
-        hosts: Host names and IP addresses the certificate is valid for.
+        hosts: Host names and IP addresses the certificate is valid for. Each must be an
+            IP address or a DNS name of dot-separated labels (letters, digits, ``-``, ``_``);
+            wildcards such as ``*.mesh`` are refused: on a node certificate one would pass
+            a client's per-node name check for every node name it matches.
         valid_days: How many days the certificate is valid. Must be positive.
         overwrite: Replace an existing ``{name}.key``/``{name}.crt``.
 
@@ -262,6 +266,14 @@ def issue(
                 f"expected a node name that is not a host every node certificate carries: "
                 f"{reserved} (a client could not tell that node from any other)"
             )
+    if role == "node":
+        try:
+            _check_dns_name(name)
+        except CertError as exc:
+            raise CertError(
+                f"expected a node name that is a valid DNS name (every node certificate carries "
+                f"it as a SAN): {exc}"
+            ) from None
     if role == "node" and not isinstance(hosts, str) and name not in hosts:
         hosts = [name, *hosts]
     sans = _subject_alt_names(hosts)
@@ -446,13 +458,33 @@ def _subject_alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
             continue
         except ValueError:
             pass
-        if not host.isascii() or len(host) > 253:
-            raise CertError(
-                f"expected an ASCII DNS name of at most 253 characters or an IP address, "
-                f"found {host!r}"
-            )
+        _check_dns_name(host)
         sans.append(x509.DNSName(host))
     return sans
+
+
+def _check_dns_name(host: str) -> None:
+    """A SAN host must be a plain DNS name: no wildcard, no empty or malformed label.
+
+    A wildcard such as ``*.mesh`` would make a node certificate pass a client's per-node name
+    check (gRPC's target-name override) for every node named ``<x>.mesh``.
+    """
+    if "*" in host:
+        raise CertError(
+            f"expected a host name without wildcards, found {host!r}: a wildcard SAN would let "
+            "this certificate pass the client's name check for every node name it matches"
+        )
+    if not host.isascii() or len(host) > 253:
+        raise CertError(
+            f"expected an ASCII DNS name of at most 253 characters or an IP address, found {host!r}"
+        )
+    bad = [label for label in host.split(".") if _DNS_LABEL_RE.fullmatch(label) is None]
+    if bad:
+        raise CertError(
+            f"expected a DNS name (dot-separated labels of 1 to 63 letters, digits, '-' or '_', "
+            f"not starting or ending with '-') or an IP address, found {host!r} "
+            f"(bad label {bad[0]!r})"
+        )
 
 
 def _authority_key_identifier(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:

@@ -407,3 +407,53 @@ def test_issue_refuses_node_names_every_node_certificate_carries(pki: Path, name
         issue(pki, name, role="node")
     assert sorted(p.name for p in pki.iterdir()) == ["ca.crt", "ca.key"]
     verify_leaf(issue(pki, name, role="client"))  # a client's name is never dialled
+
+
+@pytest.mark.parametrize("host", ["*.mesh", "*", "node-*.mesh", "a.*.mesh", "*.10.0.0.7"])
+@pytest.mark.parametrize("role", ["node", "client"])
+def test_issue_refuses_wildcard_hosts(pki: Path, host: str, role: str) -> None:
+    # On a node certificate `*.mesh` would pass the client's per-node name check (gRPC's
+    # target-name override) for every node named `<x>.mesh`.
+    with pytest.raises(CertError, match="without wildcards"):
+        issue(pki, "evil", role=role, hosts=[host, "127.0.0.1"])  # type: ignore[arg-type]
+    assert sorted(p.name for p in pki.iterdir()) == ["ca.crt", "ca.key"]
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["a..mesh", ".mesh", "mesh.", "-gpu.mesh", "gpu-.mesh", "gpu a", "gpu/a", "g:pu", "x" * 64],
+)
+def test_issue_refuses_hosts_that_are_not_dns_names(pki: Path, host: str) -> None:
+    with pytest.raises(CertError, match="DNS name"):
+        issue(pki, "node-1", role="node", hosts=[host])
+    assert sorted(p.name for p in pki.iterdir()) == ["ca.crt", "ca.key"]
+
+
+@pytest.mark.parametrize("name", ["node-", "node..a", "node.", "a.-b"])
+def test_issue_refuses_node_names_that_are_not_dns_names(pki: Path, name: str) -> None:
+    # A node's name becomes a SAN of its certificate, so it must be a DNS name too.
+    with pytest.raises(CertError, match="valid DNS name"):
+        issue(pki, name, role="node")
+    assert sorted(p.name for p in pki.iterdir()) == ["ca.crt", "ca.key"]
+
+
+def test_issue_accepts_dns_names_and_ips(pki: Path) -> None:
+    hosts = ["gpu-a.mesh", "gpu_b.internal", "x" * 63, "10.0.0.7", "::1", "N1.Example.ORG"]
+    leaf = verify_leaf(issue(pki, "node_1.mesh", role="node", hosts=hosts))
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [
+        "node_1.mesh",
+        "gpu-a.mesh",
+        "gpu_b.internal",
+        "x" * 63,
+        "N1.Example.ORG",
+    ]
+
+
+def test_certs_cli_refuses_a_wildcard_host(pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from secure_infer import cli
+
+    code = cli.main(["certs", "issue", "evil", "--dir", str(pki), "--host", "*.mesh"])
+    assert code != 0
+    assert "without wildcards" in capsys.readouterr().err
+    assert sorted(p.name for p in pki.iterdir()) == ["ca.crt", "ca.key"]

@@ -6,6 +6,7 @@ import collections
 
 import grpc
 import pytest
+import torch
 
 from decentralized.client import MeshClient
 from decentralized.errors import MeshError
@@ -149,3 +150,28 @@ def test_several_ranks_out_of_time_are_left_out_not_banned() -> None:
     assert several.ban == set() and several.exclude == {0, 1}
     alone = _assess({1: _failure(late, "party 1 b")})
     assert alone.ban == {1}
+
+
+def test_a_share_that_does_not_decode_or_fit_is_its_sender_s_fault() -> None:
+    """What a party returned is what the client received itself: a malformed share bans its
+    sender (the session is retried without it); two shares that fit but differ are a dispute."""
+    from decentralized import _wire
+    from decentralized.mpc_client import _SessionFailed, _shares
+
+    good = _wire.tensor_to_proto(torch.zeros(3, 4, dtype=torch.int64))
+    huge = common_pb2.Tensor(dtype="int64", shape=[2**62, 2**62, 0])
+    floats = _wire.tensor_to_proto(torch.zeros(3, 4, dtype=torch.float32))
+    rows = _wire.tensor_to_proto(torch.zeros(2, 4, dtype=torch.int64))
+    other = _wire.tensor_to_proto(torch.zeros(3, 5, dtype=torch.int64))
+    fits = lambda s: s.dim() == 2 and s.shape[0] == 3  # noqa: E731
+    names = ["a", "b"]
+    assert len(_shares([good, good], names, fits, "(3, C)")) == 2
+    for bad in (huge, floats, rows):
+        with pytest.raises(_SessionFailed) as info:
+            _shares([good, bad], names, fits, "(3, C)")
+        assert set(info.value.failures) == {1}
+        assert _assess(info.value.failures).ban == {1}
+    with pytest.raises(_SessionFailed) as info:
+        _shares([good, other], names, fits, "(3, C)")
+    blame = _assess(info.value.failures)
+    assert blame.ban == set() and set(blame.disputes) == {(0, 1), (1, 0)}

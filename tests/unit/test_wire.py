@@ -80,3 +80,44 @@ def test_check_mask() -> None:
         _wire.check_mask(torch.tensor([[1, 1, 0], [0, 0, 0]]), hidden)
     with pytest.raises(InvalidRequest, match="integer dtype"):
         _wire.check_mask(torch.ones(2, 3), hidden)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        [2**62, 2**62, 0],  # zero elements, but torch's size arithmetic overflows
+        [2**63 - 1, 0],
+        [0, 2**40, 2**40, 2**40],  # torch's stride arithmetic overflows
+        [0, 1 << 24],  # a zero-element tensor still bounded: each dimension is capped
+        [0, 1 << 12, 1 << 12],  # ... and so is the product with zeros counted as 1
+    ],
+)
+def test_zero_element_shapes_with_huge_dims_are_invalid(shape: list[int]) -> None:
+    for decode in (_wire.tensor_from_proto, lambda m: _wire.tensor_header_nbytes(m, "tensor")):
+        with pytest.raises(InvalidRequest, match="exceeds the 62914560-byte limit"):
+            decode(common_pb2.Tensor(data=b"", dtype="float32", shape=shape))
+
+
+def test_zero_element_shapes_within_limits_still_decode() -> None:
+    elements = _wire.MAX_TENSOR_BYTES // 4
+    for shape in ([1, 0, 384], [0, elements], [0] * _wire.MAX_DIMS):
+        msg = common_pb2.Tensor(data=b"", dtype="float32", shape=shape)
+        assert tuple(_wire.tensor_from_proto(msg).shape) == tuple(shape)
+    with pytest.raises(InvalidRequest, match="exceeds"):
+        _wire.tensor_from_proto(
+            common_pb2.Tensor(data=b"", dtype="float32", shape=[0, elements + 1])
+        )
+    # The cap follows the dtype: one-byte bools may have four times as many elements.
+    msg = common_pb2.Tensor(data=b"", dtype="bool", shape=[0, 4 * elements])
+    assert tuple(_wire.tensor_from_proto(msg).shape) == (0, 4 * elements)
+
+
+def test_a_torch_failure_while_decoding_is_invalid_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whatever torch refuses to build from the wire is the sender's fault, never a RuntimeError
+    # that escapes a client's fail-over or becomes INTERNAL on a node.
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Storage size calculation overflowed")
+
+    monkeypatch.setattr(torch, "empty", refuse)
+    with pytest.raises(InvalidRequest, match="cannot build a float32 tensor"):
+        _wire.tensor_from_proto(common_pb2.Tensor(data=b"", dtype="float32", shape=[1, 0, 384]))

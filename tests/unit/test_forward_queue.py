@@ -1,0 +1,49 @@
+"""The compute-queue ticket of `decentralized.service`: what a job abandoned in the queue
+holds, and what the compute thread does when it reaches one (see also
+tests/integration/test_forward_limits.py for the same over real gRPC)."""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+
+import grpc
+import pytest
+import torch
+
+from decentralized.service import _Skipped, _Ticket
+from decentralized.shards import ForwardJob
+
+
+def _job() -> ForwardJob:
+    return ForwardJob(
+        model="all-MiniLM-L6-v2",
+        start=0,
+        end=6,
+        hidden=torch.randn(2, 4, 384),
+        attention_mask=None,
+        session_id="",
+        past_length=0,
+    )
+
+
+def test_an_abandoned_ticket_releases_its_tensor_and_is_skipped() -> None:
+    job = _job()
+    tensor = weakref.ref(job.hidden)
+    ticket = _Ticket(job, None, time.monotonic() + 60)  # type: ignore[arg-type]
+    del job
+    gc.collect()
+    assert tensor() is not None  # queued: the ticket holds the job
+    ticket.abandon()
+    gc.collect()
+    assert tensor() is None  # the queue entry no longer pins the caller's tensor
+    with pytest.raises(_Skipped, match="gave up") as info:
+        ticket.run(None)  # type: ignore[arg-type]  # never reaches the host
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_ticket_past_its_deadline_is_skipped_on_the_compute_thread() -> None:
+    ticket = _Ticket(_job(), None, time.monotonic() - 0.001)  # type: ignore[arg-type]
+    with pytest.raises(_Skipped, match="deadline passed"):
+        ticket.run(None)  # type: ignore[arg-type]  # never reaches the host
