@@ -50,7 +50,7 @@ from decentralized.errors import (
     SessionMismatch,
     UnknownModel,
 )
-from decentralized.service import _serving
+from decentralized.service import _serving, run_counted
 from decentralized.transport import caller_names
 from decentralized.v1 import classify_pb2, classify_pb2_grpc
 from tee import (
@@ -300,11 +300,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
     async def _run(self, executor: Executor, fn: Any, *args: Any) -> Any:
         if self._node.draining:
             raise Draining("node is shutting down; retry on another node")
-        self._node.load += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-        finally:
-            self._node.load -= 1
+        return await run_counted(self._node, executor, fn, *args)
 
     async def ListModels(  # noqa: N802 - gRPC method name
         self, request: classify_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

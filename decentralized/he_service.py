@@ -18,7 +18,6 @@ for MNIST, plus ~400 MB deserialized), bounded by `max_batch_bytes`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import secrets
@@ -38,7 +37,7 @@ from decentralized.errors import (
     SessionMismatch,
     UnknownModel,
 )
-from decentralized.service import _serving
+from decentralized.service import _serving, run_counted
 from decentralized.transport import caller_names
 from decentralized.v1 import he_pb2, he_pb2_grpc
 from mpc.he.engine import PACKED_LAYOUT, evaluate, evaluate_packed
@@ -205,11 +204,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
     async def _compute(self, fn: Any, *args: Any) -> Any:
         if self._node.draining:
             raise Draining("node is shutting down; retry on another node")
-        self._node.load += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        finally:
-            self._node.load -= 1
+        return await run_counted(self._node, self._executor, fn, *args)
 
     async def ListHeads(  # noqa: N802 - gRPC method name
         self, request: he_pb2.ListHeadsRequest, context: grpc.aio.ServicerContext

@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -80,6 +80,49 @@ class _Ticket:
         if time.monotonic() >= self.deadline:
             raise _Skipped("the request's deadline passed while it waited for compute")
         return host.forward(job, span)
+
+
+async def run_counted(
+    node: Node,
+    executor: Executor,
+    fn: Callable[..., Any],
+    *args: Any,
+    on_cancel: Callable[[], None] | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> Any:
+    """`fn(*args)` on `executor`, counted in the node's advertised `load` until the executor
+    is done with it: a caller that leaves (cancelled, past its deadline) does not make a busy
+    node look idle. A call that leaves before its job started removes it from the queue;
+    `on_cancel` runs then (e.g. to drop the job's tensors), `on_done` when the executor is
+    done with the job or dropped it (on the event loop).
+    """
+    loop = asyncio.get_running_loop()
+
+    def finished() -> None:
+        node.load -= 1
+        if on_done is not None:
+            on_done()
+
+    def done(_: concurrent.futures.Future[Any]) -> None:
+        # On the executor's thread when the job ran; on the loop's thread when `cancel`
+        # removed it from the queue first.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to count
+            loop.call_soon_threadsafe(finished)
+
+    node.load += 1
+    try:
+        future = executor.submit(fn, *args)
+    except BaseException:
+        finished()
+        raise
+    future.add_done_callback(done)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        if on_cancel is not None:
+            on_cancel()
+        future.cancel()
+        raise
 
 
 @contextlib.asynccontextmanager
@@ -145,18 +188,12 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self._executor = executor
         self._queued = 0  # forward jobs submitted to the executor and not finished there
 
-    def _finished(self) -> None:
-        self._queued -= 1
-        self._node.load -= 1
-
     async def _compute(
         self, job: ForwardJob, span: SpanRuntime, context: grpc.aio.ServicerContext
     ) -> torch.Tensor:
-        """Run the job on the compute thread, unless the queue is full or the caller leaves.
-
-        `load` and the queue count drop when the compute thread is done with the job (or
-        skipped it), not when the caller stops waiting.
-        """
+        """Run the job on the compute thread, unless the queue is full or the caller leaves
+        before it starts (`_Ticket`); `load` and the queue count drop when the compute thread
+        is done with the job (or skipped it), not when the caller stops waiting."""
         if self._queued >= MAX_QUEUED_FORWARDS:
             raise Overloaded(
                 f"node busy: {self._queued} forward requests already queued "
@@ -165,28 +202,20 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else math.inf
         ticket = _Ticket(job, span, deadline)
-        loop = asyncio.get_running_loop()
 
-        def done(_: concurrent.futures.Future[torch.Tensor]) -> None:
-            # On the compute thread when the job ran or was skipped there; on the loop's own
-            # thread when `cancel` removed it from the queue first.
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to count
-                loop.call_soon_threadsafe(self._finished)
+        def finished() -> None:
+            self._queued -= 1
 
         self._queued += 1
-        self._node.load += 1
-        try:
-            future = self._executor.submit(ticket.run, self._host)
-        except BaseException:
-            self._finished()
-            raise
-        future.add_done_callback(done)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            ticket.abandon()
-            future.cancel()
-            raise
+        result: torch.Tensor = await run_counted(
+            self._node,
+            self._executor,
+            ticket.run,
+            self._host,
+            on_cancel=ticket.abandon,
+            on_done=finished,
+        )
+        return result
 
     async def _run(
         self, job: ForwardJob, context: grpc.aio.ServicerContext

@@ -47,3 +47,47 @@ def test_a_ticket_past_its_deadline_is_skipped_on_the_compute_thread() -> None:
     ticket = _Ticket(_job(), None, time.monotonic() - 0.001)  # type: ignore[arg-type]
     with pytest.raises(_Skipped, match="deadline passed"):
         ticket.run(None)  # type: ignore[arg-type]  # never reaches the host
+
+
+def test_load_counts_a_job_until_the_executor_is_done_with_it() -> None:
+    """The HE, classification and forward services count their jobs this way: a caller that
+    leaves must not make a busy node advertise load 0; a job still queued is dropped."""
+    import asyncio
+    import threading
+    import types
+    from concurrent.futures import ThreadPoolExecutor
+
+    from decentralized.service import run_counted
+
+    node = types.SimpleNamespace(load=0)
+    release = threading.Event()
+    ran: list[str] = []
+
+    def job(name: str) -> str:
+        ran.append(name)
+        release.wait(10)
+        return name
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            cancelled: list[str] = []
+            first = asyncio.create_task(run_counted(node, pool, job, "running"))
+            second = asyncio.create_task(
+                run_counted(node, pool, job, "queued", on_cancel=lambda: cancelled.append("q"))
+            )
+            while not ran:
+                await asyncio.sleep(0.01)
+            assert node.load == 2
+            first.cancel()
+            second.cancel()
+            await asyncio.sleep(0.1)
+            assert node.load == 1  # the running job still counts; the queued one is gone
+            assert cancelled == ["q"]
+            release.set()
+            for _ in range(100):
+                if node.load == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert node.load == 0 and ran == ["running"]  # the queued job never ran
+
+    asyncio.run(scenario())
