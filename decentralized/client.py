@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from decentralized.errors import (
     PeerUnavailable,
 )
 from decentralized.identity import verify_record
+from decentralized.membership import MAX_RECORDS_PER_REPLY
 from decentralized.models import get_spec
 from decentralized.routing import Hop, plan_route
 from decentralized.transport import STREAM_CHUNK_BYTES, Credentials, sync_channel
@@ -42,6 +44,9 @@ logger = logging.getLogger(__name__)
 TRANSPORT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 )
+
+PROBE_TIMEOUT_S = 2.0  # one health probe of a newly listed node
+PROBE_BUDGET_S = 2.0  # what a refresh waits for all its probes together
 
 
 def refusal_status(exc: MeshError) -> grpc.StatusCode | None:
@@ -123,6 +128,11 @@ class MeshClient:
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._records: dict[str, common_pb2.NodeRecord] = {}
         self._rtt: dict[str, float] = {}
+        # Health probes: node ids being probed; node ids and addresses that failed one -> expiry.
+        self._probing: set[str] = set()
+        self._unreachable: dict[str, float] = {}
+        self._dead_channels: list[tuple[str, str]] = []
+        self._probe_lock = threading.Lock()
         self._banned: dict[str, float] = {}
         self._disputes: dict[frozenset[str], float] = {}  # pair of names -> expiry
         self._refreshed = 0.0
@@ -174,7 +184,11 @@ class MeshClient:
         return {n for n, until in self._banned.items() if until > now}
 
     def refresh(self, force: bool = False) -> list[common_pb2.NodeRecord]:
-        """Live node records, from the first seed or known node that answers ListPeers."""
+        """Live node records, from the first seed or known node that answers ListPeers.
+
+        At most `MAX_RECORDS_PER_REPLY` records of a reply are read (a node's peer list never
+        holds more), so a seed that answers with thousands of made-up records costs one bounded
+        batch of signature checks."""
         if not force and self._records and time.monotonic() - self._refreshed < self.refresh_s:
             return list(self._records.values())
         candidates = self.seeds + [r.address for r in self._records.values()]
@@ -187,8 +201,15 @@ class MeshClient:
             except grpc.RpcError as exc:
                 last_error = error_from_rpc(exc, f"ListPeers at {address}")
                 continue
+            if len(reply.records) > MAX_RECORDS_PER_REPLY:
+                logger.warning(
+                    "%s listed %d records; only the first %d are read",
+                    address,
+                    len(reply.records),
+                    MAX_RECORDS_PER_REPLY,
+                )
             records: dict[str, common_pb2.NodeRecord] = {}
-            for signed in reply.records:
+            for signed in reply.records[:MAX_RECORDS_PER_REPLY]:
                 try:
                     rec = verify_record(signed)
                 except PeerMisbehaved as exc:
@@ -202,17 +223,69 @@ class MeshClient:
         raise PeerUnavailable(f"no seed answered ({', '.join(self.seeds)}): {last_error}")
 
     def _measure_rtt(self) -> None:
-        for rec in self._records.values():
-            if rec.node_id in self._rtt:
-                continue
+        """Health-check the routable nodes not measured yet, all at once, waiting at most
+        `PROBE_BUDGET_S` in all. A probe that fails (or outlasts `PROBE_TIMEOUT_S`) is
+        remembered for `ban_s`, by node id and by address, and not retried before (its channel
+        leaves the cache); one still running when the budget is spent goes on in the background
+        and counts when it ends. Records without spans are not probed: round trips serve only
+        route planning."""
+        now = time.monotonic()
+        with self._probe_lock:
+            self._unreachable = {k: t for k, t in self._unreachable.items() if t > now}
+            todo = [
+                rec
+                for rec in self._records.values()
+                if rec.spans
+                and rec.node_id not in self._rtt
+                and rec.node_id not in self._probing
+                and rec.node_id not in self._unreachable
+                and rec.address not in self._unreachable
+            ]
+            self._probing.update(rec.node_id for rec in todo)
+            dead, self._dead_channels = self._dead_channels, []
+        for key in dead:  # failed probes' channels: closed once nobody holds them
+            self._channels.pop(key, None)
+        done = threading.Semaphore(0)
+        for rec in todo:
+            key = (rec.address, rec.name)
             t0 = time.perf_counter()
-            try:
-                health_pb2_grpc.HealthStub(self.channel(rec.address, rec.name)).Check(
-                    health_pb2.HealthCheckRequest(service="decentralized.v1.Shard"), timeout=2.0
-                )
-            except grpc.RpcError:
-                continue
-            self._rtt[rec.node_id] = time.perf_counter() - t0
+            future = health_pb2_grpc.HealthStub(self.channel(*key)).Check.future(
+                health_pb2.HealthCheckRequest(service="decentralized.v1.Shard"),
+                timeout=PROBE_TIMEOUT_S,
+            )
+            future.add_done_callback(
+                lambda f, rec=rec, key=key, t0=t0: self._probed(f, rec, key, t0, done)
+            )
+        deadline = time.monotonic() + PROBE_BUDGET_S
+        for _ in todo:
+            if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
+
+    def _probed(
+        self,
+        future: grpc.Future,
+        rec: common_pb2.NodeRecord,
+        key: tuple[str, str],
+        t0: float,
+        done: threading.Semaphore,
+    ) -> None:
+        """A health probe ended (gRPC's callback thread): keep its round trip, or remember
+        that the node did not answer and drop the channel to it from the cache."""
+        rtt = time.perf_counter() - t0
+        try:
+            ok = future.exception() is None
+        except grpc.FutureCancelledError:  # the client was closed meanwhile
+            ok = False
+        with self._probe_lock:
+            self._probing.discard(rec.node_id)
+            if ok:
+                self._rtt[rec.node_id] = rtt
+            else:
+                until = time.monotonic() + self.ban_s
+                self._unreachable[rec.node_id] = until
+                self._unreachable[rec.address] = until
+                self._dead_channels.append(key)
+        done.release()
 
     def plan(self, model: str, start: int = 0) -> list[Hop]:
         spec = get_spec(model)

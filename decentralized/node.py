@@ -23,7 +23,7 @@ from decentralized.classify_service import HEALTH_NAME as CLASSIFY_HEALTH
 from decentralized.classify_service import ClassifyServicer, add_classify_servicer
 from decentralized.he_service import add_he_servicer
 from decentralized.identity import Identity
-from decentralized.membership import Gossip, PeerTable
+from decentralized.membership import MAX_RECORDS_PER_REPLY, Gossip, PeerTable
 from decentralized.metrics import NodeMetrics
 from decentralized.mpc_classifiers import HostedClassifier
 from decentralized.mpc_service import MPCHost, MPCSessionServicer
@@ -125,8 +125,10 @@ class Node:
         return self.identity.sign(self.record())
 
     def peer_list(self) -> mesh_pb2.PeerList:
-        records = [self.signed_record()] + [p.signed for p in self.peers.live()]
-        return mesh_pb2.PeerList(records=records)
+        """This node's record and up to `MAX_RECORDS_PER_REPLY - 1` live peers' (what a
+        receiving node reads of one reply)."""
+        peers = self.peers.shareable(MAX_RECORDS_PER_REPLY - 1)
+        return mesh_pb2.PeerList(records=[self.signed_record()] + [p.signed for p in peers])
 
     def info(self) -> mesh_pb2.NodeInfo:
         return mesh_pb2.NodeInfo(
@@ -201,9 +203,7 @@ class Node:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         self._health = health_servicer
-        port = add_port(server, s.listen, self.creds)
-        if port == 0:
-            raise OSError(f"could not bind {s.listen}")
+        port = self._bind(server)
         if not s.advertise:
             self.address = f"{s.listen.rsplit(':', 1)[0]}:{port}"
         await server.start()
@@ -230,6 +230,26 @@ class Node:
             [f"{m}[{a},{b})" for m, a, b in s.spans],
             self.layers_per_s,
         )
+        return port
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        """Bind the listen address; OSError (one line for the CLI) when that fails, after
+        closing what `start` opened so far."""
+        listen = self.settings.listen
+        try:
+            port = add_port(server, listen, self.creds)
+        except RuntimeError:  # grpc: "Failed to bind to address ..." (port 0 in older gRPC)
+            port = 0
+        if port == 0:
+            if self._mpc is not None:
+                self._mpc.close()
+            if self._classify is not None:
+                self._classify.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            raise OSError(
+                f"could not bind {listen}: the port is in use or the address is not available "
+                "here (pick another --listen port)"
+            )
         return port
 
     async def _update_gauges(self) -> None:

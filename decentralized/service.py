@@ -29,7 +29,7 @@ from cryptography import x509
 
 from decentralized import _wire
 from decentralized.errors import Draining, InvalidRequest, MeshError, NotANode, Overloaded
-from decentralized.identity import verify_record
+from decentralized.membership import verify_announced
 from decentralized.models import SpanRuntime
 from decentralized.shards import ForwardJob, ShardHost
 from decentralized.transport import node_names
@@ -341,7 +341,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def _accept(
         self, request: mesh_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> mesh_pb2.PeerList:
-        record = verify_record(request.record)  # raises PeerMisbehaved
+        record = verify_announced(request.record)  # raises InvalidRequest
         if not self._node.creds.insecure_dev:
             _check_caller_is_node(context, record.name)
         self._node.peers.update(request.record)

@@ -137,12 +137,17 @@ def _channel_args(address: str, creds: Credentials) -> grpc.ChannelCredentials |
     )
 
 
-def aio_channel(address: str, creds: Credentials) -> grpc.aio.Channel:
-    """An asyncio channel to a peer (used inside node daemons)."""
+def aio_channel(
+    address: str, creds: Credentials, *, max_receive_bytes: int = MAX_MESSAGE_BYTES
+) -> grpc.aio.Channel:
+    """An asyncio channel to a peer (used inside node daemons); replies larger than
+    `max_receive_bytes` are refused (RESOURCE_EXHAUSTED)."""
+    options = [o for o in _OPTIONS if o[0] != "grpc.max_receive_message_length"]
+    options.append(("grpc.max_receive_message_length", max_receive_bytes))
     channel_creds = _channel_args(address, creds)
     if channel_creds is None:
-        return grpc.aio.insecure_channel(address, options=_OPTIONS)
-    return grpc.aio.secure_channel(address, channel_creds, options=_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, channel_creds, options=options)
 
 
 def sync_channel(address: str, creds: Credentials, expect_name: str = "") -> grpc.Channel:
