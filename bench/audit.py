@@ -17,8 +17,10 @@ What runs
 
 What is measured
     Per attack: AUC, TPR at 0.1 % and 1 % FPR (highest TPR among ROC points at or below that
-    FPR), and wall time of scoring; shadow/reference training wall time once per tool (both
-    trained by our trainer with `--workers` processes, so training cost is identical).
+    FPR, every distinct score a point), and wall time of scoring; LiRA's variance
+    (`--lira-variance`, default as the CLI: global below 64 shadows); shadow/reference training
+    wall time once per tool (both trained by our trainer with `--workers` processes, so
+    training cost is identical).
     Privacy Meter's ROC comes from its FPR-tolerance grid (we pass 400 log-spaced values).
 
 Run: `.venv/bin/python bench/audit.py --json` (one JSON object on stdout; progress on stderr)
@@ -41,6 +43,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 HIDDEN = (128, 64)
+# --lira-variance -> membership.fixed_variance ("auto": global below 64 shadows)
+LIRA_VARIANCE = {"auto": "auto", "global": True, "per-example": False}
 
 
 def _ours(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -66,7 +70,12 @@ def _ours(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     overrides = [
         {"target": {"path": str(work / "target.pt"), "members": str(work / "members.npy")}},
         {"model": {"hidden": list(HIDDEN), "epochs": args.epochs}},
-        {"membership": {"n_shadows": args.shadows}},
+        {
+            "membership": {
+                "n_shadows": args.shadows,
+                "fixed_variance": LIRA_VARIANCE[args.lira_variance],
+            }
+        },
         {"data": {"seed": args.seed, "population_size": args.population}},
         {"run": {"workers": args.workers, "progress": True}},  # default cache: reruns resume
     ]
@@ -206,6 +215,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--lira-variance", choices=sorted(LIRA_VARIANCE), default="auto",
+        help="LiRA's std (membership.fixed_variance); auto: global below 64 shadows",
+    )  # fmt: skip
+    p.add_argument(
         "--pm-python",
         default=os.environ.get("PRIVACY_METER_PYTHON", ""),
         help="python of Privacy Meter's venv (env PRIVACY_METER_PYTHON); empty: skip it",
@@ -233,6 +246,8 @@ def main() -> None:
         "dataset": ours["provenance"],
         "target": {**rep["target"], "hidden": list(HIDDEN), "epochs": args.epochs},
         "shadow_budget": args.shadows,
+        "lira_variance": rep["shadows"]["lira_variance"],
+        "duplicates_dropped": ours["provenance"]["duplicates_dropped"],
         "ours": {
             "attacks": attacks,
             "shadow_train_s": rep["shadows"]["wall_s"],

@@ -9,7 +9,9 @@ data from the same population. Signals are computed from logits:
   ``phi = log p_y - log(1 - p_y)`` of shadow models trained with (IN) and without (OUT) the
   example. Online: likelihood ratio ``N(phi; mu_in, s_in) / N(phi; mu_out, s_out)``. Offline:
   only OUT models, one-sided test ``log Phi((phi - mu_out) / s_out)``. ``fixed_variance`` uses one
-  global standard deviation per side (better with few shadows).
+  global standard deviation per side (Carlini et al. recommend it with few shadow models; the
+  audit's default below 64); a per-example one needs at least ``MIN_PER_EXAMPLE`` (4) IN and OUT
+  models per example.
 * RMIA (Zarifzadeh et al., ICML 2024): ``LR(x, z) = [p(x|theta)/p(x)] / [p(z|theta)/p(z)]`` with
   ``p(.)`` averaged over reference models; score = fraction of population samples ``z`` with
   ``LR(x, z) >= gamma``. Offline: ``p(x)`` from OUT models only, corrected with the paper's linear
@@ -27,6 +29,7 @@ from scipy.stats import norm
 
 __all__ = [
     "ATTACKS",
+    "MIN_PER_EXAMPLE",
     "AttackInputs",
     "confidence",
     "lira_offline",
@@ -38,6 +41,7 @@ __all__ = [
 ]
 
 _EPS = 1e-30
+MIN_PER_EXAMPLE = 4  # IN (and OUT) models per example that a per-example LiRA variance needs
 
 
 def logit_confidence(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -83,7 +87,16 @@ def loss_attack(inp: AttackInputs) -> np.ndarray:
 def _gauss(
     stats: np.ndarray, mask: np.ndarray, fixed_variance: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and std of ``stats`` (K, N) over rows where ``mask``; NaN where none."""
+    """Per-column mean and std of ``stats`` (K, N) over rows where ``mask``; NaN where none.
+
+    A per-example std (``fixed_variance`` false) needs :data:`MIN_PER_EXAMPLE` values per
+    column; with fewer it is mostly noise, and this raises ``ValueError``."""
+    if not fixed_variance and mask.sum(0).min() < MIN_PER_EXAMPLE:
+        raise ValueError(
+            f"LiRA with a per-example variance needs at least {MIN_PER_EXAMPLE} IN and "
+            f"{MIN_PER_EXAMPLE} OUT shadow models per example; some example has "
+            f"{int(mask.sum(0).min())} (use fixed_variance=True or more shadow models)"
+        )
     m = np.where(mask, stats, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns are checked by callers

@@ -27,12 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from secure_infer.audit.attacks import ATTACKS
+from secure_infer.audit.attacks import ATTACKS, MIN_PER_EXAMPLE
 from secure_infer.audit.data import DATASETS
 from secure_infer.audit.errors import AuditConfigError
 from secure_infer.audit.models import Recipe
 
-__all__ = ["DIST_ATTACKS", "KINDS", "AuditConfig", "load_config", "parse_override"]
+__all__ = [
+    "DIST_ATTACKS",
+    "FIXED_VARIANCE_BELOW",
+    "KINDS",
+    "MIN_PER_EXAMPLE",
+    "AuditConfig",
+    "load_config",
+    "parse_override",
+]
 
 KINDS = ("membership", "subject", "distribution", "llm-membership")
 DIST_ATTACKS = ("loss_test", "threshold_test", "kl", "pin")
@@ -69,13 +77,25 @@ class ModelConfig:
         return Recipe(tuple(self.hidden), self.epochs, self.batch_size, self.lr, self.weight_decay)
 
 
+FIXED_VARIANCE_BELOW = 64  # fewer shadows: LiRA's default is one global variance per side
+
+
 @dataclass
 class MembershipConfig:
     attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
     n_shadows: int = 8  # shadow = reference models; every row is IN exactly half of them
-    fixed_variance: bool = False  # LiRA: one global std per side instead of per example
+    # LiRA: one global std per side (true) or one per example (false); None ("auto", the
+    # default): global below FIXED_VARIANCE_BELOW shadows (Carlini et al.). Per-example needs
+    # at least MIN_PER_EXAMPLE IN and OUT models per example.
+    fixed_variance: bool | None = None
     rmia_gamma: float = 1.0  # RMIA likelihood-ratio threshold
     rmia_offline_a: float = 0.3  # RMIA offline linear correction of p(x)
+
+    def lira_fixed_variance(self) -> bool:
+        """The variance LiRA uses: the configured one, or the default for ``n_shadows``."""
+        if self.fixed_variance is None:
+            return self.n_shadows < FIXED_VARIANCE_BELOW
+        return self.fixed_variance
 
 
 @dataclass
@@ -158,6 +178,14 @@ _SECTIONS = {f.name for f in dataclasses.fields(AuditConfig) if f.name != "kind"
 
 
 def _coerce(where: str, default: Any, value: Any) -> Any:
+    if default is None:  # an optional bool whose unset value is "auto"
+        if value == "auto":
+            return None
+        if not isinstance(value, bool):
+            raise AuditConfigError(
+                f'{where}: expected true, false or "auto", got {type(value).__name__} {value!r}'
+            )
+        return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -188,11 +216,13 @@ def _apply(cfg: AuditConfig, doc: dict[str, Any], origin: str) -> None:
         if not isinstance(body, dict):
             raise AuditConfigError(f"{origin}: [{sec}] must be a table")
         obj = getattr(cfg, sec)
-        known = {f.name for f in dataclasses.fields(obj)}
+        defaults = dataclasses.asdict(type(obj)())  # types come from the defaults
         for key, value in body.items():
-            if key not in known:
-                raise AuditConfigError(f"{origin}: unknown key {sec}.{key}; known: {sorted(known)}")
-            setattr(obj, key, _coerce(f"{origin}: {sec}.{key}", getattr(obj, key), value))
+            if key not in defaults:
+                raise AuditConfigError(
+                    f"{origin}: unknown key {sec}.{key}; known: {sorted(defaults)}"
+                )
+            setattr(obj, key, _coerce(f"{origin}: {sec}.{key}", defaults[key], value))
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -217,6 +247,7 @@ def _check(cfg: AuditConfig) -> None:
     need(
         cfg.data.name in DATASETS, f"data.name: {cfg.data.name!r} is not one of {sorted(DATASETS)}"
     )
+    need(cfg.data.seed >= 0, "data.seed must be >= 0")
     need(cfg.data.pool_size >= 20, "data.pool_size must be >= 20")
     need(cfg.data.population_size >= 10, "data.population_size must be >= 10")
     need(bool(cfg.target.path) == bool(cfg.target.members),
@@ -236,6 +267,14 @@ def _check(cfg: AuditConfig) -> None:
     need(not bad, f"membership.attacks: unknown {bad}; choose from {ATTACKS}")
     need(bool(m.attacks), "membership.attacks is empty")
     need(m.n_shadows >= 2 and m.n_shadows % 2 == 0, "membership.n_shadows must be even and >= 2")
+    per_side = m.n_shadows // 2  # balanced masks: every row is IN (and OUT) of half the shadows
+    need(
+        m.fixed_variance is not False or per_side >= MIN_PER_EXAMPLE,
+        f"membership.fixed_variance=false (a per-example LiRA variance) needs at least "
+        f"{MIN_PER_EXAMPLE} IN and {MIN_PER_EXAMPLE} OUT shadow models per example, i.e. "
+        f"membership.n_shadows >= {2 * MIN_PER_EXAMPLE}; n_shadows is {m.n_shadows} "
+        f"({per_side} per side): use more shadows or fixed_variance=true",
+    )
     need(m.rmia_gamma > 0, "membership.rmia_gamma must be > 0")
     need(0 <= m.rmia_offline_a <= 1, "membership.rmia_offline_a must be in [0, 1]")
     d = cfg.distribution
@@ -244,6 +283,11 @@ def _check(cfg: AuditConfig) -> None:
     )
     need(d.base_ratio not in d.ratios, "distribution.ratios must not contain base_ratio")
     need(bool(d.ratios), "distribution.ratios is empty")
+    need(
+        not any({d.base_ratio, r} == {0.0, 1.0} for r in d.ratios),
+        "distribution: ratios 0 and 1 differ in every row (one row tells them apart); "
+        "n_leaked is not defined for that pair",
+    )
     bad = sorted(set(d.attacks) - set(DIST_ATTACKS))
     need(not bad, f"distribution.attacks: unknown {bad}; choose from {DIST_ATTACKS}")
     need(

@@ -9,6 +9,14 @@ numeric columns are standardized with the mean and standard deviation of the who
 (the auditor holds the population, so these statistics reveal nothing to the attacks); categorical
 columns are one-hot encoded over the categories seen in the whole set, in sorted order.
 
+Every data set is then de-duplicated on (features, label): of rows with identical ``x`` and
+``y`` only the first is kept (``Provenance.duplicates_dropped`` counts the others). Without this
+a "non-member" can be an exact copy of a member, which no membership attack can tell apart, and
+a subject's "known" records can be copies of its training records (48,240 of the 199,523 KDD
+Census rows repeat an earlier row once the non-feature columns are left out). Row indices
+(``target.members`` files, risk tables) refer to the de-duplicated set that :func:`load_dataset`
+returns.
+
 ======================  ==========================  =========================================
 name                    package (install)           content
 ======================  ==========================  =========================================
@@ -22,7 +30,9 @@ name                    package (install)           content
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 from collections.abc import Callable
@@ -96,6 +106,7 @@ class Provenance:
     rows: int
     features: int
     preprocessing: str
+    duplicates_dropped: int = 0  # rows dropped as exact (x, y) copies of an earlier row
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +117,7 @@ class Provenance:
             "rows": self.rows,
             "features": self.features,
             "preprocessing": self.preprocessing,
+            "duplicates_dropped": self.duplicates_dropped,
         }
 
 
@@ -126,6 +138,42 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+
+def first_occurrences(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sorted indices of the first row of every distinct (``x`` row, ``y``) pair.
+
+    Rows are compared by a 128-bit BLAKE2b digest of their bytes (features as stored, then
+    the label as int64), so two rows are duplicates when their values are bit-identical."""
+    x = np.ascontiguousarray(x).reshape(len(x), -1)
+    y = np.ascontiguousarray(np.asarray(y, np.int64))
+    seen: set[bytes] = set()
+    keep = []
+    for i in range(len(x)):
+        h = hashlib.blake2b(x[i].tobytes(), digest_size=16)
+        h.update(y[i].tobytes())
+        key = h.digest()
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return np.asarray(keep, np.int64)
+
+
+def _deduplicate(ds: Dataset) -> Dataset:
+    """``ds`` without rows whose (x, y) equals an earlier row's; provenance counts them."""
+    keep = first_occurrences(ds.x, ds.y)
+    dropped = len(ds) - len(keep)
+    prov = dataclasses.replace(
+        ds.provenance,
+        rows=len(keep),
+        duplicates_dropped=dropped,
+        preprocessing=ds.provenance.preprocessing
+        + f"; de-duplicated on (features, label): {dropped} exact copies dropped",
+    )
+    return Dataset(
+        ds.name, ds.x[keep], ds.y[keep], ds.n_classes, prov,
+        {k: v[keep] for k, v in ds.attributes.items()},
+    )  # fmt: skip
 
 
 def _package_dir(module: str, dist: str) -> tuple[Path, str]:
@@ -286,11 +334,13 @@ DATASETS: dict[str, Callable[[], Dataset]] = {
 
 @functools.cache
 def load_dataset(name: str) -> Dataset:
-    """Load a data set by name (cached for the life of the process)."""
+    """Load a data set by name, de-duplicated on (x, y) (cached for the life of the process).
+
+    The ``load_<name>`` functions return the set before de-duplication."""
     try:
         loader = DATASETS[name]
     except KeyError:
         raise DataUnavailable(
             f"unknown data set {name!r}; choose one of {sorted(DATASETS)}"
         ) from None
-    return loader()
+    return _deduplicate(loader())

@@ -17,10 +17,17 @@ Attacks:
 * ``pin`` (white-box): a permutation-invariant meta-classifier (DeepSets over the neurons of each
   layer, Ganju et al. / Suri & Evans) trained on the adversary models' weights.
 
-Leakage is ``n_leaked`` (Suri & Evans): the number of rows sampled from the training distribution
-for which the best test of the ratio (a threshold on the sample proportion, normal approximation
-of the binomial) reaches the same accuracy ``w``:
-``n = (Phi^-1(w))^2 (s0 + s1)^2 / (a1 - a0)^2`` with ``s = sqrt(a (1 - a))``. The 95 % intervals
+Leakage is ``n_leaked`` (Suri & Evans, Section 4, as in the authors' code, FormEstDistRisks
+``get_n_effective``): the number of rows sampled from the training distribution that an
+adversary would need to reach the same distinguishing accuracy ``w``, from the paper's bound on
+the accuracy of any test on ``n`` such rows, ``w <= 1/2 + 1/2 sqrt(1 - rho^n)`` with
+``rho = max(min(a0, a1) / max(a0, a1), (1 - max(a0, a1)) / (1 - min(a0, a1)))``; solved for
+``n``: ``n_leaked = log(1 - (2w - 1)^2) / log(rho)``. Next to it, ``n_count_test`` is the number
+of rows for which the optimal test on those rows (a threshold on the count of rows with the
+attribute) reaches ``w`` in the normal approximation of the binomial,
+``(Phi^-1(w))^2 (s0 + s1)^2 / (a1 - a0)^2`` with ``s = sqrt(a (1 - a))``; it is larger, because
+the bound is not tight. Both are 0 for ``w <= 1/2``.
+The 95 % intervals
 come from a two-level stratified bootstrap: each resample draws the adversary's models with
 replacement (within each distribution) and re-fits the attack on them (the threshold, the KL
 reference set, the meta-classifier), then draws the victim models with replacement and scores
@@ -48,9 +55,16 @@ from secure_infer.audit.config import AuditConfig
 from secure_infer.audit.data import Dataset, load_dataset
 from secure_infer.audit.errors import AuditConfigError, DataUnavailable
 from secure_infer.audit.report import new_report
-from secure_infer.audit.shadows import ShadowRun, ShadowSpec, train_shadows
+from secure_infer.audit.shadows import STREAM_DISTRIBUTION, ShadowRun, ShadowSpec, train_shadows
 
-__all__ = ["THREAT_MODEL", "PINMetaClassifier", "n_leaked", "run_distribution"]
+__all__ = [
+    "THREAT_MODEL",
+    "PINMetaClassifier",
+    "accuracy_bound",
+    "n_count_test",
+    "n_leaked",
+    "run_distribution",
+]
 
 THREAT_MODEL = (
     "The adversary knows the two candidate training distributions (which differ only in the "
@@ -61,8 +75,35 @@ THREAT_MODEL = (
 
 
 def n_leaked(accuracy: float, a0: float, a1: float) -> float:
-    """Suri & Evans n_leaked for distinguishing accuracy ``accuracy`` between ratios a0 and a1."""
-    if accuracy <= 0.5:
+    """Suri & Evans' n_leaked for distinguishing accuracy ``accuracy`` between ratios a0, a1.
+
+    ``log(1 - (2w - 1)^2) / log(rho)``, ``rho = max(lo / hi, (1 - hi) / (1 - lo))`` (the
+    paper's definition, from its bound on any test's accuracy with n rows); 0 for ``w <= 1/2``,
+    infinite for ``w = 1``.
+    """
+    lo, hi = sorted((float(a0), float(a1)))
+    if accuracy <= 0.5 or lo == hi:
+        return 0.0
+    rho = max(lo / hi, (1 - hi) / (1 - lo))
+    if accuracy >= 1 or rho == 0:
+        return float("inf")
+    return float(np.log(1 - (2 * accuracy - 1) ** 2) / np.log(rho))
+
+
+def accuracy_bound(n: float, a0: float, a1: float) -> float:
+    """The paper's upper bound on the accuracy of telling a0 from a1 with ``n`` rows (the
+    inverse of :func:`n_leaked`)."""
+    lo, hi = sorted((float(a0), float(a1)))
+    if lo == hi:
+        return 0.5
+    rho = max(lo / hi, (1 - hi) / (1 - lo))
+    return float(0.5 + 0.5 * np.sqrt(1 - rho**n))
+
+
+def n_count_test(accuracy: float, a0: float, a1: float) -> float:
+    """Rows for which the best threshold on the attribute count reaches ``accuracy`` (normal
+    approximation of the binomial): ``(Phi^-1(w))^2 (s0 + s1)^2 / (a1 - a0)^2``."""
+    if accuracy <= 0.5 or a0 == a1:
         return 0.0
     s = np.sqrt(a0 * (1 - a0)) + np.sqrt(a1 * (1 - a1))
     return float(norm.ppf(accuracy) ** 2 * s**2 / (a1 - a0) ** 2)
@@ -279,9 +320,12 @@ def run_distribution(cfg: AuditConfig) -> dict[str, Any]:
         keep = np.zeros((count, len(rows)), bool)
         for k in range(count):
             keep[k, [index[r] for r in _sample(rows, attr, ratio, d.train_size, rng)]] = True
+        # Every (split, ratio) group has its own seed stream: a victim model never shares an
+        # initialization or batch order with an adversary's model (or another ratio's).
+        stream = (STREAM_DISTRIBUTION, list(splits).index(split), round(ratio * 1_000_000))
         spec = ShadowSpec(
             ds.x[rows], ds.y[rows], ds.x[probe_rows], ds.n_classes, cfg.model.recipe(), keep,
-            cfg.data.seed, {**ds.provenance.to_dict(), "split": split, "ratio": ratio},
+            cfg.data.seed, {**ds.provenance.to_dict(), "split": split, "ratio": ratio}, stream,
         )  # fmt: skip
         return train_shadows(
             spec, workers=cfg.run.workers, ray_address=cfg.run.ray_address or None, cache=cache,
@@ -308,11 +352,13 @@ def run_distribution(cfg: AuditConfig) -> dict[str, Any]:
             lo, hi = np.percentile(boot, [2.5, 97.5])
             cap = 1 - 1 / (2 * len(truth))
             leak = [n_leaked(min(v, cap), d.base_ratio, ratio) for v in (acc, lo, hi)]
+            count = [n_count_test(min(v, cap), d.base_ratio, ratio) for v in (acc, lo, hi)]
             results.append({
                 "ratio": ratio, "attack": name, "accuracy": acc,
                 "accuracy_ci": [float(lo), float(hi)],
-                "n_leaked": leak[0], "n_leaked_ci": leak[1:], "n_victims": len(truth),
-                "wall_s": time.perf_counter() - t0,
+                "n_leaked": leak[0], "n_leaked_ci": leak[1:],
+                "n_count_test": count[0], "n_count_test_ci": count[1:],
+                "n_victims": len(truth), "wall_s": time.perf_counter() - t0,
             })  # fmt: skip
     report = new_report("distribution", cfg, ds.provenance.to_dict(), THREAT_MODEL)
     report["assumptions"] += [
@@ -320,7 +366,8 @@ def run_distribution(cfg: AuditConfig) -> dict[str, Any]:
         "optimizer).",
         "The victim models are trained by the audit tool with that recipe; the audit measures the "
         "training pipeline's leakage, not one given model file.",
-        "n_leaked uses the normal approximation of the binomial ratio test.",
+        "n_leaked is Suri & Evans' definition (from their bound on any test's accuracy); "
+        "n_count_test uses the normal approximation of the binomial count test.",
     ]
     report["distribution"] = {
         "attribute": d.attribute, "base_ratio": d.base_ratio, "attacks": list(d.attacks),

@@ -52,15 +52,21 @@ THREAT_MODEL = (
 
 @dataclass(frozen=True)
 class Texts:
-    texts: list[str]
+    ids: list[list[int]]  # token ids of each audited text, exactly max_tokens each
+    texts: list[str]  # the same texts decoded (risk table, self-perturbed contexts)
     rows: np.ndarray  # row numbers in the CSV
     member: np.ndarray  # bool per text
-    references: list[str]  # held-out texts used only as in-context references
+    references: list[list[int]]  # token ids of held-out texts used only as in-context references
     provenance: dict[str, Any]
 
 
 def load_texts(cfg: AuditConfig, tokenizer: Any) -> Texts:
-    """Members, non-members and references: disjoint movie reviews cut to max_tokens tokens."""
+    """Members, non-members and references: disjoint movie reviews cut to max_tokens tokens.
+
+    The texts are kept as the token ids cut from each review, never re-tokenized from their
+    decoded string: decoding a cut and encoding it again can merge or split tokens at the cut
+    (e.g. half a word), which changed lengths and broke the fine-tune's batch for some seeds.
+    Reviews whose cut ids equal an earlier chosen one are skipped (duplicates)."""
     import importlib.metadata
     import importlib.util
 
@@ -74,19 +80,27 @@ def load_texts(cfg: AuditConfig, tokenizer: Any) -> Texts:
     c = cfg.llm
     need = c.members + c.non_members + c.references
     rng = np.random.default_rng(cfg.data.seed)
-    texts: list[str] = []
+    ids: list[list[int]] = []
     rows: list[int] = []
+    seen: set[tuple[int, ...]] = set()
+    duplicates = 0
     for row in rng.permutation(len(frame)):
-        ids = tokenizer(str(frame.at[row, "text"]), add_special_tokens=False)["input_ids"]
-        if len(ids) < c.max_tokens:  # every text has exactly max_tokens tokens
+        full = tokenizer(str(frame.at[row, "text"]), add_special_tokens=False)["input_ids"]
+        if len(full) < c.max_tokens:  # every text has exactly max_tokens tokens
             continue
-        texts.append(tokenizer.decode(ids[: c.max_tokens]))
+        cut = tuple(int(t) for t in full[: c.max_tokens])
+        if cut in seen:  # an exact copy of a chosen text (the set has duplicate reviews)
+            duplicates += 1
+            continue
+        seen.add(cut)
+        ids.append(list(cut))
         rows.append(int(row))
-        if len(texts) == need:
+        if len(ids) == need:
             break
-    if len(texts) < need:
+    if len(ids) < need:
         raise DataUnavailable(
-            f"only {len(texts)} reviews have {c.max_tokens} tokens; {need} needed"
+            f"only {len(ids)} distinct reviews have {c.max_tokens} tokens; {need} needed "
+            "(llm.members + llm.non_members + llm.references)"
         )
     n = c.members + c.non_members
     member = np.arange(n) < c.members
@@ -98,10 +112,13 @@ def load_texts(cfg: AuditConfig, tokenizer: Any) -> Texts:
         "rows": n,
         "features": c.max_tokens,
         "preprocessing": f"reviews with >= {c.max_tokens} SmolLM2 tokens, cut to the first "
-        f"{c.max_tokens}; {c.members} members, {c.non_members} non-members, "
-        f"{c.references} in-context references, all disjoint",
+        f"{c.max_tokens} token ids (used as ids, not re-tokenized); {c.members} members, "
+        f"{c.non_members} non-members, {c.references} in-context references, all disjoint; "
+        f"{duplicates} reviews skipped whose cut equals an earlier chosen one",
+        "duplicates_dropped": duplicates,
     }
-    return Texts(texts[:n], np.array(rows[:n]), member, texts[n:], provenance)
+    texts = [tokenizer.decode(t) for t in ids[:n]]
+    return Texts(ids[:n], texts, np.array(rows[:n]), member, ids[n:], provenance)
 
 
 def _model(path: Path) -> tuple[Any, Any]:
@@ -124,10 +141,9 @@ def _trainable(model: Any, layers: int) -> dict[str, torch.nn.Parameter]:
     return params
 
 
-def fine_tune(
-    model: Any, tokenizer: Any, texts: list[str], cfg: AuditConfig, cache: Path
-) -> dict[str, Any]:
-    """Fine-tune `model` in place on `texts`; resumes from the last cached epoch."""
+def fine_tune(model: Any, ids: list[list[int]], cfg: AuditConfig, cache: Path) -> dict[str, Any]:
+    """Fine-tune `model` in place on the token ids `ids` (equal lengths); resumes from the last
+    cached epoch."""
     from safetensors.torch import load_file, save_file
 
     c = cfg.llm
@@ -142,7 +158,7 @@ def fine_tune(
                     params[name].copy_(value)
             done = epoch
             break
-    batch = tokenizer(texts, return_tensors="pt")["input_ids"]  # equal lengths by construction
+    batch = torch.tensor(ids, dtype=torch.long)  # (texts, max_tokens): equal lengths
     gen = torch.Generator().manual_seed(cfg.data.seed)
     opt = torch.optim.AdamW(params.values(), lr=c.lr)
     t0 = time.perf_counter()
@@ -170,17 +186,13 @@ def fine_tune(
 
 
 @torch.no_grad()
-def nll(model: Any, tokenizer: Any, texts: list[str], contexts: list[str] | None = None) -> Any:
-    """Per text: mean NLL of its tokens (after its context, if given) and top-1 accuracy."""
+def nll(model: Any, targets: list[list[int]], prefixes: list[list[int]] | None = None) -> Any:
+    """Per text (token ids): mean NLL of its tokens 2.. (after its prefix ids, if given) and
+    top-1 accuracy."""
     losses, accs = [], []
-    for i, text in enumerate(texts):
-        target = tokenizer(text, add_special_tokens=False)["input_ids"]
-        prefix = (
-            tokenizer(contexts[i] + "\n\n", add_special_tokens=False)["input_ids"]
-            if contexts
-            else []
-        )
-        ids = torch.tensor([prefix + target])
+    for i, target in enumerate(targets):
+        prefix = list(prefixes[i]) if prefixes else []
+        ids = torch.tensor([prefix + list(target)])
         # Tokens 1.. of the text in both cases (the first has no in-text left context).
         logits = model(input_ids=ids).logits[0, len(prefix) : -1]
         want = torch.tensor(target[1:])
@@ -205,29 +217,33 @@ def run_llm_membership(cfg: AuditConfig) -> dict[str, Any]:
     base_dir = smollm2_dir()
     model, tokenizer = _model(base_dir)
     data = load_texts(cfg, tokenizer)
-    members = [t for t, m in zip(data.texts, data.member, strict=True) if m]
+    members = [t for t, m in zip(data.ids, data.member, strict=True) if m]
     key = hashlib.sha256(
-        json.dumps({"llm": cfg.to_dict()["llm"], "seed": cfg.data.seed, "texts": members}).encode()
+        json.dumps({"llm": cfg.to_dict()["llm"], "seed": cfg.data.seed, "ids": members}).encode()
     ).hexdigest()[:20]
     cache = (Path(cfg.run.cache_dir) if cfg.run.cache_dir else cache_root()) / "llm" / key
     cache.mkdir(parents=True, exist_ok=True)
-    base_nll, _ = nll(model, tokenizer, data.texts)  # the pre-trained reference model
-    training = fine_tune(model, tokenizer, members, cfg, cache)
+    base_nll, _ = nll(model, data.ids)  # the pre-trained reference model
+    training = fine_tune(model, members, cfg, cache)
     rng = np.random.default_rng(cfg.data.seed + 1)
+    sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]  # context, blank line, text
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    ft_nll, ft_acc = nll(model, tokenizer, data.texts)
+    ft_nll, ft_acc = nll(model, data.ids)
     timings["loss"] = timings["reference"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     gaps = []
     for r in range(c.references):
-        ctx = [data.references[(i + r) % len(data.references)] for i in range(len(data.texts))]
-        with_ref, _ = nll(model, tokenizer, data.texts, ctx)
+        ctx = [data.references[(i + r) % len(data.references)] + sep for i in range(len(data.ids))]
+        with_ref, _ = nll(model, data.ids, ctx)
         gaps.append((ft_nll - with_ref) / ft_nll)
     timings["icp_reference"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    perturbed = [_perturb(t, c.perturb, rng) for t in data.texts]
-    with_self, _ = nll(model, tokenizer, data.texts, perturbed)
+    perturbed = [
+        tokenizer(_perturb(t, c.perturb, rng) + "\n\n", add_special_tokens=False)["input_ids"]
+        for t in data.texts
+    ]
+    with_self, _ = nll(model, data.ids, perturbed)
     timings["icp_self"] = time.perf_counter() - t0
     scores = {
         "loss": -ft_nll,

@@ -16,20 +16,28 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from secure_infer.audit.attacks import AttackInputs, confidence, run_attack
-from secure_infer.audit.config import AuditConfig
+from secure_infer.audit.config import FIXED_VARIANCE_BELOW, AuditConfig
 from secure_infer.audit.data import Dataset, load_dataset
 from secure_infer.audit.errors import AuditConfigError, DataUnavailable
 from secure_infer.audit.mesh_target import MeshTarget, is_mesh
 from secure_infer.audit.metrics import attack_metrics
 from secure_infer.audit.models import LocalTorchTarget, ModelTarget, Target, train_model
 from secure_infer.audit.report import histogram, new_report
-from secure_infer.audit.shadows import ShadowSpec, balanced_keep, train_shadows
+from secure_infer.audit.shadows import (
+    STREAM_SHADOW,
+    STREAM_TARGET,
+    ShadowSpec,
+    balanced_keep,
+    model_seed,
+    train_shadows,
+)
 
 __all__ = ["THREAT_MODEL", "audit_rows", "load_members", "run_membership", "score_target"]
 
@@ -41,22 +49,43 @@ THREAT_MODEL = (
 
 
 def load_members(path: Path, n_rows: int) -> np.ndarray:
-    """Row indices of the target's training set from .npy, .json (a list) or text (one a line)."""
+    """Row indices of the target's training set from .npy, .json (a list) or text (one a line).
+
+    Every problem with the file is an :class:`AuditConfigError` (or :class:`DataUnavailable` if
+    it is missing) naming ``target.members`` and the file."""
     path = Path(path)
+    where = f"target.members file {path}"
     if not path.is_file():
-        raise DataUnavailable(f"target.members file {path} does not exist")
-    if path.suffix == ".npy":
-        idx = np.load(path, allow_pickle=False)
-    elif path.suffix == ".json":
-        idx = np.asarray(json.loads(path.read_text()))
-    else:
-        idx = np.loadtxt(path, dtype=np.int64, ndmin=1)
+        raise DataUnavailable(f"{where} does not exist")
+    try:
+        if path.suffix == ".npy":
+            form = "a .npy array"
+            idx = np.load(path, allow_pickle=False)
+        elif path.suffix == ".json":
+            form = "a JSON list of integers"
+            idx = np.asarray(json.loads(path.read_text()))
+        else:
+            form = "text with one integer row index a line"
+            with warnings.catch_warnings():  # an empty file is reported below, not warned about
+                warnings.simplefilter("ignore", UserWarning)
+                idx = np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise AuditConfigError(f"{where} cannot be read as {form}: {msg}") from None
     if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-        raise AuditConfigError(f"{path}: expected a flat list of integer row indices")
-    if len(idx) == 0 or idx.min() < 0 or idx.max() >= n_rows:
-        raise AuditConfigError(f"{path}: indices must lie in [0, {n_rows}) and not be empty")
+        raise AuditConfigError(
+            f"{where}: expected a flat list of integer row indices, got {idx.dtype} values of "
+            f"shape {idx.shape}"
+        )
+    if len(idx) == 0:
+        raise AuditConfigError(f"{where} lists no row indices")
+    if idx.min() < 0 or idx.max() >= n_rows:
+        raise AuditConfigError(
+            f"{where}: indices must lie in [0, {n_rows}) (rows of the de-duplicated data set); "
+            f"found {int(idx.min())}..{int(idx.max())}"
+        )
     if len(np.unique(idx)) != len(idx):
-        raise AuditConfigError(f"{path}: duplicate row indices")
+        raise AuditConfigError(f"{where}: duplicate row indices")
     return idx.astype(np.int64)
 
 
@@ -97,7 +126,8 @@ def _target(cfg: AuditConfig, ds: Dataset, pool: np.ndarray, member: np.ndarray)
         target.check_fits(ds.n_features, ds.n_classes)
         return target
     rows = pool[member]
-    model = train_model(ds.x[rows], ds.y[rows], ds.n_classes, cfg.model.recipe(), cfg.data.seed)
+    seed = model_seed(cfg.data.seed, STREAM_TARGET)  # never a shadow model's seed
+    model = train_model(ds.x[rows], ds.y[rows], ds.n_classes, cfg.model.recipe(), seed)
     return ModelTarget(model, ds.n_features, ds.n_classes, "MLP trained by the audit tool")
 
 
@@ -122,7 +152,7 @@ def score_target(
         scores = run_attack(
             name,
             inp,
-            fixed_variance=m.fixed_variance,
+            fixed_variance=m.lira_fixed_variance(),
             gamma=m.rmia_gamma,
             offline_a=m.rmia_offline_a,
         )
@@ -139,7 +169,7 @@ def run_membership(cfg: AuditConfig) -> dict[str, Any]:
     keep = balanced_keep(cfg.membership.n_shadows, len(pool), cfg.data.seed + 1)
     spec = ShadowSpec(
         ds.x[pool], ds.y[pool], ds.x[np.concatenate([pool, pop])], ds.n_classes,
-        cfg.model.recipe(), keep, cfg.data.seed, ds.provenance.to_dict(),
+        cfg.model.recipe(), keep, cfg.data.seed, ds.provenance.to_dict(), (STREAM_SHADOW,),
     )  # fmt: skip
     t0 = time.perf_counter()
     run = train_shadows(
@@ -176,10 +206,25 @@ def run_membership(cfg: AuditConfig) -> dict[str, Any]:
         "train_accuracy": float(acc[member].mean()),
         "test_accuracy": float(acc[~member].mean()),
     }
+    m = cfg.membership
+    fixed = m.lira_fixed_variance()
     report["shadows"] = {
         "count": len(keep), "trained": run.trained, "cached": run.cached,
         "cache_dir": str(run.cache_dir), "wall_s": shadow_s,
+        "lira_variance": "global" if fixed else "per-example",
+        "in_per_example": int(keep.sum(0).min()), "out_per_example": int((~keep).sum(0).min()),
     }  # fmt: skip
+    if any(a.startswith("lira") for a in m.attacks):
+        how = "set by membership.fixed_variance" if m.fixed_variance is not None else (
+            f"the default with {m.n_shadows} < {FIXED_VARIANCE_BELOW} shadows"
+            if fixed else f"the default with {m.n_shadows} >= {FIXED_VARIANCE_BELOW} shadows"
+        )  # fmt: skip
+        report["assumptions"].append(
+            f"LiRA models each example's IN/OUT confidences as Gaussians with "
+            f"{'one global' if fixed else 'a per-example'} standard deviation per side ({how}; "
+            f"{int(keep.sum(0).min())} IN and {int((~keep).sum(0).min())} OUT shadow models per "
+            "example)."
+        )
     report["attacks"] = attacks
     report["risk_table"] = {
         "attack": best["name"],

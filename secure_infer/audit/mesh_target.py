@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from secure_infer.audit.errors import ModelMismatch
 
@@ -86,21 +85,23 @@ class MeshTarget:
 def export_classifier(checkpoint: Path, out_dir: Path) -> Path:
     """This tool's MLP checkpoint (MNIST-shaped: 784 features in [0, 1]) -> a classifier
     directory for `--classifier NAME=DIR` (`verification.fides.service_model`)."""
-    from secure_infer.audit.models import CHECKPOINT_FORMAT
+    from secure_infer.audit.models import read_checkpoint
     from verification.fides.nets import MLPNet
     from verification.fides.service_model import save_classifier
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ModelMismatch(f"{checkpoint} is not a {CHECKPOINT_FORMAT} checkpoint")
-    arch = ckpt["arch"]
-    net = MLPNet(int(arch["n_features"]), list(arch["hidden"]), int(arch["n_classes"]))
+    arch, state_dict = read_checkpoint(Path(checkpoint))
+    net = MLPNet(arch["n_features"], list(arch["hidden"]), arch["n_classes"])
     # The tool's MLP is Linear/ReLU layers; MLPNet's starts with a Flatten (index 0).
-    state = {
-        f"net.{int(k.split('.')[0]) + 1}.{k.split('.')[1]}": v
-        for k, v in ckpt["state_dict"].items()
-    }
-    state.update(shift=net.shift, scale=net.scale)  # no input standardization
-    net.load_state_dict(state)
-    labels = [str(i) for i in range(int(arch["n_classes"]))]
+    try:
+        state = {
+            f"net.{int(k.split('.')[0]) + 1}.{k.split('.')[1]}": v for k, v in state_dict.items()
+        }
+        state.update(shift=net.shift, scale=net.scale)  # no input standardization
+        net.load_state_dict(state)
+    except (ValueError, IndexError, RuntimeError) as exc:
+        raise ModelMismatch(
+            f"{checkpoint}: the state_dict does not fit its arch {arch}: "
+            f"{' '.join(str(exc).split())[:400]}"
+        ) from None
+    labels = [str(i) for i in range(arch["n_classes"])]
     return save_classifier(out_dir, net, labels)

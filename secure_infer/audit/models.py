@@ -31,7 +31,9 @@ __all__ = [
     "Recipe",
     "Target",
     "build_mlp",
+    "load_checkpoint",
     "logits_of",
+    "read_checkpoint",
     "save_checkpoint",
     "train_model",
 ]
@@ -91,13 +93,89 @@ def train_model(
 
 @torch.no_grad()
 def logits_of(model: nn.Module, x: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """Logits (n, classes) float32 of a torch model on feature rows."""
+    """Logits (n, classes) float32 of a torch model on feature rows.
+
+    Raises :class:`ModelMismatch` if the model returns anything but one floating-point tensor
+    of shape (rows, classes) (a tuple, a dict, integer outputs, ...)."""
     model.eval()
-    out = [
-        model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch])))
-        for i in range(0, len(x), batch)
-    ]
+    out = []
+    for i in range(0, len(x), batch):
+        rows = np.ascontiguousarray(x[i : i + batch])
+        y = model(torch.from_numpy(rows))
+        if not isinstance(y, torch.Tensor):
+            raise ModelMismatch(
+                f"the model returns a {type(y).__name__}, not a tensor of logits "
+                "(its forward must return one (rows, classes) tensor)"
+            )
+        if y.ndim != 2 or y.shape[0] != len(rows) or not y.is_floating_point():
+            raise ModelMismatch(
+                f"the model returns a {y.dtype} tensor of shape {tuple(y.shape)} for "
+                f"{len(rows)} rows; expected floating-point logits of shape ({len(rows)}, classes)"
+            )
+        out.append(y.float())
     return torch.cat(out).numpy().astype(np.float32)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _load_reason(exc: BaseException) -> str:
+    """A short reason from ``torch.load``'s exception (its weights-only message is long and
+    suggests weights_only=False, which this tool never uses)."""
+    text = " ".join(str(exc).split())
+    if "WeightsUnpickler error:" in text:
+        why = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        return (
+            "not a torch.save file, or one holding more than tensors and plain containers "
+            f"(it is read with weights_only=True, so no pickled code runs): {why.strip()}"
+        )
+    return _first_line(exc)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The validated ``arch`` and the ``state_dict`` of this tool's checkpoint at ``path``.
+
+    Raises :class:`ModelMismatch` naming the file for anything else (an unreadable file, another
+    format, a missing or malformed ``arch``, a ``state_dict`` that is not a dict of tensors).
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, zip errors
+        raise ModelMismatch(f"{path} is not a loadable torch file: {_load_reason(exc)}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ModelMismatch(f"{path} is neither TorchScript nor a {CHECKPOINT_FORMAT} checkpoint")
+    arch, state = ckpt.get("arch"), ckpt.get("state_dict")
+    ok = (
+        isinstance(arch, dict)
+        and all(isinstance(arch.get(k), int) and arch[k] > 0 for k in ("n_features", "n_classes"))
+        and isinstance(arch.get("hidden"), list | tuple)
+        and all(isinstance(h, int) and h > 0 for h in arch["hidden"])
+    )
+    if not ok:
+        raise ModelMismatch(
+            f"{path}: the checkpoint's 'arch' must be {{'n_features': int, 'n_classes': int, "
+            f"'hidden': [int, ...]}}; it is {arch!r}"
+        )
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelMismatch(f"{path}: the checkpoint's 'state_dict' is not a dict of tensors")
+    return arch, state
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Sequential, dict[str, Any]]:
+    """The MLP of this tool's checkpoint at ``path`` and its ``arch`` (:class:`ModelMismatch`
+    if it is not one)."""
+    arch, state = read_checkpoint(path)
+    model = build_mlp(arch["n_features"], arch["n_classes"], tuple(arch["hidden"]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelMismatch(
+            f"{path}: the state_dict does not fit its arch {arch}: "
+            f"{' '.join(str(exc).split())[:400]}"
+        ) from None
+    return model, arch
 
 
 def save_checkpoint(
@@ -164,21 +242,17 @@ class LocalTorchTarget(ModelTarget):
         if _is_torchscript(path):
             with warnings.catch_warnings():  # deprecated in favour of torch.export, still supported
                 warnings.simplefilter("ignore", DeprecationWarning)
-                model: nn.Module = torch.jit.load(str(path), map_location="cpu")
+                try:
+                    model: nn.Module = torch.jit.load(str(path), map_location="cpu")
+                except Exception as exc:  # noqa: BLE001 - torch.jit raises RuntimeError, zip errors, ...
+                    raise ModelMismatch(
+                        f"{path} looks like TorchScript (a zip with code/) but torch.jit.load "
+                        f"cannot read it: {_first_line(exc)}"
+                    ) from None
             n_features = n_classes = -1  # probed by check_fits
         else:
-            try:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, zip errors
-                raise ModelMismatch(f"{path} is not a loadable torch file: {exc}") from None
-            if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-                raise ModelMismatch(
-                    f"{path} is neither TorchScript nor a {CHECKPOINT_FORMAT} checkpoint"
-                ) from None
-            arch = ckpt["arch"]
-            n_features, n_classes = int(arch["n_features"]), int(arch["n_classes"])
-            model = build_mlp(n_features, n_classes, tuple(arch["hidden"]))
-            model.load_state_dict(ckpt["state_dict"])
+            model, arch = load_checkpoint(path)
+            n_features, n_classes = arch["n_features"], arch["n_classes"]
         super().__init__(model.eval(), n_features, n_classes, f"local torch model {path}")
 
     def check_fits(self, n_features: int, n_classes: int) -> None:
@@ -190,9 +264,11 @@ class LocalTorchTarget(ModelTarget):
             )
         try:
             out = self.logits(np.zeros((2, n_features), np.float32))
-        except RuntimeError as exc:
+        except ModelMismatch as exc:
+            raise ModelMismatch(f"{self.description}: {exc}") from None
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
             raise ModelMismatch(
-                f"{self.description} cannot take {n_features} input features: {exc}"
+                f"{self.description} cannot take {n_features} input features: {_first_line(exc)}"
             ) from None
         if out.shape != (2, n_classes):
             raise ModelMismatch(

@@ -146,15 +146,52 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+NOT_MEASURABLE = "not measurable at this FPR (TPR at FPR=0 shown)"
+
+
+def _measurable(a: dict[str, Any], point: str) -> bool:
+    """Whether ``a``'s TPR at FPR ``point`` is a measurement (FPR >= 1/n_negatives)."""
+    flags = a.get("tpr_at_fpr_measurable")
+    if flags is not None:
+        return bool(flags[point])
+    return float(point) * a["n_negatives"] >= 1 - 1e-9  # reports written before the flag
+
+
+def _tpr(a: dict[str, Any], point: str, digits: int = 4) -> str:
+    """TPR at FPR ``point``; marked when only the TPR at FPR 0 could be measured."""
+    value = f"{a['tpr_at_fpr'][point]:.{digits}f}"
+    return value if _measurable(a, point) else f"{value}*"
+
+
+def _tpr_note(attacks: list[dict[str, Any]]) -> str:
+    """The footnote for starred TPR values ('' when every value is a measurement)."""
+    by_n: dict[int, set[str]] = {}
+    for a in attacks:
+        for p in a["tpr_at_fpr"]:
+            if not _measurable(a, p):
+                by_n.setdefault(a["n_negatives"], set()).add(p)
+    if not by_n:
+        return ""
+    where = "; ".join(
+        f"FPR {' and '.join(f'{float(p):.3g}' for p in sorted(ps, key=float))} < "
+        f"1/{n} = {1 / n:.3g} with {n} non-members"
+        for n, ps in sorted(by_n.items())
+    )
+    return f"* {NOT_MEASURABLE}: {where}."
+
+
 def _attack_rows(attacks: list[dict[str, Any]]) -> list[list[Any]]:
     return [
-        [a["name"], a["auc"], a["tpr_at_fpr"]["0.001"], a["tpr_at_fpr"]["0.01"],
+        [a["name"], a["auc"], _tpr(a, "0.001"), _tpr(a, "0.01"),
          a["balanced_accuracy"], f"{a['n_positives']}/{a['n_negatives']}", a["wall_s"]]
         for a in attacks
     ]  # fmt: skip
 
 
-_ATTACK_HEADER = ["attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "bal. acc.", "pos/neg", "wall s"]
+_ATTACK_HEADER = [
+    "attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "best bal. acc. (oracle threshold)", "pos/neg",
+    "wall s",
+]  # fmt: skip
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -183,6 +220,13 @@ def render_html(report: dict[str, Any]) -> str:
         unit = report.get("risk_table", {}).get("unit", "row")
         parts.append(f"<h2>Attacks ({html.escape(unit)}-level membership)</h2>")
         parts.append(_table(_ATTACK_HEADER, _attack_rows(report["attacks"])))
+        note = _tpr_note(report["attacks"])
+        if note:
+            parts.append(f"<p class='note' id='tpr-note'>{html.escape(note)}</p>")
+        parts.append(
+            "<p>Best balanced accuracy: over all thresholds, the threshold picked on these "
+            "scores themselves (an oracle threshold), so it is optimistic.</p>"
+        )
         parts.append(
             f"<figure class='plot' id='roc'>{_roc_svg(report['attacks'], 'ROC (log-log)')}</figure>"
         )
@@ -193,12 +237,22 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append(f"<h2>Distribution inference: ratio of {html.escape(d['attribute'])}</h2>")
         parts.append(f"<figure class='plot' id='ratio'>{_ratio_svg(d)}</figure>")
         parts.append(_table(
-            ["ratio", "attack", "accuracy", "95% CI", "n_leaked", "95% CI", "victims"],
+            ["ratio", "attack", "accuracy", "95% CI", "n_leaked", "95% CI", "n_count_test",
+             "95% CI", "victims"],
             [[r["ratio"], r["attack"], r["accuracy"],
               "[{:.3f}, {:.3f}]".format(*r["accuracy_ci"]), r["n_leaked"],
-              "[{:.3g}, {:.3g}]".format(*r["n_leaked_ci"]), r["n_victims"]]
+              "[{:.3g}, {:.3g}]".format(*r["n_leaked_ci"]), r.get("n_count_test", ""),
+              "[{:.3g}, {:.3g}]".format(*r["n_count_test_ci"]) if "n_count_test_ci" in r else "",
+              r["n_victims"]]
              for r in d["results"]],
         ))  # fmt: skip
+        parts.append(
+            "<p>n_leaked: Suri &amp; Evans' definition, the rows sampled from the training "
+            "distribution at which their bound on any test's accuracy equals the attack's "
+            "accuracy. n_count_test: the rows at which the optimal test on the attribute count "
+            "reaches that accuracy (normal approximation); larger, since the bound is not "
+            "tight.</p>"
+        )
     if "risk_table" in report:
         rt = report["risk_table"]
         rows = rt["rows"]
@@ -237,8 +291,12 @@ def summary(report: dict[str, Any]) -> str:
     if report.get("attacks"):
         lines.append(f"{'attack':<16}{'AUC':>8}{'TPR@0.1%':>10}{'TPR@1%':>9}")
         for a in report["attacks"]:
-            tp = a["tpr_at_fpr"]
-            lines.append(f"{a['name']:<16}{a['auc']:>8.4f}{tp['0.001']:>10.4f}{tp['0.01']:>9.4f}")
+            lines.append(
+                f"{a['name']:<16}{a['auc']:>8.4f}{_tpr(a, '0.001'):>10}{_tpr(a, '0.01'):>9}"
+            )
+        note = _tpr_note(report["attacks"])
+        if note:
+            lines.append(note)
     if "distribution" in report:
         lines.append(f"{'ratio':<7}{'attack':<16}{'accuracy':>9}{'n_leaked':>10}  95% CI")
         for r in report["distribution"]["results"]:

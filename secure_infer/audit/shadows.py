@@ -5,7 +5,12 @@ where ``keep[k]`` is True and records its logits on the evaluation rows. Results
 ``<cache>/<config hash>/shadow_<k>.npz`` (written to a temporary name, then renamed, so an
 interrupted run never leaves a half-written file); a rerun with the same configuration trains only
 the shadows whose files are missing. The hash covers the data provenance, the rows, the masks,
-the recipe and the seed, so a changed configuration never reuses stale shadows.
+the recipe, the seed and the seed stream, so a changed configuration never reuses stale shadows.
+
+Seeds: model ``k`` of a spec trains with :func:`model_seed` ``(seed, *stream, k)``, a
+``numpy.random.SeedSequence`` hash, so models of different roles (the target, shadow models, the
+adversary's and the victim's models of each distribution) never share an initialization or
+batch order: every group of models passes its own ``stream``.
 
 Parallelism: ``workers`` local processes (forked where the OS allows, one torch thread each), or
 the tasks of a Ray cluster when ``ray_address`` is given (Ray is optional; without it a clear
@@ -31,10 +36,14 @@ from secure_infer.audit.errors import BackendUnavailable
 from secure_infer.audit.models import Recipe, logits_of, train_model
 
 __all__ = [
+    "STREAM_DISTRIBUTION",
+    "STREAM_SHADOW",
+    "STREAM_TARGET",
     "ShadowRun",
     "ShadowSpec",
     "balanced_keep",
     "cache_root",
+    "model_seed",
     "require_ray",
     "train_shadows",
 ]
@@ -44,6 +53,22 @@ def cache_root() -> Path:
     """``$SECURE_INFER_CACHE/audit`` if set, else ``~/.cache/secure-infer/audit``."""
     base = os.environ.get("SECURE_INFER_CACHE")
     return (Path(base) if base else Path.home() / ".cache" / "secure-infer") / "audit"
+
+
+# Seed streams of the models each audit trains (the first element of a spec's ``stream``).
+STREAM_TARGET = 0  # the target model the tool trains (membership, subject)
+STREAM_SHADOW = 1  # membership shadow models, subject reference models
+STREAM_DISTRIBUTION = 2  # distribution inference: (STREAM_DISTRIBUTION, split, ratio code)
+
+
+def model_seed(seed: int, *key: int) -> int:
+    """A 63-bit torch seed for the model identified by ``key`` under the run's ``seed``.
+
+    Distinct keys give independent seeds (``SeedSequence`` hashing); the same key and seed
+    always give the same one.
+    """
+    state = np.random.SeedSequence(seed, spawn_key=tuple(int(k) for k in key)).generate_state(2)
+    return int((int(state[0]) << 31) ^ int(state[1]))
 
 
 def balanced_keep(n_shadows: int, n_rows: int, seed: int) -> np.ndarray:
@@ -65,10 +90,17 @@ class ShadowSpec:
     keep: np.ndarray  # (K, N) bool
     seed: int
     provenance: dict[str, Any]
+    stream: tuple[int, ...] = (STREAM_SHADOW,)  # seed stream of this group (see model_seed)
+
+    def model_seed(self, k: int) -> int:
+        return model_seed(self.seed, *self.stream, k)
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        meta = {"recipe": self.recipe.to_dict(), "seed": self.seed, "prov": self.provenance}
+        meta = {
+            "recipe": self.recipe.to_dict(), "seed": self.seed, "prov": self.provenance,
+            "seeding": ["SeedSequence", *self.stream],
+        }  # fmt: skip
         h.update(json.dumps(meta, sort_keys=True).encode())
         for arr in (self.x_train, self.y_train, self.x_eval, self.keep):
             h.update(np.ascontiguousarray(arr).tobytes())
@@ -90,7 +122,7 @@ def _train_one(spec: ShadowSpec, k: int) -> tuple[np.ndarray, np.ndarray]:
     torch.set_num_threads(1)
     mask = spec.keep[k]
     model = train_model(
-        spec.x_train[mask], spec.y_train[mask], spec.n_classes, spec.recipe, spec.seed * 100_003 + k
+        spec.x_train[mask], spec.y_train[mask], spec.n_classes, spec.recipe, spec.model_seed(k)
     )
     params = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
     return logits_of(model, spec.x_eval), params

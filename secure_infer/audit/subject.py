@@ -13,8 +13,9 @@ between ``records_per_subject + known_per_subject`` and four times that many rec
 
 Game: ``n_subjects`` subjects, a seeded half are members. The target trains on
 ``background_size`` non-subject rows plus ``records_per_subject`` records of every member
-subject. ``n_reference`` reference models train on same-sized random sets of non-subject rows
-(OUT for every subject). Scores per subject, over its known records:
+subject. ``n_reference`` reference models train on same-sized random halves of a pool of twice
+that many non-subject rows (OUT for every subject; the target's background rows are in the
+pool). Scores per subject, over its known records:
 
 * ``subject_loss``: mean negative loss of the target (threshold baseline).
 * ``subject_lira``: mean of ``(phi_target - mu_ref) / sd_ref`` per known record, with ``phi`` the
@@ -39,7 +40,13 @@ from secure_infer.audit.errors import AuditConfigError, DataUnavailable
 from secure_infer.audit.metrics import attack_metrics
 from secure_infer.audit.models import ModelTarget, train_model
 from secure_infer.audit.report import histogram, new_report
-from secure_infer.audit.shadows import ShadowSpec, train_shadows
+from secure_infer.audit.shadows import (
+    STREAM_SHADOW,
+    STREAM_TARGET,
+    ShadowSpec,
+    model_seed,
+    train_shadows,
+)
 
 __all__ = ["THREAT_MODEL", "run_subject", "subject_groups"]
 
@@ -81,12 +88,23 @@ def run_subject(cfg: AuditConfig) -> dict[str, Any]:
         rows = rng.permutation(np.flatnonzero(gid == g))
         owned.append(rows[: s.records_per_subject])
         known.append(rows[s.records_per_subject : need])
-    outside = np.flatnonzero(~np.isin(gid, subjects))
-    ref_pool = rng.choice(outside, 2 * s.background_size, replace=False)
     member_rows = np.concatenate([o for o, m in zip(owned, member, strict=True) if m])
+    # Reference models train on as many rows as the target, drawn from a pool twice that size
+    # (the target's background is the pool's first background_size rows).
+    n_train = s.background_size + len(member_rows)
+    outside = np.flatnonzero(~np.isin(gid, subjects))
+    if len(outside) < 2 * n_train:
+        raise DataUnavailable(
+            f"subject.background_size={s.background_size}: the reference models' pool needs "
+            f"2 x (background_size + {len(member_rows)} member records) = {2 * n_train} rows "
+            f"outside the audited subjects; {ds.name} has {len(outside)} (lower "
+            "subject.background_size, subject.n_subjects or subject.records_per_subject)"
+        )
+    ref_pool = rng.choice(outside, 2 * n_train, replace=False)
     train_rows = np.concatenate([ref_pool[: s.background_size], member_rows])
     recipe = cfg.model.recipe()
-    model = train_model(ds.x[train_rows], ds.y[train_rows], ds.n_classes, recipe, cfg.data.seed)
+    seed = model_seed(cfg.data.seed, STREAM_TARGET)  # never a reference model's seed
+    model = train_model(ds.x[train_rows], ds.y[train_rows], ds.n_classes, recipe, seed)
     target = ModelTarget(model, ds.n_features, ds.n_classes, "MLP trained by the audit tool")
 
     known_rows = np.concatenate(known)
@@ -95,7 +113,7 @@ def run_subject(cfg: AuditConfig) -> dict[str, Any]:
         keep[k, rng.choice(len(ref_pool), len(train_rows), replace=False)] = True
     spec = ShadowSpec(
         ds.x[ref_pool], ds.y[ref_pool], ds.x[known_rows], ds.n_classes, recipe, keep,
-        cfg.data.seed, {**ds.provenance.to_dict(), "subject_key": s.key},
+        cfg.data.seed, {**ds.provenance.to_dict(), "subject_key": s.key}, (STREAM_SHADOW,),
     )  # fmt: skip
     t0 = time.perf_counter()
     run = train_shadows(

@@ -90,3 +90,42 @@ def test_tpr_at_fpr_and_metrics() -> None:
 def test_balanced_keep_halves() -> None:
     keep = balanced_keep(8, 100, seed=0)
     assert (keep.sum(0) == 4).all()
+
+
+def test_every_operating_point_counts_at_low_fpr() -> None:
+    """The top scores come in tied (member, non-member) pairs: each pair is a real threshold
+    with FPR k/1000. roc_curve's default drop_intermediate=True discards those collinear points
+    and under-reported TPR@1% as 0.001 (the review's reproduction)."""
+    n = 1000
+    top = np.arange(100, 80, -1)
+    scores = np.r_[top, np.zeros(n - 20), top, -np.ones(n - 20)]
+    member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    m = attack_metrics(scores, member)
+    assert m["tpr_at_fpr"]["0.001"] == 0.001
+    assert m["tpr_at_fpr"]["0.01"] == 0.01
+
+
+def test_tpr_below_one_over_n_negatives_is_flagged() -> None:
+    """With 64 non-members the smallest non-zero FPR is 1/64: TPR@0.1% and @1% are the TPR at
+    FPR 0, and the metrics say they are not measurements."""
+    rng = np.random.default_rng(0)
+    member = np.r_[np.ones(64, bool), np.zeros(64, bool)]
+    m = attack_metrics(np.r_[rng.normal(1, 1, 64), rng.normal(0, 1, 64)], member)
+    assert m["tpr_at_fpr_measurable"] == {"0.001": False, "0.01": False}
+    assert m["tpr_at_fpr"]["0.01"] == m["tpr_at_fpr"]["0.001"]  # both the TPR at FPR 0
+    big = np.r_[np.ones(1000, bool), np.zeros(1000, bool)]
+    m = attack_metrics(rng.normal(size=2000) + big, big)
+    assert m["tpr_at_fpr_measurable"] == {"0.001": True, "0.01": True}  # 1/1000 is reachable
+    m = attack_metrics(rng.normal(size=1000) + big[500:1500], big[500:1500])
+    assert m["tpr_at_fpr_measurable"] == {"0.001": False, "0.01": True}
+
+
+def test_per_example_variance_needs_four_models_per_side() -> None:
+    inp, member = _synthetic(k=6)  # 3 IN and 3 OUT per example
+    with pytest.raises(ValueError, match="at least 4 IN and 4 OUT"):
+        attacks.lira_online(inp, fixed_variance=False)
+    with pytest.raises(ValueError, match="at least 4 IN and 4 OUT"):
+        attacks.lira_offline(inp, fixed_variance=False)
+    assert attack_metrics(attacks.lira_online(inp, fixed_variance=True), member)["auc"] > 0.9
+    inp8, _ = _synthetic(k=8)
+    assert np.isfinite(attacks.lira_online(inp8, fixed_variance=False)).all()

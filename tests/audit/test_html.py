@@ -25,7 +25,7 @@ def _report() -> dict:
     member = np.r_[np.ones(500, bool), np.zeros(500, bool)]
     rep = new_report("membership", AuditConfig(), {
         "dataset": "mnist1d", "package": "mnist1d", "version": "0", "files": ["generated"],
-        "rows": 1000, "features": 40, "preprocessing": "none",
+        "rows": 1000, "features": 40, "preprocessing": "none", "duplicates_dropped": 0,
     }, "test threat model")  # fmt: skip
     rep["assumptions"] = ["synthetic scores for a rendering test"]
     rep["target"] = {"description": "t", "trained_by_tool": True, "members": 500,

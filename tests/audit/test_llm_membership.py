@@ -65,3 +65,34 @@ def test_bad_llm_configs_exit_non_zero(capsys: pytest.CaptureFixture[str]) -> No
     assert rc == 1 and "magic" in err
     rc, _, err = _run(["--set", "llm.train_layers=99"], capsys)
     assert rc == 1 and "train_layers" in err
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> object:
+    import transformers
+
+    from decentralized.models._files import smollm2_dir
+
+    return transformers.AutoTokenizer.from_pretrained(str(smollm2_dir()))
+
+
+@pytest.mark.parametrize("seed", [5, 23])
+def test_texts_keep_their_token_ids(tokenizer: object, seed: int) -> None:
+    """For these seeds some review, cut to 32 tokens and decoded, re-tokenizes to another length
+    (a word split at the cut merges differently), which broke the fine-tune's batch; the texts
+    are now kept as the cut ids. Real reviews, the real SmolLM2 tokenizer, the defaults."""
+    import torch
+
+    from secure_infer.audit.config import load_config
+    from secure_infer.audit.llm import load_texts
+
+    cfg = load_config(None, "llm-membership", [{"data": {"seed": seed}}])
+    data = load_texts(cfg, tokenizer)
+    assert len(data.ids) == 128 and len(data.references) == 2
+    assert all(len(t) == 32 for t in data.ids + data.references)
+    members = [t for t, m in zip(data.ids, data.member, strict=True) if m]
+    assert torch.tensor(members).shape == (64, 32)  # the fine-tune's batch
+    retokenized = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in data.texts]
+    assert any(n != 32 for n in retokenized)  # the case that crashed is in this draw
+    assert len({tuple(t) for t in data.ids + data.references}) == 130  # distinct texts
+    assert "duplicates_dropped" in data.provenance

@@ -24,9 +24,11 @@ def test_subject_groups_joint_key() -> None:
 
 def test_subject_audit_on_census(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "subj"
+    # background_size 100 < the 160 member records: the reference pool used to be 2 x 100 rows
+    # for models trained on 260, and numpy's "Cannot take a larger sample than population".
     rc = main([
         "audit", "subject", "--data", "census", "--workers", "2", "--no-progress",
-        "--out", str(out), "--set", "subject.n_subjects=40", "--set", "subject.background_size=600",
+        "--out", str(out), "--set", "subject.n_subjects=40", "--set", "subject.background_size=100",
         "--set", "subject.n_reference=4", "--set", "model.epochs=25",
     ])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
@@ -38,3 +40,29 @@ def test_subject_audit_on_census(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert any("pseudo-households" in a for a in report["assumptions"])
     # members' own records are fitted better than non-members' (the target memorizes subjects)
     assert report["target"]["train_accuracy"] >= report["target"]["test_accuracy"]
+
+
+def test_subject_background_too_large_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["audit", "subject", "--data", "census", "--no-progress",
+               "--set", "subject.background_size=100000"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("DataUnavailable: subject.background_size=100000"), err
+    assert err.count("\n") == 1
+
+
+def test_known_records_are_never_copies_of_training_records() -> None:
+    """The subject threat model: the attacker holds other samples of a subject, never its
+    training records. KDD has exact (x, y) copies inside pseudo-households; the audit's data set
+    has none left, so no known record can equal an owned one."""
+    from secure_infer.audit.config import AuditConfig
+    from secure_infer.audit.data import load_dataset
+
+    ds = load_dataset("census")
+    s = AuditConfig(kind="subject").subject
+    gid = subject_groups(ds.attributes, s.key)
+    sizes = np.bincount(gid)
+    need = s.records_per_subject + s.known_per_subject
+    eligible = np.flatnonzero((sizes >= need) & (sizes <= 4 * need))
+    rows = np.flatnonzero(np.isin(gid, eligible))
+    xy = np.concatenate([ds.x[rows], ds.y[rows, None].astype(np.float32)], axis=1)
+    assert len(np.unique(xy, axis=0)) == len(rows)  # no two records of any subject are equal
