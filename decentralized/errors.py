@@ -62,6 +62,12 @@ class Draining(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Abandoned(MeshError):
+    """A computation stopped between layers: its caller is gone or its deadline passed."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
 class NotPermitted(MeshError):
     """The caller's certificate does not allow this call (not the node or owner it names)."""
 

@@ -79,7 +79,11 @@ class _Ticket:
             raise _Skipped("the caller gave up on this request before it was computed")
         if time.monotonic() >= self.deadline:
             raise _Skipped("the request's deadline passed while it waited for compute")
-        return host.forward(job, span)
+        return host.forward(job, span, self._stopped)
+
+    def _stopped(self) -> bool:
+        """Whether a job that has started should stop (between layers)."""
+        return self.abandoned or time.monotonic() >= self.deadline
 
 
 async def run_counted(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,12 +110,18 @@ class ShardHost:
                 raise InvalidRequest("generation sessions take batch size 1")
         return span
 
-    def forward(self, job: ForwardJob, span: SpanRuntime | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        job: ForwardJob,
+        span: SpanRuntime | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> torch.Tensor:
         """Run a job (validating it unless `span` comes from `validate`); with a session,
-        extend its KV cache."""
+        extend its KV cache. A job without a session stops between layers once `stop()` is
+        True (`Abandoned`); a session's step always runs whole (its cache must stay whole)."""
         span = span if span is not None else self.validate(job)
         if not job.session_id:
-            return span.forward(job.hidden, job.attention_mask, None)
+            return span.forward(job.hidden, job.attention_mask, None, stop)
         session = self._session(job, span)
         with session.lock:
             have = span.cache_length(session.cache)  # type: ignore[attr-defined]

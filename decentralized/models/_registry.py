@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
 
-from decentralized.errors import UnknownModel
+from decentralized.errors import Abandoned, UnknownModel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +59,12 @@ def get_spec(name: str) -> ModelSpec:
         ) from None
 
 
+def check_stop(stop: Callable[[], bool] | None) -> None:
+    """Between two layers of a span: `Abandoned` once `stop()` says the result is not wanted."""
+    if stop is not None and stop():
+        raise Abandoned("stopped between layers: the caller is gone or its deadline passed")
+
+
 class SpanRuntime(Protocol):
     """Layers [start, end) of a model, loaded on a device (implemented per family)."""
 
@@ -68,8 +75,15 @@ class SpanRuntime(Protocol):
     stateful: bool  # True when the span keeps a KV cache per generation session
 
     def forward(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache: Any = None
-    ) -> torch.Tensor: ...
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Any = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> torch.Tensor:
+        """With `stop`, raise `Abandoned` between layers once it returns True (stateless
+        calls only: a KV cache must not be left half extended)."""
+        ...
 
 
 class ClientParts(Protocol):

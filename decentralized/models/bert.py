@@ -7,6 +7,7 @@ model. Nodes run `BertLayer`s from transformers on the weights of the published 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
 
 from decentralized.models._digest import layered_digest
 from decentralized.models._files import minilm_dir, read_tensors
+from decentralized.models._registry import check_stop
 
 MAX_TOKENS = 512  # BERT's position table; longer inputs are truncated by the tokenizer.
 
@@ -59,14 +61,20 @@ class BertSpan:
 
     @torch.inference_mode()
     def forward(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache: Any = None
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Any = None,
+        stop: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
-        """(B, T, 384) float -> (B, T, 384); attention_mask (B, T) int64 0/1."""
+        """(B, T, 384) float -> (B, T, 384); attention_mask (B, T) int64 0/1. `Abandoned`
+        between layers once `stop()` is True."""
         x = hidden.to(self.device, self.compute_dtype)
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.int64)
         mask = extended_mask(attention_mask.to(self.device), x.dtype)
         for layer in self.layers:
+            check_stop(stop)
             x = layer(x, attention_mask=mask)
         return x.to("cpu", hidden.dtype)
 

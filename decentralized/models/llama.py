@@ -9,6 +9,7 @@ logits stay on the client.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from transformers.models.llama.modeling_llama import (
 
 from decentralized.models._digest import layered_digest
 from decentralized.models._files import read_tensors, smollm2_dir
+from decentralized.models._registry import check_stop
 
 
 def _config(path: Path) -> LlamaConfig:
@@ -69,9 +71,16 @@ class LlamaSpan:
 
     @torch.inference_mode()
     def forward(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache: Any = None
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Any = None,
+        stop: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
-        """(B, T, 576) float -> (B, T, 576). With a cache, appends this step's keys/values."""
+        """(B, T, 576) float -> (B, T, 576). With a cache, appends this step's keys/values.
+        Without one, `Abandoned` between layers once `stop()` is True."""
+        if cache is not None:
+            stop = None  # a cache extended by some layers only would be corrupt
         x = hidden.to(self.device, self.compute_dtype)
         past = self.cache_length(cache) if cache is not None else 0
         position_ids = (torch.arange(x.shape[1], device=self.device) + past)[None, :]
@@ -84,6 +93,7 @@ class LlamaSpan:
         )
         position_embeddings = self.rotary(x, position_ids=position_ids)
         for layer in self.layers:
+            check_stop(stop)
             x = layer(
                 x,
                 attention_mask=causal_mask,

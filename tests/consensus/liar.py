@@ -57,7 +57,9 @@ def install(mode: str) -> None:
             if name == "bad_commitment":
                 span.weight_digest = "0" * 64  # type: ignore[misc]
 
-    def forward(self: ShardHost, job: ForwardJob, span: Any = None) -> torch.Tensor:
+    def forward(
+        self: ShardHost, job: ForwardJob, span: Any = None, stop: Any = None
+    ) -> torch.Tensor:
         state["calls"] += 1
         if name == "drop_after" and state["calls"] > int(arg):
             os._exit(1)
@@ -65,7 +67,7 @@ def install(mode: str) -> None:
             err = MeshError(f"refusing with {arg}")
             err.code = getattr(grpc.StatusCode, arg)
             raise err
-        out = honest_forward(self, job, span)
+        out = honest_forward(self, job, span, stop)
         key = tuple(out.shape)
         if name == "noise":
             scale = out.norm(dim=-1, keepdim=True) / out.shape[-1] ** 0.5

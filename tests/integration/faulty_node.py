@@ -46,13 +46,15 @@ def install(fault: str, computed_log: str) -> None:
         honest_forward = shards.ShardHost.forward
         delay = float(arg)
 
-        def slow_forward(self: shards.ShardHost, job: Any, span: Any = None) -> torch.Tensor:
+        def slow_forward(
+            self: shards.ShardHost, job: Any, span: Any = None, stop: Any = None
+        ) -> torch.Tensor:
             if computed_log:
                 with Path(computed_log).open("a") as log:
                     log.write(f"{job.hidden.shape[0]}\n")
             if job.hidden.shape[0] == SLOW_BATCH:
                 time.sleep(delay)
-            return honest_forward(self, job, span)
+            return honest_forward(self, job, span, stop)
 
         shards.ShardHost.forward = slow_forward  # type: ignore[method-assign]
         shards.ShardHost.benchmark = lambda self: 1.0  # type: ignore[method-assign]

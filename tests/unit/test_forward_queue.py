@@ -91,3 +91,29 @@ def test_load_counts_a_job_until_the_executor_is_done_with_it() -> None:
             assert node.load == 0 and ran == ["running"]  # the queued job never ran
 
     asyncio.run(scenario())
+
+
+def test_a_started_stateless_job_stops_between_layers_once_its_caller_is_gone() -> None:
+    """A job the compute thread already runs stops at the next layer boundary when its
+    ticket is abandoned or past its deadline (a big request takes a minute on a CPU); a
+    session's step never does (its KV cache would be left half extended)."""
+    from decentralized.errors import Abandoned
+    from decentralized.models import load_span
+
+    span = load_span("all-MiniLM-L6-v2", 0, 6, torch.device("cpu"))
+    hidden = torch.randn(1, 4, 384)
+    asked: list[int] = []
+
+    def after_two_layers() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    with pytest.raises(Abandoned, match="between layers"):
+        span.forward(hidden, None, None, after_two_layers)
+    assert len(asked) == 3  # two layers ran, the third was not started
+    whole = span.forward(hidden, None, None, lambda: False)
+    assert torch.equal(whole, span.forward(hidden, None))
+    ticket = _Ticket(_job(), span, time.monotonic() + 60)
+    assert not ticket._stopped()
+    ticket.abandoned = True
+    assert ticket._stopped()
