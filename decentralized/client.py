@@ -45,6 +45,7 @@ TRANSPORT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 )
 
+BUSY_BACKOFF_S = 5.0  # how long a node that answered RESOURCE_EXHAUSTED is left out
 PROBE_TIMEOUT_S = 2.0  # one health probe of a newly listed node
 PROBE_BUDGET_S = 2.0  # what a refresh waits for all its probes together
 
@@ -151,8 +152,10 @@ class MeshClient:
             channel.close()
         self._channels.clear()
 
-    def ban(self, node_id: str) -> None:
-        self._banned[node_id] = time.monotonic() + self.ban_s
+    def ban(self, node_id: str, seconds: float | None = None) -> None:
+        """Leave a node out of planning for `seconds` (default `ban_s`)."""
+        until = time.monotonic() + (self.ban_s if seconds is None else seconds)
+        self._banned[node_id] = max(until, self._banned.get(node_id, 0.0))
 
     def unban(self, node_id: str) -> None:
         """Lift a ban (a refusal turned out to be about the request, not the node)."""
@@ -486,7 +489,9 @@ class Chain:
             gave_up = cls(f"gave up after {len(self.failovers)} fail-overs; last: {exc}")
             gave_up.code = exc.code if refusal_status(exc) is not None else PeerUnavailable.code
             raise gave_up from None
-        self.client.ban(failed.hop.node_id)
+        busy = refusal_status(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # A busy node (its queue or session table full) is left out briefly, not banned.
+        self.client.ban(failed.hop.node_id, BUSY_BACKOFF_S if busy else None)
         # Everything that entered layer `start` so far, plus this step: the replay input.
         history = torch.cat([*failed.inputs, x], dim=1) if failed.inputs else x
         self.failovers.append(FailoverEvent(failed.hop, str(exc), failed.past))

@@ -9,6 +9,7 @@ returned, as `MeshClient.forward` builds them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -99,6 +100,7 @@ class FakeMesh:
         self.max_failovers = max_failovers
         self.called: list[str] = []  # node ids, in call order
         self._banned: set[str] = set()
+        self.ban_seconds: dict[str, float | None] = {}  # None: the client's ban_s
 
     def refresh(self, force: bool = False) -> list[common_pb2.NodeRecord]:
         return list(self.records)
@@ -106,8 +108,9 @@ class FakeMesh:
     def banned(self) -> set[str]:
         return set(self._banned)
 
-    def ban(self, node_id: str) -> None:
+    def ban(self, node_id: str, seconds: float | None = None) -> None:
         self._banned.add(node_id)
+        self.ban_seconds[node_id] = seconds
 
     def unban(self, node_id: str) -> None:
         self._banned.discard(node_id)
@@ -347,3 +350,37 @@ def test_a_plain_chain_fails_over_a_single_refusing_node_and_gives_up_with_its_s
         Chain(mesh, MODEL, stateful=False).step(_hidden())  # type: ignore[arg-type]
     last = mesh.nodes[mesh.called[-1]]
     assert info.value.code == last.behaviour != grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_plain_chain_leaves_a_busy_node_out_briefly_not_banned() -> None:
+    """RESOURCE_EXHAUSTED (a full queue or session table) says the node is busy, not that it
+    misbehaved: the chain fails over and leaves it out for a few seconds, not `ban_s`."""
+    from decentralized.client import BUSY_BACKOFF_S
+
+    busy, other = Node("busy", grpc.StatusCode.RESOURCE_EXHAUSTED), Node("other")
+    mesh = FakeMesh([busy, other])
+    chain = Chain(mesh, MODEL, stateful=False)  # type: ignore[arg-type]
+    if chain.states[0].hop.node_id != busy.node_id:  # start on the busy node
+        chain.states[0] = chain._state(Hop.of(busy.record(0), busy.record(0).spans[0]))
+    assert torch.equal(chain.step(x := _hidden()), x * 2)
+    assert mesh.ban_seconds == {busy.node_id: BUSY_BACKOFF_S}
+    liar = Node("liar", grpc.StatusCode.OUT_OF_RANGE)
+    mesh = FakeMesh([liar, Node("honest")])
+    chain = Chain(mesh, MODEL, stateful=False)  # type: ignore[arg-type]
+    if chain.states[0].hop.node_id != liar.node_id:
+        chain.states[0] = chain._state(Hop.of(liar.record(0), liar.record(0).spans[0]))
+    chain.step(_hidden())
+    assert mesh.ban_seconds == {liar.node_id: None}  # any other refusal: the full ban
+
+
+def test_the_mesh_client_s_bans_expire_after_their_own_time() -> None:
+    from decentralized.client import MeshClient
+    from decentralized.transport import Credentials
+
+    mesh = MeshClient(["127.0.0.1:1"], Credentials(insecure_dev=True), ban_s=60.0)
+    mesh.ban("busy", 0.05)
+    mesh.ban("liar")
+    mesh.ban("liar", 0.01)  # a shorter ban never shortens a longer one
+    assert mesh.banned() == {"busy", "liar"}
+    time.sleep(0.1)
+    assert mesh.banned() == {"liar"}
