@@ -290,21 +290,29 @@ class MeshClient:
                 self._dead_channels.append(key)
         done.release()
 
-    def plan(self, model: str, start: int = 0) -> list[Hop]:
+    def plan(self, model: str, start: int = 0, tokens: int = 0) -> list[Hop]:
+        """The cheapest route over live, unbanned nodes whose token limit takes `tokens`."""
         spec = get_spec(model)
-        records = self.refresh()
-        try:
-            return plan_route(
-                model, spec.num_layers, records, exclude=self.banned(), rtt_s=self._rtt, start=start
-            )
-        except NoRoute:
-            records = self.refresh(force=True)
-            return plan_route(
-                model, spec.num_layers, records, exclude=self.banned(), rtt_s=self._rtt, start=start
-            )
+        for force in (False, True):
+            records = self.refresh(force=force)
+            try:
+                return plan_route(
+                    model,
+                    spec.num_layers,
+                    records,
+                    exclude=self.banned(),
+                    rtt_s=self._rtt,
+                    start=start,
+                    tokens=tokens,
+                )
+            except NoRoute:
+                if force:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def chain(self, model: str, *, stateful: bool) -> Chain:
-        return Chain(self, model, stateful=stateful)
+    def chain(self, model: str, *, stateful: bool, tokens: int = 0) -> Chain:
+        """A route for a request of up to `tokens` tokens (prompt and generated ones)."""
+        return Chain(self, model, stateful=stateful, tokens=tokens)
 
     # -- one forward call ------------------------------------------------------------------
     def forward(
@@ -412,12 +420,13 @@ def _chunks(
 class Chain:
     """A route through all layers of a model, kept across the steps of one request."""
 
-    def __init__(self, client: MeshClient, model: str, *, stateful: bool) -> None:
+    def __init__(self, client: MeshClient, model: str, *, stateful: bool, tokens: int = 0) -> None:
         self.client = client
         self.model = model
         self.stateful = stateful
+        self.tokens = tokens  # the request's most tokens: nodes with a smaller limit are skipped
         self.num_layers = get_spec(model).num_layers
-        self.states = [self._state(h) for h in client.plan(model)]
+        self.states = [self._state(h) for h in client.plan(model, tokens=tokens)]
         self.failovers: list[FailoverEvent] = []
         self.retired: list[HopState] = []  # hops replaced by fail-over, kept for the report
 
@@ -500,7 +509,7 @@ class Chain:
                 self.client.end_session(st.hop, st.session_id)
         self.retired.extend(self.states[i:])
         try:
-            new_hops = self.client.plan(self.model, start=failed.hop.start)
+            new_hops = self.client.plan(self.model, start=failed.hop.start, tokens=self.tokens)
         except NoRoute as no_route:
             raise NoRoute(f"{no_route} (after {failed.hop.name} failed: {exc})") from None
         self.states[i:] = [self._state(h) for h in new_hops]

@@ -185,6 +185,7 @@ class ConsensusChain:
         options: ConsensusOptions,
         signing_key: Ed25519PrivateKey,
         on_verdict: Callable[[Verdict], None] | None = None,
+        tokens: int = 0,
     ) -> None:
         if manifest.model != model:
             raise ValueError(f"manifest is for {manifest.model}, not {model}")
@@ -196,6 +197,7 @@ class ConsensusChain:
         self.options = options
         self.signing_key = signing_key
         self.on_verdict = on_verdict
+        self.tokens = tokens  # the request's most tokens: nodes with a smaller limit are skipped
         self.num_layers = get_spec(model).num_layers
         self.checked = _RNG.random() < options.check_rate
         self.k = options.k if self.checked else 1
@@ -221,6 +223,8 @@ class ConsensusChain:
             why = self.reputation.excluded(rec.name, node_id=rec.node_id)
             if why is None and rec.node_id in banned:
                 why = "failed recently"
+            if why is None and self.tokens and rec.max_tokens and rec.max_tokens < self.tokens:
+                why = f"its token limit {rec.max_tokens} is below the request's {self.tokens}"
             for span in rec.spans:
                 if span.model != self.model:
                     continue

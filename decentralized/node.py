@@ -119,6 +119,7 @@ class Node:
             version=self.settings.version,
             insecure_dev=self.creds.insecure_dev,
             mpc_models=[*self.settings.mpc_models, *(n for n, _ in self.settings.mpc_classifiers)],
+            max_tokens=self.settings.max_tokens if spans else 0,
         )
 
     def signed_record(self) -> common_pb2.SignedNodeRecord:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from decentralized.errors import NoRoute
+from decentralized.errors import InvalidRequest, NoRoute
 from decentralized.v1 import common_pb2
 
 T = TypeVar("T")
@@ -83,13 +83,26 @@ def plan_route(
     rtt_s: dict[str, float] | None = None,
     start: int = 0,
     end: int | None = None,
+    tokens: int = 0,
 ) -> list[Hop]:
-    """Cheapest chain of served spans covering layers [start, end) of model."""
+    """Cheapest chain of served spans covering layers [start, end) of model, over nodes whose
+    stated token limit (`NodeRecord.max_tokens`, 0: not stated) takes `tokens`.
+
+    Raises:
+        InvalidRequest: a route exists, but only over nodes whose limit is below `tokens` (the
+            request is too long for this mesh; no node is at fault).
+        NoRoute: no route at all.
+    """
     end = num_layers if end is None else end
     rtt_s = rtt_s or {}
     edges: dict[int, list[tuple[float, Hop]]] = {}
+    too_small: dict[str, int] = {}
     for rec in records:
         if rec.node_id in exclude:
+            continue
+        if tokens and rec.max_tokens and rec.max_tokens < tokens:
+            if any(s.model == model for s in rec.spans):
+                too_small[rec.name] = rec.max_tokens
             continue
         for span in rec.spans:
             if span.model != model or span.start < start or span.end > end:
@@ -101,6 +114,18 @@ def plan_route(
         {s: [(c, h.end, h) for c, h in hs] for s, hs in edges.items()}, start, end
     )
     if route is None:
+        if too_small:
+            try:  # would the nodes whose limit is too small have made a route?
+                plan_route(model, num_layers, records, exclude=exclude, start=start, end=end)
+            except NoRoute:
+                pass
+            else:
+                limits = ", ".join(f"{n} {m}" for n, m in sorted(too_small.items()))
+                raise InvalidRequest(
+                    f"{tokens} tokens exceed the token limit of the nodes that would serve "
+                    f"{model} layers [{start}, {end}) ({limits}): send fewer tokens "
+                    "(a shorter prompt, fewer new tokens)"
+                )
         covered = sorted({(h.start, h.end) for hs in edges.values() for _, h in hs})
         raise NoRoute(
             f"no live nodes cover {model} layers [{start}, {end}); live spans: "

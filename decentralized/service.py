@@ -32,7 +32,7 @@ from decentralized.errors import Draining, InvalidRequest, MeshError, NotANode, 
 from decentralized.membership import verify_announced
 from decentralized.models import SpanRuntime
 from decentralized.shards import ForwardJob, ShardHost
-from decentralized.transport import node_names
+from decentralized.transport import caller_names, node_names
 from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
 from verification.consensus.receipts import receipt_message
 
@@ -160,7 +160,11 @@ async def _serving(
             metrics.errors.labels(method).inc()
 
 
-def _job_from_header(request: shard_pb2.ForwardRequest, hidden: common_pb2.Tensor) -> ForwardJob:
+def _job_from_header(
+    request: shard_pb2.ForwardRequest,
+    hidden: common_pb2.Tensor,
+    caller: tuple[str, ...] = (),
+) -> ForwardJob:
     if not request.HasField("hidden") and not hidden.dtype:
         raise InvalidRequest("hidden: missing")
     hidden_t = _wire.tensor_from_proto(hidden, "hidden")
@@ -180,6 +184,7 @@ def _job_from_header(request: shard_pb2.ForwardRequest, hidden: common_pb2.Tenso
         input_digest=_wire.forward_input_digest(
             hidden, request.attention_mask if request.HasField("attention_mask") else None
         ),
+        caller=caller,
     )
 
 
@@ -263,7 +268,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self, request: shard_pb2.ForwardRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ForwardReply:
         async with _serving("Forward", context, self._node.metrics):
-            return await self._run(_job_from_header(request, request.hidden), context)
+            job = _job_from_header(request, request.hidden, tuple(caller_names(context)))
+            return await self._run(job, context)
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
     async def ForwardStream(
@@ -298,14 +304,15 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             hidden = common_pb2.Tensor(
                 data=b"".join(chunks), dtype=header.hidden.dtype, shape=header.hidden.shape
             )
-            return await self._run(_job_from_header(header, hidden), context)
+            job = _job_from_header(header, hidden, tuple(caller_names(context)))
+            return await self._run(job, context)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def EndSession(
         self, request: shard_pb2.EndSessionRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.EndSessionReply:
         async with _serving("EndSession", context, self._node.metrics):
-            existed = self._host.end_session(request.session_id)
+            existed = self._host.end_session(request.session_id, tuple(caller_names(context)))
             self._node.metrics.sessions.set(self._host.session_count)
             return shard_pb2.EndSessionReply(existed=existed)
         raise AssertionError("unreachable")  # pragma: no cover

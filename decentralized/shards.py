@@ -35,12 +35,14 @@ class ForwardJob:
     session_id: str  # "" for stateless calls
     past_length: int  # tokens the client believes the session's cache holds
     input_digest: bytes = b""  # SHA-256 of the input as it travelled (for the receipt)
+    caller: tuple[str, ...] = ()  # the caller's certificate names: a session's owner
 
 
 @dataclass(slots=True)
 class _Session:
     span: SpanRuntime
     cache: Any
+    owner: tuple[str, ...] = ()  # certificate names of the client that started it
     last_used: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -140,6 +142,16 @@ class ShardHost:
         with self._lock:
             self._expire_locked()
             session = self._sessions.get(job.session_id)
+            if session is not None and session.owner != job.caller:
+                # Session ids travel in receipts and verdicts: one that leaked must not let
+                # another certificate read, extend or end the owner's cache. Answered as an
+                # unknown id is.
+                raise SessionMismatch(
+                    f"session {job.session_id[:8]}... is unknown here (expired or never "
+                    f"started) but the client expects {job.past_length} cached tokens"
+                    if job.past_length
+                    else f"session {job.session_id[:8]}... is taken: start a new session id"
+                )
             if session is not None:
                 if session.span is not span:
                     raise SessionMismatch(
@@ -153,13 +165,18 @@ class ShardHost:
                 )
             if len(self._sessions) >= self.max_sessions:
                 raise Overloaded(f"this node holds its maximum of {self.max_sessions} sessions")
-            session = _Session(span=span, cache=span.new_cache())  # type: ignore[attr-defined]
+            session = _Session(span=span, cache=span.new_cache(), owner=job.caller)  # type: ignore[attr-defined]
             self._sessions[job.session_id] = session
             return session
 
-    def end_session(self, session_id: str) -> bool:
+    def end_session(self, session_id: str, caller: tuple[str, ...] = ()) -> bool:
+        """End a session of the certificate `caller` (another's is left alone: False)."""
         with self._lock:
-            return self._sessions.pop(session_id, None) is not None
+            session = self._sessions.get(session_id)
+            if session is None or session.owner != caller:
+                return False
+            del self._sessions[session_id]
+            return True
 
     def _expire_locked(self) -> None:
         now = time.monotonic()

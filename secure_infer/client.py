@@ -201,7 +201,9 @@ class Client:
         ids, mask = parts.tokenize(list(texts), max_tokens=max_tokens)
         hidden = parts.embed(ids)
         t_client = time.perf_counter() - t0
-        chain = self._chain(model, stateful=False, verify=verify, consensus=consensus)
+        chain = self._chain(
+            model, stateful=False, verify=verify, consensus=consensus, tokens=int(ids.shape[1])
+        )
         t1 = time.perf_counter()
         per_row = hidden[0].numel() * hidden.element_size()
         rows = max(1, _MICROBATCH_BYTES // per_row)
@@ -231,7 +233,13 @@ class Client:
                 "compute_s": compute,
                 "network_s": t_mesh - compute,
             },
-            privacy=self._privacy(model, route, "token ids, attention mask and embeddings"),
+            privacy=self._privacy(
+                model,
+                route,
+                "token ids, attention mask and embeddings",
+                output="the last node's output is what the client mean-pools: that node can "
+                "compute the embeddings",
+            ),
             failovers=_failovers(chain),
             consensus=self._consensus_report(chain),
         )
@@ -481,7 +489,11 @@ class Client:
         parts = self.parts(model)
         t0 = time.perf_counter()
         ids = parts.encode(prompt, chat=chat)
-        chain = self._chain(model, stateful=True, verify=verify, consensus=consensus)
+        # What each node's session will hold at the end: the prompt, then every generated
+        # token but the last. Nodes whose limit is smaller are not planned on (a request no
+        # node takes is InvalidRequest before anything is sent).
+        tokens = int(ids.shape[1]) + max_new_tokens - 1
+        chain = self._chain(model, stateful=True, verify=verify, consensus=consensus, tokens=tokens)
         generated: list[int] = []
         text = ""
         finish = "length"
@@ -518,7 +530,13 @@ class Client:
                             if decode_s > 0 and len(generated) > 1
                             else 0.0,
                         },
-                        privacy=self._privacy(model, route, "token ids, prompt text and logits"),
+                        privacy=self._privacy(
+                            model,
+                            route,
+                            "token ids, prompt text and logits",
+                            output="the last node's output is the exact input of the client's "
+                            "LM head: that node can compute the logits and the generated tokens",
+                        ),
                         failovers=_failovers(chain),
                         finish_reason=finish,
                         consensus=self._consensus_report(chain),
@@ -634,14 +652,16 @@ class Client:
         stateful: bool,
         verify: str | None,
         consensus: ConsensusOptions | None,
+        tokens: int = 0,
     ) -> Chain | ConsensusChain:
         if verify is None:
-            return self._mesh.chain(model, stateful=stateful)
+            return self._mesh.chain(model, stateful=stateful, tokens=tokens)
         options = consensus or ConsensusOptions()
         return ConsensusChain(
             self._mesh,
             model,
             stateful=stateful,
+            tokens=tokens,
             manifest=self.manifest(model, options),
             reputation=self.reputation,
             options=options,
@@ -713,7 +733,9 @@ class Client:
         )
 
     # -- privacy statement -----------------------------------------------------------------
-    def _privacy(self, model: str, route: tuple[HopRecord, ...], keeps: str) -> Privacy:
+    def _privacy(
+        self, model: str, route: tuple[HopRecord, ...], keeps: str, output: str = ""
+    ) -> Privacy:
         channel = self._channel_name()
         views = tuple(
             f"node {h.name} ({h.node_id[:8]}) saw plaintext activations of {model} "
@@ -730,6 +752,7 @@ class Client:
                 "activations are not encrypted: a node that knows the weights can largely "
                 "invert the activations it sees back to the input tokens",
                 "nodes are not verified: a node can return wrong activations (see verify modes)",
+                *((output,) if output else ()),
             ),
         )
 

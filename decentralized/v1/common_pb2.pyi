@@ -29,7 +29,7 @@ class Span(_message.Message):
     def __init__(self, model: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., weight_digest: _Optional[str] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
-    __slots__ = ("node_id", "public_key", "address", "name", "spans", "device", "load", "layers_per_s", "timestamp_ms", "version", "insecure_dev", "mpc_models")
+    __slots__ = ("node_id", "public_key", "address", "name", "spans", "device", "load", "layers_per_s", "timestamp_ms", "version", "insecure_dev", "mpc_models", "max_tokens")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class NodeRecord(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INSECURE_DEV_FIELD_NUMBER: _ClassVar[int]
     MPC_MODELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     public_key: bytes
     address: str
@@ -54,7 +55,8 @@ class NodeRecord(_message.Message):
     version: str
     insecure_dev: bool
     mpc_models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., device: _Optional[str] = ..., load: _Optional[int] = ..., layers_per_s: _Optional[float] = ..., timestamp_ms: _Optional[int] = ..., version: _Optional[str] = ..., insecure_dev: _Optional[bool] = ..., mpc_models: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_tokens: int
+    def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., device: _Optional[str] = ..., load: _Optional[int] = ..., layers_per_s: _Optional[float] = ..., timestamp_ms: _Optional[int] = ..., version: _Optional[str] = ..., insecure_dev: _Optional[bool] = ..., mpc_models: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class SignedNodeRecord(_message.Message):
     __slots__ = ("record", "signature")

@@ -121,8 +121,10 @@ class FakeMesh:
     def end_session(self, hop: Hop, session_id: str) -> None:
         pass
 
-    def plan(self, model: str, start: int = 0) -> list[Hop]:
-        return plan_route(model, LAYERS, self.records, exclude=self._banned, start=start)
+    def plan(self, model: str, start: int = 0, tokens: int = 0) -> list[Hop]:
+        return plan_route(
+            model, LAYERS, self.records, exclude=self._banned, start=start, tokens=tokens
+        )
 
     def forward(
         self,

@@ -116,6 +116,63 @@ def test_sessions_refuse_steps_out_of_order(mesh: LocalMesh) -> None:
         assert ended.existed
 
 
+def test_a_request_longer_than_every_node_takes_is_the_request_s_error(
+    mesh: LocalMesh,
+) -> None:
+    """Nodes state their token limit (2048 here); a prompt plus new tokens beyond it is
+    InvalidRequest before anything is sent, and no node is banned for it."""
+    from secure_infer import InvalidRequest
+
+    with _client(mesh) as client:
+        assert {r.max_tokens for r in client._mesh.refresh(force=True)} == {2048}
+        long_prompt = "mountain " * 2100
+        with pytest.raises(InvalidRequest, match="tokens exceed the token limit"):
+            list(client.generate_stream(SMOL, long_prompt, max_new_tokens=2))
+        assert client._mesh.banned() == set()
+        events = list(client.generate_stream(SMOL, PROMPT, max_new_tokens=2))
+        assert events[-1].result is not None
+
+
+def test_a_session_answers_the_certificate_that_started_it_only(
+    mesh: LocalMesh, tmp_path: Path
+) -> None:
+    """Session ids travel in receipts and verdicts: another member that learnt one must not
+    read, extend or end the owner's cache (it is answered as for an unknown id)."""
+    from secure_infer import certs
+
+    other = certs.issue(mesh.certs_dir, "mallory", role="client")
+    ca, key, cert = other.read()
+    theirs = Credentials(root_ca=ca, private_key=key, certificate=cert)
+    sid = "owned-session-000001"
+    channel, stub = _session_stub(mesh)
+    with channel, sync_channel(mesh.nodes["node-a"].address, theirs) as their_channel:
+        mallory = shard_pb2_grpc.ShardStub(their_channel)
+        req = shard_pb2.ForwardRequest(
+            model=SMOL,
+            start=0,
+            end=15,
+            session_id=sid,
+            hidden=_wire.tensor_to_proto(torch.randn(1, 3, 576)),
+        )
+        stub.Forward(req, timeout=30)
+        step = shard_pb2.ForwardRequest(
+            model=SMOL,
+            start=0,
+            end=15,
+            session_id=sid,
+            past_length=3,
+            hidden=_wire.tensor_to_proto(torch.randn(1, 1, 576)),
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            mallory.Forward(step, timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "unknown here" in info.value.details()
+        ended = mallory.EndSession(shard_pb2.EndSessionRequest(session_id=sid), timeout=5)
+        assert not ended.existed
+        stub.Forward(step, timeout=30)  # the owner's cache is intact: 3 tokens, then 4
+        assert stub.EndSession(shard_pb2.EndSessionRequest(session_id=sid), timeout=5).existed
+
+
 def _replica_on_route(events_route: tuple[str, ...]) -> str:
     on_route = [n for n in events_route if n in ("node-b", "node-c")]
     assert on_route, events_route

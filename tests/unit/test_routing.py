@@ -53,3 +53,25 @@ def test_no_route_names_the_gap() -> None:
         plan_route("m", 6, recs)
     with pytest.raises(NoRoute):
         plan_route("m", 6, [_rec("a", [(0, 3)]), _rec("b", [(3, 6)])], exclude={"b"})
+
+
+def test_nodes_whose_token_limit_is_too_small_are_planned_around() -> None:
+    """A request longer than a node's stated limit would be refused by it (and the node
+    banned for the request's fault): such nodes are not planned on; when only they cover a
+    span, the request itself is at fault."""
+    from decentralized.errors import InvalidRequest
+
+    def limited(node_id: str, spans: list[tuple[int, int]], limit: int) -> common_pb2.NodeRecord:
+        rec = _rec(node_id, spans)
+        rec.max_tokens = limit
+        return rec
+
+    recs = [limited("a", [(0, 3)], 2048), limited("small", [(3, 6)], 256), _rec("b", [(3, 6)])]
+    recs[2].layers_per_s = 1.0  # slower: chosen only because "small" cannot take the request
+    assert plan_route("m", 6, recs, tokens=100)[-1].node_id == "small"
+    assert plan_route("m", 6, recs, tokens=1000)[-1].node_id == "b"  # 0: not stated
+    only = [limited("a", [(0, 3)], 2048), limited("small", [(3, 6)], 256)]
+    with pytest.raises(InvalidRequest, match=r"1000 tokens exceed .* \(small 256\)"):
+        plan_route("m", 6, only, tokens=1000)
+    with pytest.raises(NoRoute):  # a gap stays a gap, whatever the limits
+        plan_route("m", 6, [limited("small", [(3, 6)], 256)], tokens=1000)
