@@ -24,6 +24,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def client_creds(mesh: LocalMesh) -> Any:
+    """The mesh client's mTLS `Credentials` (its certificate from the mesh's CA)."""
+    from decentralized.transport import Credentials
+
+    tls = mesh.client_tls()
+    assert tls is not None
+    ca, key, cert = tls.read()
+    return Credentials(root_ca=ca, private_key=key, certificate=cert)
+
+
 def mpc_stub(mesh: LocalMesh, name: str) -> Any:
     """An `MPCSession` stub to node `name` of `mesh`, over the client's mTLS credentials."""
     from decentralized.transport import sync_channel

@@ -19,10 +19,11 @@ import torch
 
 from decentralized import _wire
 from decentralized.identity import verify_record
-from decentralized.transport import Credentials, sync_channel
+from decentralized.transport import sync_channel
 from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
 from secure_infer import Client
 from secure_infer.localmesh import LocalMesh, NodeSpec
+from tests.conftest import client_creds
 
 pytestmark = pytest.mark.grpc
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,19 +58,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
             yield running
 
 
-def _creds(mesh: LocalMesh) -> Credentials:
-    tls = mesh.client_tls()
-    assert tls is not None
-    ca, key, cert = tls.read()
-    return Credentials(root_ca=ca, private_key=key, certificate=cert)
-
-
 @pytest.fixture
 def channel_to(mesh: LocalMesh) -> Iterator[Callable[[str], grpc.Channel]]:
     channels: list[grpc.Channel] = []
 
     def open_channel(name: str) -> grpc.Channel:
-        channel = sync_channel(mesh.nodes[name].address, _creds(mesh), expect_name=name)
+        channel = sync_channel(mesh.nodes[name].address, client_creds(mesh), expect_name=name)
         channels.append(channel)
         return channel
 

@@ -19,6 +19,7 @@ from decentralized.transport import Credentials, sync_channel
 from decentralized.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from secure_infer import Client, certs
 from secure_infer.localmesh import LocalMesh
+from tests.conftest import client_creds
 
 pytestmark = pytest.mark.grpc
 MINILM = "all-MiniLM-L6-v2"
@@ -29,16 +30,9 @@ SENTENCES = [
 ]
 
 
-def _creds(mesh: LocalMesh) -> Credentials:
-    tls = mesh.client_tls()
-    assert tls is not None
-    ca, key, cert = tls.read()
-    return Credentials(root_ca=ca, private_key=key, certificate=cert)
-
-
 @pytest.fixture
 def stub_a(minilm_mesh: LocalMesh) -> Iterator[shard_pb2_grpc.ShardStub]:
-    with sync_channel(minilm_mesh.nodes["node-a"].address, _creds(minilm_mesh)) as channel:
+    with sync_channel(minilm_mesh.nodes["node-a"].address, client_creds(minilm_mesh)) as channel:
         yield shard_pb2_grpc.ShardStub(channel)
 
 
@@ -215,7 +209,7 @@ def test_clients_without_a_valid_certificate_are_refused(
     minilm_mesh: LocalMesh, tmp_path: Path
 ) -> None:
     address = minilm_mesh.nodes["node-a"].address
-    good = _creds(minilm_mesh)
+    good = client_creds(minilm_mesh)
     foreign = _foreign_client(tmp_path)
     # A certificate from another CA, presented with our CA as trust root.
     mixed = Credentials(
@@ -302,7 +296,7 @@ def test_only_nodes_announce_records_under_their_own_name(
         )
     )
     address = minilm_mesh.nodes["node-b"].address
-    with sync_channel(address, _creds(minilm_mesh)) as channel:  # a client certificate
+    with sync_channel(address, client_creds(minilm_mesh)) as channel:  # a client certificate
         with pytest.raises(grpc.RpcError) as info:
             mesh_pb2_grpc.MeshStub(channel).Heartbeat(mesh_pb2.JoinRequest(record=fake), timeout=5)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -319,11 +313,11 @@ def test_only_nodes_announce_records_under_their_own_name(
 
 def test_client_reaches_only_the_node_it_planned(minilm_mesh: LocalMesh) -> None:
     address = minilm_mesh.nodes["node-c"].address
-    with sync_channel(address, _creds(minilm_mesh), expect_name="node-b") as channel:
+    with sync_channel(address, client_creds(minilm_mesh), expect_name="node-b") as channel:
         with pytest.raises(grpc.RpcError) as info:
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    with sync_channel(address, _creds(minilm_mesh), expect_name="node-c") as channel:
+    with sync_channel(address, client_creds(minilm_mesh), expect_name="node-c") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=5
         )

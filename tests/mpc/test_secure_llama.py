@@ -49,6 +49,17 @@ PARTY_TIMEOUT_S = 300.0
 FULL_NEW_TOKENS = 2
 
 
+TINY_LLAMA = {  # a one-layer LLaMA shape for tests that need no real weights
+    "hidden_size": 8,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "intermediate_size": 16,
+    "num_hidden_layers": 1,
+    "vocab_size": 10,
+    "rms_norm_eps": 1e-5,
+}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _crypten() -> Iterator[Any]:
     yield from crypten_session()
@@ -225,15 +236,7 @@ def test_input_validation(state: dict[str, torch.Tensor]) -> None:
         SecureLlama(
             {"model.layers.0.input_layernorm.weight": torch.ones(576)}, config, num_layers=1
         )
-    raw = {
-        "hidden_size": 8,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "intermediate_size": 16,
-        "num_hidden_layers": 1,
-        "vocab_size": 10,
-        "rms_norm_eps": 1e-5,
-    }
+    raw = dict(TINY_LLAMA)
     assert LlamaConfig.from_dict(raw).head_dim == 4
     for bad, match in (
         ({"attention_bias": True}, "biased"),
@@ -321,17 +324,6 @@ def test_full_model_greedy_tokens_match_plaintext() -> None:
         {k: client[k] for k in ("tokens", "top_logits", "seconds", "bytes", "rounds")}
     )
     assert client["tokens"] == expected
-
-
-TINY_LLAMA = {
-    "hidden_size": 8,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "intermediate_size": 16,
-    "num_hidden_layers": 1,
-    "vocab_size": 10,
-    "rms_norm_eps": 1e-5,
-}
 
 
 def _tiny_llama_state(seed: int) -> dict[str, torch.Tensor]:
