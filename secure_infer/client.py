@@ -18,6 +18,7 @@ transformer layers on mesh nodes; each node sees the plaintext activations of it
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -64,6 +65,7 @@ from verification.consensus import InvalidManifest, Manifest, Reputation, Verdic
 
 _MAX_TEXTS = 1024  # texts per embed call
 _MPC_MAX_TEXTS = 16  # per privacy="mpc" call (a node's MPC batch limit)
+_MAX_EMBED_TOKENS = 512  # BERT's position table (longer texts are truncated to it)
 _MAX_NEW_TOKENS = 1024  # tokens per generate call
 _MPC_MAX_NEW_TOKENS = 64  # per privacy="mpc" call (a node's limit for one session)
 _MICROBATCH_BYTES = 16 * 1024 * 1024  # activation bytes per forward call; larger batches split
@@ -102,6 +104,12 @@ class Client:
                 this client (default: 10-minute epochs, exclusion for the epoch of a
                 conviction).
         """
+        if not _is_number(hop_timeout_s) or not 0 < hop_timeout_s <= 3600:
+            raise InvalidRequest(
+                f"hop_timeout_s must be in (0, 3600] seconds, got {hop_timeout_s!r}"
+            )
+        if not _is_int(max_failovers) or max_failovers < 0:
+            raise InvalidRequest(f"max_failovers must be an int >= 0, got {max_failovers!r}")
         self._creds = credentials(tls, insecure_dev)
         self._verdict_key = verdict_key or Ed25519PrivateKey.generate()
         self.reputation = reputation or Reputation()
@@ -191,6 +199,12 @@ class Client:
             raise InvalidRequest(f"{model} is a {spec.task} model; use generate()")
         if isinstance(texts, str) or not texts or len(texts) > _MAX_TEXTS:
             raise InvalidRequest(f"texts must be a list of 1..{_MAX_TEXTS} strings")
+        if any(not isinstance(t, str) for t in texts):
+            raise InvalidRequest("texts must be strings")
+        if not _is_int(max_tokens) or not 1 <= max_tokens <= _MAX_EMBED_TOKENS:
+            raise InvalidRequest(
+                f"max_tokens must be an int in [1, {_MAX_EMBED_TOKENS}], got {max_tokens!r}"
+            )
         if privacy not in ("split", "mpc"):
             raise InvalidRequest(f"privacy must be 'split' or 'mpc', got {privacy!r}")
         _check_verify(verify, consensus, privacy)
@@ -476,10 +490,13 @@ class Client:
         spec = get_spec(model)
         if spec.task != "generate":
             raise InvalidRequest(f"{model} is an {spec.task} model; use embed()")
-        if not 1 <= max_new_tokens <= _MAX_NEW_TOKENS:
-            raise InvalidRequest(f"max_new_tokens must be in [1, {_MAX_NEW_TOKENS}]")
+        if not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= _MAX_NEW_TOKENS:
+            raise InvalidRequest(
+                f"max_new_tokens must be an int in [1, {_MAX_NEW_TOKENS}], got {max_new_tokens!r}"
+            )
         if not prompt:
             raise InvalidRequest("prompt is empty")
+        _check_prompt(prompt)
         if privacy not in ("split", "mpc"):
             raise InvalidRequest(f"privacy must be 'split' or 'mpc', got {privacy!r}")
         _check_verify(verify, consensus, privacy)
@@ -755,6 +772,28 @@ class Client:
                 *((output,) if output else ()),
             ),
         )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _check_prompt(prompt: object) -> None:
+    """A prompt is a string, or chat messages: dicts with string "role" and "content"."""
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in prompt
+    ):
+        return
+    raise InvalidRequest(
+        'prompt must be a string or a list of chat messages ({"role": str, "content": str} each)'
+    )
 
 
 def _check_verify(verify: str | None, consensus: ConsensusOptions | None, privacy: str) -> None:
