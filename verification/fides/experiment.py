@@ -369,6 +369,8 @@ def evaluate(
             "detection_rate_label_changed": _mean(flagged[changed]),
             "reclassification_accuracy": _mean((recl == honest)[flagged]),
             "reclassification_true_label_accuracy": _mean((recl == truth)[flagged]),
+            # The baseline the re-classifier has to beat: the verifier's own top-1.
+            "verifier_top1_accuracy": _mean((pv.argmax(1) == honest)[flagged]),
             "attacked_output_accuracy": _mean((pa.argmax(1) == honest)[flagged]),
             "roc_auc": roc_auc(clean_scores, scores),
             "detection_rate_at_test_operating_point": (scores > oracle).float().mean().item(),
