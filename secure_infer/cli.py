@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,17 @@ def _tls(args: argparse.Namespace) -> Any:
         "error: give --certs DIR (with --identity NAME), or --ca/--cert/--key, "
         "or --insecure-dev for a loopback development mesh"
     )
+
+
+def _grace(text: str) -> float:
+    """--grace: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="dead_after_s",
         help="seconds without a fresh record after which a peer is dead",
     )
-    run.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    run.add_argument(
+        "--grace", type=_grace, default=10.0, help="seconds to drain on SIGTERM (>= 0)"
+    )
     run.add_argument("--ready-file", help=argparse.SUPPRESS)
     status = node_sub.add_parser("status", help="show a live node", formatter_class=fmt)
     status.add_argument("address", help="host:port of the node")
@@ -323,11 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _node_run(args: argparse.Namespace) -> int:
+def node_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """`node run` flags -> `config.load` overrides (None: not given; the config file's value,
+    or the default, stays). `config.load` checks every value."""
     from secure_infer import config as cfg
-    from secure_infer import daemon, logs
 
-    overrides = {
+    return {
         "name": args.name,
         "listen": args.listen,
         "advertise": args.advertise,
@@ -352,7 +367,13 @@ def _node_run(args: argparse.Namespace) -> int:
         "fides_sealed": args.fides_sealed,
         "fides_clients": args.fides_client,
     }
-    config = cfg.load(args.config, overrides)
+
+
+def _node_run(args: argparse.Namespace) -> int:
+    from secure_infer import config as cfg
+    from secure_infer import daemon, logs
+
+    config = cfg.load(args.config, node_overrides(args))
     logs.configure(config.settings.name, config.log_format)
     asyncio.run(daemon.serve(config, grace_s=args.grace, ready_file=args.ready_file))
     return 0

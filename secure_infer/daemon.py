@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+from typing import Any
 
 import torch
 from prometheus_client import start_http_server
@@ -53,20 +54,38 @@ async def serve(
     identity = Identity.load_or_create(config.data_dir / "identity.key")
     creds = credentials(config.tls, config.insecure_dev)
     node = Node(config.settings, identity, creds)
-    port = await node.start()
-    if config.metrics:
-        host, mport = config.metrics.rsplit(":", 1)
-        _, thread = start_http_server(int(mport), addr=host, registry=node.metrics.registry)
-        logger.info("metrics on http://%s/metrics", config.metrics)
-    if ready_file:
-        tmp = f"{ready_file}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{node.address}\n{identity.node_id}\n{port}\n")
-        os.replace(tmp, ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("signal received: shutting down")
-    await node.stop(grace_s)
+    # the metrics port is bound before the node starts, so that a busy or bad one fails fast
+    # (before the spans are loaded) and leaves no gRPC server behind
+    metrics = _start_metrics(config.metrics, node) if config.metrics else None
+    try:
+        port = await node.start()
+        try:
+            if ready_file:
+                tmp = f"{ready_file}.tmp"
+                with open(tmp, "w") as f:
+                    f.write(f"{node.address}\n{identity.node_id}\n{port}\n")
+                os.replace(tmp, ready_file)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            logger.info("signal received: shutting down")
+        finally:
+            await node.stop(grace_s)
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
+
+
+def _start_metrics(address: str, node: Node) -> Any:
+    """Serve the node's Prometheus registry on "host:port" (checked by `config.load`)."""
+    host, port = address.rsplit(":", 1)
+    try:
+        server, _ = start_http_server(
+            int(port), addr=host.strip("[]"), registry=node.metrics.registry
+        )
+    except OSError as exc:
+        raise OSError(f"could not serve metrics on {address}: {exc.strerror or exc}") from None
+    logger.info("metrics on http://%s/metrics", address)
+    return server

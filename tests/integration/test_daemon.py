@@ -91,6 +91,26 @@ def test_plaintext_only_on_loopback_and_bad_spans() -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_config_types_and_flags_are_checked_before_starting(tmp_path: Path) -> None:
+    """`insecure_dev = "false"` (a string) used to start a PLAINTEXT node despite its [tls]
+    section; `--metrics 9101` used to fail only once the node served, with a traceback."""
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        '[node]\nname = "node-a"\ninsecure_dev = "false"\n'
+        '[tls]\nca = "ca.crt"\ncert = "node-a.crt"\nkey = "node-a.key"\n'
+        '[[spans]]\nmodel = "all-MiniLM-L6-v2"\nstart = 0\nend = 3\n'
+    )
+    out = _run(["node", "run", "--config", str(toml)], timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert f"ConfigError: {toml}: [node] insecure_dev: expected true or false" in out.stderr
+    assert "INSECURE" not in out.stderr and "Traceback" not in out.stderr
+    flags = ["--insecure-dev", "--span", "all-MiniLM-L6-v2:0:3", "--metrics", "9101"]
+    out = _run(["node", "run", "--data-dir", str(tmp_path / "d"), *flags], timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "ConfigError: command line: [node] metrics: expected HOST:PORT" in out.stderr
+    assert "INSECURE" not in out.stderr and "Traceback" not in out.stderr
+
+
 def test_metrics_status_and_graceful_sigterm(tmp_path: Path) -> None:
     port, mport = _free_port(), _free_port()
     ready = tmp_path / "ready"
