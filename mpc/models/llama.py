@@ -42,8 +42,9 @@ Leaks:   to the parties: shapes (B, prompt length T, number of generated tokens,
          tokens. To the client (the `client` rank): each generated token id and its logit (the
          top logit is revealed for the garbage check; in WEIGHTS_PRIVATE that is one number
          about the weights per token, besides the token itself, and the owner's
-         `logits_bound`, which goes to the client only, never to the other party). Generation runs a fixed
-         number of steps: stopping at an end-of-turn token would tell the parties when it came.
+         `logits_bound`, which goes to the client only, never to the other party).
+         Generation runs a fixed number of steps: stopping at an end-of-turn token would tell
+         the parties when it came.
 Failure: every revealed top logit is checked against the bound the final RMSNorm and the LM
          head impose (`logits_bound`); beyond it `check_output` raises `GarbageOutput` (a ring
          overflow). Inputs whose normalized rows fall outside `wide_rms_norm`'s range (mean
