@@ -61,7 +61,7 @@ from decentralized import _wire
 from decentralized.client import MeshClient, refusal_status, same_refusal
 from decentralized.errors import MeshError, NoRoute
 from decentralized.models import get_spec
-from decentralized.routing import Hop, hop_cost, one_per_name, shortest_path
+from decentralized.routing import Hop, hop_cost, one_per_name, shortest_path, takes
 from decentralized.v1 import common_pb2
 from verification.consensus import (
     Decision,
@@ -223,7 +223,7 @@ class ConsensusChain:
             why = self.reputation.excluded(rec.name, node_id=rec.node_id)
             if why is None and rec.node_id in banned:
                 why = "failed recently"
-            if why is None and self.tokens and rec.max_tokens and rec.max_tokens < self.tokens:
+            if why is None and not takes(rec, self.tokens):
                 why = f"its token limit {rec.max_tokens} is below the request's {self.tokens}"
             for span in rec.spans:
                 if span.model != self.model:

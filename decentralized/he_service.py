@@ -263,7 +263,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
                     )
                 except InvalidContext as exc:
                     raise InvalidRequest(str(exc)) from None
-                sid = self._sessions.add(ctx, tuple(caller_names(context)))
+                sid = self._sessions.add(ctx, caller_names(context))
             logger.info("HE session %s… opened (%d context bytes)", sid[:6], len(data))
             return he_pb2.OpenSessionReply(
                 session_id=sid, idle_expiry_s=self._limits.idle_s, context_bytes=len(data)
@@ -274,7 +274,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
         self, request: he_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> he_pb2.EvaluateReply:
         async with _serving("HE.Evaluate", context, self._node.metrics):
-            ctx = self._sessions.get(request.session_id, tuple(caller_names(context)))
+            ctx = self._sessions.get(request.session_id, caller_names(context))
             head = self._heads.get(request.head).head
             n = len(request.inputs)
             if n == 0:
@@ -370,7 +370,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
     ) -> he_pb2.PackedReply:
         async with _serving("HE.EvaluatePacked", context, self._node.metrics):
             header, ctx, head, inputs = await self._receive_packed(
-                request_iterator, tuple(caller_names(context))
+                request_iterator, caller_names(context)
             )
             self._node.metrics.bytes_in.inc(header.total_bytes)
             t0 = time.perf_counter()
@@ -396,7 +396,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
         self, request: he_pb2.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> he_pb2.CloseSessionReply:
         async with _serving("HE.CloseSession", context, self._node.metrics):
-            closed = self._sessions.close(request.session_id, tuple(caller_names(context)))
+            closed = self._sessions.close(request.session_id, caller_names(context))
             return he_pb2.CloseSessionReply(existed=closed)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -199,23 +199,23 @@ def _attempt(
         )
         return str(stubs[rank].Open(request, timeout=OPEN_TIMEOUT_S).relay_address)
 
-    def guarded(rank: int, fn: object, *args: object) -> object:
+    def guarded_open(rank: int) -> str | None:
         try:
-            return fn(rank, *args)  # type: ignore[operator]
+            return open_rank(rank)
         except grpc.RpcError as exc:
-            failures[rank] = error_from_rpc(exc, f"{RANK_ROLES[rank]} {names[rank]}")
+            failures[rank] = error_from_rpc(exc, _where(rank, names))
             return None
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=3) as pool:
-        relays = list(pool.map(lambda r: guarded(r, open_rank), range(3)))
+        relays = list(pool.map(guarded_open, range(3)))
     if failures:
         raise _SessionFailed(failures)
     calls = [
         stubs[r].Run.future(_run_chunks(session_id, relays, inputs[r]), timeout=options.deadline_s)
         for r in range(3)
     ]
-    where = [f"{RANK_ROLES[r]} {names[r]}" for r in range(3)]
+    where = [_where(r, names) for r in range(3)]
     results = _gather(calls, where, options.peer_timeout_s + SILENCE_GRACE_S, failures)
     if failures:
         raise _SessionFailed(failures)
@@ -246,7 +246,7 @@ def _shares(
     shares: list[torch.Tensor] = []
     bad: dict[int, MeshError] = {}
     for rank, message in enumerate(messages):
-        where = f"{RANK_ROLES[rank]} {names[rank]}"
+        where = _where(rank, names)
         try:
             share = _wire.tensor_from_proto(message, "output share")
         except InvalidRequest as exc:
@@ -306,10 +306,7 @@ def _gather(
     for rank, call in enumerate(calls):
         if rank in silent:
             call.cancel()
-            failures[rank] = _Silent(
-                f"{where[rank]} was still running {grace_s:g} s after another rank failed "
-                "(an honest rank ends within peer_timeout_s): silent, cancelled"
-            )
+            failures[rank] = _Silent.of(where[rank], grace_s)
             continue
         try:
             results[rank] = call.result()
@@ -342,6 +339,18 @@ _ACCUSATION = re.compile(r"\brank (\d)\b")
 
 class _Silent(PeerUnavailable):
     """A rank still running well after another rank failed (`_gather`)."""
+
+    @classmethod
+    def of(cls, where: str, grace_s: float) -> _Silent:
+        return cls(
+            f"{where} was still running {grace_s:g} s after another rank failed "
+            "(an honest rank ends within peer_timeout_s): silent, cancelled"
+        )
+
+
+def _where(rank: int, names: list[str]) -> str:
+    """How errors name a rank: its role and node, e.g. "party 1 node-b"."""
+    return f"{RANK_ROLES[rank]} {names[rank]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,22 +538,15 @@ class _Retries:
             f"{nodes[0].name}, {nodes[1].name}; dealer {nodes[2].name})"
         )
         blame = _assess(exc.failures)
-        banned = set(blame.ban)
+        banned = {nodes[r].name for r in blame.ban}
         for accuser, accused in blame.disputes:
             # A node in unsettled disputes with several distinct peers is the likely liar
             # (an honest node disputes only with the one deviating node it met).
-            for name in self.mesh.dispute(nodes[accuser].name, nodes[accused].name):
-                banned |= {r for r in range(3) if nodes[r].name == name}
-                self._ban_name(name)
-        for rank in blame.exclude | banned:
-            self.excluded.add(nodes[rank].name)
-        for rank in banned:
-            self._ban_name(nodes[rank].name)
-
-    def _ban_name(self, name: str) -> None:
-        """Ban every record of a certificate name (one operator may announce several)."""
+            banned |= self.mesh.dispute(nodes[accuser].name, nodes[accused].name)
+        self.excluded |= {nodes[r].name for r in blame.exclude} | banned
+        # Every record of a banned certificate name (one operator may announce several).
         for record in self.mesh.refresh():
-            if record.name == name:
+            if record.name in banned:
                 self.mesh.ban(record.node_id)
 
 
@@ -688,7 +690,7 @@ class _DecoderSession:
             try:
                 return str(self._stubs[rank].Open(request, timeout=OPEN_TIMEOUT_S).relay_address)
             except grpc.RpcError as exc:
-                failures[rank] = error_from_rpc(exc, f"{RANK_ROLES[rank]} {self.names[rank]}")
+                failures[rank] = error_from_rpc(exc, _where(rank, self.names))
                 return ""
 
         relays = list(self._pool.map(open_rank, range(3)))
@@ -707,20 +709,15 @@ class _DecoderSession:
         for rank, future in enumerate(futures):
             if future in running:
                 self._streams[rank].cancel()
-                failures[rank] = _Silent(
-                    f"{RANK_ROLES[rank]} {self.names[rank]} was still running "
-                    f"{self.options.peer_timeout_s + SILENCE_GRACE_S:g} s after the other "
-                    "party failed: silent, cancelled"
-                )
+                grace_s = self.options.peer_timeout_s + SILENCE_GRACE_S
+                failures[rank] = _Silent.of(_where(rank, self.names), grace_s)
                 continue
             try:
                 replies.append(future.result())
             except grpc.RpcError as exc:
-                failures[rank] = error_from_rpc(exc, f"{RANK_ROLES[rank]} {self.names[rank]}")
+                failures[rank] = error_from_rpc(exc, _where(rank, self.names))
             except StopIteration:
-                failures[rank] = SessionAborted(
-                    f"{RANK_ROLES[rank]} {self.names[rank]} ended early"
-                )
+                failures[rank] = SessionAborted(f"{_where(rank, self.names)} ended early")
         if failures:
             self._blame_dealer(failures)
             raise _SessionFailed(failures)
@@ -731,7 +728,7 @@ class _DecoderSession:
             try:
                 self._dealer.result()
             except grpc.RpcError as exc:
-                failures[2] = error_from_rpc(exc, f"dealer {self.names[2]}")
+                failures[2] = error_from_rpc(exc, _where(2, self.names))
 
     def steps(self, next_input: Callable[[int], torch.Tensor]) -> Iterator[DecodedToken]:
         for step in range(self.max_new_tokens):
@@ -775,7 +772,7 @@ class _DecoderSession:
         try:
             dealer = self._dealer.result()
         except grpc.RpcError as exc:
-            raise _SessionFailed({2: error_from_rpc(exc, f"dealer {self.names[2]}")}) from None
+            raise _SessionFailed({2: error_from_rpc(exc, _where(2, self.names))}) from None
         self._pool.shutdown(wait=False)
         seconds = time.perf_counter() - self._started
         stats = (r0, r1, dealer)

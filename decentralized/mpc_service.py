@@ -497,7 +497,7 @@ class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
         self, request: mpc_pb2.OpenSession, context: grpc.aio.ServicerContext
     ) -> mpc_pb2.SessionOpened:
         async with _serving("MPCSession.Open", context, self._metrics):
-            address = await self._host.open(request, tuple(caller_names(context)))
+            address = await self._host.open(request, caller_names(context))
             return mpc_pb2.SessionOpened(relay_address=address)
         raise AssertionError("unreachable")  # pragma: no cover - _serving aborts
 
@@ -507,7 +507,7 @@ class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
         async with _serving("MPCSession.Run", context, self._metrics):
             remaining = context.time_remaining()
             deadline = MAX_RUN_S if remaining is None else max(remaining - 1.0, 1.0)
-            reply = await self._host.run(request_iterator, deadline, tuple(caller_names(context)))
+            reply = await self._host.run(request_iterator, deadline, caller_names(context))
             shape = reply.get("output_shape")
             share = (
                 common_pb2.Tensor(data=reply["output_share"], dtype="int64", shape=shape)
@@ -538,7 +538,7 @@ class MPCSessionServicer(mpc_pb2_grpc.MPCSessionServicer):
         async with _serving("MPCSession.Generate", context, self._metrics):
             remaining = context.time_remaining()
             deadline = MAX_RUN_S if remaining is None else max(remaining - 1.0, 1.0)
-            caller = tuple(caller_names(context))
+            caller = caller_names(context)
             async for reply in self._host.generate(request_iterator, deadline, caller):
                 if "step" in reply:
                     yield mpc_pb2.StepResult(

@@ -68,6 +68,11 @@ def one_per_name(items: Sequence[Named], rng: secrets.SystemRandom) -> list[Name
     return [rng.choice(group) for group in by_name.values()]
 
 
+def takes(record: common_pb2.NodeRecord, tokens: int) -> bool:
+    """Whether a node's stated token limit (`max_tokens`, 0: not stated) takes `tokens`."""
+    return not (tokens and record.max_tokens and record.max_tokens < tokens)
+
+
 def hop_cost(record: common_pb2.NodeRecord, layers: int, rtt_s: float | None) -> float:
     rate = record.layers_per_s if record.layers_per_s > 0 else _DEFAULT_LAYERS_PER_S
     compute = layers / rate * (1 + record.load)
@@ -100,7 +105,7 @@ def plan_route(
     for rec in records:
         if rec.node_id in exclude:
             continue
-        if tokens and rec.max_tokens and rec.max_tokens < tokens:
+        if not takes(rec, tokens):
             if any(s.model == model for s in rec.spans):
                 too_small[rec.name] = rec.max_tokens
             continue

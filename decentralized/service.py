@@ -268,7 +268,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self, request: shard_pb2.ForwardRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ForwardReply:
         async with _serving("Forward", context, self._node.metrics):
-            job = _job_from_header(request, request.hidden, tuple(caller_names(context)))
+            job = _job_from_header(request, request.hidden, caller_names(context))
             return await self._run(job, context)
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
@@ -304,7 +304,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             hidden = common_pb2.Tensor(
                 data=b"".join(chunks), dtype=header.hidden.dtype, shape=header.hidden.shape
             )
-            job = _job_from_header(header, hidden, tuple(caller_names(context)))
+            job = _job_from_header(header, hidden, caller_names(context))
             return await self._run(job, context)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -312,7 +312,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self, request: shard_pb2.EndSessionRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.EndSessionReply:
         async with _serving("EndSession", context, self._node.metrics):
-            existed = self._host.end_session(request.session_id, tuple(caller_names(context)))
+            existed = self._host.end_session(request.session_id, caller_names(context))
             self._node.metrics.sessions.set(self._host.session_count)
             return shard_pb2.EndSessionReply(existed=existed)
         raise AssertionError("unreachable")  # pragma: no cover

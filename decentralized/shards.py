@@ -144,14 +144,13 @@ class ShardHost:
             session = self._sessions.get(job.session_id)
             if session is not None and session.owner != job.caller:
                 # Session ids travel in receipts and verdicts: one that leaked must not let
-                # another certificate read, extend or end the owner's cache. Answered as an
-                # unknown id is.
-                raise SessionMismatch(
-                    f"session {job.session_id[:8]}... is unknown here (expired or never "
-                    f"started) but the client expects {job.past_length} cached tokens"
-                    if job.past_length
-                    else f"session {job.session_id[:8]}... is taken: start a new session id"
-                )
+                # another certificate read, extend or end the owner's cache. A step is
+                # answered as for an unknown id; a new session cannot take the id over.
+                if not job.past_length:
+                    raise SessionMismatch(
+                        f"session {job.session_id[:8]}... is taken: start a new session id"
+                    )
+                session = None
             if session is not None:
                 if session.span is not span:
                     raise SessionMismatch(

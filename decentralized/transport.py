@@ -44,10 +44,11 @@ def common_names(cert: x509.Certificate) -> list[str]:
     return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
 
 
-def caller_names(context: grpc.aio.ServicerContext) -> list[str]:
-    """The CNs of the calling peer's mesh certificate (mTLS); empty without one."""
+def caller_names(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
+    """The CNs of the calling peer's mesh certificate (mTLS); empty without one. A tuple: the
+    services keep it as the owner of what the caller opens and compare it on later calls."""
     pems = context.auth_context().get("x509_pem_cert") or []
-    return common_names(x509.load_pem_x509_certificate(pems[0])) if pems else []
+    return tuple(common_names(x509.load_pem_x509_certificate(pems[0]))) if pems else ()
 
 
 def node_names(cert: x509.Certificate) -> list[str]:
