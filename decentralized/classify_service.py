@@ -50,7 +50,7 @@ from decentralized.errors import (
     SessionMismatch,
     UnknownModel,
 )
-from decentralized.service import _serving, run_counted
+from decentralized.service import ComputeQueue, _serving
 from decentralized.transport import caller_names
 from decentralized.v1 import classify_pb2, classify_pb2_grpc
 from tee import (
@@ -90,6 +90,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 HEALTH_NAME = "decentralized.v1.Classify"
 MAX_INPUTS_PER_CALL = 256
+# Classify, Verify and enclave calls admitted at once (received and waiting for, or running on,
+# the classifier's or an enclave's thread), and per client certificate: more get "node busy".
+MAX_QUEUED_CALLS = 16
 REQUEST_TAG_SIZE = 48  # tee.session.request_tag: HMAC-SHA384
 MAX_CERTIFICATE = 16 * 1024  # a client's mesh certificate, PEM
 MAX_SIGNATURE = 256  # its ECDSA signature over a session's opening (DER)
@@ -296,11 +299,17 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         self._clients = dict(clients or {})
         self._restarting = asyncio.Lock()  # one enclave restart at a time
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")
+        self._queue = ComputeQueue(
+            "classification and enclave calls", MAX_QUEUED_CALLS, MAX_QUEUED_CALLS // 2
+        )
 
-    async def _run(self, executor: Executor, fn: Any, *args: Any) -> Any:
+    async def _run(
+        self, context: grpc.aio.ServicerContext, executor: Executor, fn: Any, *args: Any
+    ) -> Any:
         if self._node.draining:
             raise Draining("node is shutting down; retry on another node")
-        return await run_counted(self._node, executor, fn, *args)
+        with self._queue.admit(caller_names(context)) as place:
+            return await place.run(self._node, executor, fn, *args)
 
     async def ListModels(  # noqa: N802 - gRPC method name
         self, request: classify_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -337,7 +346,9 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             x = decode_inputs(request.inputs, model.input_kind, model.input_shape)
             t0 = time.perf_counter()
             try:
-                probs = await self._run(self._executor, self.predict, request.model, model, x)
+                probs = await self._run(
+                    context, self._executor, self.predict, request.model, model, x
+                )
             except InvalidInput as exc:
                 raise InvalidRequest(str(exc)) from None
             self._node.metrics.bytes_in.inc(len(request.inputs.images))
@@ -451,7 +462,9 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             logger.warning("verifier slot %r: its enclave stopped; started a new one", slot.name)
             return new
 
-    async def _enclave(self, hosted: HostedVerifier, fn: Any) -> Any:
+    async def _enclave(
+        self, hosted: HostedVerifier, fn: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
         """Run `fn(enclave)` on the verifier's own worker thread; enclave errors map here.
 
         An enclave found stopped is restarted first (`_alive`); one that dies under the call is
@@ -460,7 +473,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         for attempt in (0, 1):
             hosted = await self._alive(hosted)
             try:
-                return await self._run(hosted.executor, fn, hosted.enclave)
+                return await self._run(context, hosted.executor, fn, hosted.enclave)
             except UnknownSession as exc:
                 raise SessionMismatch(f"verifier {hosted.name!r}: {exc}") from None
             except ClientNotEnrolled as exc:  # the enclave's sealed enrolment refused it
@@ -493,6 +506,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                     lambda e: e.run_in_session(
                         data, session_id=session, seq=request.seq, request_tag=request.request_tag
                     ),
+                    context,
                 )
                 return classify_pb2.VerifyReply(
                     output=result.output,
@@ -501,7 +515,9 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                     compute_s=time.perf_counter() - t0,
                     node_id=self._node.identity.node_id,
                 )
-            attested = await self._enclave(hosted, lambda e: e.run(data, nonce=request.nonce))
+            attested = await self._enclave(
+                hosted, lambda e: e.run(data, nonce=request.nonce), context
+            )
             return classify_pb2.VerifyReply(
                 output=attested.output,
                 quote_json=attested.quote.to_json(),
@@ -534,6 +550,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                     certificate=request.client_certificate,
                     signature=request.identity_signature,
                 ),
+                context,
             )
             return classify_pb2.AttestedSessionReply(
                 offer=offer.offer,
@@ -567,9 +584,11 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                 await self._alive(hosted)
         return await self._live_slot(self._slot(name, context))
 
-    async def _slot_enclave(self, slot: SealedSlot, fn: Any) -> Any:
+    async def _slot_enclave(
+        self, slot: SealedSlot, fn: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
         try:
-            return await self._run(slot.executor, fn, slot.enclave)
+            return await self._run(context, slot.executor, fn, slot.enclave)
         except SealedModelRejected as exc:
             if slot.name in self._verifiers:  # a concurrent Provision got there first
                 message = f"verifier {slot.name!r} already holds its model"
@@ -585,7 +604,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             slot = await self._awaiting_slot(request.verifier, context)
             _check_nonce(request.nonce)
             offer = await self._slot_enclave(
-                slot, lambda e: e.offer_provisioning(ENTRY, nonce=request.nonce)
+                slot, lambda e: e.offer_provisioning(ENTRY, nonce=request.nonce), context
             )
             return classify_pb2.ProvisioningOfferReply(
                 offer=offer.offer,
@@ -613,7 +632,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
                 raise InvalidRequest(f"n_classes must lie in [2, 100000], got {request.n_classes}")
             sealed = SealedModel(owner_public=request.owner_public, ciphertext=request.sealed_model)
             result = await self._slot_enclave(
-                slot, lambda e: e.load_sealed(sealed, nonce=request.nonce)
+                slot, lambda e: e.load_sealed(sealed, nonce=request.nonce), context
             )
             hosted = HostedVerifier(
                 name=slot.name,

@@ -8,6 +8,7 @@ Tree::
     ├── SessionMismatch     KV-cache session missing or out of step             FAILED_PRECONDITION
     ├── Overloaded          too many sessions / requests                        RESOURCE_EXHAUSTED
     ├── Draining            the node is shutting down                           UNAVAILABLE
+    ├── UploadStalled       a streamed request stopped arriving                 DEADLINE_EXCEEDED
     ├── NotPermitted        the caller's certificate may not make this call      PERMISSION_DENIED
     │   └── NotANode        record announced without that node's certificate
     ├── AlreadyProvisioned  a sealed verifier slot already holds its model      FAILED_PRECONDITION
@@ -60,6 +61,12 @@ class Draining(MeshError):
     """The node is shutting down and accepts no new work."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class UploadStalled(MeshError):
+    """A client-streamed request did not arrive in the time the node allows for its size."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Abandoned(MeshError):

@@ -37,7 +37,7 @@ from decentralized.errors import (
     SessionMismatch,
     UnknownModel,
 )
-from decentralized.service import _serving, run_counted
+from decentralized.service import ComputeQueue, Place, _serving, run_counted, upload_time
 from decentralized.transport import caller_names
 from decentralized.v1 import he_pb2, he_pb2_grpc
 from mpc.he.engine import PACKED_LAYOUT, evaluate, evaluate_packed
@@ -61,6 +61,10 @@ class HELimits:
     max_context_bytes: int = 128 * 1024 * 1024
     max_inputs_per_call: int = 32  # ciphertexts per Evaluate (~0.4 MB each in, <= 1.3 MB out)
     max_batch_bytes: int = 1024 * 1024 * 1024  # ciphertext bytes per EvaluatePacked stream
+    # Evaluate / EvaluatePacked calls admitted at once (being received, waiting or running),
+    # half of them per client: bounds what the node buffers (a packed batch up to
+    # max_batch_bytes, ~400 MB more once deserialized)
+    max_queued_calls: int = 4
 
 
 @dataclass(slots=True)
@@ -200,11 +204,16 @@ class HEServicer(he_pb2_grpc.HEServicer):
         self._limits = limits or HELimits()
         self._heads = HEHeads(heads_dir, params)
         self._sessions = HESessions(self._limits)
+        queued = self._limits.max_queued_calls
+        self._queue = ComputeQueue("HE evaluations", queued, max(1, queued // 2))
 
-    async def _compute(self, fn: Any, *args: Any) -> Any:
+    async def _compute(self, fn: Any, *args: Any, place: Place | None = None) -> Any:
+        """`fn(*args)` on the HE thread; an evaluation holds its `place` in the queue."""
         if self._node.draining:
             raise Draining("node is shutting down; retry on another node")
-        return await run_counted(self._node, self._executor, fn, *args)
+        if place is None:
+            return await run_counted(self._node, self._executor, fn, *args)
+        return await place.run(self._node, self._executor, fn, *args)
 
     async def ListHeads(  # noqa: N802 - gRPC method name
         self, request: he_pb2.ListHeadsRequest, context: grpc.aio.ServicerContext
@@ -225,23 +234,27 @@ class HEServicer(he_pb2_grpc.HEServicer):
 
     async def _receive_context(self, chunks: AsyncIterator[he_pb2.ContextChunk]) -> bytes:
         total, parts, received = -1, [], 0
-        async for chunk in chunks:
-            if total < 0:
-                if chunk.params_name != self._params.name:
+        async with upload_time("the HE context upload") as announce:
+            async for chunk in chunks:
+                if total < 0:
+                    if chunk.params_name != self._params.name:
+                        raise InvalidRequest(
+                            f"context made for {chunk.params_name!r}; this node evaluates "
+                            f"{self._params.name!r} ({self._params.describe()})"
+                        )
+                    total = chunk.total_bytes
+                    if total > self._limits.max_context_bytes:
+                        raise Overloaded(
+                            f"context of {total} bytes exceeds the node's "
+                            f"{self._limits.max_context_bytes}-byte limit"
+                        )
+                    announce(total)
+                received += len(chunk.data)
+                if received > total:
                     raise InvalidRequest(
-                        f"context made for {chunk.params_name!r}; this node evaluates "
-                        f"{self._params.name!r} ({self._params.describe()})"
+                        f"context stream carries more than the announced {total} B"
                     )
-                total = chunk.total_bytes
-                if total > self._limits.max_context_bytes:
-                    raise Overloaded(
-                        f"context of {total} bytes exceeds the node's "
-                        f"{self._limits.max_context_bytes}-byte limit"
-                    )
-            received += len(chunk.data)
-            if received > total:
-                raise InvalidRequest(f"context stream carries more than the announced {total} B")
-            parts.append(chunk.data)
+                parts.append(chunk.data)
         if total < 0:
             raise InvalidRequest("empty OpenSession stream: no header chunk")
         if received != total:
@@ -274,7 +287,8 @@ class HEServicer(he_pb2_grpc.HEServicer):
         self, request: he_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> he_pb2.EvaluateReply:
         async with _serving("HE.Evaluate", context, self._node.metrics):
-            ctx = self._sessions.get(request.session_id, caller_names(context))
+            caller = caller_names(context)
+            ctx = self._sessions.get(request.session_id, caller)
             head = self._heads.get(request.head).head
             n = len(request.inputs)
             if n == 0:
@@ -285,9 +299,10 @@ class HEServicer(he_pb2_grpc.HEServicer):
                 )
             t0 = time.perf_counter()
             try:
-                outputs = await self._compute(
-                    evaluate, head, self._params, ctx, list(request.inputs)
-                )
+                with self._queue.admit(caller) as place:
+                    outputs = await self._compute(
+                        evaluate, head, self._params, ctx, list(request.inputs), place=place
+                    )
             except InvalidCiphertext as exc:
                 raise InvalidRequest(str(exc)) from None
             reply = he_pb2.EvaluateReply(
@@ -339,21 +354,23 @@ class HEServicer(he_pb2_grpc.HEServicer):
         head: Head | None = None
         inputs: list[bytes] = []
         received = 0
-        async for chunk in chunks:
-            if header is None:
-                if not chunk.HasField("header"):
-                    raise InvalidRequest("the first EvaluatePacked chunk carries no header")
-                header = chunk.header
-                ctx, head = self._check_header(header, caller)
-            elif chunk.HasField("header"):
-                raise InvalidRequest("a second header in one EvaluatePacked stream")
-            received += sum(len(c) for c in chunk.ciphertexts)
-            inputs.extend(chunk.ciphertexts)
-            if received > header.total_bytes or len(inputs) > header.n_ciphertexts:
-                raise InvalidRequest(
-                    f"packed stream carries more than the announced {header.n_ciphertexts} "
-                    f"ciphertexts / {header.total_bytes} bytes"
-                )
+        async with upload_time("EvaluatePacked") as announce:
+            async for chunk in chunks:
+                if header is None:
+                    if not chunk.HasField("header"):
+                        raise InvalidRequest("the first EvaluatePacked chunk carries no header")
+                    header = chunk.header
+                    ctx, head = self._check_header(header, caller)
+                    announce(header.total_bytes)
+                elif chunk.HasField("header"):
+                    raise InvalidRequest("a second header in one EvaluatePacked stream")
+                received += sum(len(c) for c in chunk.ciphertexts)
+                inputs.extend(chunk.ciphertexts)
+                if received > header.total_bytes or len(inputs) > header.n_ciphertexts:
+                    raise InvalidRequest(
+                        f"packed stream carries more than the announced {header.n_ciphertexts} "
+                        f"ciphertexts / {header.total_bytes} bytes"
+                    )
         if header is None or head is None:
             raise InvalidRequest("empty EvaluatePacked stream: no header chunk")
         if len(inputs) != header.n_ciphertexts or received != header.total_bytes:
@@ -369,18 +386,24 @@ class HEServicer(he_pb2_grpc.HEServicer):
         context: grpc.aio.ServicerContext,
     ) -> he_pb2.PackedReply:
         async with _serving("HE.EvaluatePacked", context, self._node.metrics):
-            header, ctx, head, inputs = await self._receive_packed(
-                request_iterator, caller_names(context)
-            )
-            self._node.metrics.bytes_in.inc(header.total_bytes)
-            t0 = time.perf_counter()
-            try:
-                outputs = await self._compute(
-                    evaluate_packed, head, self._params, ctx, header.batch_size, inputs
-                )
-            except InvalidCiphertext as exc:
-                raise InvalidRequest(str(exc)) from None
-            del inputs
+            caller = caller_names(context)
+            with self._queue.admit(caller) as place:  # before buffering up to max_batch_bytes
+                header, ctx, head, inputs = await self._receive_packed(request_iterator, caller)
+                self._node.metrics.bytes_in.inc(header.total_bytes)
+                t0 = time.perf_counter()
+                try:
+                    outputs = await self._compute(
+                        evaluate_packed,
+                        head,
+                        self._params,
+                        ctx,
+                        header.batch_size,
+                        inputs,
+                        place=place,
+                    )
+                except InvalidCiphertext as exc:
+                    raise InvalidRequest(str(exc)) from None
+                del inputs
             self._node.metrics.bytes_out.inc(sum(len(o) for o in outputs))
             return he_pb2.PackedReply(
                 layout=header.layout,

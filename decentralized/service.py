@@ -4,10 +4,14 @@ Every handler goes through `_serving`, which counts the RPC, times it, and maps 
 to status codes through the single table in `decentralized.errors`. Unexpected exceptions
 become INTERNAL with a generic message: tracebacks never go to peers.
 
-Forward jobs queue for the node's compute thread. At most `MAX_QUEUED_FORWARDS` wait or run at
-once (more get RESOURCE_EXHAUSTED "node busy"); a job whose caller cancelled or whose deadline
-passed while it waited is skipped instead of computed, and drops its tensor at once; the node's
-`load` counts a job until the compute thread is done with it, even when its caller is gone.
+Work for a node's compute threads goes through a `ComputeQueue`: at most `limit` jobs are
+admitted at once (received, waiting or running), at most `per_caller` of them from one
+certificate name; more get RESOURCE_EXHAUSTED "node busy" before the node buffers or computes
+anything of them. The forward queue takes `MAX_QUEUED_FORWARDS` (half of it per caller); the
+classification, enclave and HE services keep queues of their own. A forward job whose caller
+cancelled or whose deadline passed while it waited is skipped instead of computed, and drops
+its tensor at once; the node's `load` counts a job until the compute thread is done with it,
+even when its caller is gone.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
@@ -28,7 +33,14 @@ import torch
 from cryptography import x509
 
 from decentralized import _wire
-from decentralized.errors import Draining, InvalidRequest, MeshError, NotANode, Overloaded
+from decentralized.errors import (
+    Draining,
+    InvalidRequest,
+    MeshError,
+    NotANode,
+    Overloaded,
+    UploadStalled,
+)
 from decentralized.membership import verify_announced
 from decentralized.models import SpanRuntime
 from decentralized.shards import ForwardJob, ShardHost
@@ -42,9 +54,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Forward jobs waiting for or running on the compute thread; more are refused as "node busy".
-# Each holds its input tensor (up to `_wire.MAX_TENSOR_BYTES`) while it waits.
+# Forward jobs being received, waiting for or running on the compute thread; more are refused
+# as "node busy". Each holds its input tensor (up to `_wire.MAX_TENSOR_BYTES`) while it waits.
 MAX_QUEUED_FORWARDS = 8
+# A client-streamed request (ForwardStream, HE uploads) must send its header within
+# UPLOAD_GRACE_S and the rest at UPLOAD_MIN_BYTES_PER_S after another grace: a stalled upload
+# would otherwise hold its place in a queue until the caller's own deadline.
+UPLOAD_GRACE_S = 30.0
+UPLOAD_MIN_BYTES_PER_S = 1024 * 1024
 
 
 class _Skipped(MeshError):
@@ -130,6 +147,113 @@ async def run_counted(
 
 
 @contextlib.asynccontextmanager
+async def upload_time(what: str) -> AsyncIterator[Callable[[int], None]]:
+    """Bound the time a client-streamed request takes to arrive: `UPLOAD_GRACE_S` until the
+    body calls the yielded function with the size its header announces, then the grace plus
+    that size at `UPLOAD_MIN_BYTES_PER_S`; past it, `UploadStalled` (DEADLINE_EXCEEDED)."""
+    loop = asyncio.get_running_loop()
+    allowed = UPLOAD_GRACE_S
+
+    def announce(total_bytes: int) -> None:
+        nonlocal allowed
+        allowed = UPLOAD_GRACE_S + max(0, total_bytes) / UPLOAD_MIN_BYTES_PER_S
+        timeout.reschedule(start + allowed)
+
+    start = loop.time()
+    try:
+        async with asyncio.timeout_at(start + allowed) as timeout:
+            yield announce
+    except TimeoutError:
+        raise UploadStalled(
+            f"{what} did not arrive within {allowed:.0f} s (the header within "
+            f"{UPLOAD_GRACE_S:.0f} s, then at least {UPLOAD_MIN_BYTES_PER_S} bytes/s)"
+        ) from None
+
+
+class ComputeQueue:
+    """Admission to one kind of compute work on a node: at most `limit` jobs at once, at most
+    `per_caller` of them from one caller (the CNs of its mesh certificate; callers without
+    one, on an insecure-dev mesh, count as one). Over either limit `admit` raises
+    `Overloaded` (RESOURCE_EXHAUSTED), so one client cannot take every place, and what
+    waiting jobs hold in memory is bounded by `limit`. Used on the event loop only.
+    """
+
+    def __init__(self, what: str, limit: int, per_caller: int) -> None:
+        if not 0 < per_caller <= limit:
+            raise ValueError(f"need 0 < per_caller <= limit, got {per_caller}, {limit}")
+        self.what = what
+        self.limit = limit
+        self.per_caller = per_caller
+        self._held: Counter[tuple[str, ...]] = Counter()
+
+    def __len__(self) -> int:
+        return self._held.total()
+
+    def admit(self, caller: tuple[str, ...]) -> Place:
+        """A place for one job of `caller`; use it as a context manager around receiving the
+        job and `Place.run`."""
+        if len(self) >= self.limit:
+            raise Overloaded(
+                f"node busy: {len(self)} {self.what} already queued "
+                f"(limit {self.limit}); retry on another node"
+            )
+        if self._held[caller] >= self.per_caller:
+            raise Overloaded(
+                f"node busy for this client: {self._held[caller]} of its {self.what} are "
+                f"queued here (limit {self.per_caller} per client, {self.limit} in all); "
+                "retry when one has finished, or on another node"
+            )
+        self._held[caller] += 1
+        return Place(self, caller)
+
+    def _release(self, caller: tuple[str, ...]) -> None:
+        self._held[caller] -= 1
+        if not self._held[caller]:
+            del self._held[caller]
+
+
+class Place:
+    """One admitted job's place in its `ComputeQueue`. Once `run` hands the job to an executor,
+    the place is freed when the executor is done with it (or dropped it unstarted), not when
+    the caller stops waiting; a job that never got that far frees it on leaving the `with`."""
+
+    __slots__ = ("_queue", "_caller", "_handed", "_released")
+
+    def __init__(self, queue: ComputeQueue, caller: tuple[str, ...]) -> None:
+        self._queue = queue
+        self._caller = caller
+        self._handed = self._released = False
+
+    def __enter__(self) -> Place:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._handed:
+            self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._queue._release(self._caller)
+
+    async def run(
+        self,
+        node: Node,
+        executor: Executor,
+        fn: Callable[..., Any],
+        *args: Any,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> Any:
+        """`run_counted(node, executor, fn, *args)`, holding this place until it is done."""
+        if self._handed:
+            raise RuntimeError("a place admits one job")
+        self._handed = True
+        return await run_counted(
+            node, executor, fn, *args, on_cancel=on_cancel, on_done=self._release
+        )
+
+
+@contextlib.asynccontextmanager
 async def _serving(
     method: str, context: grpc.aio.ServicerContext, metrics: NodeMetrics
 ) -> AsyncIterator[None]:
@@ -188,6 +312,39 @@ def _job_from_header(
     )
 
 
+async def _receive_stream(
+    request_iterator: AsyncIterator[shard_pb2.ForwardRequest], caller: tuple[str, ...]
+) -> ForwardJob:
+    """A ForwardStream's job: its chunks joined, checked against the header's size."""
+    header: shard_pb2.ForwardRequest | None = None
+    chunks: list[bytes] = []
+    received = 0
+    limit = _wire.MAX_TENSOR_BYTES
+    async with upload_time("ForwardStream") as announce:
+        async for chunk in request_iterator:
+            if header is None:
+                header = chunk
+                limit = _wire.tensor_header_nbytes(chunk.hidden, "hidden")
+                if chunk.total_bytes != limit:
+                    raise InvalidRequest(
+                        f"hidden: header announces {chunk.total_bytes} bytes but dtype and "
+                        f"shape need {limit}"
+                    )
+                announce(limit)
+            received += len(chunk.hidden.data)
+            if received > limit:
+                raise InvalidRequest(f"hidden: stream carries more than {limit} bytes")
+            chunks.append(chunk.hidden.data)
+    if header is None:
+        raise InvalidRequest("empty ForwardStream: no header chunk")
+    if received != limit:
+        raise InvalidRequest(f"hidden: stream ended after {received} of {limit} bytes (truncated)")
+    hidden = common_pb2.Tensor(
+        data=b"".join(chunks), dtype=header.hidden.dtype, shape=header.hidden.shape
+    )
+    return _job_from_header(header, hidden, caller)
+
+
 class ShardServicer(shard_pb2_grpc.ShardServicer):
     """Forward, ForwardStream and EndSession over a `ShardHost`."""
 
@@ -195,45 +352,36 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self._node = node
         self._host = host
         self._executor = executor
-        self._queued = 0  # forward jobs submitted to the executor and not finished there
+        self._queue = ComputeQueue(
+            "forward requests", MAX_QUEUED_FORWARDS, per_caller=MAX_QUEUED_FORWARDS // 2
+        )
 
     async def _compute(
-        self, job: ForwardJob, span: SpanRuntime, context: grpc.aio.ServicerContext
+        self,
+        job: ForwardJob,
+        span: SpanRuntime,
+        place: Place,
+        context: grpc.aio.ServicerContext,
     ) -> torch.Tensor:
-        """Run the job on the compute thread, unless the queue is full or the caller leaves
-        before it starts (`_Ticket`); `load` and the queue count drop when the compute thread
+        """Run the job on the compute thread unless the caller leaves before it starts
+        (`_Ticket`); `load` and the job's place in the queue are freed when the compute thread
         is done with the job (or skipped it), not when the caller stops waiting."""
-        if self._queued >= MAX_QUEUED_FORWARDS:
-            raise Overloaded(
-                f"node busy: {self._queued} forward requests already queued "
-                f"(limit {MAX_QUEUED_FORWARDS}); retry on another node"
-            )
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else math.inf
         ticket = _Ticket(job, span, deadline)
-
-        def finished() -> None:
-            self._queued -= 1
-
-        self._queued += 1
-        result: torch.Tensor = await run_counted(
-            self._node,
-            self._executor,
-            ticket.run,
-            self._host,
-            on_cancel=ticket.abandon,
-            on_done=finished,
+        result: torch.Tensor = await place.run(
+            self._node, self._executor, ticket.run, self._host, on_cancel=ticket.abandon
         )
         return result
 
     async def _run(
-        self, job: ForwardJob, context: grpc.aio.ServicerContext
+        self, job: ForwardJob, place: Place, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ForwardReply:
         if self._node.draining:
             raise Draining("node is shutting down; retry on another node")
         span = self._host.validate(job)  # cheap checks before queueing for compute
         t0 = time.perf_counter()
-        out = await self._compute(job, span, context)
+        out = await self._compute(job, span, place, context)
         hidden = _wire.tensor_to_proto(out)
         output_digest = _wire.proto_digest(hidden)
         node_id = self._node.identity.node_id
@@ -268,8 +416,10 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self, request: shard_pb2.ForwardRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ForwardReply:
         async with _serving("Forward", context, self._node.metrics):
-            job = _job_from_header(request, request.hidden, caller_names(context))
-            return await self._run(job, context)
+            caller = caller_names(context)
+            with self._queue.admit(caller) as place:
+                job = _job_from_header(request, request.hidden, caller)
+                return await self._run(job, place, context)
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
     async def ForwardStream(
@@ -278,34 +428,10 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         context: grpc.aio.ServicerContext,
     ) -> shard_pb2.ForwardReply:
         async with _serving("ForwardStream", context, self._node.metrics):
-            header: shard_pb2.ForwardRequest | None = None
-            chunks: list[bytes] = []
-            received = 0
-            limit = _wire.MAX_TENSOR_BYTES
-            async for chunk in request_iterator:
-                if header is None:
-                    header = chunk
-                    limit = _wire.tensor_header_nbytes(chunk.hidden, "hidden")
-                    if chunk.total_bytes != limit:
-                        raise InvalidRequest(
-                            f"hidden: header announces {chunk.total_bytes} bytes but dtype and "
-                            f"shape need {limit}"
-                        )
-                received += len(chunk.hidden.data)
-                if received > limit:
-                    raise InvalidRequest(f"hidden: stream carries more than {limit} bytes")
-                chunks.append(chunk.hidden.data)
-            if header is None:
-                raise InvalidRequest("empty ForwardStream: no header chunk")
-            if received != limit:
-                raise InvalidRequest(
-                    f"hidden: stream ended after {received} of {limit} bytes (truncated)"
-                )
-            hidden = common_pb2.Tensor(
-                data=b"".join(chunks), dtype=header.hidden.dtype, shape=header.hidden.shape
-            )
-            job = _job_from_header(header, hidden, caller_names(context))
-            return await self._run(job, context)
+            caller = caller_names(context)
+            with self._queue.admit(caller) as place:  # before buffering up to 60 MiB
+                job = await _receive_stream(request_iterator, caller)
+                return await self._run(job, place, context)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def EndSession(

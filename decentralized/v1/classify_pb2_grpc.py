@@ -82,7 +82,8 @@ class ClassifyServicer:
 
     def Classify(self, request, context):
         """The output distribution of a classifier on a batch. Errors: NOT_FOUND (unknown model),
-        INVALID_ARGUMENT (wrong input kind, shape, values), RESOURCE_EXHAUSTED (too many inputs).
+        INVALID_ARGUMENT (wrong input kind, shape, values), RESOURCE_EXHAUSTED (too many inputs;
+        the node's queue, or the caller's share of it, is full).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

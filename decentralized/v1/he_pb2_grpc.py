@@ -86,7 +86,8 @@ class HEServicer:
     def Evaluate(self, request, context):
         """Evaluate a head on encrypted feature vectors of an open session. Errors: NOT_FOUND
         (unknown head), INVALID_ARGUMENT (bad ciphertext or size), FAILED_PRECONDITION (unknown or
-        expired session), RESOURCE_EXHAUSTED (too many inputs).
+        expired session), RESOURCE_EXHAUSTED (too many inputs; the node's evaluation queue, or
+        the caller's share of it, is full).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,7 +98,8 @@ class HEServicer:
         first chunk carries the header; the node checks it before reading further, and checks
         every ciphertext before evaluating any. Errors as Evaluate, plus INVALID_ARGUMENT (unknown
         layout, wrong ciphertext count or value count, stream shorter or longer than announced)
-        and RESOURCE_EXHAUSTED (more examples than slots, more bytes than the node accepts).
+        and RESOURCE_EXHAUSTED (more examples than slots, more bytes than the node accepts; the
+        queue is checked before the stream is read), DEADLINE_EXCEEDED (the stream stalled).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

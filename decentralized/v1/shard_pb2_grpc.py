@@ -56,6 +56,7 @@ class ShardServicer:
 
     def Forward(self, request, context):
         """Run hidden states through layers [start, end) of a model the node serves.
+        RESOURCE_EXHAUSTED: the node's forward queue (8), or the caller's half of it, is full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -64,6 +65,8 @@ class ShardServicer:
     def ForwardStream(self, request_iterator, context):
         """Same as Forward for tensors larger than one message: the first chunk carries the
         header (all fields but the tensor data); chunks' `hidden.data` are concatenated in order.
+        The queue is checked before the stream is read; DEADLINE_EXCEEDED when it stalls (the
+        header within 30 s, the rest at 1 MiB/s after another 30 s).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

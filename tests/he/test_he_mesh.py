@@ -3,6 +3,7 @@ example and feature-major packed batches), sessions, gRPC errors."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from decentralized.errors import InvalidRequest, UnknownModel
+from decentralized.he_service import HELimits
 from decentralized.transport import Credentials, sync_channel
 from decentralized.v1 import he_pb2, he_pb2_grpc
 from mpc.he.data import mnist_split
@@ -358,3 +360,64 @@ def test_a_session_id_is_useless_to_another_certificate(
         assert not closed.existed
     res = classify_he(channel, LINEAR, images[:1], session=session)  # still the owner's
     assert res.bytes_sent["context"] == 0
+
+
+def test_stalled_uploads_hold_only_their_clients_share_of_the_evaluation_queue(
+    he_mesh: LocalMesh, channel: grpc.Channel, session: HESession, images: np.ndarray
+) -> None:
+    """A packed batch is buffered whole (up to 1 GiB): the node admits an upload to its HE
+    queue before reading it, so one client's open uploads (here: stalled after the header)
+    cannot make the node buffer without bound or take every place; another client's call is
+    still admitted, and the stalled client is served again once its uploads end."""
+    import threading
+
+    from secure_infer import certs
+
+    half = HELimits().max_queued_calls // 2
+    stub = he_pb2_grpc.HEStub(channel)
+    go = threading.Event()
+
+    def stalled() -> Iterator[he_pb2.PackedChunk]:
+        header = he_pb2.PackedHeader(
+            session_id=session.session_id,
+            head=LINEAR,
+            layout=PACKED_LAYOUT,
+            batch_size=7,
+            n_ciphertexts=784,
+            total_bytes=784 * 1000,
+        )
+        yield he_pb2.PackedChunk(header=header, ciphertexts=[b"x" * 1000])
+        go.wait(60)  # then the stream ends short: INVALID_ARGUMENT
+
+    uploads = [stub.EvaluatePacked.future(stalled(), timeout=120) for _ in range(half)]
+    deadline = time.monotonic() + 30
+    while True:  # the uploads hold their places once the node has their headers
+        got, details = _code(stub.EvaluatePacked, _packed(session, LINEAR, 7, [b"x"] * 784))
+        if got == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            break
+        assert time.monotonic() < deadline, (got, details)
+        time.sleep(0.2)
+    assert "node busy for this client" in details
+    got, details = _code(
+        stub.Evaluate,
+        he_pb2.EvaluateRequest(session_id=session.session_id, head=LINEAR, inputs=[b"x"]),
+    )
+    assert got == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy for this client" in details
+
+    other = certs.issue(he_mesh.certs_dir, "second-he-client", role="client")
+    ca, key, cert = other.read()
+    creds = Credentials(root_ca=ca, private_key=key, certificate=cert)
+    with sync_channel(he_mesh.nodes["he-node"].address, creds, expect_name="he-node") as theirs:
+        # admitted, then refused for what it is (not the first client's session)
+        got, details = _code(
+            he_pb2_grpc.HEStub(theirs).EvaluatePacked, _packed(session, LINEAR, 7, [b"x"] * 784)
+        )
+        assert got == grpc.StatusCode.FAILED_PRECONDITION, (got, details)
+    go.set()
+    for upload in uploads:
+        with pytest.raises(grpc.RpcError) as info:
+            upload.result()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ended after 1 of 784" in (info.value.details() or "")
+    res = classify_he(channel, LINEAR, images[:1], session=session)  # places are back
+    assert len(res.predictions) == 1

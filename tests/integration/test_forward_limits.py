@@ -19,7 +19,7 @@ import torch
 
 from decentralized import _wire
 from decentralized.identity import verify_record
-from decentralized.transport import sync_channel
+from decentralized.transport import Credentials, sync_channel
 from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
 from secure_infer import Client
 from secure_infer.localmesh import LocalMesh, NodeSpec
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.grpc
 ROOT = Path(__file__).resolve().parents[2]
 MINILM = "all-MiniLM-L6-v2"
 FAULTY = "tests.integration.faulty_node"
-SLOW_S = 4.0
+SLOW_S = 6.0  # long enough to fill the queue behind one such job on a busy machine
 HUGE_EMPTY = [2**62, 2**62, 0]
 
 
@@ -157,26 +157,47 @@ def test_abandoned_jobs_are_skipped_and_the_running_one_counts_as_load(
     assert log.read_text().split()[seen:] == ["3", "1"]
 
 
-def test_full_compute_queue_answers_node_busy(
-    channel_to: Callable[[str], grpc.Channel],
+def test_full_compute_queue_answers_node_busy_and_keeps_a_share_for_other_clients(
+    mesh: LocalMesh, channel_to: Callable[[str], grpc.Channel]
 ) -> None:
+    """One client may hold half of a node's forward queue: past it, its requests get
+    RESOURCE_EXHAUSTED while another client's are still admitted, up to the whole queue."""
     from decentralized.service import MAX_QUEUED_FORWARDS
+    from secure_infer import certs
 
+    share = MAX_QUEUED_FORWARDS // 2
     channel = channel_to("slow")
     stub = shard_pb2_grpc.ShardStub(channel)
+    other = certs.issue(mesh.certs_dir, "second-client", role="client")
+    ca, key, cert = other.read()
+    theirs = sync_channel(
+        mesh.nodes["slow"].address,
+        Credentials(root_ca=ca, private_key=key, certificate=cert),
+        expect_name="slow",
+    )
+    their_stub = shard_pb2_grpc.ShardStub(theirs)
     _wait_load(channel, 0)
     calls = [stub.Forward.future(_request(3), timeout=120)]  # holds the compute thread
     _wait_load(channel, 1)
-    calls += [stub.Forward.future(_request(1), timeout=120) for _ in range(MAX_QUEUED_FORWARDS - 1)]
-    _wait_load(channel, MAX_QUEUED_FORWARDS)  # one running, the rest queued behind it
+    calls += [stub.Forward.future(_request(1), timeout=120) for _ in range(share - 1)]
+    _wait_load(channel, share)  # this client's share: one running, the rest queued
 
     with pytest.raises(grpc.RpcError) as info:
         stub.Forward(_request(1), timeout=30)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "node busy" in (info.value.details() or "")
+    assert "node busy for this client" in (info.value.details() or "")
+    calls += [their_stub.Forward.future(_request(1), timeout=120) for _ in range(share)]
+    _wait_load(channel, MAX_QUEUED_FORWARDS)  # the other client got in
+    for client_stub in (stub, their_stub):
+        with pytest.raises(grpc.RpcError) as info:
+            client_stub.Forward(_request(1), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"{MAX_QUEUED_FORWARDS} forward requests already queued" in (
+            info.value.details() or ""
+        )
 
     for call in calls:  # the queued work still completes
         assert list(call.result().hidden.shape)[1:] == [4, 384]
     _wait_load(channel, 0)
-    reply = stub.Forward(_request(1), timeout=30)  # and the node serves again
-    assert list(reply.hidden.shape) == [1, 4, 384]
+    assert list(their_stub.Forward(_request(1), timeout=60).hidden.shape) == [1, 4, 384]
+    theirs.close()

@@ -117,3 +117,137 @@ def test_a_started_stateless_job_stops_between_layers_once_its_caller_is_gone() 
     assert not ticket._stopped()
     ticket.abandoned = True
     assert ticket._stopped()
+
+
+# -- admission: the total and each caller's share ---------------------------------------------
+
+
+def test_a_compute_queue_caps_the_total_and_each_callers_share() -> None:
+    from decentralized.errors import Overloaded
+    from decentralized.service import ComputeQueue
+
+    queue = ComputeQueue("jobs", 4, per_caller=2)
+    alice, bob, carol = ("alice",), ("bob",), ("carol",)
+    first = queue.admit(alice)
+    queue.admit(alice)
+    with pytest.raises(Overloaded, match=r"busy for this client: 2 of its jobs .*limit 2 per"):
+        queue.admit(alice)  # alice's share is full; others still get in
+    queue.admit(bob)
+    queue.admit(bob)
+    with pytest.raises(Overloaded, match=r"node busy: 4 jobs already queued \(limit 4\)") as info:
+        queue.admit(carol)
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with first:  # a job refused before it reached an executor frees its place on leaving
+        pass
+    with first:  # and only once
+        pass
+    assert len(queue) == 3
+    queue.admit(carol)
+    with pytest.raises(ValueError, match="per_caller <= limit"):
+        ComputeQueue("jobs", 2, per_caller=3)
+
+
+def test_a_place_is_held_until_the_executor_is_done_even_when_its_caller_leaves() -> None:
+    """A caller that gives up must not free its place while its job still runs (it would let
+    one client keep more jobs on the compute thread than its share)."""
+    import asyncio
+    import threading
+    import types
+    from concurrent.futures import ThreadPoolExecutor
+
+    from decentralized.errors import Overloaded
+    from decentralized.service import ComputeQueue
+
+    node = types.SimpleNamespace(load=0)
+    queue = ComputeQueue("jobs", 2, per_caller=1)
+    release, started = threading.Event(), threading.Event()
+
+    def job() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    async def run(caller: tuple[str, ...]) -> str:
+        with queue.admit(caller) as place:
+            result: str = await place.run(node, pool, job)
+            return result
+
+    async def scenario() -> None:
+        task = asyncio.create_task(run(("alice",)))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()  # the caller leaves; the compute thread is still on its job
+        await asyncio.sleep(0.1)
+        assert len(queue) == 1 and node.load == 1
+        with pytest.raises(Overloaded, match="busy for this client"):
+            queue.admit(("alice",))
+        release.set()
+        for _ in range(100):
+            if not len(queue):
+                break
+            await asyncio.sleep(0.02)
+        assert len(queue) == 0 and node.load == 0
+        assert await run(("alice",)) == "done"  # its place is back
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        asyncio.run(scenario())
+
+
+# -- uploads that stall -------------------------------------------------------------------
+
+
+def _header_chunk() -> object:
+    from decentralized import _wire
+    from decentralized.v1 import shard_pb2
+
+    hidden = _wire.tensor_to_proto(torch.randn(1, 4, 384))
+    return shard_pb2.ForwardRequest(
+        model="all-MiniLM-L6-v2", start=0, end=6, hidden=hidden, total_bytes=len(hidden.data)
+    )
+
+
+@pytest.mark.parametrize("sends_header", [False, True])
+def test_a_stalled_forward_stream_is_refused_after_its_time(
+    monkeypatch: pytest.MonkeyPatch, sends_header: bool
+) -> None:
+    """A ForwardStream holds its place in the queue while it arrives: one that stops sending
+    (before or after its header) is refused with DEADLINE_EXCEEDED instead of holding it until
+    the caller's own deadline."""
+    import asyncio
+
+    from decentralized import service
+    from decentralized.errors import UploadStalled
+
+    monkeypatch.setattr(service, "UPLOAD_GRACE_S", 0.3)
+    header = _header_chunk()
+
+    async def stalled() -> object:
+        if sends_header:
+            yield header
+        await asyncio.sleep(3600)
+
+    t0 = time.monotonic()
+    with pytest.raises(UploadStalled, match="ForwardStream did not arrive within") as info:
+        asyncio.run(service._receive_stream(stalled(), ()))  # type: ignore[arg-type]
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - t0 < 5
+
+
+def test_an_upload_gets_time_for_the_size_its_header_announces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from decentralized import service
+
+    monkeypatch.setattr(service, "UPLOAD_GRACE_S", 0.3)
+    monkeypatch.setattr(service, "UPLOAD_MIN_BYTES_PER_S", 1)  # 6,144 bytes: 6,144 s
+    header = _header_chunk()
+
+    async def slow() -> object:
+        yield header
+        await asyncio.sleep(0.6)  # past the grace, within the time its size allows
+        yield header.__class__(hidden=header.hidden.__class__(data=b""))
+
+    job = asyncio.run(service._receive_stream(slow(), ()))  # type: ignore[arg-type]
+    assert tuple(job.hidden.shape) == (1, 4, 384)
