@@ -30,7 +30,7 @@ from decentralized.errors import (
     PeerMisbehaved,
     PeerUnavailable,
 )
-from decentralized.identity import verify_record
+from decentralized.identity import MeshCA, verify_record
 from decentralized.membership import MAX_RECORDS_PER_REPLY
 from decentralized.models import get_spec
 from decentralized.routing import Hop, plan_route
@@ -122,6 +122,7 @@ class MeshClient:
             raise ValueError("at least one seed address is needed")
         self.seeds = list(seeds)
         self.creds = creds
+        self._ca = MeshCA.of(creds)  # records must carry a certificate of it naming the node
         self.hop_timeout_s = hop_timeout_s
         self.refresh_s = refresh_s
         self.ban_s = ban_s
@@ -214,7 +215,7 @@ class MeshClient:
             records: dict[str, common_pb2.NodeRecord] = {}
             for signed in reply.records[:MAX_RECORDS_PER_REPLY]:
                 try:
-                    rec = verify_record(signed)
+                    rec = verify_record(signed, ca=self._ca)
                 except PeerMisbehaved as exc:
                     logger.warning("ignoring invalid record from %s: %s", address, exc)
                     continue

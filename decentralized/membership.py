@@ -6,14 +6,19 @@ carries the callee's peer list, so records spread by gossip. A peer is live whil
 record is younger than `dead_after_s`; a peer this node fails to reach `suspect_after` times
 in a row is dropped locally until a fresher record of it arrives.
 
-Bounds. Any node the CA admitted can answer a heartbeat with records signed by keys it makes
-up, so what one reply can cost is bounded: a gossip reply is at most `MAX_GOSSIP_REPLY_BYTES`
-(the channel refuses more) and only its first `MAX_RECORDS_PER_REPLY` records are looked at;
-a record that cannot change the table (its node's newer or identical record is held, the
-table or the name's quota is full) is dropped after a parse, before its signature is checked;
-signatures are checked off the event loop. The table holds at most `MAX_PEERS` records and at
-most `RECORDS_PER_NAME` per node name: a node signs its records with keys it chooses, but
-every record carries its node's name, the certificate CN. A record announced by its own node
+Names. On a TLS mesh a record enters a table only with its node's certificate from the mesh
+CA, naming the record's node and vouching for its key (`identity.MeshCA`): a node cannot
+gossip records under names it holds no certificate of.
+
+Bounds. Any node the CA admitted can still answer a heartbeat with many records, copies, or
+records under its own name signed by keys it makes up, so what one reply can cost is
+bounded: a gossip reply is at most `MAX_GOSSIP_REPLY_BYTES` (the channel refuses more) and
+only its first `MAX_RECORDS_PER_REPLY` records are looked at; a record that cannot change the
+table (its node's newer or identical record is held, the table or the name's quota is full)
+is dropped after a parse, before its signature is checked; signatures are checked off the
+event loop. The table holds at most `MAX_PEERS` records and at most `RECORDS_PER_NAME` per
+node name: a node signs its records with keys it chooses, but every record carries its
+node's name, proved by the certificate it carries. A record announced by its own node
 (`Join`/`Heartbeat`, whose caller's certificate the service checked against the record's
 name) always finds room, evicting gossiped records first; a gossiped one never evicts.
 """
@@ -32,7 +37,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 
 from decentralized.errors import InvalidRequest, PeerMisbehaved
-from decentralized.identity import verify_record
+from decentralized.identity import MeshCA, verify_record
 from decentralized.transport import Credentials, aio_channel
 from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
 
@@ -50,11 +55,13 @@ def name_key(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
 
-def verify_announced(signed: common_pb2.SignedNodeRecord) -> common_pb2.NodeRecord:
+def verify_announced(
+    signed: common_pb2.SignedNodeRecord, ca: MeshCA | None
+) -> common_pb2.NodeRecord:
     """Check the record a caller announces about itself (Join/Heartbeat): a bad one is a
     malformed request (InvalidRequest, INVALID_ARGUMENT), not a peer's bad answer."""
     try:
-        return verify_record(signed)
+        return verify_record(signed, ca=ca)
     except PeerMisbehaved as exc:
         raise InvalidRequest(f"announced record refused: {exc}") from None
 
@@ -78,8 +85,10 @@ class PeerTable:
         suspect_after: int = 2,
         max_peers: int = MAX_PEERS,
         per_name: int = RECORDS_PER_NAME,
+        ca: MeshCA | None,
     ) -> None:
         self.self_id = self_id
+        self.ca = ca  # whose certificates prove records' names (None: insecure-dev mesh)
         self.dead_after_s = dead_after_s
         self.suspect_after = suspect_after
         self.max_peers = max_peers
@@ -92,7 +101,7 @@ class PeerTable:
         """Verify and merge a record its own node announced (Join/Heartbeat; the caller's
         certificate was checked against the record's name); True when it was new or newer.
         Raises PeerMisbehaved."""
-        record = verify_record(signed)
+        record = verify_record(signed, ca=self.ca)
         return self._admit(record, signed, direct=True)
 
     def merge(self, records: Iterable[common_pb2.SignedNodeRecord]) -> int:
@@ -102,7 +111,7 @@ class PeerTable:
         changed = 0
         for _, signed in self._candidates(records):
             try:
-                verified = verify_record(signed)
+                verified = verify_record(signed, ca=self.ca)
             except PeerMisbehaved as exc:
                 logger.warning("dropped an invalid peer record: %s", exc)
                 continue
@@ -115,13 +124,14 @@ class PeerTable:
         if not candidates:
             return 0
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(None, _verify_all, [s for _, s in candidates])
+        signed = [s for _, s in candidates]
+        results = await loop.run_in_executor(None, _verify_all, signed, self.ca)
         changed = 0
-        for (_, signed), result in zip(candidates, results, strict=True):
+        for (_, one), result in zip(candidates, results, strict=True):
             if isinstance(result, PeerMisbehaved):
                 logger.warning("dropped an invalid peer record: %s", result)
                 continue
-            changed += self._admit(result, signed, direct=False)  # re-checked: time passed
+            changed += self._admit(result, one, direct=False)  # re-checked: time passed
         return changed
 
     def _candidates(
@@ -271,12 +281,12 @@ class PeerTable:
 
 
 def _verify_all(
-    records: list[common_pb2.SignedNodeRecord],
+    records: list[common_pb2.SignedNodeRecord], ca: MeshCA | None
 ) -> list[common_pb2.NodeRecord | PeerMisbehaved]:
     out: list[common_pb2.NodeRecord | PeerMisbehaved] = []
     for signed in records:
         try:
-            out.append(verify_record(signed))
+            out.append(verify_record(signed, ca=ca))
         except PeerMisbehaved as exc:
             out.append(exc)
     return out

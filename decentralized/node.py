@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from decentralized.classify_service import HEALTH_NAME as CLASSIFY_HEALTH
 from decentralized.classify_service import ClassifyServicer, add_classify_servicer
 from decentralized.he_service import add_he_servicer
-from decentralized.identity import Identity
+from decentralized.identity import Identity, MeshCA
 from decentralized.membership import MAX_RECORDS_PER_REPLY, Gossip, PeerTable
 from decentralized.metrics import NodeMetrics
 from decentralized.mpc_classifiers import HostedClassifier
@@ -85,7 +85,10 @@ class Node:
         self.creds = creds
         self.metrics = NodeMetrics()
         self.device = pick_device(settings.device)
-        self.peers = PeerTable(identity.node_id, dead_after_s=settings.dead_after_s)
+        identity.bind(creds)  # its records carry the certificate that proves its name
+        self.peers = PeerTable(
+            identity.node_id, dead_after_s=settings.dead_after_s, ca=MeshCA.of(creds)
+        )
         self.draining = False
         self.load = 0
         self.started = time.time()

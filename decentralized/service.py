@@ -478,7 +478,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def _accept(
         self, request: mesh_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> mesh_pb2.PeerList:
-        record = verify_announced(request.record)  # raises InvalidRequest
+        record = verify_announced(request.record, self._node.peers.ca)  # InvalidRequest
         if not self._node.creds.insecure_dev:
             _check_caller_is_node(context, record.name)
         self._node.peers.update(request.record)

@@ -384,7 +384,7 @@ def _node_status(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from decentralized.client import error_from_rpc
-    from decentralized.identity import verify_record
+    from decentralized.identity import MeshCA, verify_record
     from decentralized.transport import sync_channel
     from decentralized.v1 import mesh_pb2, mesh_pb2_grpc
     from secure_infer.client import credentials
@@ -403,8 +403,9 @@ def _node_status(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, args.address) from None
         hosted = node_services(channel, args.address)
-    rec = verify_record(info.record)
-    peer_recs = [verify_record(r) for r in peers.records]
+    ca = MeshCA.of(creds)
+    rec = verify_record(info.record, ca=ca)
+    peer_recs = [verify_record(r, ca=ca) for r in peers.records]
     doc = {
         "address": rec.address,
         "name": rec.name,

@@ -59,9 +59,13 @@ class NodeRecord(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., device: _Optional[str] = ..., load: _Optional[int] = ..., layers_per_s: _Optional[float] = ..., timestamp_ms: _Optional[int] = ..., version: _Optional[str] = ..., insecure_dev: _Optional[bool] = ..., mpc_models: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class SignedNodeRecord(_message.Message):
-    __slots__ = ("record", "signature")
+    __slots__ = ("record", "signature", "certificate", "key_binding")
     RECORD_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    KEY_BINDING_FIELD_NUMBER: _ClassVar[int]
     record: bytes
     signature: bytes
-    def __init__(self, record: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    certificate: bytes
+    key_binding: bytes
+    def __init__(self, record: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ..., key_binding: _Optional[bytes] = ...) -> None: ...

@@ -2,8 +2,9 @@
 
 The rogue is a gRPC server in this process holding a node certificate of the mesh CA (so the
 nodes admit it), answering Join/Heartbeat/ListPeers with whatever peer list a test sets:
-records it signs with keys it makes up, many copies of one record, records of addresses that
-accept TCP and never speak TLS.
+records it signs with keys it makes up (vouched for by its own certificate, by certificates of
+other names it holds, or by none), many copies of one record, records of addresses that accept
+TCP and never speak TLS.
 """
 
 from __future__ import annotations
@@ -51,17 +52,34 @@ def _now_ms() -> int:
 
 
 def mint(
-    n: int, name: str, address: str, *, ahead_ms: int = 0, **fields: object
+    n: int,
+    name: str,
+    address: str,
+    *,
+    creds: Credentials | None,
+    ahead_ms: int = 0,
+    **fields: object,
 ) -> list[common_pb2.SignedNodeRecord]:
-    """n records named `name`, each signed by a fresh key (a node chooses its keys), stamped
-    `ahead_ms` in the future (up to the clock skew nodes allow)."""
-    return [
-        Identity(Ed25519PrivateKey.generate()).sign(
-            common_pb2.NodeRecord(
-                name=name, address=address, timestamp_ms=_now_ms() + ahead_ms, **fields
-            )
+    """n records named `name`, each signed by a fresh key (a node chooses its keys) that the
+    certificate of `creds` vouches for (None: no certificate), stamped `ahead_ms` in the
+    future (up to the clock skew nodes allow)."""
+    out = []
+    for _ in range(n):
+        identity = Identity(Ed25519PrivateKey.generate())
+        if creds is not None:
+            identity.bind(creds)
+        record = common_pb2.NodeRecord(
+            name=name, address=address, timestamp_ms=_now_ms() + ahead_ms, **fields
         )
-        for _ in range(n)
+        out.append(identity.sign(record))
+    return out
+
+
+def named(certs_dir: Path, names: list[str], address: str, **fields: object) -> list:
+    """One record per name, each under a node certificate of that name (the CA admitted
+    them all; one operator holds them)."""
+    return [
+        r for n in names for r in mint(1, n, address, creds=_creds(certs_dir, n, "node"), **fields)
     ]
 
 
@@ -73,6 +91,7 @@ class Rogue(mesh_pb2_grpc.MeshServicer):
         self.name = name
         self.creds = _creds(certs_dir, name, "node")
         self.identity = Identity(Ed25519PrivateKey.generate())
+        self.identity.bind(self.creds)
         self.extra: list[common_pb2.SignedNodeRecord] = []
         self._server = new_sync_server(workers=4)
         mesh_pb2_grpc.add_MeshServicer_to_server(self, self._server)
@@ -145,18 +164,33 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
 
 
 def test_a_flooding_member_gets_a_few_records_per_name_everywhere(pair: LocalMesh) -> None:
+    """Records under names the member holds no certificate of (made up, or an honest node's)
+    enter no table; under its own name, keys of its own are bounded by the name's quota."""
     rogue = Rogue(pair.certs_dir, "flood")
     try:
-        rogue.extra = mint(2000, "flood", rogue.address, layers_per_s=1e9)
+        made_up = mint(1, "made-up-0", rogue.address, creds=rogue.creds)  # its cert, not its name
+        made_up += [
+            r for i in range(1, 30) for r in mint(1, f"made-up-{i}", rogue.address, creds=None)
+        ]
+        impostors = mint(30, "node-b", rogue.address, creds=None, layers_per_s=1e9)
+        impostors += mint(1, "node-b", rogue.address, creds=rogue.creds)
+        own = mint(150, "flood", rogue.address, creds=rogue.creds, layers_per_s=1e9)
+        rogue.extra = made_up + impostors + own
         rogue.join(pair.nodes["node-a"].address)
         # Through Join too: one certificate, many keys, under its own name.
-        for extra in mint(6, "flood", rogue.address):
+        for extra in mint(6, "flood", rogue.address, creds=rogue.creds):
             rogue.join(pair.nodes["node-b"].address, extra)
+        with pytest.raises(grpc.RpcError) as info:  # and not without its certificate
+            rogue.join(pair.nodes["node-b"].address, mint(1, "flood", rogue.address, creds=None)[0])
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "carries no mesh certificate" in (info.value.details() or "")
         time.sleep(3.0)  # six heartbeats: node-a reads the rogue's list, node-b node-a's
         for node in ("node-a", "node-b"):
             names = _names(pair, node)
             assert 1 <= names.count("flood") <= RECORDS_PER_NAME, (node, len(names))
-            assert {"node-a", "node-b"} <= set(names)  # the honest mesh is intact
+            assert not [n for n in names if n.startswith("made-up")], names
+            assert names.count("node-b") == 1  # the real one only
+            assert {"node-a", "node-b"} - {node} <= set(names)  # the honest mesh is intact
     finally:
         rogue.close()
 
@@ -164,16 +198,17 @@ def test_a_flooding_member_gets_a_few_records_per_name_everywhere(pair: LocalMes
 def test_a_huge_or_repetitive_gossip_reply_does_not_stall_nodes(pair: LocalMesh) -> None:
     rogue = Rogue(pair.certs_dir, "stall")
     try:
-        one = mint(1, "stall-copy", rogue.address, ahead_ms=20_000)[0]  # live all test long
-        # 20,000 copies of one record (3.4 MB, under the reply limit): the old code checked
-        # every copy's signature on the event loop at every heartbeat (seconds of stall).
-        rogue.extra = [one] * 20_000
+        copy = _creds(pair.certs_dir, "stall-copy", "node")  # a second name it holds
+        one = mint(1, "stall-copy", rogue.address, creds=copy, ahead_ms=20_000)[0]
+        # 20,000 copies of one record (14.6 MB with its certificate, over the reply limit):
+        # refused unread. 3,000 copies (2.2 MB): the old code checked every copy's signature
+        # on the event loop at every heartbeat (seconds of stall); now one check, once.
+        rogue.extra = [one] * 3_000
         rogue.join(pair.nodes["node-a"].address)
         assert _worst_health_rtt(pair, "node-a", 3.0) < 1.0
         assert _worst_health_rtt(pair, "node-b", 1.5) < 1.0
         assert _names(pair, "node-a").count("stall-copy") == 1
-        # 40,000 copies (6.8 MB): over the gossip reply limit, refused unread.
-        rogue.extra = [one] * 40_000
+        rogue.extra = [one] * 20_000
         assert _worst_health_rtt(pair, "node-a", 3.0) < 1.0
     finally:
         rogue.close()
@@ -183,10 +218,11 @@ def test_node_lists_are_capped(pair: LocalMesh) -> None:
     """A reply holds at most MAX_RECORDS_PER_REPLY records, whatever the table holds."""
     rogue = Rogue(pair.certs_dir, "wide")
     try:
-        # 400 distinct names, one record each: all may enter a table (MAX_PEERS is larger)
-        rogue.extra = [
-            r for i in range(400) for r in mint(1, f"wide-{i}", rogue.address, layers_per_s=1.0)
-        ]
+        # 300 distinct names with a certificate each, one record each: all may enter a table
+        # (MAX_PEERS is larger), but only MAX_RECORDS_PER_REPLY are read from one reply
+        rogue.extra = named(
+            pair.certs_dir, [f"wide-{i}" for i in range(300)], rogue.address, layers_per_s=1.0
+        )
         rogue.join(pair.nodes["node-a"].address)
         time.sleep(1.5)
         names = _names(pair, "node-a")
@@ -208,8 +244,9 @@ def test_ghost_records_do_not_slow_the_client_down(tmp_path: Path) -> None:
     silent.listen(128)
     ghost_address = f"127.0.0.1:{silent.getsockname()[1]}"
     span = common_pb2.Span(model=MINILM, start=0, end=6, weight_digest="0" * 64)
-    ghosts = [r for i in range(6) for r in mint(1, f"ghost-{i}", ghost_address, spans=[span])]
-    rogue.extra = ghosts + mint(600, "filler", rogue.address)
+    ghosts = named(tmp_path, [f"ghost-{i}" for i in range(6)], ghost_address, spans=[span])
+    filler = _creds(tmp_path, "filler", "node")
+    rogue.extra = ghosts + mint(600, "filler", rogue.address, creds=filler)
     client = MeshClient([rogue.address], _creds(tmp_path, "client", "client"), ban_s=60)
     try:
         t0 = time.perf_counter()
@@ -241,7 +278,7 @@ def test_gossip_closes_channels_of_forgotten_peers(tmp_path: Path) -> None:
     certs.init_ca(tmp_path)
     creds = _creds(tmp_path, "me", "node")
     me = Identity(Ed25519PrivateKey.generate())
-    table = PeerTable(me.node_id, dead_after_s=0.2)
+    table = PeerTable(me.node_id, dead_after_s=0.2, ca=None)
     gossip = Gossip(
         table,
         lambda: me.sign(common_pb2.NodeRecord(name="me", timestamp_ms=_now_ms())),
@@ -255,7 +292,11 @@ def test_gossip_closes_channels_of_forgotten_peers(tmp_path: Path) -> None:
     port = closed.getsockname()[1]
 
     async def run() -> tuple[int, int]:
-        table.merge(r for i in range(40) for r in mint(1, f"gone-{i}", f"127.0.0.{2 + i}:{port}"))
+        table.merge(
+            r
+            for i in range(40)
+            for r in mint(1, f"gone-{i}", f"127.0.0.{2 + i}:{port}", creds=None)
+        )
         await gossip.round()
         opened = len(gossip._channels)
         await asyncio.sleep(0.7)  # > 3 x dead_after_s: the records expire

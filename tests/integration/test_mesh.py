@@ -283,11 +283,27 @@ def test_cli_errors_are_one_line_and_non_zero(minilm_mesh: LocalMesh) -> None:
 def test_only_nodes_announce_records_under_their_own_name(
     minilm_mesh: LocalMesh, tmp_path: Path
 ) -> None:
+    """A record must be announced by its own node: node-a's genuine record replayed by a
+    client or by node-c is PERMISSION_DENIED; a record node-c makes up for node-a (signed by
+    a key of its own, vouched for by node-c's certificate) does not prove the name."""
     from decentralized.identity import Identity
     from decentralized.v1 import mesh_pb2, mesh_pb2_grpc
 
+    with sync_channel(minilm_mesh.nodes["node-a"].address, client_creds(minilm_mesh)) as ch:
+        genuine = mesh_pb2_grpc.MeshStub(ch).GetInfo(mesh_pb2.GetInfoRequest(), timeout=5).record
+    address = minilm_mesh.nodes["node-b"].address
+    with sync_channel(address, client_creds(minilm_mesh)) as channel:  # a client certificate
+        with pytest.raises(grpc.RpcError) as info:
+            mesh_pb2_grpc.MeshStub(channel).Heartbeat(
+                mesh_pb2.JoinRequest(record=genuine), timeout=5
+            )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "client certificate cannot announce" in info.value.details()
+    ca, key, cert = certs.material(minilm_mesh.certs_dir, "node-c").read()
+    node_c = Credentials(root_ca=ca, private_key=key, certificate=cert)
     ident = Identity.load_or_create(tmp_path / "k")
-    fake = ident.sign(
+    ident.bind(node_c)
+    made_up = ident.sign(
         common_pb2.NodeRecord(
             name="node-a",
             address="127.0.0.1:1",
@@ -295,20 +311,18 @@ def test_only_nodes_announce_records_under_their_own_name(
             spans=[common_pb2.Span(model=MINILM, start=0, end=6)],
         )
     )
-    address = minilm_mesh.nodes["node-b"].address
-    with sync_channel(address, client_creds(minilm_mesh)) as channel:  # a client certificate
-        with pytest.raises(grpc.RpcError) as info:
-            mesh_pb2_grpc.MeshStub(channel).Heartbeat(mesh_pb2.JoinRequest(record=fake), timeout=5)
-    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "client certificate cannot announce" in info.value.details()
-    ca, key, cert = certs.material(minilm_mesh.certs_dir, "node-c").read()
-    node_c = Credentials(root_ca=ca, private_key=key, certificate=cert)
     with sync_channel(address, node_c) as channel:  # node-c claiming to be node-a
+        stub = mesh_pb2_grpc.MeshStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            mesh_pb2_grpc.MeshStub(channel).Join(mesh_pb2.JoinRequest(record=fake), timeout=5)
-    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            stub.Join(mesh_pb2.JoinRequest(record=genuine), timeout=5)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Join(mesh_pb2.JoinRequest(record=made_up), timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "names ['node-c'], not 'node-a'" in info.value.details()
     with Client([address], tls=minilm_mesh.client_tls()) as client:
         assert {n["name"] for n in client.nodes()} == {"node-a", "node-b", "node-c"}
+        assert "127.0.0.1:1" not in {n["address"] for n in client.nodes()}
 
 
 def test_client_reaches_only_the_node_it_planned(minilm_mesh: LocalMesh) -> None:

@@ -1,19 +1,28 @@
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from decentralized.errors import PeerMisbehaved
-from decentralized.identity import Identity, node_id_of, reserved_node_name, verify_record
+from decentralized.identity import (
+    Identity,
+    MeshCA,
+    node_id_of,
+    reserved_node_name,
+    verify_record,
+)
+from decentralized.transport import Credentials
 from decentralized.v1 import common_pb2
 
 
-def _record(**kw: object) -> common_pb2.NodeRecord:
+def _record(name: str = "n", **kw: object) -> common_pb2.NodeRecord:
     return common_pb2.NodeRecord(
         address="127.0.0.1:1",
-        name="n",
+        name=name,
         timestamp_ms=int(time.time() * 1000),
         spans=[common_pb2.Span(model="m", start=0, end=3, weight_digest="ab")],
         **kw,
@@ -31,7 +40,7 @@ def test_key_is_created_once_and_kept(tmp_path: Path) -> None:
 
 def test_signed_record_verifies(tmp_path: Path) -> None:
     ident = Identity.load_or_create(tmp_path / "k")
-    rec = verify_record(ident.sign(_record()))
+    rec = verify_record(ident.sign(_record()), ca=None)
     assert rec.node_id == ident.node_id
     assert rec.spans[0].end == 3
 
@@ -44,7 +53,7 @@ def test_tampered_record_is_rejected(tmp_path: Path) -> None:
     rec.address = "10.0.0.1:1"
     signed.record = rec.SerializeToString(deterministic=True)
     with pytest.raises(PeerMisbehaved, match="bad signature"):
-        verify_record(signed)
+        verify_record(signed, ca=None)
 
 
 def test_record_claiming_another_id_is_rejected(tmp_path: Path) -> None:
@@ -56,7 +65,7 @@ def test_record_claiming_another_id_is_rejected(tmp_path: Path) -> None:
     data = rec.SerializeToString(deterministic=True)
     signed = common_pb2.SignedNodeRecord(record=data, signature=mallory._key.sign(data))
     with pytest.raises(PeerMisbehaved, match="does not match its public key"):
-        verify_record(signed)
+        verify_record(signed, ca=None)
 
 
 def test_future_and_garbage_records_are_rejected(tmp_path: Path) -> None:
@@ -64,13 +73,13 @@ def test_future_and_garbage_records_are_rejected(tmp_path: Path) -> None:
     future = _record()
     future.timestamp_ms = int(time.time() * 1000) + 3_600_000
     with pytest.raises(PeerMisbehaved, match="future"):
-        verify_record(ident.sign(future))
+        verify_record(ident.sign(future), ca=None)
     with pytest.raises(PeerMisbehaved):
-        verify_record(common_pb2.SignedNodeRecord(record=b"\xff\xff\xff", signature=b"x"))
+        verify_record(common_pb2.SignedNodeRecord(record=b"\xff\xff\xff", signature=b"x"), ca=None)
     empty = _record()
     empty.spans[0].end = 0
     with pytest.raises(PeerMisbehaved, match="empty span"):
-        verify_record(ident.sign(empty))
+        verify_record(ident.sign(empty), ca=None)
 
 
 @pytest.mark.parametrize("name", ["localhost", "localhost.", "a.LOCALHOST", "127.0.0.1", "::1"])
@@ -78,7 +87,7 @@ def test_a_record_named_like_a_default_san_is_refused(tmp_path: Path, name: str)
     # Any node certificate carries localhost / 127.0.0.1 / ::1: the name would bind nothing.
     ident = Identity.load_or_create(tmp_path / "k")
     with pytest.raises(PeerMisbehaved, match="is refused.*(loopback host name|IP address)"):
-        verify_record(ident.sign(_named(name)))
+        verify_record(ident.sign(_named(name)), ca=None)
     assert reserved_node_name("node-1") is None and reserved_node_name("localhost-1") is None
 
 
@@ -86,3 +95,113 @@ def _named(name: str) -> common_pb2.NodeRecord:
     rec = _record()
     rec.name = name
     return rec
+
+
+# -- names proved by the mesh CA ----------------------------------------------------------
+
+
+def _creds(directory: Path, name: str, role: str = "node") -> Credentials:
+    from secure_infer import certs
+
+    if not (directory / "ca.crt").exists():
+        certs.init_ca(directory)
+    certs.issue(directory, name, role=role)  # type: ignore[arg-type]
+    ca, key, cert = certs.material(directory, name).read()
+    return Credentials(root_ca=ca, private_key=key, certificate=cert)
+
+
+def _bound(directory: Path, name: str, role: str = "node", **kw: object) -> tuple:
+    ident = Identity(Ed25519PrivateKey.generate())
+    creds = _creds(directory, name, role)
+    ident.bind(creds)
+    return ident, creds, ident.sign(_record(name=kw.pop("record_name", name), **kw))
+
+
+def test_a_record_bound_to_its_node_certificate_verifies(tmp_path: Path) -> None:
+    ident, creds, signed = _bound(tmp_path, "node-x")
+    ca = MeshCA.of(creds)
+    assert ca is not None and MeshCA.of(Credentials(insecure_dev=True)) is None
+    assert verify_record(signed, ca=ca).node_id == ident.node_id
+    assert verify_record(signed, ca=ca).name == "node-x"  # again, from the cache
+
+
+def test_records_whose_certificate_does_not_prove_their_name_are_refused(
+    tmp_path: Path,
+) -> None:
+    ident, creds, good = _bound(tmp_path, "node-x")
+    ca = MeshCA.of(creds)
+    assert ca is not None
+    verify_record(good, ca=ca)  # cached: the cases below must not pass through the cache
+
+    unbound = Identity(Ed25519PrivateKey.generate()).sign(_record(name="node-x"))
+    other_name = ident.sign(_record(name="node-y"))  # node-x's certificate, another name
+    _, _, client_cert = _bound(tmp_path, "alice", role="client")
+    _, _, foreign = _bound(tmp_path / "other-ca", "node-x")
+    # node-x's certificate and binding on a record signed by a key it never vouched for
+    stranger = Identity(Ed25519PrivateKey.generate()).sign(_record(name="node-x"))
+    stranger.certificate, stranger.key_binding = good.certificate, good.key_binding
+    flipped = common_pb2.SignedNodeRecord()
+    flipped.CopyFrom(good)
+    flipped.key_binding = good.key_binding[:-1] + bytes([good.key_binding[-1] ^ 1])
+    garbage = common_pb2.SignedNodeRecord()
+    garbage.CopyFrom(good)
+    garbage.certificate = b"\x30\x03\x02\x01\x00"
+    cases = [
+        (unbound, "carries no mesh certificate"),
+        (other_name, "names ['node-x'], not 'node-y'"),
+        (client_cert, "not a node certificate"),
+        (foreign, "not one of the mesh CA"),
+        (stranger, "did not sign the record's key"),
+        (flipped, "did not sign the record's key"),
+        (garbage, "not one of the mesh CA"),
+    ]
+    for signed, message in cases:
+        with pytest.raises(PeerMisbehaved, match=re.escape(message)):
+            verify_record(signed, ca=ca)
+    assert verify_record(unbound, ca=None).name == "node-x"  # insecure-dev: a claim only
+
+
+def test_an_expired_node_certificate_is_refused(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ident, creds, _ = _bound(tmp_path, "node-x")
+    ca_key = serialization.load_pem_private_key((tmp_path / "ca.key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate(creds.root_ca or b"")
+    real = x509.load_pem_x509_certificate(creds.certificate or b"")
+    key = serialization.load_pem_private_key(creds.private_key or b"", None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(real.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=10))
+        .not_valid_after(now - dt.timedelta(days=1))
+    )
+    for ext in real.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    expired = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    ident.bind(
+        Credentials(
+            root_ca=creds.root_ca,
+            private_key=creds.private_key,
+            certificate=expired.public_bytes(serialization.Encoding.PEM),
+        )
+    )
+    ca = MeshCA.of(creds)
+    with pytest.raises(PeerMisbehaved, match="not valid now"):
+        verify_record(ident.sign(_record(name="node-x")), ca=ca)
+
+
+def test_binding_needs_the_certificates_own_key(tmp_path: Path) -> None:
+    x = _creds(tmp_path, "node-x")
+    y = _creds(tmp_path, "node-y")
+    mixed = Credentials(root_ca=x.root_ca, private_key=y.private_key, certificate=x.certificate)
+    with pytest.raises(ValueError, match="does not match its certificate"):
+        Identity(Ed25519PrivateKey.generate()).bind(mixed)

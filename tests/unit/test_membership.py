@@ -21,7 +21,7 @@ def _signed(
 def test_newer_records_replace_older_ones(tmp_path: Path) -> None:
     me = Identity.load_or_create(tmp_path / "me")
     peer = Identity.load_or_create(tmp_path / "peer")
-    table = PeerTable(me.node_id, dead_after_s=5)
+    table = PeerTable(me.node_id, dead_after_s=5, ca=None)
     now = int(time.time() * 1000)
     assert table.update(_signed(peer, now - 100, "127.0.0.1:1"))
     assert not table.update(_signed(peer, now - 200, "127.0.0.1:2"))  # stale: ignored
@@ -33,7 +33,7 @@ def test_newer_records_replace_older_ones(tmp_path: Path) -> None:
 def test_liveness_by_record_age_and_failures(tmp_path: Path) -> None:
     me = Identity.load_or_create(tmp_path / "me")
     peer = Identity.load_or_create(tmp_path / "peer")
-    table = PeerTable(me.node_id, dead_after_s=5, suspect_after=2)
+    table = PeerTable(me.node_id, dead_after_s=5, suspect_after=2, ca=None)
     now = int(time.time() * 1000)
     table.update(_signed(peer, now - 6_000))
     assert table.live() == []  # record older than dead_after_s
@@ -50,7 +50,7 @@ def test_liveness_by_record_age_and_failures(tmp_path: Path) -> None:
 def test_invalid_records_are_dropped_not_raised(tmp_path: Path) -> None:
     me = Identity.load_or_create(tmp_path / "me")
     peer = Identity.load_or_create(tmp_path / "peer")
-    table = PeerTable(me.node_id, dead_after_s=5)
+    table = PeerTable(me.node_id, dead_after_s=5, ca=None)
     good = _signed(peer, int(time.time() * 1000))
     bad = common_pb2.SignedNodeRecord(record=good.record, signature=b"\0" * 64)
     table.merge([bad])
@@ -62,7 +62,7 @@ def test_invalid_records_are_dropped_not_raised(tmp_path: Path) -> None:
 def test_expire_forgets_long_dead_peers(tmp_path: Path) -> None:
     me = Identity.load_or_create(tmp_path / "me")
     peer = Identity.load_or_create(tmp_path / "peer")
-    table = PeerTable(me.node_id, dead_after_s=1)
+    table = PeerTable(me.node_id, dead_after_s=1, ca=None)
     table.update(_signed(peer, int(time.time() * 1000) - 10_000))
     table.expire()
     assert table.all() == []
@@ -86,7 +86,7 @@ def _names(table: PeerTable) -> list[str]:
 
 def test_gossip_holds_a_few_records_per_name_and_never_evicts(tmp_path: Path) -> None:
     me = Identity.load_or_create(tmp_path / "me")
-    table = PeerTable(me.node_id, dead_after_s=5, per_name=3)
+    table = PeerTable(me.node_id, dead_after_s=5, per_name=3, ca=None)
     assert table.merge([_fresh("evil") for _ in range(50)]) == 3
     assert table.merge([_fresh("EVIL.") for _ in range(5)]) == 0  # one name, spelled otherwise
     assert table.merge([_fresh("node-b")]) == 1
@@ -96,7 +96,7 @@ def test_gossip_holds_a_few_records_per_name_and_never_evicts(tmp_path: Path) ->
 def test_a_record_announced_by_its_node_evicts_gossiped_impostors(tmp_path: Path) -> None:
     me = Identity.load_or_create(tmp_path / "me")
     real = Identity.load_or_create(tmp_path / "real")
-    table = PeerTable(me.node_id, dead_after_s=5, per_name=2)
+    table = PeerTable(me.node_id, dead_after_s=5, per_name=2, ca=None)
     table.merge([_fresh("node-b"), _fresh("node-b")])  # impostors got there first
     assert not table.merge([_signed_as(real, "node-b")])  # gossip of the real one: no room
     assert table.update(_signed_as(real, "node-b"))  # announced by node-b itself: evicts
@@ -111,7 +111,7 @@ def test_a_record_announced_by_its_node_evicts_gossiped_impostors(tmp_path: Path
 
 def test_table_size_is_capped_and_direct_records_still_enter(tmp_path: Path) -> None:
     me = Identity.load_or_create(tmp_path / "me")
-    table = PeerTable(me.node_id, dead_after_s=5, max_peers=10)
+    table = PeerTable(me.node_id, dead_after_s=5, max_peers=10, ca=None)
     assert table.merge([_fresh(f"ghost-{i}") for i in range(30)]) == 10
     assert table.merge([_fresh("late")]) == 0
     assert table.update(_fresh("node-b"))  # evicts a gossiped record
@@ -125,14 +125,14 @@ def test_only_records_that_change_the_table_are_verified(
 
     calls: list[int] = []
 
-    def counting(signed: common_pb2.SignedNodeRecord) -> common_pb2.NodeRecord:
+    def counting(signed: common_pb2.SignedNodeRecord, *, ca: object) -> common_pb2.NodeRecord:
         calls.append(1)
-        return verify_record(signed)
+        return verify_record(signed, ca=None)
 
     monkeypatch.setattr(membership, "verify_record", counting)
     me = Identity.load_or_create(tmp_path / "me")
     peer = Identity.load_or_create(tmp_path / "peer")
-    table = PeerTable(me.node_id, dead_after_s=5)
+    table = PeerTable(me.node_id, dead_after_s=5, ca=None)
     now = int(time.time() * 1000)
     held = _signed(peer, now)
     table.merge([held])
@@ -150,7 +150,7 @@ def test_only_records_that_change_the_table_are_verified(
 
 def test_a_reply_is_read_up_to_its_limit(tmp_path: Path) -> None:
     me = Identity.load_or_create(tmp_path / "me")
-    table = PeerTable(me.node_id, dead_after_s=5)
+    table = PeerTable(me.node_id, dead_after_s=5, ca=None)
     records = [_fresh(f"n{i}") for i in range(MAX_RECORDS_PER_REPLY + 20)]
     assert table.merge(records) == MAX_RECORDS_PER_REPLY
 
@@ -162,13 +162,13 @@ def test_signatures_are_checked_off_the_event_loop(
 
     threads: set[int] = set()
 
-    def recording(signed: common_pb2.SignedNodeRecord) -> common_pb2.NodeRecord:
+    def recording(signed: common_pb2.SignedNodeRecord, *, ca: object) -> common_pb2.NodeRecord:
         threads.add(threading.get_ident())
-        return verify_record(signed)
+        return verify_record(signed, ca=None)
 
     monkeypatch.setattr(membership, "verify_record", recording)
     me = Identity.load_or_create(tmp_path / "me")
-    table = PeerTable(me.node_id, dead_after_s=5)
+    table = PeerTable(me.node_id, dead_after_s=5, ca=None)
 
     async def run() -> int:
         return await table.merge_async([_fresh("a"), _fresh("b")])
@@ -179,7 +179,7 @@ def test_signatures_are_checked_off_the_event_loop(
 
 def test_peer_lists_share_announced_records_first(tmp_path: Path) -> None:
     me = Identity.load_or_create(tmp_path / "me")
-    table = PeerTable(me.node_id, dead_after_s=5)
+    table = PeerTable(me.node_id, dead_after_s=5, ca=None)
     now = int(time.time() * 1000)
     table.merge([_fresh(f"g{i}", now) for i in range(5)])
     table.update(_fresh("direct", now - 1000))
