@@ -51,7 +51,7 @@ from decentralized.errors import (
     UnknownModel,
 )
 from decentralized.service import ComputeQueue, _serving
-from decentralized.transport import caller_names
+from decentralized.transport import admission_key, caller_names
 from decentralized.v1 import classify_pb2, classify_pb2_grpc
 from tee import (
     ClientNotEnrolled,
@@ -308,7 +308,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
     ) -> Any:
         if self._node.draining:
             raise Draining("node is shutting down; retry on another node")
-        with self._queue.admit(caller_names(context)) as place:
+        with self._queue.admit(admission_key(context)) as place:
             return await place.run(self._node, executor, fn, *args)
 
     async def ListModels(  # noqa: N802 - gRPC method name

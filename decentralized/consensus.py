@@ -24,8 +24,9 @@
 5. **Faults.** A replica whose call fails, whatever the gRPC status (it dies, stalls, refuses,
    or sends an invalid reply), is counted as a fault of its record (not a conviction) and
    replaced by a fresh node when there is one: another name, or another record of the same
-   name (faults are per record: a gossiped record claiming an honest name and failing must
-   not shut that name out), at most `MeshClient.max_failovers` replacements per span and step.
+   name (faults are per record: a stale record of a restarted node, or on an insecure-dev
+   mesh a gossiped record claiming an honest name, must not shut that name out), at most
+   `MeshClient.max_failovers` replacements per span and step.
    Whatever the faults, a span is decided only by a strict majority of the **planned** k
    replicas (more than k // 2 agreeing outputs): fewer answers, or a smaller majority among
    them, escalate to a fresh node when one is left and otherwise fail the request (`NoRoute`

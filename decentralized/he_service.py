@@ -22,6 +22,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,8 +38,8 @@ from decentralized.errors import (
     SessionMismatch,
     UnknownModel,
 )
-from decentralized.service import ComputeQueue, Place, _serving, run_counted, upload_time
-from decentralized.transport import caller_names
+from decentralized.service import ComputeQueue, Place, _serving, upload_time
+from decentralized.transport import admission_key, caller_names
 from decentralized.v1 import he_pb2, he_pb2_grpc
 from mpc.he.engine import PACKED_LAYOUT, evaluate, evaluate_packed
 from mpc.he.errors import DepthExceeded, InvalidCiphertext, InvalidContext, InvalidHead
@@ -55,15 +56,15 @@ HEALTH_NAME = "decentralized.v1.HE"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HELimits:
-    max_sessions: int = 4  # contexts held at once (each tens of MB in memory)
+    max_sessions: int = 4  # contexts held at once (each tens of MB in memory), half per client
     idle_s: float = 300.0  # a session unused this long is dropped
     # a public context, both as received and once its SEAL objects are decompressed
     max_context_bytes: int = 128 * 1024 * 1024
     max_inputs_per_call: int = 32  # ciphertexts per Evaluate (~0.4 MB each in, <= 1.3 MB out)
     max_batch_bytes: int = 1024 * 1024 * 1024  # ciphertext bytes per EvaluatePacked stream
-    # Evaluate / EvaluatePacked calls admitted at once (being received, waiting or running),
-    # half of them per client: bounds what the node buffers (a packed batch up to
-    # max_batch_bytes, ~400 MB more once deserialized)
+    # Evaluate / EvaluatePacked calls and context loads admitted at once (being received,
+    # waiting or running), half of them per client: bounds what the node buffers (a packed
+    # batch up to max_batch_bytes, ~400 MB more once deserialized)
     max_queued_calls: int = 4
 
 
@@ -72,6 +73,7 @@ class _Session:
     context: Any  # tenseal.Context, public only
     last_used: float
     caller: tuple[str, ...] = ()  # the CNs of the certificate that opened it (mTLS)
+    key: tuple[str, ...] = ()  # whose share of the sessions it takes (`admission_key`)
 
 
 class HESessions:
@@ -80,7 +82,7 @@ class HESessions:
     def __init__(self, limits: HELimits) -> None:
         self._limits = limits
         self._sessions: dict[str, _Session] = {}
-        self._pending = 0  # uploads in progress
+        self._pending: Counter[tuple[str, ...]] = Counter()  # uploads in progress, by caller
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -93,24 +95,37 @@ class HESessions:
             logger.info("HE session %s… expired after %.0f s idle", sid[:6], idle)
 
     @contextlib.contextmanager
-    def reserve(self) -> Iterator[None]:
-        """Hold a place for a session being uploaded (tens of MB in memory) or refuse one."""
+    def reserve(self, key: tuple[str, ...]) -> Iterator[None]:
+        """Hold a place for a session being uploaded (tens of MB in memory) by the caller
+        `key` (`transport.admission_key`), or refuse one: at most `max_sessions` in all, half
+        of them (at least one) per caller, sessions held and uploads in progress alike."""
         self.expire()
-        if len(self._sessions) + self._pending >= self._limits.max_sessions:
+        held = len(self._sessions) + self._pending.total()
+        if held >= self._limits.max_sessions:
             raise Overloaded(
-                f"node holds or is receiving {len(self._sessions) + self._pending} HE sessions "
+                f"node holds or is receiving {held} HE sessions "
                 f"(limit {self._limits.max_sessions}); close one or retry later"
             )
-        self._pending += 1
+        mine = self._pending[key] + sum(s.key == key for s in self._sessions.values())
+        share = max(1, self._limits.max_sessions // 2)
+        if mine >= share:
+            raise Overloaded(
+                f"this client holds or is uploading {mine} HE sessions on this node (limit "
+                f"{share} per client, {self._limits.max_sessions} in all); close one first"
+            )
+        self._pending[key] += 1
         try:
             yield
         finally:
-            self._pending -= 1
+            self._pending[key] -= 1
+            if not self._pending[key]:
+                del self._pending[key]
 
-    def add(self, context: Any, caller: tuple[str, ...] = ()) -> str:
-        """Register a session for the certificate names `caller`; call inside `reserve()`."""
+    def add(self, context: Any, caller: tuple[str, ...], key: tuple[str, ...]) -> str:
+        """Register a session for the certificate names `caller` (whose admission key is
+        `key`); call inside `reserve(key)`."""
         sid = secrets.token_urlsafe(24)
-        self._sessions[sid] = _Session(context, time.monotonic(), caller)
+        self._sessions[sid] = _Session(context, time.monotonic(), caller, key)
         return sid
 
     def get(self, sid: str, caller: tuple[str, ...] = ()) -> Any:
@@ -207,12 +222,10 @@ class HEServicer(he_pb2_grpc.HEServicer):
         queued = self._limits.max_queued_calls
         self._queue = ComputeQueue("HE evaluations", queued, max(1, queued // 2))
 
-    async def _compute(self, fn: Any, *args: Any, place: Place | None = None) -> Any:
-        """`fn(*args)` on the HE thread; an evaluation holds its `place` in the queue."""
+    async def _compute(self, fn: Any, *args: Any, place: Place) -> Any:
+        """`fn(*args)` on the HE thread, holding `place` in the queue until it is done."""
         if self._node.draining:
             raise Draining("node is shutting down; retry on another node")
-        if place is None:
-            return await run_counted(self._node, self._executor, fn, *args)
         return await place.run(self._node, self._executor, fn, *args)
 
     async def ListHeads(  # noqa: N802 - gRPC method name
@@ -234,7 +247,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
 
     async def _receive_context(self, chunks: AsyncIterator[he_pb2.ContextChunk]) -> bytes:
         total, parts, received = -1, [], 0
-        async with upload_time("the HE context upload") as announce:
+        async with upload_time("the HE context upload") as clock:
             async for chunk in chunks:
                 if total < 0:
                     if chunk.params_name != self._params.name:
@@ -248,7 +261,9 @@ class HEServicer(he_pb2_grpc.HEServicer):
                             f"context of {total} bytes exceeds the node's "
                             f"{self._limits.max_context_bytes}-byte limit"
                         )
-                    announce(total)
+                    clock.announce(total)
+                else:
+                    clock.arrived()
                 received += len(chunk.data)
                 if received > total:
                     raise InvalidRequest(
@@ -267,16 +282,22 @@ class HEServicer(he_pb2_grpc.HEServicer):
         context: grpc.aio.ServicerContext,
     ) -> he_pb2.OpenSessionReply:
         async with _serving("HE.OpenSession", context, self._node.metrics):
-            with self._sessions.reserve():
+            key = admission_key(context)
+            with self._sessions.reserve(key):
                 data = await self._receive_context(request_iterator)
                 self._node.metrics.bytes_in.inc(len(data))
                 try:
-                    ctx = await self._compute(
-                        load_public_context, data, self._params, self._limits.max_context_bytes
-                    )
+                    with self._queue.admit(key) as place:
+                        ctx = await self._compute(
+                            load_public_context,
+                            data,
+                            self._params,
+                            self._limits.max_context_bytes,
+                            place=place,
+                        )
                 except InvalidContext as exc:
                     raise InvalidRequest(str(exc)) from None
-                sid = self._sessions.add(ctx, caller_names(context))
+                sid = self._sessions.add(ctx, caller_names(context), key)
             logger.info("HE session %s… opened (%d context bytes)", sid[:6], len(data))
             return he_pb2.OpenSessionReply(
                 session_id=sid, idle_expiry_s=self._limits.idle_s, context_bytes=len(data)
@@ -299,7 +320,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
                 )
             t0 = time.perf_counter()
             try:
-                with self._queue.admit(caller) as place:
+                with self._queue.admit(admission_key(context)) as place:
                     outputs = await self._compute(
                         evaluate, head, self._params, ctx, list(request.inputs), place=place
                     )
@@ -354,16 +375,18 @@ class HEServicer(he_pb2_grpc.HEServicer):
         head: Head | None = None
         inputs: list[bytes] = []
         received = 0
-        async with upload_time("EvaluatePacked") as announce:
+        async with upload_time("EvaluatePacked") as clock:
             async for chunk in chunks:
                 if header is None:
                     if not chunk.HasField("header"):
                         raise InvalidRequest("the first EvaluatePacked chunk carries no header")
                     header = chunk.header
                     ctx, head = self._check_header(header, caller)
-                    announce(header.total_bytes)
+                    clock.announce(header.total_bytes)
                 elif chunk.HasField("header"):
                     raise InvalidRequest("a second header in one EvaluatePacked stream")
+                else:
+                    clock.arrived()
                 received += sum(len(c) for c in chunk.ciphertexts)
                 inputs.extend(chunk.ciphertexts)
                 if received > header.total_bytes or len(inputs) > header.n_ciphertexts:
@@ -387,7 +410,7 @@ class HEServicer(he_pb2_grpc.HEServicer):
     ) -> he_pb2.PackedReply:
         async with _serving("HE.EvaluatePacked", context, self._node.metrics):
             caller = caller_names(context)
-            with self._queue.admit(caller) as place:  # before buffering up to max_batch_bytes
+            with self._queue.admit(admission_key(context)) as place:  # before buffering
                 header, ctx, head, inputs = await self._receive_packed(request_iterator, caller)
                 self._node.metrics.bytes_in.inc(header.total_bytes)
                 t0 = time.perf_counter()

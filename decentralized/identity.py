@@ -139,15 +139,16 @@ class Identity:
 
 
 class MeshCA:
-    """The mesh CA that record certificates must chain to (the one certificate `secure-infer
-    certs init` makes; node certificates are issued directly by it). Checks are cached by the
-    certificate, binding and key they covered, so a heartbeat's re-signed record costs a
-    look-up, not two ECDSA verifications."""
+    """The mesh CA that record certificates must chain to: the certificates of the CA file
+    (`secure-infer certs init` makes one; a file holding several, as during a CA rotation,
+    trusts each, as TLS does); node certificates are issued directly by one of them. Checks
+    are cached by the certificate, binding, key and name they covered, so a heartbeat's
+    re-signed record costs a look-up, not two ECDSA verifications."""
 
     _CACHE = 4096
 
     def __init__(self, root_pem: bytes) -> None:
-        self.root = x509.load_pem_x509_certificate(root_pem)
+        self.roots = x509.load_pem_x509_certificates(root_pem)
         self._checked: OrderedDict[bytes, dt.datetime] = OrderedDict()  # -> not valid after
         self._lock = threading.Lock()  # records are verified on executor threads too
 
@@ -165,11 +166,8 @@ class MeshCA:
             raise PeerMisbehaved(f"{who} carries no mesh certificate (needed on a TLS mesh)")
         if len(signed.certificate) > MAX_CERTIFICATE_BYTES or len(signed.key_binding) > 256:
             raise PeerMisbehaved(f"{who}: certificate or key binding too large")
-        digest = hashlib.sha256(
-            b"\x00".join(
-                (signed.certificate, signed.key_binding, record.public_key, record.name.encode())
-            )
-        ).digest()
+        parts = (signed.certificate, signed.key_binding, record.public_key, record.name.encode())
+        digest = hashlib.sha256(b"".join(len(p).to_bytes(4, "big") + p for p in parts)).digest()
         now = dt.datetime.now(dt.UTC)
         with self._lock:
             expires = self._checked.get(digest)
@@ -192,11 +190,10 @@ class MeshCA:
     ) -> dt.datetime:
         try:
             cert = x509.load_der_x509_certificate(signed.certificate)
-            cert.verify_directly_issued_by(self.root)
-        except (ValueError, TypeError, InvalidSignature) as exc:
-            raise PeerMisbehaved(
-                f"{who}: its certificate is not one of the mesh CA ({exc})"
-            ) from None
+        except ValueError as exc:
+            raise PeerMisbehaved(f"{who}: its certificate does not parse ({exc})") from None
+        if not any(_issued_by(cert, root) for root in self.roots):
+            raise PeerMisbehaved(f"{who}: its certificate is not one of the mesh CA")
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise PeerMisbehaved(
                 f"{who}: its certificate is not valid now (valid "
@@ -221,6 +218,14 @@ class MeshCA:
                 f"{who}: its certificate's key did not sign the record's key"
             ) from None
         return cert.not_valid_after_utc
+
+
+def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def verify_record(

@@ -44,7 +44,7 @@ from decentralized.errors import (
 from decentralized.membership import verify_announced
 from decentralized.models import SpanRuntime
 from decentralized.shards import ForwardJob, ShardHost
-from decentralized.transport import caller_names, node_names
+from decentralized.transport import admission_key, caller_names, node_names
 from decentralized.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc, shard_pb2, shard_pb2_grpc
 from verification.consensus.receipts import receipt_message
 
@@ -57,10 +57,11 @@ logger = logging.getLogger(__name__)
 # Forward jobs being received, waiting for or running on the compute thread; more are refused
 # as "node busy". Each holds its input tensor (up to `_wire.MAX_TENSOR_BYTES`) while it waits.
 MAX_QUEUED_FORWARDS = 8
-# A client-streamed request (ForwardStream, HE uploads) must send its header within
-# UPLOAD_GRACE_S and the rest at UPLOAD_MIN_BYTES_PER_S after another grace: a stalled upload
-# would otherwise hold its place in a queue until the caller's own deadline.
-UPLOAD_GRACE_S = 30.0
+# A client-streamed request (ForwardStream, HE uploads) holds its place in a queue while it
+# arrives: it must send a message at least every UPLOAD_IDLE_S (its header first), and all of
+# it within UPLOAD_GRACE_S of its header plus its announced size at UPLOAD_MIN_BYTES_PER_S.
+UPLOAD_IDLE_S = 10.0
+UPLOAD_GRACE_S = 10.0
 UPLOAD_MIN_BYTES_PER_S = 1024 * 1024
 
 
@@ -146,34 +147,51 @@ async def run_counted(
         raise
 
 
+class UploadClock:
+    """How long a client-streamed request may take to arrive (see `upload_time`)."""
+
+    def __init__(self, timeout: asyncio.Timeout, loop: asyncio.AbstractEventLoop) -> None:
+        self._timeout = timeout
+        self._loop = loop
+        self.end = math.inf  # the whole upload's deadline, once the header announced its size
+
+    def announce(self, total_bytes: int) -> None:
+        """The header arrived, announcing `total_bytes`: the rest has until the grace plus
+        that size at the minimum rate."""
+        self.end = self._loop.time() + UPLOAD_GRACE_S + max(0, total_bytes) / UPLOAD_MIN_BYTES_PER_S
+        self.arrived()
+
+    def arrived(self) -> None:
+        """A message arrived: the next one is due within `UPLOAD_IDLE_S`."""
+        self._timeout.reschedule(min(self.end, self._loop.time() + UPLOAD_IDLE_S))
+
+
 @contextlib.asynccontextmanager
-async def upload_time(what: str) -> AsyncIterator[Callable[[int], None]]:
-    """Bound the time a client-streamed request takes to arrive: `UPLOAD_GRACE_S` until the
-    body calls the yielded function with the size its header announces, then the grace plus
-    that size at `UPLOAD_MIN_BYTES_PER_S`; past it, `UploadStalled` (DEADLINE_EXCEEDED)."""
+async def upload_time(what: str) -> AsyncIterator[UploadClock]:
+    """Bound the time a client-streamed request takes to arrive: the body calls `announce`
+    on its header and `arrived` on every later message; a stream that sends nothing for
+    `UPLOAD_IDLE_S`, or is not complete by its deadline, gets `UploadStalled`
+    (DEADLINE_EXCEEDED) and gives up its place."""
     loop = asyncio.get_running_loop()
-    allowed = UPLOAD_GRACE_S
-
-    def announce(total_bytes: int) -> None:
-        nonlocal allowed
-        allowed = UPLOAD_GRACE_S + max(0, total_bytes) / UPLOAD_MIN_BYTES_PER_S
-        timeout.reschedule(start + allowed)
-
-    start = loop.time()
     try:
-        async with asyncio.timeout_at(start + allowed) as timeout:
-            yield announce
+        async with asyncio.timeout_at(loop.time() + UPLOAD_IDLE_S) as timeout:
+            clock = UploadClock(timeout, loop)
+            yield clock
     except TimeoutError:
-        raise UploadStalled(
-            f"{what} did not arrive within {allowed:.0f} s (the header within "
-            f"{UPLOAD_GRACE_S:.0f} s, then at least {UPLOAD_MIN_BYTES_PER_S} bytes/s)"
-        ) from None
+        if loop.time() >= clock.end:
+            why = (
+                f"was not complete {UPLOAD_GRACE_S:.0f} s after its header plus its size at "
+                f"{UPLOAD_MIN_BYTES_PER_S} bytes/s"
+            )
+        else:
+            why = f"sent nothing for {UPLOAD_IDLE_S:.0f} s"
+        raise UploadStalled(f"{what} stalled: it {why}") from None
 
 
 class ComputeQueue:
     """Admission to one kind of compute work on a node: at most `limit` jobs at once, at most
-    `per_caller` of them from one caller (the CNs of its mesh certificate; callers without
-    one, on an insecure-dev mesh, count as one). Over either limit `admit` raises
+    `per_caller` of them from one caller (`transport.admission_key`: the CNs of its mesh
+    certificate, or its connection on an insecure-dev mesh). Over either limit `admit` raises
     `Overloaded` (RESOURCE_EXHAUSTED), so one client cannot take every place, and what
     waiting jobs hold in memory is bounded by `limit`. Used on the event loop only.
     """
@@ -320,7 +338,7 @@ async def _receive_stream(
     chunks: list[bytes] = []
     received = 0
     limit = _wire.MAX_TENSOR_BYTES
-    async with upload_time("ForwardStream") as announce:
+    async with upload_time("ForwardStream") as clock:
         async for chunk in request_iterator:
             if header is None:
                 header = chunk
@@ -330,7 +348,9 @@ async def _receive_stream(
                         f"hidden: header announces {chunk.total_bytes} bytes but dtype and "
                         f"shape need {limit}"
                     )
-                announce(limit)
+                clock.announce(limit)
+            else:
+                clock.arrived()
             received += len(chunk.hidden.data)
             if received > limit:
                 raise InvalidRequest(f"hidden: stream carries more than {limit} bytes")
@@ -417,7 +437,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     ) -> shard_pb2.ForwardReply:
         async with _serving("Forward", context, self._node.metrics):
             caller = caller_names(context)
-            with self._queue.admit(caller) as place:
+            with self._queue.admit(admission_key(context)) as place:
                 job = _job_from_header(request, request.hidden, caller)
                 return await self._run(job, place, context)
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
@@ -429,7 +449,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     ) -> shard_pb2.ForwardReply:
         async with _serving("ForwardStream", context, self._node.metrics):
             caller = caller_names(context)
-            with self._queue.admit(caller) as place:  # before buffering up to 60 MiB
+            with self._queue.admit(admission_key(context)) as place:  # before buffering
                 job = await _receive_stream(request_iterator, caller)
                 return await self._run(job, place, context)
         raise AssertionError("unreachable")  # pragma: no cover

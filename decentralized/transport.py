@@ -51,6 +51,12 @@ def caller_names(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
     return tuple(common_names(x509.load_pem_x509_certificate(pems[0]))) if pems else ()
 
 
+def admission_key(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
+    """Whose share of a node's queues and sessions a call counts against: the CNs of its
+    certificate, or on an insecure-dev mesh (no certificates) its connection's address."""
+    return caller_names(context) or (f"peer {context.peer()}",)
+
+
 def node_names(cert: x509.Certificate) -> list[str]:
     """The CNs of a certificate if it is a node certificate (serverAuth usage), else []."""
     try:

@@ -384,6 +384,7 @@ def _node_status(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from decentralized.client import error_from_rpc
+    from decentralized.errors import PeerMisbehaved
     from decentralized.identity import MeshCA, verify_record
     from decentralized.transport import sync_channel
     from decentralized.v1 import mesh_pb2, mesh_pb2_grpc
@@ -404,8 +405,13 @@ def _node_status(args: argparse.Namespace) -> int:
             raise error_from_rpc(exc, args.address) from None
         hosted = node_services(channel, args.address)
     ca = MeshCA.of(creds)
-    rec = verify_record(info.record, ca=ca)
-    peer_recs = [verify_record(r, ca=ca) for r in peers.records]
+    rec = verify_record(info.record, ca=ca)  # the node's own: refused, the command fails
+    peer_recs, refused = [], []
+    for signed in peers.records:  # a peer's bad record is reported, not fatal
+        try:
+            peer_recs.append(verify_record(signed, ca=ca))
+        except PeerMisbehaved as exc:
+            refused.append(str(exc))
     doc = {
         "address": rec.address,
         "name": rec.name,
@@ -435,6 +441,7 @@ def _node_status(args: argparse.Namespace) -> int:
             for p in peer_recs
             if p.node_id != rec.node_id
         ],
+        "refused_peer_records": refused,
         "mpc_models": list(rec.mpc_models),
         **hosted,
     }
@@ -458,6 +465,7 @@ def _node_status(args: argparse.Namespace) -> int:
     out += node_service_lines(doc)
     out.append(f"peers ({len(doc['peers'])}):")
     out += [f"  {p['name']:<10} {p['address']:<22} {', '.join(p['spans'])}" for p in doc["peers"]]
+    out += [f"  refused: {why}" for why in refused]
     sys.stdout.write("\n".join(out) + "\n")
     return 0
 

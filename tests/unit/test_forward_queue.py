@@ -14,6 +14,7 @@ import torch
 
 from decentralized.service import _Skipped, _Ticket
 from decentralized.shards import ForwardJob
+from decentralized.v1 import common_pb2
 
 
 def _job() -> ForwardJob:
@@ -207,7 +208,7 @@ def _header_chunk() -> object:
 
 
 @pytest.mark.parametrize("sends_header", [False, True])
-def test_a_stalled_forward_stream_is_refused_after_its_time(
+def test_a_stalled_forward_stream_is_refused_after_its_idle_time(
     monkeypatch: pytest.MonkeyPatch, sends_header: bool
 ) -> None:
     """A ForwardStream holds its place in the queue while it arrives: one that stops sending
@@ -218,7 +219,7 @@ def test_a_stalled_forward_stream_is_refused_after_its_time(
     from decentralized import service
     from decentralized.errors import UploadStalled
 
-    monkeypatch.setattr(service, "UPLOAD_GRACE_S", 0.3)
+    monkeypatch.setattr(service, "UPLOAD_IDLE_S", 0.3)
     header = _header_chunk()
 
     async def stalled() -> object:
@@ -227,27 +228,85 @@ def test_a_stalled_forward_stream_is_refused_after_its_time(
         await asyncio.sleep(3600)
 
     t0 = time.monotonic()
-    with pytest.raises(UploadStalled, match="ForwardStream did not arrive within") as info:
+    with pytest.raises(UploadStalled, match="ForwardStream stalled: it sent nothing for") as info:
         asyncio.run(service._receive_stream(stalled(), ()))  # type: ignore[arg-type]
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - t0 < 5
 
 
-def test_an_upload_gets_time_for_the_size_its_header_announces(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("bytes_per_s", [1, 10**12])
+def test_a_trickling_upload_gets_the_time_its_size_needs_and_no_more(
+    monkeypatch: pytest.MonkeyPatch, bytes_per_s: int
 ) -> None:
+    """Messages every 0.1 s keep an upload within its idle time, but it must be whole within
+    the grace after its header plus its size at the minimum rate: at 1 byte/s its 6,144 bytes
+    may take 6,144 s; at 10^12 bytes/s it has the 0.3 s grace only."""
     import asyncio
 
     from decentralized import service
+    from decentralized.errors import UploadStalled
 
+    monkeypatch.setattr(service, "UPLOAD_IDLE_S", 0.3)
     monkeypatch.setattr(service, "UPLOAD_GRACE_S", 0.3)
-    monkeypatch.setattr(service, "UPLOAD_MIN_BYTES_PER_S", 1)  # 6,144 bytes: 6,144 s
+    monkeypatch.setattr(service, "UPLOAD_MIN_BYTES_PER_S", bytes_per_s)
     header = _header_chunk()
+    data = header.hidden.data  # type: ignore[attr-defined]
+    first = header.__class__()
+    first.CopyFrom(header)
+    first.hidden.data = data[:1024]
 
-    async def slow() -> object:
-        yield header
-        await asyncio.sleep(0.6)  # past the grace, within the time its size allows
-        yield header.__class__(hidden=header.hidden.__class__(data=b""))
+    async def trickle() -> object:
+        yield first
+        for start in range(1024, len(data), 1024):
+            await asyncio.sleep(0.1)
+            yield header.__class__(hidden=header.hidden.__class__(data=data[start : start + 1024]))
 
-    job = asyncio.run(service._receive_stream(slow(), ()))  # type: ignore[arg-type]
-    assert tuple(job.hidden.shape) == (1, 4, 384)
+    coro = service._receive_stream(trickle(), ())  # type: ignore[arg-type]
+    if bytes_per_s == 1:
+        job = asyncio.run(coro)
+        assert tuple(job.hidden.shape) == (1, 4, 384)
+    else:
+        with pytest.raises(UploadStalled, match="was not complete 0 s after its header"):
+            asyncio.run(coro)
+
+
+def test_without_certificates_each_connection_has_its_own_share() -> None:
+    """On an insecure-dev mesh no caller has a certificate name: shares go by connection
+    (over real gRPC on loopback), not one share for every caller together."""
+    import asyncio
+
+    from decentralized.transport import Credentials, add_port, admission_key
+    from decentralized.v1 import mesh_pb2, mesh_pb2_grpc
+
+    creds = Credentials(insecure_dev=True)
+
+    class Echo(mesh_pb2_grpc.MeshServicer):
+        async def ListPeers(self, request: object, context: object) -> mesh_pb2.PeerList:  # noqa: N802
+            key = admission_key(context)  # type: ignore[arg-type]
+            return mesh_pb2.PeerList(records=[common_pb2.SignedNodeRecord(record=key[0].encode())])
+
+    async def scenario() -> list[str]:
+        server = grpc.aio.server()
+        mesh_pb2_grpc.add_MeshServicer_to_server(Echo(), server)
+        port = add_port(server, "127.0.0.1:0", creds)
+        await server.start()
+        keys = []
+        # Two connections, as two client processes would have (channels of one process with
+        # the same target share one connection unless they ask for their own).
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=own) for _ in "ab"]
+        try:
+            for channel in channels:
+                stub = mesh_pb2_grpc.MeshStub(channel)
+                for _ in range(2):
+                    reply = await stub.ListPeers(mesh_pb2.ListPeersRequest(), timeout=10)
+                    keys.append(reply.records[0].record.decode())
+        finally:
+            for channel in channels:
+                await channel.close()
+            await server.stop(0)
+        return keys
+
+    a1, a2, b1, b2 = asyncio.run(scenario())
+    assert a1 == a2 and b1 == b2 and a1 != b1  # one key per connection
+    assert a1.startswith("peer ipv4:127.0.0.1:")

@@ -153,7 +153,7 @@ def test_records_whose_certificate_does_not_prove_their_name_are_refused(
         (foreign, "not one of the mesh CA"),
         (stranger, "did not sign the record's key"),
         (flipped, "did not sign the record's key"),
-        (garbage, "not one of the mesh CA"),
+        (garbage, "does not parse"),
     ]
     for signed, message in cases:
         with pytest.raises(PeerMisbehaved, match=re.escape(message)):
@@ -205,3 +205,16 @@ def test_binding_needs_the_certificates_own_key(tmp_path: Path) -> None:
     mixed = Credentials(root_ca=x.root_ca, private_key=y.private_key, certificate=x.certificate)
     with pytest.raises(ValueError, match="does not match its certificate"):
         Identity(Ed25519PrivateKey.generate()).bind(mixed)
+
+
+def test_a_ca_file_of_several_certificates_trusts_each(tmp_path: Path) -> None:
+    """During a CA rotation the CA file holds the old and the new CA, and TLS trusts both:
+    records of nodes of either verify (not only of the file's first certificate)."""
+    _, old_creds, old_node = _bound(tmp_path / "old", "node-x")
+    _, new_creds, new_node = _bound(tmp_path / "new", "node-y")
+    _, _, stranger = _bound(tmp_path / "third", "node-z")
+    bundle = MeshCA((old_creds.root_ca or b"") + (new_creds.root_ca or b""))
+    assert verify_record(old_node, ca=bundle).name == "node-x"
+    assert verify_record(new_node, ca=bundle).name == "node-y"
+    with pytest.raises(PeerMisbehaved, match="not one of the mesh CA"):
+        verify_record(stranger, ca=bundle)
