@@ -12,6 +12,7 @@ import math
 import re
 import sys
 
+import numpy as np
 import torch
 
 from decentralized.errors import InvalidRequest
@@ -114,8 +115,19 @@ def check_hidden(t: torch.Tensor, hidden_size: int, what: str = "hidden") -> Non
         raise InvalidRequest(
             f"{what}: expected shape (batch, tokens, {hidden_size}), got {list(t.shape)}"
         )
-    if not bool(torch.isfinite(t).all()):
+    if not _all_finite(t):
         raise InvalidRequest(f"{what}: contains NaN or infinite values")
+
+
+# The value checks below run on a node's event-loop thread before a job is queued, so they use
+# numpy, not torch: a torch op on a large tensor there (above torch's 32,768-element grain)
+# starts an OpenMP thread team of that thread beside the compute thread's, and on 2 cores the
+# compute thread's decoder steps then took twice as long (bench/split.py, session 17).
+def _all_finite(t: torch.Tensor) -> bool:
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: exponent bits all ones = inf/nan
+        exponent = t.view(torch.int16).numpy() & 0x7F80
+        return not bool((exponent == 0x7F80).any())
+    return bool(np.isfinite(t.numpy()).all())
 
 
 def check_mask(mask: torch.Tensor, hidden: torch.Tensor) -> None:
@@ -126,10 +138,10 @@ def check_mask(mask: torch.Tensor, hidden: torch.Tensor) -> None:
         raise InvalidRequest(
             f"attention_mask: expected shape {list(hidden.shape[:2])}, got {list(mask.shape)}"
         )
-    values = mask.to(torch.int64)
+    values = mask.numpy().astype(np.int64)  # numpy: see `_all_finite`
     if bool(((values != 0) & (values != 1)).any()):
         raise InvalidRequest("attention_mask: values must be 0 or 1")
-    if bool((values.sum(dim=1) == 0).any()):
+    if bool((values.sum(axis=1) == 0).any()):
         raise InvalidRequest("attention_mask: every row needs at least one attended token")
 
 

@@ -69,6 +69,25 @@ def test_check_hidden() -> None:
         _wire.check_hidden(torch.zeros(0, 2, 8), 8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_check_hidden_finds_one_non_finite_value_in_every_float_dtype(
+    dtype: torch.dtype, bad: float
+) -> None:
+    """The check runs in numpy (bfloat16 by its exponent bits): one bad value anywhere in a
+    tensor above torch's parallel grain is found, and large finite values pass."""
+    hidden = torch.randn(2, 64, 384).to(dtype)  # 49,152 elements
+    hidden[0, 0, 0] = 60000.0 if dtype == torch.float16 else 3.0e38
+    _wire.check_hidden(hidden, 384)
+    hidden[1, 63, 383] = bad
+    with pytest.raises(InvalidRequest, match="NaN or infinite"):
+        _wire.check_hidden(hidden, 384)
+    hidden[1, 63, 383] = 0.0
+    hidden[0, 5, 6] = bad  # an even index: inside the view below
+    with pytest.raises(InvalidRequest, match="NaN or infinite"):
+        _wire.check_hidden(hidden[:, :, ::2], 192)  # a strided view too
+
+
 def test_check_mask() -> None:
     hidden = torch.zeros(2, 3, 4)
     _wire.check_mask(torch.tensor([[1, 1, 0], [1, 0, 0]]), hidden)
