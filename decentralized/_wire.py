@@ -124,6 +124,9 @@ def check_hidden(t: torch.Tensor, hidden_size: int, what: str = "hidden") -> Non
 # starts an OpenMP thread team of that thread beside the compute thread's, and on 2 cores the
 # compute thread's decoder steps then took twice as long (bench/split.py, session 17).
 def _all_finite(t: torch.Tensor) -> bool:
+    t = t.detach()
+    if t.device.type != "cpu":  # a client's own tensor on an accelerator: no node loop here
+        return bool(torch.isfinite(t).all())
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16: exponent bits all ones = inf/nan
         exponent = t.view(torch.int16).numpy() & 0x7F80
         return not bool((exponent == 0x7F80).any())
@@ -138,7 +141,7 @@ def check_mask(mask: torch.Tensor, hidden: torch.Tensor) -> None:
         raise InvalidRequest(
             f"attention_mask: expected shape {list(hidden.shape[:2])}, got {list(mask.shape)}"
         )
-    values = mask.numpy().astype(np.int64)  # numpy: see `_all_finite`
+    values = mask.detach().cpu().numpy().astype(np.int64)  # numpy: see `_all_finite`
     if bool(((values != 0) & (values != 1)).any()):
         raise InvalidRequest("attention_mask: values must be 0 or 1")
     if bool((values.sum(axis=1) == 0).any()):

@@ -262,9 +262,8 @@ class HEServicer(he_pb2_grpc.HEServicer):
                             f"{self._limits.max_context_bytes}-byte limit"
                         )
                     clock.announce(total)
-                else:
-                    clock.arrived()
                 received += len(chunk.data)
+                clock.arrived(received)
                 if received > total:
                     raise InvalidRequest(
                         f"context stream carries more than the announced {total} B"
@@ -283,18 +282,18 @@ class HEServicer(he_pb2_grpc.HEServicer):
     ) -> he_pb2.OpenSessionReply:
         async with _serving("HE.OpenSession", context, self._node.metrics):
             key = admission_key(context)
-            with self._sessions.reserve(key):
+            # both places before the upload is read: refused at once, not after ~50 MB
+            with self._sessions.reserve(key), self._queue.admit(key) as place:
                 data = await self._receive_context(request_iterator)
                 self._node.metrics.bytes_in.inc(len(data))
                 try:
-                    with self._queue.admit(key) as place:
-                        ctx = await self._compute(
-                            load_public_context,
-                            data,
-                            self._params,
-                            self._limits.max_context_bytes,
-                            place=place,
-                        )
+                    ctx = await self._compute(
+                        load_public_context,
+                        data,
+                        self._params,
+                        self._limits.max_context_bytes,
+                        place=place,
+                    )
                 except InvalidContext as exc:
                     raise InvalidRequest(str(exc)) from None
                 sid = self._sessions.add(ctx, caller_names(context), key)
@@ -385,9 +384,8 @@ class HEServicer(he_pb2_grpc.HEServicer):
                     clock.announce(header.total_bytes)
                 elif chunk.HasField("header"):
                     raise InvalidRequest("a second header in one EvaluatePacked stream")
-                else:
-                    clock.arrived()
                 received += sum(len(c) for c in chunk.ciphertexts)
+                clock.arrived(received)
                 inputs.extend(chunk.ciphertexts)
                 if received > header.total_bytes or len(inputs) > header.n_ciphertexts:
                     raise InvalidRequest(

@@ -58,8 +58,9 @@ logger = logging.getLogger(__name__)
 # as "node busy". Each holds its input tensor (up to `_wire.MAX_TENSOR_BYTES`) while it waits.
 MAX_QUEUED_FORWARDS = 8
 # A client-streamed request (ForwardStream, HE uploads) holds its place in a queue while it
-# arrives: it must send a message at least every UPLOAD_IDLE_S (its header first), and all of
-# it within UPLOAD_GRACE_S of its header plus its announced size at UPLOAD_MIN_BYTES_PER_S.
+# arrives: it must send a message at least every UPLOAD_IDLE_S (its header first), keep up
+# with UPLOAD_MIN_BYTES_PER_S from UPLOAD_GRACE_S after its header (with UPLOAD_IDLE_S of
+# slack), and so be whole within the grace plus its announced size at that rate.
 UPLOAD_IDLE_S = 10.0
 UPLOAD_GRACE_S = 10.0
 UPLOAD_MIN_BYTES_PER_S = 1024 * 1024
@@ -153,38 +154,44 @@ class UploadClock:
     def __init__(self, timeout: asyncio.Timeout, loop: asyncio.AbstractEventLoop) -> None:
         self._timeout = timeout
         self._loop = loop
+        self._header_at = math.inf
         self.end = math.inf  # the whole upload's deadline, once the header announced its size
 
     def announce(self, total_bytes: int) -> None:
         """The header arrived, announcing `total_bytes`: the rest has until the grace plus
         that size at the minimum rate."""
-        self.end = self._loop.time() + UPLOAD_GRACE_S + max(0, total_bytes) / UPLOAD_MIN_BYTES_PER_S
-        self.arrived()
+        self._header_at = self._loop.time()
+        self.end = self._header_at + UPLOAD_GRACE_S + max(0, total_bytes) / UPLOAD_MIN_BYTES_PER_S
 
-    def arrived(self) -> None:
-        """A message arrived: the next one is due within `UPLOAD_IDLE_S`."""
-        self._timeout.reschedule(min(self.end, self._loop.time() + UPLOAD_IDLE_S))
+    def arrived(self, received: int) -> None:
+        """A message arrived, `received` bytes in all: the next one is due within
+        `UPLOAD_IDLE_S`, and before the bytes so far fall behind the minimum rate."""
+        now = self._loop.time()
+        pace = self._header_at + UPLOAD_GRACE_S + UPLOAD_IDLE_S + received / UPLOAD_MIN_BYTES_PER_S
+        self._timeout.reschedule(min(self.end, now + UPLOAD_IDLE_S, pace))
 
 
 @contextlib.asynccontextmanager
 async def upload_time(what: str) -> AsyncIterator[UploadClock]:
     """Bound the time a client-streamed request takes to arrive: the body calls `announce`
-    on its header and `arrived` on every later message; a stream that sends nothing for
-    `UPLOAD_IDLE_S`, or is not complete by its deadline, gets `UploadStalled`
-    (DEADLINE_EXCEEDED) and gives up its place."""
+    on its header and `arrived` after every message (the header's too); a stream that sends
+    nothing for `UPLOAD_IDLE_S`, falls behind the minimum rate, or is not complete by its
+    deadline gets `UploadStalled` (DEADLINE_EXCEEDED) and gives up its place."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout_at(loop.time() + UPLOAD_IDLE_S) as timeout:
             clock = UploadClock(timeout, loop)
             yield clock
     except TimeoutError:
+        why = (
+            f"sent nothing for {UPLOAD_IDLE_S:.0f} s, or fell behind {UPLOAD_MIN_BYTES_PER_S} "
+            f"bytes/s after a {UPLOAD_GRACE_S:.0f} s grace"
+        )
         if loop.time() >= clock.end:
             why = (
                 f"was not complete {UPLOAD_GRACE_S:.0f} s after its header plus its size at "
                 f"{UPLOAD_MIN_BYTES_PER_S} bytes/s"
             )
-        else:
-            why = f"sent nothing for {UPLOAD_IDLE_S:.0f} s"
         raise UploadStalled(f"{what} stalled: it {why}") from None
 
 
@@ -349,9 +356,8 @@ async def _receive_stream(
                         f"shape need {limit}"
                     )
                 clock.announce(limit)
-            else:
-                clock.arrived()
             received += len(chunk.hidden.data)
+            clock.arrived(received)
             if received > limit:
                 raise InvalidRequest(f"hidden: stream carries more than {limit} bytes")
             chunks.append(chunk.hidden.data)

@@ -66,7 +66,7 @@ class ShardServicer:
         """Same as Forward for tensors larger than one message: the first chunk carries the
         header (all fields but the tensor data); chunks' `hidden.data` are concatenated in order.
         The queue is checked before the stream is read; DEADLINE_EXCEEDED when it stalls (a
-        message at least every 10 s; complete 10 s after the header plus its size at 1 MiB/s).
+        message at least every 10 s; 1 MiB/s from 10 s after the header, 10 s of slack).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -310,3 +310,34 @@ def test_without_certificates_each_connection_has_its_own_share() -> None:
     a1, a2, b1, b2 = asyncio.run(scenario())
     assert a1 == a2 and b1 == b2 and a1 != b1  # one key per connection
     assert a1.startswith("peer ipv4:127.0.0.1:")
+
+
+def test_a_trickle_behind_the_minimum_rate_is_cut_long_before_its_size_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One byte per message, well within the idle time: the upload falls behind the minimum
+    rate right after the grace and is refused then, not when its whole size budget ends."""
+    import asyncio
+
+    from decentralized import service
+    from decentralized.errors import UploadStalled
+
+    monkeypatch.setattr(service, "UPLOAD_IDLE_S", 0.3)
+    monkeypatch.setattr(service, "UPLOAD_GRACE_S", 0.3)
+    monkeypatch.setattr(service, "UPLOAD_MIN_BYTES_PER_S", 1000)  # 6,144 bytes: 6.4 s in all
+    header = _header_chunk()
+    data = header.hidden.data  # type: ignore[attr-defined]
+    first = header.__class__()
+    first.CopyFrom(header)
+    first.hidden.data = b""
+
+    async def trickle() -> object:
+        yield first
+        for i in range(len(data)):
+            await asyncio.sleep(0.1)
+            yield header.__class__(hidden=header.hidden.__class__(data=data[i : i + 1]))
+
+    t0 = time.monotonic()
+    with pytest.raises(UploadStalled, match="fell behind 1000 bytes/s"):
+        asyncio.run(service._receive_stream(trickle(), ()))  # type: ignore[arg-type]
+    assert time.monotonic() - t0 < 2.0  # the grace and the idle slack, not 6.4 s

@@ -88,6 +88,14 @@ def test_check_hidden_finds_one_non_finite_value_in_every_float_dtype(
         _wire.check_hidden(hidden[:, :, ::2], 192)  # a strided view too
 
 
+def test_check_hidden_takes_a_clients_tensor_that_requires_grad() -> None:
+    """The client checks its own input too (an embedding computed outside inference mode)."""
+    hidden = torch.zeros(1, 2, 8, requires_grad=True)
+    _wire.check_hidden(hidden, 8)
+    with pytest.raises(InvalidRequest, match="NaN"):
+        _wire.check_hidden(hidden * float("nan"), 8)
+
+
 def test_check_mask() -> None:
     hidden = torch.zeros(2, 3, 4)
     _wire.check_mask(torch.tensor([[1, 1, 0], [1, 0, 0]]), hidden)
