@@ -15,6 +15,29 @@ MINILM = "all-MiniLM-L6-v2"
 SMOL = "SmolLM2-135M-Instruct"
 
 
+def expired_copy(cert: Any, *, issuer: Any, issuer_key: Any, public_key: Any) -> Any:
+    """`cert` (an x509.Certificate) re-issued by `issuer`/`issuer_key` for `public_key` with
+    the same subject and extensions and a validity that ended yesterday."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=10))
+        .not_valid_after(now - dt.timedelta(days=1))
+    )
+    for ext in cert.extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

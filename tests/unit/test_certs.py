@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import socket
 import ssl
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -25,6 +24,7 @@ from secure_infer.certs import (
     material,
     verify_leaf,
 )
+from tests.conftest import expired_copy
 
 TIMEOUT_S = 2.0
 
@@ -198,19 +198,7 @@ def test_issue_with_expired_ca(pki: Path) -> None:
     ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     ca = _load(pki / "ca.crt")
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(ca.subject)
-        .issuer_name(ca.subject)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=10))
-        .not_valid_after(now - dt.timedelta(days=1))
-    )
-    for ext in ca.extensions:
-        builder = builder.add_extension(ext.value, critical=ext.critical)
-    expired = builder.sign(ca_key, hashes.SHA256())
+    expired = expired_copy(ca, issuer=ca, issuer_key=ca_key, public_key=ca_key.public_key())
     (pki / "ca.crt").write_bytes(expired.public_bytes(serialization.Encoding.PEM))
 
     with pytest.raises(CertError, match="expired"):

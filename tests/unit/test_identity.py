@@ -17,6 +17,7 @@ from decentralized.identity import (
 )
 from decentralized.transport import Credentials
 from decentralized.v1 import common_pb2
+from tests.conftest import expired_copy
 
 
 def _record(name: str = "n", **kw: object) -> common_pb2.NodeRecord:
@@ -162,10 +163,8 @@ def test_records_whose_certificate_does_not_prove_their_name_are_refused(
 
 
 def test_an_expired_node_certificate_is_refused(tmp_path: Path) -> None:
-    import datetime as dt
-
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     ident, creds, _ = _bound(tmp_path, "node-x")
@@ -174,19 +173,7 @@ def test_an_expired_node_certificate_is_refused(tmp_path: Path) -> None:
     real = x509.load_pem_x509_certificate(creds.certificate or b"")
     key = serialization.load_pem_private_key(creds.private_key or b"", None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(real.subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=10))
-        .not_valid_after(now - dt.timedelta(days=1))
-    )
-    for ext in real.extensions:
-        builder = builder.add_extension(ext.value, ext.critical)
-    expired = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    expired = expired_copy(real, issuer=ca_cert, issuer_key=ca_key, public_key=key.public_key())
     ident.bind(
         Credentials(
             root_ca=creds.root_ca,
