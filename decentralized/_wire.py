@@ -115,15 +115,17 @@ def check_hidden(t: torch.Tensor, hidden_size: int, what: str = "hidden") -> Non
         raise InvalidRequest(
             f"{what}: expected shape (batch, tokens, {hidden_size}), got {list(t.shape)}"
         )
-    if not _all_finite(t):
+    if not all_finite(t):
         raise InvalidRequest(f"{what}: contains NaN or infinite values")
 
 
-# The value checks below run on a node's event-loop thread before a job is queued, so they use
-# numpy, not torch: a torch op on a large tensor there (above torch's 32,768-element grain)
-# starts an OpenMP thread team of that thread beside the compute thread's, and on 2 cores the
-# compute thread's decoder steps then took twice as long (bench/split.py, session 17).
-def _all_finite(t: torch.Tensor) -> bool:
+# The value checks below run on a node's event-loop thread before a job is queued, and on a
+# client's RPC threads (consensus replicas), so they use numpy, not torch: a torch op on a
+# large tensor there (above torch's 32,768-element grain) starts an OpenMP thread team of that
+# thread beside the compute thread's, and on 2 cores the compute thread's decoder steps then
+# took twice as long (bench/split.py, session 17).
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of a float tensor is finite (numpy on CPU tensors: see above)."""
     t = t.detach()
     if t.device.type != "cpu":  # a client's own tensor on an accelerator: no node loop here
         return bool(torch.isfinite(t).all())
@@ -141,7 +143,7 @@ def check_mask(mask: torch.Tensor, hidden: torch.Tensor) -> None:
         raise InvalidRequest(
             f"attention_mask: expected shape {list(hidden.shape[:2])}, got {list(mask.shape)}"
         )
-    values = mask.detach().cpu().numpy().astype(np.int64)  # numpy: see `_all_finite`
+    values = mask.detach().cpu().numpy().astype(np.int64)  # numpy: see `all_finite`
     if bool(((values != 0) & (values != 1)).any()):
         raise InvalidRequest("attention_mask: values must be 0 or 1")
     if bool((values.sum(axis=1) == 0).any()):

@@ -363,7 +363,7 @@ class MeshClient:
                 f"{hop.name} answered shape {list(out.shape)} {out.dtype}, expected "
                 f"{list(hidden.shape)} {hidden.dtype}"
             )
-        if not bool(torch.isfinite(out).all()):
+        if not _wire.all_finite(out):  # numpy: this runs on consensus' replica threads too
             raise PeerMisbehaved(f"{hop.name} answered NaN or infinite values")
         if reply.node_id != hop.node_id:
             raise PeerMisbehaved(
