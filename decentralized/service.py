@@ -183,14 +183,15 @@ async def upload_time(what: str) -> AsyncIterator[UploadClock]:
             clock = UploadClock(timeout, loop)
             yield clock
     except TimeoutError:
-        why = (
-            f"sent nothing for {UPLOAD_IDLE_S:.0f} s, or fell behind {UPLOAD_MIN_BYTES_PER_S} "
-            f"bytes/s after a {UPLOAD_GRACE_S:.0f} s grace"
-        )
         if loop.time() >= clock.end:
             why = (
                 f"was not complete {UPLOAD_GRACE_S:.0f} s after its header plus its size at "
                 f"{UPLOAD_MIN_BYTES_PER_S} bytes/s"
+            )
+        else:
+            why = (
+                f"sent nothing for {UPLOAD_IDLE_S:.0f} s, or fell behind "
+                f"{UPLOAD_MIN_BYTES_PER_S} bytes/s after a {UPLOAD_GRACE_S:.0f} s grace"
             )
         raise UploadStalled(f"{what} stalled: it {why}") from None
 
