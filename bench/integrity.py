@@ -68,19 +68,28 @@ TARGETS = {
 SCALES = {task: scales["full"] for task, scales in ARTEFACT_SCALES.items()}
 
 
-def paired_median_ms(
+def paired_ms(
     fa: Callable[[Any], object], fb: Callable[[Any], object], args: list[Any]
-) -> tuple[float, float]:
-    """Median wall ms of `fa` and `fb` over `args`, alternating calls (after one warm-up each)."""
+) -> tuple[list[float], list[float]]:
+    """Wall ms of `fa` and `fb` on each of `args`, alternating calls (after one warm-up each)."""
     fa(args[0])
     fb(args[0])
-    ta, tb = [], []
+    ta: list[float] = []
+    tb: list[float] = []
     for a in args:
         for fn, times in ((fa, ta), (fb, tb)):
             t = time.perf_counter()
             fn(a)
-            times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
+            times.append(1e3 * (time.perf_counter() - t))
+    return ta, tb
+
+
+def paired_median_ms(
+    fa: Callable[[Any], object], fb: Callable[[Any], object], args: list[Any]
+) -> tuple[float, float]:
+    """Median wall ms of `fa` and `fb` over `args` (`paired_ms`)."""
+    ta, tb = paired_ms(fa, fb, args)
+    return statistics.median(ta), statistics.median(tb)
 
 
 @torch.no_grad()
@@ -98,8 +107,10 @@ def latency(
         def svc(b: torch.Tensor) -> torch.Tensor:
             return service(b).softmax(1)
 
-        def ver(b: torch.Tensor) -> torch.Tensor:
-            return fides.verifier(b).softmax(1)
+        def ver(b: torch.Tensor) -> torch.Tensor:  # what the enclave computes
+            pv = fides.verifier(b).softmax(1)
+            fides.recompute(b, pv)  # the service model on escalated rows (None: no escalation)
+            return pv
     else:
         single = [[t] for t in data.texts["test"][:requests]]
         batches = [data.texts["test"][i : i + 32] for i in range(0, 320, 32)]
@@ -109,7 +120,8 @@ def latency(
             return service(encoder.encode(t)).softmax(1)
 
         ver = fides.verifier_probs  # tokenisation included, as in the service's encode
-    s1, v1 = paired_median_ms(svc, ver, single)
+    s1_all, v1_all = paired_ms(svc, ver, single)
+    s1, v1 = statistics.median(s1_all), statistics.median(v1_all)
     sb, vb = paired_median_ms(svc, ver, batches)
     answers = {id(a): svc(a) for a in single}  # the service's outputs, computed beforehand
     _, verify1 = paired_median_ms(ver, lambda a: fides.verify(a, answers[id(a)]), single)
@@ -117,6 +129,9 @@ def latency(
         "service_ms": s1,
         "verifier_ms": v1,
         "ratio": v1 / s1,
+        # means: an escalated single request also runs the service model in the enclave,
+        # which medians over mostly unescalated requests do not show
+        "ratio_of_means": statistics.mean(v1_all) / statistics.mean(s1_all),
         "service_ms_per_sample_batched": sb / per,
         "verifier_ms_per_sample_batched": vb / per,
         "ratio_batched": vb / sb,
@@ -126,9 +141,15 @@ def latency(
 
 
 def fides_task(
-    task: str, requests: int, train_attacks: tuple[str, ...] | None, seed: int = 0
+    task: str,
+    requests: int,
+    train_attacks: tuple[str, ...] | None,
+    seed: int = 0,
+    escalate: float | None = None,
 ) -> dict[str, Any]:
     scale = dataclasses.replace(SCALES[task], train_attacks=train_attacks, seed=seed)
+    if escalate is not None and task == "mnist":
+        scale = dataclasses.replace(scale, escalate_fraction=escalate)
     t0 = time.time()
     encoder = MiniLMEncoder() if task == "reviews" else None
     data = prepare_mnist(scale) if task == "mnist" else prepare_reviews(scale, encoder)
@@ -136,7 +157,10 @@ def fides_task(
     m = outcome.metrics
     m["latency"] = latency(task, data, outcome, encoder, requests)
     name = (
-        f"bench-{task}" + ("-heldout" if train_attacks else "") + (f"-seed{seed}" if seed else "")
+        f"bench-{task}"
+        + ("-heldout" if train_attacks else "")
+        + (f"-seed{seed}" if seed else "")
+        + (f"-escalate{escalate:g}" if escalate is not None else "")
     )
     m["saved_to"] = str(outcome.fides.save(cache_dir() / name))
     att = m["attacks"].values()
@@ -147,7 +171,8 @@ def fides_task(
             (a["reclassification_accuracy"] or 0) >= TARGETS["reclassification_accuracy_min"]
             for a in att
         ),
-        "latency": m["latency"]["ratio"] <= TARGETS["latency_ratio_max"],
+        # the ratio of mean times: escalated requests count with what they cost
+        "latency": m["latency"]["ratio_of_means"] <= TARGETS["latency_ratio_max"],
     }
     m["seed"] = seed
     m["wall_s"] = time.time() - t0
@@ -170,12 +195,22 @@ def main() -> None:
         "are evaluated as unseen",
     )
     parser.add_argument("--seed", type=int, default=0, help="Scale.seed: splits, training, attacks")
+    parser.add_argument(
+        "--escalate",
+        type=float,
+        default=None,
+        help="MNIST: Scale.escalate_fraction (default: the full scale's; 0 turns escalation off)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     known = tuple(args.train_attacks.split(",")) if args.train_attacks else None
     tasks = args.tasks.split(",")
-    fides = {t: fides_task(t, args.requests, known, args.seed) for t in tasks if t != "consensus"}
+    fides = {
+        t: fides_task(t, args.requests, known, args.seed, args.escalate)
+        for t in tasks
+        if t != "consensus"
+    }
     consensus = None
     if "consensus" in tasks:
         from bench.consensus_mesh import run as run_consensus

@@ -73,10 +73,10 @@ from verification.fides.enclave_app import (
     DIGEST_SIZE,
     ENTRY,
     PROTOCOLS,
-    SEALED_OVERHEAD,
     encode_request,
     image_request,
     judge_request,
+    max_sealed_size,
     prepare_request,
     verifier_bundle,
 )
@@ -715,7 +715,7 @@ def verify_data(request: classify_pb2.VerifyRequest, hosted: HostedVerifier) -> 
             f"service_probs must be 1..{MAX_INPUTS_PER_CALL} rows of {hosted.n_classes} "
             "little-endian float32"
         )
-    if not 0 < len(request.sealed) <= n * row + SEALED_OVERHEAD:
+    if not 0 < len(request.sealed) <= max_sealed_size(n, hosted.n_classes):
         raise InvalidRequest("sealed distribution of the wrong size for service_probs")
     return judge_request(request.sealed, request.request_digest, request.service_probs)
 

@@ -235,6 +235,7 @@ def result_dict(res: ClassificationResult) -> dict[str, Any]:
             threshold=check.threshold,
             verifier_label=check.verifier_label,
             reclassified=check.reclassified_label,
+            exact=check.exact,
         )
     doc: dict[str, Any] = {
         "model": res.model,

@@ -732,6 +732,8 @@ def _classify(args: argparse.Namespace) -> int:
             verdict = "ATTACK FLAGGED" if ex["attacked"] else "ok"
             if ex["score"] is None:  # protocol "verdicts": the enclave reveals only the verdict
                 line += f"   fides: {verdict} (judged in the enclave)"
+            elif ex.get("exact"):  # escalated: compared with the enclave's recomputation
+                line += f"   fides: {verdict} (checked exactly: the enclave recomputed it)"
             else:
                 line += f"   fides: {verdict} (score {ex['score']:+.2f} vs {ex['threshold']:+.2f})"
             if ex["reclassified"] is not None:

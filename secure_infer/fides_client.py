@@ -121,7 +121,7 @@ from verification.fides.checks import probs_array
 from verification.fides.enclave_app import (
     ENTRY,
     PROTOCOLS,
-    decode_output,
+    decode_reply,
     decode_verdicts,
     image_request,
     judge_request,
@@ -590,12 +590,14 @@ def classify_fides(
         if verdicts:  # hashed now, while the service is still computing (~1.5 ms at 256 images)
             return vreply, verified, request_digest(data), time.perf_counter() - t_check
         try:
-            pv = decode_output(vreply.output)  # attested: the enclave's own output
+            pv, recomputed = decode_reply(vreply.output)  # attested: the enclave's own output
             if len(pv) != n:
                 raise InvalidInput(f"verifier answered {len(pv)} rows for {n} inputs")
+            pv_array = probs_array(pv, checker.fides.n_classes, n_rows=n)
+            recomputed = checker.fides.check_recomputed(recomputed, pv_array)
         except InvalidInput as exc:
             raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
-        return vreply, verified, pv, time.perf_counter() - t_check
+        return vreply, verified, (pv_array, recomputed), time.perf_counter() - t_check
 
     # The verifier's side runs on a pooled thread (`run_async`), the service's call on this
     # one, so that its answer is judged without a hand-off between threads; a failure of
@@ -610,19 +612,20 @@ def classify_fides(
         )
     done["service"] = time.perf_counter()
     vreply, verified, checked, check_s = f_verify.result()
-    pv = None if verdicts else checked
+    pv, recomputed = (None, None) if verdicts else checked
     digest = checked if verdicts else b""
     t_judge = time.perf_counter()
     probs = decode_probs(reply, n)
     try:
         if pv is not None:
-            judged = checker.fides.judge_columns(probs, pv)
+            judged = checker.fides.judge_columns(probs, pv, recomputed)
             columns = (
                 judged.attacked,
                 judged.score,
                 judged.threshold,
                 judged.verifier_label,
                 judged.reclassified_label,
+                judged.exact,
             )
         else:
             probs_array(probs, checker.fides.n_classes, n_rows=n)  # the service's, validated
@@ -659,10 +662,10 @@ def classify_fides(
             attacked, recl = decode_verdicts(jreply.output, n)
         except InvalidInput as exc:
             raise PeerMisbehaved(f"verifier node {verifier.name}: {exc}") from None
-        columns = (attacked, [None] * n, None, [None] * n, recl)
+        columns = (attacked, [None] * n, None, [None] * n, recl, [None] * n)
         judge_s = time.perf_counter() - t_judge_call
     check_s += time.perf_counter() - t_judge
-    attacked_col, score_col, threshold, verifier_col, recl_col = columns
+    attacked_col, score_col, threshold, verifier_col, recl_col, exact_col = columns
     checks = tuple(
         FidesCheck(
             service_label=s,
@@ -671,13 +674,15 @@ def classify_fides(
             threshold=threshold,
             verifier_label=v,
             reclassified_label=r,
+            exact=e,
         )
-        for a, sc, s, v, r in zip(
+        for a, sc, s, v, r, e in zip(
             attacked_col,
             score_col,
             probs.argmax(1).tolist(),
             verifier_col,
             recl_col,
+            exact_col,
             strict=True,
         )
     )
@@ -713,7 +718,8 @@ def classify_fides(
         ),
         verify="fides",
         checks=checks,
-        verifier_probs=None if pv is None else pv.numpy(),
+        verifier_probs=pv,
+        recomputed=None if recomputed is None else (recomputed.rows, recomputed.probs),
         quote=summary,
         threat_model=threat_model(
             options.protocol,

@@ -39,6 +39,7 @@ from verification.fides import FidesVerifier
 from verification.fides.artefacts import SCALES, build
 from verification.fides.attacks import swap_top2
 from verification.fides.experiment import prepare_mnist
+from verification.fides.verifier import Recomputed
 
 MODEL = "mnist"
 N_IMAGES = 32
@@ -93,7 +94,8 @@ def run_fides_demo(
         refused = f"refused: {type(exc).__name__}: {exc}"
     fides = FidesVerifier.load(options.bundle)
     honest = res.probs.argmax(1)
-    attacked = fides.judge(swap_top2(torch.from_numpy(res.probs)), res.verifier_probs)
+    recomputed = None if res.recomputed is None else Recomputed(*res.recomputed)
+    attacked = fides.judge(swap_top2(torch.from_numpy(res.probs)), res.verifier_probs, recomputed)
     hits = [v.reclassified_label == int(honest[i]) for i, v in enumerate(attacked) if v.attacked]
     provisioned = provision_verifier(
         mesh.nodes[judge].address,

@@ -207,6 +207,10 @@ class FidesCheck:
     threshold: float | None  # calibrated on clean traffic (<= 2 % false positives there)
     verifier_label: int | None  # top-1 of the enclave's verification model
     reclassified_label: int | None  # the re-classifier's estimate of the honest class if attacked
+    # True: escalated, i.e. checked against the service model's own recomputation in the
+    # enclave (`attacked` = "differs from it"; `reclassified_label` = its top-1, exact), not
+    # by the detector. None under protocol "verdicts" (the enclave does not say).
+    exact: bool | None = None
 
     @property
     def label(self) -> int:
@@ -232,6 +236,9 @@ class ClassificationResult:
     verify: str | None = None  # "fides" or None
     checks: tuple[FidesCheck, ...] = ()  # one per example under verify="fides"
     verifier_probs: np.ndarray | None = None  # (N, C) the enclave's attested distribution
+    # (rows, (k, C) distributions): the enclave's recomputation of the service model on the
+    # escalated rows (`FidesCheck.exact`), when the verifier escalates (protocol "distribution")
+    recomputed: tuple[np.ndarray, np.ndarray] | None = None
     quote: QuoteSummary | None = None
     threat_model: str = ""
 
@@ -245,6 +252,9 @@ class ClassificationResult:
         if self.verify:
             flagged = sum(c.attacked for c in self.checks)
             parts += [f"verify={self.verify!r}", f"flagged={flagged}/{len(self.checks)}"]
+            exact = sum(bool(c.exact) for c in self.checks)
+            if exact:
+                parts.append(f"exact={exact}")
         if self.quote is not None:
             parts.append(
                 "tee=SIMULATED(INSECURE)" if self.simulated else f"tee={self.quote.platform}"

@@ -96,6 +96,16 @@ def test_honest_service_passes(
     assert res.quote.attestation == "session" and "per-result HMAC" in str(res.quote)
     assert "this result carries its distribution" in res.threat_model
     assert res.timings["service_s"] > 0 and res.timings["verifier_s"] > 0
+    # escalation: the enclave recomputed the service model on the verifier's least sure rows,
+    # the ones the local bundle's rule names, and the honest answer passed the exact check
+    local = FidesVerifier.load(artefacts / "fides")
+    exact = np.array([c.exact for c in res.checks])
+    assert exact.tolist() == local.escalates(local.verifier_probs(test_images).numpy()).tolist()
+    assert exact.any() and not any(c.attacked for c in res.checks if c.exact)
+    rows, recomputed = res.recomputed
+    assert rows.tolist() == np.flatnonzero(exact).tolist()
+    np.testing.assert_allclose(recomputed, honest[rows], rtol=1e-4, atol=1e-6)
+    assert f"exact={int(exact.sum())}" in repr(res)
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
@@ -114,8 +124,11 @@ def test_attacking_service_is_flagged_and_reclassified(
     flagged = np.array([c.attacked for c in res.checks])
     assert changed.any(), "the attack changed no label"
     assert flagged[changed].mean() >= 0.4, (attack, flagged[changed].mean())
+    exact = np.array([c.exact for c in res.checks])
+    assert flagged[exact & changed].all()  # recomputed in the enclave: caught exactly
     if attack in LABEL_ATTACKS:
         recl = np.array([c.reclassified_label for c in res.checks], dtype=object)[flagged]
+        assert (recl[exact[flagged] & changed[flagged]] == truth[exact & changed]).all()
         assert np.mean(recl == truth[flagged]) >= MIN_RECLASSIFICATION[attack], attack
         assert np.mean(recl == truth[flagged]) > np.mean(res.predictions[flagged] == truth[flagged])
 
@@ -133,7 +146,12 @@ def test_a_service_relaying_an_open_verifier_passes_unflagged(
     assert res.node_name == "attacker" and res.verifier_probs is not None
     np.testing.assert_allclose(res.probs, res.verifier_probs, atol=1e-6)  # relayed as is
     assert np.abs(res.probs - honest).max() > 1e-2  # not what the service model says
-    assert np.mean([c.attacked for c in res.checks]) <= 0.02
+    flagged = np.array([c.attacked for c in res.checks])
+    exact = np.array([c.exact for c in res.checks])
+    assert flagged[~exact].mean() <= 0.02  # the detector sees nothing
+    # except where the enclave recomputed the service model (escalation): the verifier's
+    # least sure rows, where the verifier's distribution is not the service's
+    assert exact.any() and flagged[exact].all()
     assert "answers enrolled clients only" in res.threat_model  # the client's verifier is
 
 

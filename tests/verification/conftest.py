@@ -20,6 +20,7 @@ TINY = Scale(
     verifier_budget=0.25,
     gdtl=GdtlConfig(epochs=15, finetune_epochs=2, target_fidelity=0.97),
     gan=GanConfig(epochs=30),
+    escalate_fraction=0.05,  # the enclave recomputes the 5 % least sure queries (test_escalation)
 )
 
 

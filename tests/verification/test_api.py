@@ -41,6 +41,7 @@ def test_save_load_round_trip(tiny_mnist: tuple[TaskData, Outcome], tmp_path: Pa
         "detector.safetensors",
         "fides.json",
         "reclassifier.safetensors",
+        "reference.safetensors",  # the tiny setup escalates (test_escalation.py)
         "verifier.safetensors",
     ]
     loaded = FidesVerifier.load(path)
@@ -67,7 +68,8 @@ def test_client_bundle_has_no_verifier_and_judges_alike(
     assert client.client_only and not out.fides.client_only
     assert client.verifier_model_digest == digest and client.n_classes == 10
     pv = out.fides.verifier_probs(x)
-    assert client.judge(ps, pv) == out.fides.judge(ps, pv) == out.fides.verify(x, ps)
+    rec = out.fides.recompute(x, pv)  # what the enclave sends with pv (test_escalation.py)
+    assert client.judge(ps, pv, rec) == out.fides.judge(ps, pv, rec) == out.fides.verify(x, ps)
     for run_verifier in (
         lambda: client.verifier_probs(x),
         lambda: client.verify(x, ps),
@@ -170,7 +172,8 @@ def test_older_formats_load_and_score_as_calibrated(
     data, out = tiny_mnist
     path = out.fides.save(tmp_path / "fides")
     cfg = json.loads((path / "fides.json").read_text())
-    assert cfg["format_version"] == 3 and cfg["log_floor"] == out.fides.log_floor == LOG_FLOOR
+    assert cfg["format_version"] == 4 and cfg["log_floor"] == out.fides.log_floor == LOG_FLOOR
+    assert cfg["escalation_margin"] == out.fides.escalation_margin is not None
     assert cfg["disagreement_bonus"] == out.fides.disagreement_bonus == DISAGREEMENT_BONUS > 0
     x = data.inputs["test"][:40]
     ps, pv = batched(out.service, x).softmax(1), out.fides.verifier_probs(x)
@@ -195,7 +198,14 @@ def test_older_formats_load_and_score_as_calibrated(
     assert torch.allclose(old.scores(ps, pv), expected.detach())
     assert differ.sum() < len(differ)  # the verifier mostly agrees with the service
     for bad in (
-        {"format_version": 4},
+        {"format_version": 5},
+        {"format_version": 4},  # no bonus recorded either
+        {
+            "format_version": 4,
+            "log_floor": 1e-30,
+            "disagreement_bonus": 2.0,
+            "escalation_margin": 2,
+        },
         {"format_version": 3},  # no bonus recorded
         {"format_version": 2},  # no floor recorded
         {"log_floor": float("nan")},

@@ -17,8 +17,10 @@ little-endian float32 pixels in [0, 1], exactly the bytes of the wire message, s
 the client build it without decoding (`image_request`: the enclave's quote or session tag binds
 the request's digest, and the client recomputes it from what it sent); or texts as
 `TEXTS_MAGIC` then the UTF-8 of a JSON list of strings. Reply: safetensors with "probs" float32
-(N, C). Malformed requests raise `InvalidInput` inside the enclave (the host sees an enclave
-error).
+(N, C); with escalation (a format-4 bundle with `escalation_margin`: the bundle also holds the
+service model, `verifier.Recomputed`) also "rows" int64 (k,), the escalated rows, and
+"reference" float32 (k, C), the service model's distribution on them (`decode_reply`).
+Malformed requests raise `InvalidInput` inside the enclave (the host sees an enclave error).
 
 Protocol "verdicts" (`verifier_bundle(directory, protocol="verdicts")`): the bundle also holds
 the detector, the re-classifier and the threshold, and the enclave NEVER returns the
@@ -48,6 +50,7 @@ from safetensors.torch import load, save
 from .checks import as_images, as_texts
 from .errors import InvalidInput, ModelFormatError
 from .nets import build_net, read_json
+from .verifier import Recomputed, top_margin
 
 ENTRY = "verification.fides.enclave_app:verifier_handler"
 _LEN = 8
@@ -59,6 +62,15 @@ JUDGE_MAGIC = b"FIDES-JUDGE-v1\n"
 DIGEST_SIZE = 48  # SHA-384
 _NONCE = 12  # AES-GCM
 SEALED_OVERHEAD = _NONCE + 8 + 16  # a sealed distribution: nonce, (N, C) header, GCM tag
+
+
+def max_sealed_size(n: int, n_classes: int) -> int:
+    """The largest sealed PREPARE reply for `n` inputs of `n_classes` classes: the distribution
+    and, from an escalating bundle, k <= n recomputed rows (index and distribution each)."""
+    row = 4 * n_classes
+    return SEALED_OVERHEAD + n * row + 4 + n * (8 + row)
+
+
 _JUDGE_NETS = ("detector", "reclassifier")
 
 
@@ -71,13 +83,17 @@ def verifier_bundle(directory: str | Path, protocol: str = "distribution") -> by
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     path = Path(directory)
     config = read_json(path / "fides.json")
-    names = ("verifier",) if protocol == "distribution" else ("verifier", *_JUDGE_NETS)
+    names: tuple[str, ...] = ("verifier", *(_JUDGE_NETS if protocol == "verdicts" else ()))
     try:
         head: dict[str, Any] = {
             "net": config["nets"]["verifier"],
             "task": config["task"],
             "max_length": config["max_length"],
         }
+        margin = config.get("escalation_margin") if config["format_version"] >= 4 else None
+        if margin is not None:  # the service model rides along (the enclave recomputes)
+            names = (*names, "reference")
+            head.update({"escalation_margin": margin, "reference": config["nets"]["reference"]})
         if protocol == "verdicts":
             version = config["format_version"]
             head.update(
@@ -98,7 +114,7 @@ def verifier_bundle(directory: str | Path, protocol: str = "distribution") -> by
         if not weights.exists():
             raise ModelFormatError(f"missing weights file {weights}")
         blobs.append(weights.read_bytes())
-    if protocol == "verdicts":
+    if len(blobs) > 1:
         head["sizes"] = [len(b) for b in blobs]
     text = json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
     return len(text).to_bytes(_LEN, "big") + text + b"".join(blobs)
@@ -182,10 +198,24 @@ def decode_request(data: bytes) -> torch.Tensor | list[str]:
 
 def decode_output(data: bytes) -> torch.Tensor:
     """The verifier's (N, C) distribution from an enclave reply (check the quote first)."""
+    return decode_reply(data)[0]
+
+
+def decode_reply(data: bytes) -> tuple[torch.Tensor, Recomputed | None]:
+    """The verifier's (N, C) distribution and, from an escalating bundle's enclave, the
+    recomputed rows (unchecked: `FidesVerifier.check_recomputed` checks them against the
+    bundle's rule) from an enclave reply (check the quote first)."""
     try:
-        return load(data)["probs"]
+        tensors = load(data)
+        probs = tensors["probs"]
+        if "rows" not in tensors and "reference" not in tensors:
+            return probs, None
+        rows, ref = tensors["rows"], tensors["reference"]
     except Exception as exc:  # noqa: BLE001
         raise InvalidInput(f"verifier output is malformed: {exc}") from None
+    if rows.dtype != torch.int64 or rows.dim() != 1 or ref.dim() != 2:
+        raise InvalidInput("verifier output: malformed recomputed rows")
+    return probs, Recomputed(rows.numpy(), ref.float().numpy())
 
 
 def _net(config: dict[str, Any], weights: bytes) -> torch.nn.Module:
@@ -199,15 +229,20 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
     torch.set_num_threads(1)
     config, weights = _split(model)
     protocol = config.get("protocol", "distribution")
-    if protocol == "verdicts":
+    margin = config.get("escalation_margin")
+    names = ["verifier", *(_JUDGE_NETS if protocol == "verdicts" else ())]
+    names += ["reference"] if margin is not None else []
+    if len(names) > 1:
         sizes = [int(n) for n in config["sizes"]]
-        if len(sizes) != 3 or sum(sizes) != len(weights):
-            raise ModelFormatError("verdicts bundle: weight sizes do not add up")
+        if len(sizes) != len(names) or sum(sizes) != len(weights):
+            raise ModelFormatError(f"{protocol} bundle: weight sizes do not add up")
         cuts = np.cumsum([0, *sizes]).tolist()
-        blobs = [weights[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-        net = _net(config["net"], blobs[0])
+        parts = [weights[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        blobs = dict(zip(names, parts, strict=True))
     else:
-        net = _net(config["net"], weights)
+        blobs = {"verifier": weights}
+    net = _net(config["net"], blobs["verifier"])
+    reference = None if margin is None else _net(config["reference"], blobs["reference"])
     task, max_length = config["task"], int(config["max_length"])
     tokenizer = None
     if task == "text":
@@ -215,7 +250,7 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
 
         tokenizer = load_tokenizer()
 
-    def probs_of(data: bytes) -> torch.Tensor:
+    def probs_of(data: bytes) -> tuple[torch.Tensor, Recomputed | None]:
         x = decode_request(data)
         if task == "image" and isinstance(x, list) or task == "text" and not isinstance(x, list):
             raise InvalidInput(f"this verifier takes {task} inputs")
@@ -224,10 +259,30 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
 
             x = tokenize(tokenizer, x, max_length)
         with torch.no_grad():
-            return net(x).softmax(1).float().contiguous()
+            pv = net(x).softmax(1).float().contiguous()
+            if reference is None:
+                return pv, None
+            rows = (top_margin(pv.numpy()) <= margin).nonzero()[0].astype(np.int64)
+            if not len(rows):
+                return pv, Recomputed.none(pv.shape[1])
+            ref = reference(x[torch.from_numpy(rows)]).softmax(1).float().contiguous()
+            return pv, Recomputed(rows, ref.numpy())
 
     if protocol != "verdicts":
-        return lambda data: save({"probs": probs_of(data)})
+
+        def distribution(data: bytes) -> bytes:
+            pv, recomputed = probs_of(data)
+            if recomputed is None:
+                return save({"probs": pv})
+            return save(
+                {
+                    "probs": pv,
+                    "rows": torch.from_numpy(recomputed.rows),
+                    "reference": torch.from_numpy(recomputed.probs),
+                }
+            )
+
+        return distribution
 
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -238,22 +293,28 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
     judge = FidesVerifier(
         task,
         None,
-        _net(config["detector"], blobs[1]),
-        _net(config["reclassifier"], blobs[2]),
+        _net(config["detector"], blobs["detector"]),
+        _net(config["reclassifier"], blobs["reclassifier"]),
         float(config["threshold"]),
         log_floor=LEGACY_LOG_FLOOR if floor is None else float(floor),
         disagreement_bonus=float(config["disagreement_bonus"]),
         n_classes=int(config["net"]["n_classes"]),
+        escalation_margin=margin,
     )
     seal = AESGCM(AESGCM.generate_key(bit_length=256))  # never leaves this process
 
     def handle(data: bytes) -> bytes:
         if data.startswith(PREPARE_MAGIC):
             request = data[len(PREPARE_MAGIC) :]
-            pv = probs_of(request).numpy().astype("<f4")
+            probs, recomputed = probs_of(request)
+            pv = probs.numpy().astype("<f4")
             nonce = os.urandom(_NONCE)
-            shape = len(pv).to_bytes(4, "big") + pv.shape[1].to_bytes(4, "big")
-            return nonce + seal.encrypt(nonce, shape + pv.tobytes(), request_digest(request))
+            plain = len(pv).to_bytes(4, "big") + pv.shape[1].to_bytes(4, "big") + pv.tobytes()
+            if recomputed is not None:  # k, then k row indices and k recomputed distributions
+                plain += len(recomputed.rows).to_bytes(4, "big")
+                plain += recomputed.rows.astype("<i8").tobytes()
+                plain += recomputed.probs.astype("<f4").tobytes()
+            return nonce + seal.encrypt(nonce, plain, request_digest(request))
         if not data.startswith(JUDGE_MAGIC):
             raise InvalidInput(
                 "this verifier answers verdicts only (protocol 'verdicts'): PREPARE, then JUDGE"
@@ -273,11 +334,18 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
                 "or made for another input"
             ) from None
         n, c = int.from_bytes(plain[:4], "big"), int.from_bytes(plain[4:8], "big")
-        pv = np.frombuffer(plain, dtype="<f4", offset=8).reshape(n, c)
+        end = 8 + n * c * 4
+        pv = np.frombuffer(plain[8:end], dtype="<f4").reshape(n, c)
+        recomputed = None
+        if reference is not None:  # sealed by this enclave: well-formed by construction
+            k = int.from_bytes(plain[end : end + 4], "big")
+            rows = np.frombuffer(plain[end + 4 : end + 4 + 8 * k], dtype="<i8")
+            ref = np.frombuffer(plain[end + 4 + 8 * k :], dtype="<f4").reshape(k, c)
+            recomputed = Recomputed(rows.astype(np.int64), ref)
         if len(ps_bytes) != n * c * 4:
             raise InvalidInput(f"service distribution: {len(ps_bytes)} bytes for ({n}, {c})")
         ps = np.frombuffer(ps_bytes, dtype="<f4").reshape(n, c)
-        verdicts = judge.judge_columns(ps, pv)  # validates ps (InvalidInput)
+        verdicts = judge.judge_columns(ps, pv, recomputed)  # validates ps (InvalidInput)
         out = {"attacked": verdicts.attacked, "reclassified": verdicts.reclassified_label}
         return json.dumps(out, separators=(",", ":")).encode()
 

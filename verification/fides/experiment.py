@@ -17,11 +17,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,14 +33,13 @@ from .detector import (
     GanConfig,
     calibrate_threshold,
     rate_interval,
-    reclassifier_features,
     train_detector_gan,
 )
 from .gdtl import ConvFamily, GdtlConfig, GdtlResult, TextFamily, greedy_distill
 from .nets import ConvPrefixNet, MLPNet, bert_macs
 from .text import MAX_LENGTH, MiniLMEncoder, encode_reviews
 from .training import accuracy, batched, train_classifier
-from .verifier import DISAGREEMENT_BONUS, FidesVerifier
+from .verifier import DISAGREEMENT_BONUS, FidesVerifier, top_margin
 
 ATTACKS = ("swap_top2", "average_top2", "random_label_switch", "fgsm", "substitution")
 log = logging.getLogger(__name__)
@@ -67,6 +68,15 @@ class Scale:
     seed: int = 0
     # the bonus `choose_bonus` may pick (see verifier.DISAGREEMENT_BONUS); 0 disables it
     disagreement_bonus: float = DISAGREEMENT_BONUS
+    # image only: the fraction of `fides` queries on which the verifier is least sure, whose
+    # top-1 margin sets `FidesVerifier.escalation_margin` (the enclave recomputes those with the
+    # service model and they are checked exactly); 0 = no escalation
+    escalate_fraction: float = 0.0
+    # the expected false-positive rate the threshold is calibrated to (None: `max_fpr`). With
+    # escalation the honest disagreements are checked exactly, the detector needs less of the
+    # budget, and a lower rate keeps the measured rate under `max_fpr` (a 500-query split
+    # scatters by about a point around the calibrated rate)
+    threshold_fpr: float | None = None
 
 
 @dataclass
@@ -274,6 +284,9 @@ def run(data: TaskData, scale: Scale) -> Outcome:
     if scale.train_attacks is not None:  # attacks held out of training stay unseen until test
         att_fides = {k: v for k, v in att_fides.items() if k in scale.train_attacks}
     gan = train_detector_gan(ps_gan, pv_gan, att_fides, scale.gan)
+    margin = escalation_margin(pv["fides"], scale.escalate_fraction)
+    if margin is not None and data.task != "image":
+        raise ValueError("escalation recomputes the service on the verifier's inputs: images only")
     fides = FidesVerifier(
         data.task,
         gd.net,
@@ -283,18 +296,24 @@ def run(data: TaskData, scale: Scale) -> Outcome:
         metadata={"attacks_trained": sorted(att_fides), "gan_rows": len(ps_gan)},
         max_length=MAX_LENGTH,
         log_floor=scale.gan.log_floor,
-        disagreement_bonus=0.0,
+        disagreement_bonus=choose_bonus(gd.fidelity, scale),
+        reference=None if margin is None else copy.deepcopy(service),
+        escalation_margin=margin,
     )
-    fides.disagreement_bonus = choose_bonus(gd.fidelity, scale)
-    fides.threshold = calibrate_threshold(fides.scores(ps["calib"], pv["calib"]), scale.max_fpr)
-    metrics = evaluate(
-        fides,
-        data,
-        ps["test"],
-        pv["test"],
-        attack_outputs(data, "test", service, substitute, scale),
-        scale.max_fpr,
-    )
+    fpr = scale.max_fpr if scale.threshold_fpr is None else scale.threshold_fpr
+    if not 0.0 < fpr <= scale.max_fpr:
+        raise ValueError(f"threshold_fpr must lie in (0, max_fpr]: {fpr!r}")
+    fides.threshold = calibrate_threshold(fides.calibration_scores(ps["calib"], pv["calib"]), fpr)
+    attacked_test = attack_outputs(data, "test", service, substitute, scale)
+    metrics = evaluate(fides, data, ps["test"], pv["test"], attacked_test, scale.max_fpr)
+    if margin is not None:  # the same detector without escalation, for comparison
+        alone = copy.copy(fides)
+        alone.reference, alone.escalation_margin = None, None
+        alone.threshold = calibrate_threshold(alone.scores(ps["calib"], pv["calib"]), scale.max_fpr)
+        metrics["without_escalation"] = evaluate(
+            alone, data, ps["test"], pv["test"], attacked_test, scale.max_fpr
+        )
+        metrics["without_escalation"]["threshold"] = alone.threshold
     metrics.update(
         {
             "service_accuracy": accuracy(ps["test"], data.labels["test"]),
@@ -309,10 +328,28 @@ def run(data: TaskData, scale: Scale) -> Outcome:
             "splits": {s: len(y) for s, y in data.labels.items()},
             "threshold": fides.threshold,
             "disagreement_bonus": fides.disagreement_bonus,
+            "escalation_margin": fides.escalation_margin,
+            "threshold_fpr": fpr,
         }
     )
+    # What the enclave computes per query on clean traffic: the verifier, plus the service
+    # model on the escalated fraction (measured on `test`).
+    verification_macs = gd.macs + metrics["escalated_fraction"] * metrics["service_macs"]
+    metrics["verification_macs_per_query"] = verification_macs
+    metrics["verification_mac_ratio"] = verification_macs / metrics["service_macs"]
     fides.metadata.update({k: metrics[k] for k in ("verifier_fidelity", "service_accuracy")})
     return Outcome(fides, service, substitute, gd, metrics)
+
+
+def escalation_margin(verifier_probs: torch.Tensor, fraction: float) -> float | None:
+    """The top-1 margin at or below which `fraction` of these (`fides`) queries lie: the
+    enclave recomputes queries at or below it (`FidesVerifier.escalates`). None for 0."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"escalate_fraction must lie in [0, 1): {fraction!r}")
+    if not fraction:
+        return None
+    margins = np.sort(top_margin(verifier_probs.numpy()))
+    return float(margins[min(len(margins) - 1, math.ceil(fraction * len(margins)) - 1)])
 
 
 def choose_bonus(fidelity: float, scale: Scale) -> float:
@@ -354,14 +391,25 @@ def evaluate(
     """
     honest = ps.argmax(1)
     truth = data.labels["test"]
-    clean_scores = fides.scores(ps, pv)
+    recomputed = fides.recompute(fides.prepare(data.inputs["test"]), pv)
+
+    def judged(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(flagged, re-classified label or -1, score): escalated rows score +inf when their
+        exact check fails and -inf when it passes (the threshold does not apply to them)."""
+        j = fides.judge_columns(p, pv, recomputed)
+        score = torch.tensor(j.score)
+        exact = torch.tensor(j.exact)
+        flagged = torch.tensor(j.attacked)
+        score[exact] = torch.where(flagged[exact], float("inf"), -float("inf"))
+        recl = torch.tensor([-1 if r is None else r for r in j.reclassified_label])
+        return flagged, recl, score
+
+    clean_flagged, _, clean_scores = judged(ps)
     oracle = operating_threshold(clean_scores, max_fpr)
     per_attack = {}
     for name, pa in attacked.items():
-        scores = fides.scores(pa, pv)
-        flagged = scores > fides.threshold
+        flagged, recl, scores = judged(pa)
         changed = pa.argmax(1) != honest
-        recl = fides.reclassifier(reclassifier_features(pa, pv, floor=fides.log_floor)).argmax(1)
         per_attack[name] = {
             "detection_rate": flagged.float().mean().item(),
             "detection_rate_ci95": rate_interval(int(flagged.sum()), len(flagged)),
@@ -375,8 +423,8 @@ def evaluate(
             "roc_auc": roc_auc(clean_scores, scores),
             "detection_rate_at_test_operating_point": (scores > oracle).float().mean().item(),
         }
-    clean_flagged = clean_scores > fides.threshold
     return {
+        "escalated_fraction": 0.0 if recomputed is None else len(recomputed.rows) / len(ps),
         "false_positive_rate": clean_flagged.float().mean().item(),
         "false_positive_rate_ci95": rate_interval(int(clean_flagged.sum()), len(clean_flagged)),
         "test_operating_point": {

@@ -23,8 +23,24 @@ Saved layout (no pickle): `fides.json` (format version, task, configs, threshold
 probability floor `log_floor`, metadata) and `verifier.safetensors`, `detector.safetensors`,
 `reclassifier.safetensors`. Format 3 added `disagreement_bonus` (see `DISAGREEMENT_BONUS`);
 formats 2 (no bonus) and 1 (no `log_floor` either; its detectors used a floor of 1e-7) still
-load and score as they were calibrated. A client bundle's `fides.json` says `"kind": "client"`,
-records `n_classes` and `verifier_model_digest`, and has no verifier net.
+load and score as they were calibrated. Format 4 added escalation (`escalation_margin`, and in
+the full bundle `reference.safetensors`, the service model; see `Recomputed`). A client
+bundle's `fides.json` says `"kind": "client"`, records `n_classes` and `verifier_model_digest`,
+and has no verifier or reference net.
+
+Escalation (format 4). The distilled verifier agrees with the service's top-1 on ~98-99 % of
+MNIST queries, and a swap between the two classes it hesitates between looks like an honest
+disagreement: that is what limited detection (docs/fides.md). A bundle with escalation also
+holds the SERVICE's own model (the `reference`: whoever distils the verifier holds it), and the
+enclave runs it on the queries where the verifier is least sure of its own top-1 (top-1 minus
+top-2 probability <= `escalation_margin`, set in training so that a chosen fraction of queries
+escalates; the margin depends on the input only, so the enclave decides before it sees any
+answer). Those queries are checked EXACTLY: the service's distribution must equal the
+recomputation (`exact_mismatch`), any other answer is an attack, and the recomputed top-1 is
+the honest class. The others are judged by the detector as before. Costs: the reference's
+compute on the escalated fraction, in the enclave; the reference's weights are in the enclave's
+bundle (the service's owner must accept that the verifier's host could read them on a SIMULATED
+enclave: provision the bundle sealed where that matters).
 """
 
 from __future__ import annotations
@@ -48,8 +64,8 @@ from .errors import InvalidInput, ModelFormatError
 from .nets import MLPNet, load_net, read_json, save_net, write_json
 from .text import load_tokenizer, tokenize
 
-FORMAT_VERSION = 3  # 2 added `log_floor`, 3 `disagreement_bonus`
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # 2 added `log_floor`, 3 `disagreement_bonus`, 4 escalation
+READABLE_VERSIONS = (1, 2, 3, 4)
 # Added to the detector's logit when the two distributions' top-1 classes differ. The GAN-trained
 # detector under-weights confident disagreement at a 2 % false-positive operating point (it is
 # trained on balanced clean/attacked rows): on three MNIST training runs its top-2 swap
@@ -61,6 +77,50 @@ READABLE_VERSIONS = (1, 2, 3)
 # with reviews' ~0.75 it cost label-keeping attacks far more than it gained).
 DISAGREEMENT_BONUS = 2.0
 TASKS = ("image", "text")  # image: (N, 784) or (N, 1, 28, 28) in [0, 1]; text: strings or ids
+# An escalated query's answer passes when every class's log-probability is within
+# `EXACT_LOG_TOLERANCE` of the recomputation's (classes below `EXACT_LIVE` in both are not
+# compared; logs floored at `EXACT_FLOOR`) and its top-1 is the recomputation's, unless the two
+# classes tie within `EXACT_TIE` nats there. Honest differences are float32 rounding: another
+# kernel or batch composition moves a log-probability by ~1e-6 here (tests/verification), a GPU
+# by ~1e-5 on logits of magnitude ~30; the attacks move the top classes by tenths of a nat,
+# except where the two top classes (nearly) tie: a swap of them is caught by the label rule,
+# an average of classes within 1e-3 nats changes nothing that matters. Both sides must compute
+# in float32 (no half precision, no TF32).
+EXACT_LOG_TOLERANCE = 1e-3
+EXACT_TIE = 1e-4
+EXACT_LIVE = 1e-20
+EXACT_FLOOR = 1e-30
+
+
+@dataclass(frozen=True)
+class Recomputed:
+    """The reference (service) model's distribution on the escalated rows of a batch."""
+
+    rows: np.ndarray  # (k,) int64, strictly increasing row indices into the batch
+    probs: np.ndarray  # (k, C) float32
+
+    @classmethod
+    def none(cls, n_classes: int) -> Recomputed:
+        return cls(np.zeros(0, np.int64), np.zeros((0, n_classes), np.float32))
+
+
+def top_margin(p: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 probability of each row of an (N, C) array, C >= 2."""
+    part = np.partition(p, p.shape[1] - 2, axis=1)
+    return part[:, -1] - part[:, -2]
+
+
+def exact_mismatch(service_probs: np.ndarray, reference_probs: np.ndarray) -> np.ndarray:
+    """(k,) bool: rows where the service's distribution differs from the recomputation by more
+    than `EXACT_LOG_TOLERANCE` in the log-probability of some class, or names another top-1
+    than the recomputation's where that one leads by more than `EXACT_TIE` (see there)."""
+    log_s = np.log(np.maximum(service_probs, EXACT_FLOOR))
+    log_r = np.log(np.maximum(reference_probs, EXACT_FLOOR))
+    live = np.maximum(service_probs, reference_probs) >= EXACT_LIVE
+    moved = (np.where(live, np.abs(log_s - log_r), 0.0) > EXACT_LOG_TOLERANCE).any(axis=1)
+    rows = np.arange(len(log_r))
+    lead = log_r[rows, log_r.argmax(1)] - log_r[rows, log_s.argmax(1)]
+    return moved | (lead > EXACT_TIE)
 
 
 @dataclass(frozen=True)
@@ -73,6 +133,9 @@ class Verdict:
     service_label: int  # top-1 of the distribution the service returned
     verifier_label: int  # top-1 of the verification model
     reclassified_label: int | None  # the re-classifier's estimate of the honest class, if attacked
+    # Escalated: checked against the service model's recomputation in the enclave (`attacked`
+    # is then "differs from it", and `reclassified_label` its top-1), not by the detector.
+    exact: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,16 +148,18 @@ class Judgement:
     service_label: list[int]
     verifier_label: list[int]
     reclassified_label: list[int | None]
+    exact: list[bool]
 
     def verdicts(self) -> list[Verdict]:
         return [
-            Verdict(a, s, self.threshold, sl, vl, r)
-            for a, s, sl, vl, r in zip(
+            Verdict(a, s, self.threshold, sl, vl, r, e)
+            for a, s, sl, vl, r, e in zip(
                 self.attacked,
                 self.score,
                 self.service_label,
                 self.verifier_label,
                 self.reclassified_label,
+                self.exact,
                 strict=True,
             )
         ]
@@ -118,10 +183,15 @@ class FidesVerifier:
         n_classes: int | None = None,
         verifier_model_digest: str | None = None,
         verdicts_model_digest: str | None = None,
+        reference: nn.Module | None = None,
+        escalation_margin: float | None = None,
     ) -> None:
         """`verifier` None makes a client-side instance (a client bundle): it judges
         distributions computed elsewhere and cannot run the verification model itself; it then
-        needs `n_classes`, and carries the enclave model digest it was exported with."""
+        needs `n_classes`, and carries the enclave model digest it was exported with.
+
+        `escalation_margin` (with `reference`, the service model, unless client-side) turns on
+        escalation (module docstring); None: every query is judged by the detector."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if not 0.0 < log_floor < 1.0:  # also rejects NaN
@@ -141,6 +211,17 @@ class FidesVerifier:
         if not 0.0 <= disagreement_bonus < float("inf"):  # also rejects NaN
             raise ValueError(f"disagreement_bonus must be finite, >= 0: {disagreement_bonus!r}")
         self.disagreement_bonus = float(disagreement_bonus)
+        if escalation_margin is not None:
+            if not 0.0 <= escalation_margin <= 1.0:  # also rejects NaN
+                raise ValueError(f"escalation_margin must lie in [0, 1]: {escalation_margin!r}")
+            if verifier is not None and reference is None:
+                raise ValueError("escalation needs the reference (service) model")
+            if reference is not None and reference.config["n_classes"] != self.n_classes:
+                raise ValueError("the reference model's classes differ from the verifier's")
+        elif reference is not None:
+            raise ValueError("a reference model without an escalation_margin is never used")
+        self.escalation_margin = None if escalation_margin is None else float(escalation_margin)
+        self.reference = reference.eval() if reference is not None else None
         self._tokenizer: Any = None
 
     @property
@@ -182,6 +263,62 @@ class FidesVerifier:
         ps, pv = (np.asarray(p.detach(), np.float32) for p in (service_probs, verifier_probs))
         return torch.from_numpy(self._detect(ps, pv)[1])
 
+    def escalates(self, verifier_probs: np.ndarray) -> np.ndarray:
+        """(N,) bool: the queries the enclave recomputes with the service model (see
+        `Recomputed`): the verifier's top-1 margin is at most `escalation_margin`."""
+        if self.escalation_margin is None:
+            return np.zeros(len(verifier_probs), bool)
+        return top_margin(np.asarray(verifier_probs, np.float32)) <= self.escalation_margin
+
+    @torch.no_grad()
+    def recompute(self, x: torch.Tensor, verifier_probs: torch.Tensor) -> Recomputed | None:
+        """The reference model's distribution on the escalated rows of the prepared inputs
+        `x` (None without escalation)."""
+        if self.escalation_margin is None:
+            return None
+        if self.reference is None:
+            raise ModelFormatError("this bundle has no reference model (a client bundle?)")
+        rows = self.escalates(verifier_probs.numpy()).nonzero()[0].astype(np.int64)
+        if not len(rows):
+            return Recomputed.none(self.n_classes)
+        probs = self.reference(x[torch.from_numpy(rows)]).softmax(1).float()
+        return Recomputed(rows, np.ascontiguousarray(probs.numpy()))
+
+    def calibration_scores(
+        self, service_probs: torch.Tensor, verifier_probs: torch.Tensor
+    ) -> torch.Tensor:
+        """`scores`, with -inf on escalated queries: those are checked exactly, never by the
+        threshold, so a threshold calibrated on these scores spends its false-positive budget
+        on the queries the detector judges."""
+        scores = self.scores(service_probs, verifier_probs)
+        scores[torch.from_numpy(self.escalates(verifier_probs.detach().numpy()))] = -float("inf")
+        return scores
+
+    def check_recomputed(
+        self, recomputed: Recomputed | None, verifier_probs: np.ndarray
+    ) -> Recomputed | None:
+        """`recomputed` validated against this bundle's escalation rule and the verifier's
+        distribution (`InvalidInput` if the rows are not exactly the escalated ones or the
+        distributions are malformed): what a client checks of an enclave's answer."""
+        if self.escalation_margin is None:
+            if recomputed is not None and len(recomputed.rows):
+                raise InvalidInput("recomputed rows from a verifier without escalation")
+            return None
+        if recomputed is None:
+            raise InvalidInput("the verifier escalates but sent no recomputed rows")
+        want = self.escalates(verifier_probs).nonzero()[0]
+        rows = np.asarray(recomputed.rows)
+        if rows.dtype.kind not in "iu" or rows.shape != want.shape or (rows != want).any():
+            raise InvalidInput(
+                f"recomputed rows {rows.tolist()[:8]} are not the escalated ones "
+                f"{want.tolist()[:8]} (margin <= {self.escalation_margin})"
+            )
+        if not len(rows):
+            return Recomputed.none(self.n_classes)
+        return Recomputed(
+            want.astype(np.int64), probs_array(recomputed.probs, self.n_classes, n_rows=len(rows))
+        )
+
     def _detect(self, ps: np.ndarray, pv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(divergence features, detector logits) for validated float32 arrays."""
         features = divergence_features_np(ps, pv, self.log_floor)
@@ -197,25 +334,47 @@ class FidesVerifier:
         net = self._net()
         x = self.prepare(inputs)
         ps = as_probs(service_probs, self.n_classes, n_rows=len(x))
-        return self.judge(ps, net(x).softmax(1))
+        pv = net(x).softmax(1)
+        return self.judge(ps, pv, self.recompute(x, pv))
 
-    def judge(self, service_probs: object, verifier_probs: object) -> list[Verdict]:
-        """Verdicts from both distributions, the verifier's computed elsewhere (an enclave).
+    def judge(
+        self, service_probs: object, verifier_probs: object, recomputed: Recomputed | None = None
+    ) -> list[Verdict]:
+        """Verdicts from both distributions, the verifier's computed elsewhere (an enclave),
+        and with escalation the enclave's `recomputed` rows.
 
-        Both are validated (`InvalidInput` on shape, range or normalisation errors)."""
-        return self.judge_columns(service_probs, verifier_probs).verdicts()
+        All are validated (`InvalidInput` on shape, range or normalisation errors, or
+        recomputed rows that are not the escalated ones)."""
+        return self.judge_columns(service_probs, verifier_probs, recomputed).verdicts()
 
-    def judge_columns(self, service_probs: object, verifier_probs: object) -> Judgement:
+    def judge_columns(
+        self, service_probs: object, verifier_probs: object, recomputed: Recomputed | None = None
+    ) -> Judgement:
         """`judge`'s decisions as columns (what a caller that builds its own per-row objects
         wants: the client does, on every verified request). Features in numpy, the two small
         networks in torch: ~0.15 ms for one row, ~0.5 ms for 256 on one core."""
         pv = probs_array(verifier_probs, self.n_classes)
         ps = probs_array(service_probs, self.n_classes, n_rows=len(pv))
+        recomputed = self.check_recomputed(recomputed, pv)
         features, score = self._detect(ps, pv)
         flagged = score > self.threshold
+        exact = np.zeros(len(ps), bool)
         recl: list[int | None] = [None] * len(ps)
-        if flagged.any():  # the re-classifier runs only where an attack was flagged
-            rows = flagged.nonzero()[0]
+        if recomputed is not None and len(recomputed.rows):
+            rows = recomputed.rows
+            exact[rows] = True
+            flagged[rows] = exact_mismatch(ps[rows], recomputed.probs)
+            for i, label, bad in zip(
+                rows.tolist(),
+                recomputed.probs.argmax(1).tolist(),
+                flagged[rows].tolist(),
+                strict=True,
+            ):
+                if bad:  # the recomputation's top-1 is the honest class
+                    recl[i] = label
+        detected = flagged & ~exact
+        if detected.any():  # the re-classifier runs only where the detector flagged an attack
+            rows = detected.nonzero()[0]
             feats = reclassifier_features_np(ps[rows], pv[rows], features[rows], self.log_floor)
             labels = _apply(self.reclassifier, feats).argmax(1).tolist()
             for i, label in zip(rows.tolist(), labels, strict=True):
@@ -228,6 +387,7 @@ class FidesVerifier:
             service_label=ps.argmax(1).tolist(),
             verifier_label=pv.argmax(1).tolist(),
             reclassified_label=recl,
+            exact=exact.tolist(),
         )
 
     def save(self, directory: str | Path) -> Path:
@@ -243,12 +403,15 @@ class FidesVerifier:
             "max_length": self.max_length,
             "log_floor": self.log_floor,
             "disagreement_bonus": self.disagreement_bonus,
+            "escalation_margin": self.escalation_margin,
             "metadata": self.metadata,
             "nets": {
                 "verifier": save_net(net, path, "verifier"),
                 **{name: save_net(getattr(self, name), path, name) for name in _CLIENT_NETS},
             },
         }
+        if self.reference is not None:
+            config["nets"]["reference"] = save_net(self.reference, path, "reference")
         write_json(path / "fides.json", config)
         return path
 
@@ -269,7 +432,7 @@ class FidesVerifier:
                 raise ValueError("model digests must be 96 lower-case hex digits (SHA-384)")
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        if (path / "verifier.safetensors").exists():
+        if (path / "verifier.safetensors").exists() or (path / "reference.safetensors").exists():
             raise ValueError(f"{path} holds verification model weights: not a client directory")
         config = {
             "format_version": FORMAT_VERSION,
@@ -282,6 +445,7 @@ class FidesVerifier:
             "max_length": self.max_length,
             "log_floor": self.log_floor,
             "disagreement_bonus": self.disagreement_bonus,
+            "escalation_margin": self.escalation_margin,
             "metadata": self.metadata,
             "nets": {name: save_net(getattr(self, name), path, name) for name in _CLIENT_NETS},
         }
@@ -298,7 +462,10 @@ class FidesVerifier:
             raise ModelFormatError(f"unsupported format_version {config.get('format_version')!r}")
         client = config.get("kind", "full") == "client"
         try:
+            margin = config.get("escalation_margin") if version >= 4 else None
             names = _CLIENT_NETS if client else ("verifier", *_CLIENT_NETS)
+            if margin is not None and not client:
+                names = (*names, "reference")
             nets = {name: load_net(config["nets"][name], path, name) for name in names}
             return cls(
                 config["task"],
@@ -313,6 +480,8 @@ class FidesVerifier:
                 n_classes=int(config["n_classes"]) if client else None,
                 verifier_model_digest=str(config["verifier_model_digest"]) if client else None,
                 verdicts_model_digest=config.get("verdicts_model_digest") if client else None,
+                reference=nets.get("reference"),
+                escalation_margin=None if margin is None else float(margin),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFormatError(f"{path / 'fides.json'} is malformed: {exc!r}") from exc
