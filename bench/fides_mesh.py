@@ -129,7 +129,7 @@ def fixed_costs(bundle: Path, x: torch.Tensor, repeats: int = 50) -> dict[str, f
         verify_quote,
     )
     from verification.fides import FidesVerifier
-    from verification.fides.enclave_app import ENTRY, decode_output, encode_request, verifier_bundle
+    from verification.fides.enclave_app import ENTRY, decode_reply, encode_request, verifier_bundle
 
     fides = FidesVerifier.load(bundle)
     run_s, check_s, judge_s, srun_s, tag_s = [], [], [], [], []
@@ -158,8 +158,8 @@ def fixed_costs(bundle: Path, x: torch.Tensor, repeats: int = 50) -> dict[str, f
                 nonce_store=store,
             )
             t2 = time.perf_counter()
-            pv = decode_output(result.output)
-            fides.judge(pv, pv)
+            pv, recomputed = decode_reply(result.output)
+            fides.judge(pv, pv, recomputed)
             t3 = time.perf_counter()
             if i >= 3:  # warm-up
                 run_s.append(t1 - t0)

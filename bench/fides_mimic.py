@@ -55,6 +55,7 @@ from verification.fides.experiment import prepare_mnist, service_macs  # noqa: E
 from verification.fides.gdtl import ConvFamily, GdtlConfig, greedy_distill, wall_ms  # noqa: E402
 from verification.fides.service_model import load_classifier  # noqa: E402
 from verification.fides.training import batched  # noqa: E402
+from verification.fides.verifier import Recomputed  # noqa: E402
 
 TEMPERATURES = (0.8, 1.2, 1.5)  # the mimic's p ** (1 / t), renormalised
 HARD_T = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # temperatures tried on the label-only copy
@@ -65,8 +66,16 @@ def _tempered(p: np.ndarray, t: float) -> np.ndarray:
     return (q / q.sum(1, keepdims=True)).astype(np.float32)
 
 
-def _row(fides: FidesVerifier, ps: np.ndarray, pv: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    flagged = np.asarray(fides.judge_columns(ps, pv).attacked)
+def _row(
+    fides: FidesVerifier,
+    ps: np.ndarray,
+    pv: np.ndarray,
+    y: np.ndarray,
+    recomputed: Recomputed | None = None,
+) -> dict[str, Any]:
+    """Detection of the answers `ps` (with escalation, the enclave's `recomputed` rows: an
+    answer there is checked exactly against the service model's)."""
+    flagged = np.asarray(fides.judge_columns(ps, pv, recomputed).attacked)
     lo, hi = rate_interval(int(flagged.sum()), len(flagged))
     return {
         "detection": round(float(flagged.mean()), 4),
@@ -126,16 +135,17 @@ def main() -> int:
     x, y = data.inputs["test"], data.labels["test"].numpy()
     ps = service.probs(x).numpy()
     pv = fides.verifier_probs(x).numpy()
+    rec = fides.recompute(x, torch.from_numpy(pv))  # None unless the bundle escalates
     rows: dict[str, Any] = {
-        "clean (honest service)": _row(fides, ps, pv, y),
+        "clean (honest service)": _row(fides, ps, pv, y, rec),
         "substitution (independent cheap model; reference)": _row(
-            fides, substitute.probs(x).numpy(), pv, y
+            fides, substitute.probs(x).numpy(), pv, y, rec
         ),
-        "mimic: the verifier's own distribution": _row(fides, pv.copy(), pv, y),
+        "mimic: the verifier's own distribution": _row(fides, pv.copy(), pv, y, rec),
     }
     for t in TEMPERATURES:
         rows[f"mimic: the verifier's distribution at temperature {t}"] = _row(
-            fides, _tempered(pv, t), pv, y
+            fides, _tempered(pv, t), pv, y, rec
         )
     net = service.net  # the operator's own model (a ConvPrefixNet)
     budget = int(cfg.verifier_budget * service_macs(data, net))
@@ -144,19 +154,19 @@ def main() -> int:
         t0 = time.perf_counter()
         copy = extracted_copy(net, fides, own[:n], cfg.widths, cfg.gdtl, budget)
         pc = batched(copy, x, 64).softmax(1).numpy()
-        row = _row(fides, pc, pv, y)
+        row = _row(fides, pc, pv, y, rec)
         row["agreement_with_verifier"] = round(float((pc.argmax(1) == pv.argmax(1)).mean()), 4)
         row["distil_s"] = round(time.perf_counter() - t0, 1)
         rows[f"mimic: a copy distilled from {n} verified queries"] = row
         t0 = time.perf_counter()
         hard = extracted_copy(net, fides, own[:n], cfg.widths, cfg.gdtl, budget, labels_only=True)
         logits = batched(hard, x, 64)
-        row = _row(fides, logits.softmax(1).numpy(), pv, y)
+        row = _row(fides, logits.softmax(1).numpy(), pv, y, rec)
         row["agreement_with_verifier"] = round(
             float((logits.argmax(1).numpy() == pv.argmax(1)).mean()), 4
         )
         tuned = {
-            t: _row(fides, (logits / t).softmax(1).numpy(), pv, y)["detection"] for t in HARD_T
+            t: _row(fides, (logits / t).softmax(1).numpy(), pv, y, rec)["detection"] for t in HARD_T
         }
         row["detection_best_temperature"] = min(tuned.values())
         row["distil_s"] = round(time.perf_counter() - t0, 1)
@@ -169,7 +179,7 @@ def main() -> int:
         "bench": "fides_mimic",
         "artefacts": str(root),
         "queries": len(y),
-        "threshold_target_fpr": 0.02,
+        "threshold_target_fpr": cfg.max_fpr if cfg.threshold_fpr is None else cfg.threshold_fpr,
         "attacks": rows,
         "ratios": {
             "mimic_detection_over_clean_fp": round(mimic / clean_fp, 3) if clean_fp else None,

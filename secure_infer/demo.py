@@ -477,7 +477,9 @@ def _fides(client: Any, mesh: LocalMesh, artefacts: Path, say: _Progress) -> dic
     say(f"  TEE: {report['tee']['label']}, verifier node {report['tee']['verifier_node']}")
     say(
         f"  {report['n_images']} images: service accuracy {report['service_accuracy']:.3f}, "
-        f"clean answers flagged {report['clean_flagged_fraction']:.3f}"
+        f"clean answers flagged {report['clean_flagged_fraction']:.3f}, "
+        f"{report['checked_exactly']} checked exactly (the enclave recomputed the service model "
+        "where the verifier was least sure)"
     )
     say(f"  simulated evidence without the opt-in: {report['without_opt_in']}")
     say(
@@ -604,6 +606,11 @@ def _fides_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     tee = "SIMULATED TEE (INSECURE)" if r["tee"]["simulated"] else r["tee"]["platform"]
     return [
         ("Fides: clean answers flagged", f"{r['clean_flagged_fraction']:.3f}", tee),
+        (
+            "Fides: answers checked exactly",
+            f"{r['checked_exactly']} of {r['n_images']}",
+            "escalated: the enclave recomputed the service model where the verifier was unsure",
+        ),
         (
             "Fides: top-2 swap detected",
             f"{swap['detection_rate']:.3f}",
