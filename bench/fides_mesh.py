@@ -10,8 +10,9 @@ a plaintext classifier, `verifier` hosts the Fides verification model in a SIMUL
 first use, ~5 min; "test" = the small test configuration). For each batch size, requests
 rotate between plain (`privacy="none"`) and verified (`verify="fides"`) classification of the
 same held-out images (request i sends the i-th batch of the test split, the same in every mode,
-so that escalated images come at their rate), after warm-up, the verified ones in both attestation modes ("session":
-one quote per session, an HMAC per result, the SDK's default; "request": a quote per request);
+so that escalated images come at their rate), after warm-up, the verified ones in both
+attestation modes ("session": one quote per session, an HMAC per result, the SDK's default;
+"request": a quote per request);
 reported: median wall time per request of each, the added latency (ratio - 1), and the
 verified request's parts (service RPC, verifier RPC, local checks + detector). One JSON object
 on stdout. Wall times on a shared CPU are noisy.
@@ -144,7 +145,7 @@ def without_escalation(fides: Path, out: Path) -> Path:
     alone = FidesVerifier.load(fides)
     if alone.escalation_margin is None:
         raise SystemExit(f"{fides} does not escalate: nothing to turn off")
-    alone.reference, alone.escalation_margin = None, None
+    alone.reference, alone.escalation_margin, alone.audit_rate = None, None, 0.0
     alone.threshold = float(metrics["without_escalation"]["threshold"])
     alone.save(out)
     return out

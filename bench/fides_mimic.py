@@ -55,7 +55,7 @@ from verification.fides.experiment import prepare_mnist, service_macs  # noqa: E
 from verification.fides.gdtl import ConvFamily, GdtlConfig, greedy_distill, wall_ms  # noqa: E402
 from verification.fides.service_model import load_classifier  # noqa: E402
 from verification.fides.training import batched  # noqa: E402
-from verification.fides.verifier import Recomputed  # noqa: E402
+from verification.fides.verifier import Recomputed, top_margin  # noqa: E402
 
 TEMPERATURES = (0.8, 1.2, 1.5)  # the mimic's p ** (1 / t), renormalised
 HARD_T = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # temperatures tried on the label-only copy
@@ -135,7 +135,8 @@ def main() -> int:
     x, y = data.inputs["test"], data.labels["test"].numpy()
     ps = service.probs(x).numpy()
     pv = fides.verifier_probs(x).numpy()
-    rec = fides.recompute(x, torch.from_numpy(pv))  # None unless the bundle escalates
+    # None unless the bundle escalates; audits drawn reproducibly (the enclave's are random)
+    rec = fides.recompute(x, torch.from_numpy(pv), rng=np.random.default_rng(0))
     rows: dict[str, Any] = {
         "clean (honest service)": _row(fides, ps, pv, y, rec),
         "substitution (independent cheap model; reference)": _row(
@@ -143,6 +144,14 @@ def main() -> int:
         ),
         "mimic: the verifier's own distribution": _row(fides, pv.copy(), pv, y, rec),
     }
+    if fides.escalation_margin is not None:
+        # An ADAPTIVE service knows the verifier (or a copy) and the published margin: it
+        # answers honestly where the margin escalates, with the verifier's distribution
+        # elsewhere; only the enclave's random audits can catch it.
+        adaptive = np.where(fides.escalates(pv)[:, None], ps, pv)
+        rows["adaptive mimic: honest where the margin escalates, the verifier's elsewhere"] = _row(
+            fides, adaptive, pv, y, rec
+        )
     for t in TEMPERATURES:
         rows[f"mimic: the verifier's distribution at temperature {t}"] = _row(
             fides, _tempered(pv, t), pv, y, rec
@@ -158,6 +167,11 @@ def main() -> int:
         row["agreement_with_verifier"] = round(float((pc.argmax(1) == pv.argmax(1)).mean()), 4)
         row["distil_s"] = round(time.perf_counter() - t0, 1)
         rows[f"mimic: a copy distilled from {n} verified queries"] = row
+        if fides.escalation_margin is not None:  # honest where the copy predicts escalation
+            honest_here = top_margin(pc) <= fides.escalation_margin * 1.02
+            row = _row(fides, np.where(honest_here[:, None], ps, pc), pv, y, rec)
+            row["service_model_run_on"] = round(float(honest_here.mean()), 4)
+            rows[f"adaptive: a copy from {n} queries, honest where it predicts escalation"] = row
         t0 = time.perf_counter()
         hard = extracted_copy(net, fides, own[:n], cfg.widths, cfg.gdtl, budget, labels_only=True)
         logits = batched(hard, x, 64)

@@ -204,7 +204,7 @@ class FidesCheck:
     attacked: bool  # detector score > threshold
     # None under protocol "verdicts" (the enclave judges and reveals only the verdict):
     score: float | None  # detector logit
-    threshold: float | None  # calibrated on clean traffic (<= 2 % false positives there)
+    threshold: float | None  # calibrated on clean traffic (the bundle's false-positive rate)
     verifier_label: int | None  # top-1 of the enclave's verification model
     reclassified_label: int | None  # the re-classifier's estimate of the honest class if attacked
     # True: escalated, i.e. checked against the service model's own recomputation in the

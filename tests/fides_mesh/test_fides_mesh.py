@@ -97,11 +97,14 @@ def test_honest_service_passes(
     assert "this result carries its distribution" in res.threat_model
     assert res.timings["service_s"] > 0 and res.timings["verifier_s"] > 0
     # escalation: the enclave recomputed the service model on the verifier's least sure rows,
-    # the ones the local bundle's rule names, and the honest answer passed the exact check
+    # every one the local bundle's rule names, plus random audits (1 % of the others), and the
+    # honest answer passed every exact check
     local = FidesVerifier.load(artefacts / "fides")
     exact = np.array([c.exact for c in res.checks])
-    assert exact.tolist() == local.escalates(local.verifier_probs(test_images).numpy()).tolist()
-    assert exact.any() and not any(c.attacked for c in res.checks if c.exact)
+    escalated = local.escalates(local.verifier_probs(test_images).numpy())
+    assert escalated.any() and exact[escalated].all()
+    assert (exact & ~escalated).mean() < 0.1  # audits
+    assert not any(c.attacked for c in res.checks if c.exact)
     rows, recomputed = res.recomputed
     assert rows.tolist() == np.flatnonzero(exact).tolist()
     np.testing.assert_allclose(recomputed, honest[rows], rtol=1e-4, atol=1e-6)

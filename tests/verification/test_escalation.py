@@ -5,6 +5,7 @@ The tiny setup (`conftest.TINY`) escalates 5 % of its `fides` queries."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -118,11 +119,18 @@ def test_recomputed_rows_must_be_exactly_the_escalated_ones(
     rec = fides.recompute(x, pv)
     with pytest.raises(InvalidInput, match="sent no recomputed rows"):
         fides.judge_columns(ps, pv)  # an escalating verifier's answer must carry them
-    with pytest.raises(InvalidInput, match="not the escalated ones"):  # a row left out
+    with pytest.raises(InvalidInput, match="were not recomputed"):  # a row left out
         fides.judge_columns(ps, pv, Recomputed(rec.rows[1:], rec.probs[1:]))
-    with pytest.raises(InvalidInput, match="not the escalated ones"):  # another row
-        fides.judge_columns(ps, pv, Recomputed(rec.rows + 1, rec.probs))
-    with pytest.raises(InvalidInput, match="rows"):  # the distributions do not match the rows
+    with pytest.raises(InvalidInput, match="were not recomputed|not increasing"):  # others
+        fides.judge_columns(ps, pv, Recomputed(rec.rows - 1, rec.probs))
+    other = np.setdiff1d(np.arange(len(x)), rec.rows)[:1]
+    more = np.sort(np.concatenate([rec.rows, other]))
+    with pytest.raises(InvalidInput, match="do not escalate"):  # one more, and no audits
+        fides.judge_columns(ps, pv, Recomputed(more, ps[more].numpy()))
+    for bad_rows in (np.concatenate([rec.rows, rec.rows[-1:]]), np.array([-1, *rec.rows[1:]])):
+        with pytest.raises(InvalidInput, match="not increasing"):  # repeated, negative
+            fides.judge_columns(ps, pv, Recomputed(bad_rows, ps[bad_rows % len(x)].numpy()))
+    with pytest.raises(InvalidInput, match="recomputed distributions"):  # not one per row
         fides.judge_columns(ps, pv, Recomputed(rec.rows, rec.probs[1:]))
     bad = rec.probs.copy()
     bad[0] = np.nan
@@ -177,3 +185,42 @@ def test_the_enclave_recomputes_what_the_client_checks(
     got = json.loads(out)
     assert got["attacked"] == [v.attacked for v in verdicts]
     assert got["reclassified"] == [v.reclassified_label for v in verdicts]
+
+
+def test_random_audits_catch_a_service_that_predicts_escalation(
+    tiny_mnist: tuple[TaskData, Outcome],
+) -> None:
+    """A service that knows the verifier (or a copy) and the published margin answers honestly
+    where the margin escalates and with the verifier's own distribution elsewhere: the
+    detector sees nothing, the margin's exact checks pass, and only random audits, which it
+    cannot predict, catch it."""
+    x, ps, pv = _test_split(tiny_mnist)
+    fides = copy.copy(tiny_mnist[1].fides)
+    predicted = torch.from_numpy(fides.escalates(pv.numpy()))
+    adaptive = torch.where(predicted[:, None], ps, pv)
+    unaudited = fides.judge_columns(adaptive, pv, fides.recompute(x, pv))
+    assert not any(a for a, e in zip(unaudited.attacked, unaudited.exact, strict=True) if e)
+    fides.audit_rate = 0.25
+    rec = fides.recompute(x, pv, rng=np.random.default_rng(1))
+    audited = np.setdiff1d(rec.rows, predicted.nonzero().flatten().numpy())
+    assert 0.1 * len(x) < len(audited) < 0.4 * len(x)  # about a quarter of the others
+    judged = fides.judge_columns(adaptive, pv, rec)
+    mimicked = [i for i in audited if (adaptive[i] - ps[i]).abs().max() > 1e-3]
+    assert mimicked and all(judged.attacked[i] and judged.exact[i] for i in mimicked)
+    # the enclave draws audits from the OS's entropy: two batches differ
+    draws = [fides.recompute(x, pv).rows.tolist() for _ in range(2)]
+    assert draws[0] != draws[1]
+    for rows in draws:  # each includes every escalated row, and the client accepts it
+        assert set(predicted.nonzero().flatten().tolist()) <= set(rows)
+    assert len(fides.judge_columns(ps, pv, fides.recompute(x, pv)).attacked) == len(x)
+    with pytest.raises(ValueError, match="audit_rate"):
+        FidesVerifier(
+            "image",
+            fides.verifier,
+            fides.detector,
+            fides.reclassifier,
+            0.0,
+            reference=fides.reference,
+            escalation_margin=0.5,
+            audit_rate=1.0,
+        )

@@ -20,7 +20,8 @@ configuration of `bench/integrity.py` (all 5,000 images; its figures are in docs
 "fast" is "full" with GDTL's budget also capped at 10 % of the service's measured wall time.
 A directory whose metrics.json records the same scale and `ARTEFACTS_VERSION` is reused, not
 retrained. MNIST scales escalate (`Scale.escalate_fraction`, `verifier.Recomputed`): the
-enclave recomputes the service model on the verifier's least sure 5 % of queries.
+enclave recomputes the service model on the verifier's least sure 5 % of queries, and on 1 %
+of the others drawn at random (`Scale.audit_rate`).
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ from .experiment import Scale, TaskData, prepare_mnist, prepare_reviews, run
 from .gdtl import GdtlConfig
 from .service_model import save_classifier
 
-ARTEFACTS_VERSION = 2  # 2: MNIST bundles escalate (format 4)
+# per task; saved artefacts of another version are retrained (none recorded: 1)
+ARTEFACTS_VERSION = {"mnist": 3, "reviews": 1}  # MNIST 2: escalation, 3: audits
 # MNIST "full" and "fast": the fraction of queries the enclave recomputes with the service model,
-# and the false-positive rate the detector's threshold is calibrated to (docs/fides.md,
-# "Escalation": chosen on five training runs)
+# the rate of random audits, and the false-positive rate the detector's threshold is calibrated
+# to (docs/fides.md, "Escalation": chosen on five training runs)
 ESCALATE = 0.05
+AUDIT_RATE = 0.01
 THRESHOLD_FPR = 0.01
 SCALES: dict[str, dict[str, Scale]] = {
     "mnist": {
@@ -59,7 +62,8 @@ SCALES: dict[str, dict[str, Scale]] = {
             verifier_budget=0.25,
             gdtl=GdtlConfig(epochs=15, finetune_epochs=2, target_fidelity=0.97),
             gan=GanConfig(epochs=30),
-            escalate_fraction=0.05,
+            escalate_fraction=ESCALATE,
+            audit_rate=AUDIT_RATE,
         ),
         "full": Scale(
             n_samples=None,
@@ -73,6 +77,7 @@ SCALES: dict[str, dict[str, Scale]] = {
             gdtl=GdtlConfig(epochs=30, finetune_epochs=5, target_fidelity=0.99),
             gan=GanConfig(epochs=80),
             escalate_fraction=ESCALATE,
+            audit_rate=AUDIT_RATE,
             threshold_fpr=THRESHOLD_FPR,
         ),
         # As "full", but GDTL's budget is also 10 % of the service's measured CPU wall time:
@@ -91,6 +96,7 @@ SCALES: dict[str, dict[str, Scale]] = {
             ),
             gan=GanConfig(epochs=80),
             escalate_fraction=ESCALATE,
+            audit_rate=AUDIT_RATE,
             threshold_fpr=THRESHOLD_FPR,
         ),
     },
@@ -142,7 +148,7 @@ def build(
     marker = out / "metrics.json"
     if marker.exists():
         saved = json.loads(marker.read_text())
-        if saved.get("scale") == scale_id and saved.get("version") == ARTEFACTS_VERSION:
+        if saved.get("scale") == scale_id and saved.get("version", 1) == ARTEFACTS_VERSION[task]:
             return out
     torch.set_num_threads(1)
     data: TaskData = prepare_mnist(cfg) if task == "mnist" else prepare_reviews(cfg)
@@ -155,7 +161,7 @@ def build(
     outcome.fides.save(out / "fides")
     metrics: dict[str, Any] = {
         "scale": scale_id,
-        "version": ARTEFACTS_VERSION,
+        "version": ARTEFACTS_VERSION[task],
         "seed": cfg.seed,
         **outcome.metrics,
     }

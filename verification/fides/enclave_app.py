@@ -18,8 +18,9 @@ the client build it without decoding (`image_request`: the enclave's quote or se
 the request's digest, and the client recomputes it from what it sent); or texts as
 `TEXTS_MAGIC` then the UTF-8 of a JSON list of strings. Reply: safetensors with "probs" float32
 (N, C); with escalation (a format-4 bundle with `escalation_margin`: the bundle also holds the
-service model, `verifier.Recomputed`) also "rows" int64 (k,), the escalated rows, and
-"reference" float32 (k, C), the service model's distribution on them (`decode_reply`).
+service model, `verifier.Recomputed`) also "rows" int64 (k,), the escalated and randomly
+audited rows (`verifier.escalated_rows`), and "reference" float32 (k, C), the service model's
+distribution on them (`decode_reply`).
 Malformed requests raise `InvalidInput` inside the enclave (the host sees an enclave error).
 
 Protocol "verdicts" (`verifier_bundle(directory, protocol="verdicts")`): the bundle also holds
@@ -50,7 +51,7 @@ from safetensors.torch import load, save
 from .checks import as_images, as_texts
 from .errors import InvalidInput, ModelFormatError
 from .nets import build_net, read_json
-from .verifier import Recomputed, top_margin
+from .verifier import Recomputed, escalated_rows
 
 ENTRY = "verification.fides.enclave_app:verifier_handler"
 _LEN = 8
@@ -93,7 +94,13 @@ def verifier_bundle(directory: str | Path, protocol: str = "distribution") -> by
         margin = config.get("escalation_margin") if config["format_version"] >= 4 else None
         if margin is not None:  # the service model rides along (the enclave recomputes)
             names = (*names, "reference")
-            head.update({"escalation_margin": margin, "reference": config["nets"]["reference"]})
+            head.update(
+                {
+                    "escalation_margin": margin,
+                    "audit_rate": config.get("audit_rate", 0.0),
+                    "reference": config["nets"]["reference"],
+                }
+            )
         if protocol == "verdicts":
             version = config["format_version"]
             head.update(
@@ -215,7 +222,9 @@ def decode_reply(data: bytes) -> tuple[torch.Tensor, Recomputed | None]:
         raise InvalidInput(f"verifier output is malformed: {exc}") from None
     if rows.dtype != torch.int64 or rows.dim() != 1 or ref.dim() != 2:
         raise InvalidInput("verifier output: malformed recomputed rows")
-    return probs, Recomputed(rows.numpy(), ref.float().numpy())
+    if ref.dtype != torch.float32:
+        raise InvalidInput(f"verifier output: recomputed distributions are {ref.dtype}")
+    return probs, Recomputed(rows.numpy(), ref.numpy())
 
 
 def _net(config: dict[str, Any], weights: bytes) -> torch.nn.Module:
@@ -230,6 +239,7 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
     config, weights = _split(model)
     protocol = config.get("protocol", "distribution")
     margin = config.get("escalation_margin")
+    audit_rate = float(config.get("audit_rate", 0.0))
     names = ["verifier", *(_JUDGE_NETS if protocol == "verdicts" else ())]
     names += ["reference"] if margin is not None else []
     if len(names) > 1:
@@ -262,7 +272,7 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
             pv = net(x).softmax(1).float().contiguous()
             if reference is None:
                 return pv, None
-            rows = (top_margin(pv.numpy()) <= margin).nonzero()[0].astype(np.int64)
+            rows = escalated_rows(pv.numpy(), margin, audit_rate)  # audits: OS entropy
             if not len(rows):
                 return pv, Recomputed.none(pv.shape[1])
             ref = reference(x[torch.from_numpy(rows)]).softmax(1).float().contiguous()
@@ -300,6 +310,7 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
         disagreement_bonus=float(config["disagreement_bonus"]),
         n_classes=int(config["net"]["n_classes"]),
         escalation_margin=margin,
+        audit_rate=audit_rate,
     )
     seal = AESGCM(AESGCM.generate_key(bit_length=256))  # never leaves this process
 

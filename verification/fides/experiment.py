@@ -72,6 +72,9 @@ class Scale:
     # top-1 margin sets `FidesVerifier.escalation_margin` (the enclave recomputes those with the
     # service model and they are checked exactly); 0 = no escalation
     escalate_fraction: float = 0.0
+    # with escalation: the probability that the enclave also recomputes any other query, at
+    # random (audits: what an adaptive service, which predicts escalation, cannot avoid)
+    audit_rate: float = 0.0
     # the expected false-positive rate the threshold is calibrated to (None: `max_fpr`). With
     # escalation the honest disagreements are checked exactly, the detector needs less of the
     # budget, and a lower rate keeps the measured rate under `max_fpr` (a 500-query split
@@ -299,6 +302,7 @@ def run(data: TaskData, scale: Scale) -> Outcome:
         disagreement_bonus=choose_bonus(gd.fidelity, scale),
         reference=None if margin is None else copy.deepcopy(service),
         escalation_margin=margin,
+        audit_rate=scale.audit_rate if margin is not None else 0.0,
     )
     fpr = scale.max_fpr if scale.threshold_fpr is None else scale.threshold_fpr
     if not 0.0 < fpr <= scale.max_fpr:
@@ -308,7 +312,7 @@ def run(data: TaskData, scale: Scale) -> Outcome:
     metrics = evaluate(fides, data, ps["test"], pv["test"], attacked_test, scale.max_fpr)
     if margin is not None:  # the same detector without escalation, for comparison
         alone = copy.copy(fides)
-        alone.reference, alone.escalation_margin = None, None
+        alone.reference, alone.escalation_margin, alone.audit_rate = None, None, 0.0
         alone.threshold = calibrate_threshold(alone.scores(ps["calib"], pv["calib"]), scale.max_fpr)
         metrics["without_escalation"] = evaluate(
             alone, data, ps["test"], pv["test"], attacked_test, scale.max_fpr
@@ -333,8 +337,8 @@ def run(data: TaskData, scale: Scale) -> Outcome:
         }
     )
     # What the enclave computes per query on clean traffic: the verifier, plus the service
-    # model on the escalated fraction (measured on `test`).
-    verification_macs = gd.macs + metrics["escalated_fraction"] * metrics["service_macs"]
+    # model on the escalated and audited fraction (measured on `test`).
+    verification_macs = gd.macs + metrics["recomputed_fraction"] * metrics["service_macs"]
     metrics["verification_macs_per_query"] = verification_macs
     metrics["verification_mac_ratio"] = verification_macs / metrics["service_macs"]
     fides.metadata.update({k: metrics[k] for k in ("verifier_fidelity", "service_accuracy")})
@@ -391,7 +395,10 @@ def evaluate(
     """
     honest = ps.argmax(1)
     truth = data.labels["test"]
-    recomputed = fides.recompute(fides.prepare(data.inputs["test"]), pv)
+    # audits drawn reproducibly here (the enclave draws them from the OS's entropy)
+    x = fides.prepare(data.inputs["test"])
+    recomputed = fides.recompute(x, pv, rng=np.random.default_rng(0))
+    escalated = fides.escalates(pv.numpy())
 
     def judged(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(flagged, re-classified label or -1, score): escalated rows score +inf when their
@@ -424,7 +431,9 @@ def evaluate(
             "detection_rate_at_test_operating_point": (scores > oracle).float().mean().item(),
         }
     return {
-        "escalated_fraction": 0.0 if recomputed is None else len(recomputed.rows) / len(ps),
+        "escalated_fraction": float(escalated.mean()),  # by the margin
+        # escalated or audited: what the enclave recomputed
+        "recomputed_fraction": 0.0 if recomputed is None else len(recomputed.rows) / len(ps),
         "false_positive_rate": clean_flagged.float().mean().item(),
         "false_positive_rate_ci95": rate_interval(int(clean_flagged.sum()), len(clean_flagged)),
         "test_operating_point": {

@@ -37,14 +37,20 @@ top-2 probability <= `escalation_margin`, set in training so that a chosen fract
 escalates; the margin depends on the input only, so the enclave decides before it sees any
 answer). Those queries are checked EXACTLY: the service's distribution must equal the
 recomputation (`exact_mismatch`), any other answer is an attack, and the recomputed top-1 is
-the honest class. The others are judged by the detector as before. Costs: the reference's
-compute on the escalated fraction, in the enclave; the reference's weights are in the enclave's
-bundle (the service's owner must accept that the verifier's host could read them on a SIMULATED
-enclave: provision the bundle sealed where that matters).
+the honest class. The others are judged by the detector as before. A service that knows (or
+has distilled a copy of) the verifier and the published margin can predict which queries
+escalate and answer honestly exactly there: against it only the random AUDITS count
+(`audit_rate`: the enclave also recomputes each other query with that probability, drawn from
+the OS's entropy inside the enclave, so the service cannot predict them). Costs: the reference's
+compute on the escalated and audited fraction, in the enclave, and a client choosing
+ambiguous inputs (blank images) escalates them all; the reference's weights are in the
+enclave's bundle (the service's owner must accept that the verifier's host could read them on a
+SIMULATED enclave: provision the bundle sealed where that matters).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,11 +87,13 @@ TASKS = ("image", "text")  # image: (N, 784) or (N, 1, 28, 28) in [0, 1]; text: 
 # `EXACT_LOG_TOLERANCE` of the recomputation's (classes below `EXACT_LIVE` in both are not
 # compared; logs floored at `EXACT_FLOOR`) and its top-1 is the recomputation's, unless the two
 # classes tie within `EXACT_TIE` nats there. Honest differences are float32 rounding: another
-# kernel or batch composition moves a log-probability by ~1e-6 here (tests/verification), a GPU
-# by ~1e-5 on logits of magnitude ~30; the attacks move the top classes by tenths of a nat,
-# except where the two top classes (nearly) tie: a swap of them is caught by the label rule,
-# an average of classes within 1e-3 nats changes nothing that matters. Both sides must compute
-# in float32 (no half precision, no TF32).
+# batch composition or thread count moves a log-probability by up to ~1e-5 on the CPU (a
+# review measured 1.14e-5 over 12,806 queries, none failing); the attacks move the top classes
+# by tenths of a nat, except where the two top classes (nearly) tie: a swap of them is caught
+# by the label rule, an average of classes within 1e-3 nats changes nothing that matters. Both
+# sides must compute in strict float32: nodes run classifiers on the CPU; a GPU service would
+# have to turn TF32 off (PyTorch's cuDNN default, which moves them by ~1e-3: honest answers
+# would fail), and half precision is out.
 EXACT_LOG_TOLERANCE = 1e-3
 EXACT_TIE = 1e-4
 EXACT_LIVE = 1e-20
@@ -102,6 +110,27 @@ class Recomputed:
     @classmethod
     def none(cls, n_classes: int) -> Recomputed:
         return cls(np.zeros(0, np.int64), np.zeros((0, n_classes), np.float32))
+
+
+def escalated_rows(
+    verifier_probs: np.ndarray,
+    margin: float,
+    audit_rate: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """The rows (int64, increasing) an escalating enclave recomputes: every query whose
+    verifier top-1 margin is at most `margin`, and each other query with probability
+    `audit_rate` (random audits; drawn from the OS's entropy, which nobody outside the enclave
+    can predict, unless `rng` is given: reproducible evaluation only)."""
+    chosen = top_margin(np.asarray(verifier_probs, np.float32)) <= margin
+    if audit_rate:
+        n = len(chosen)
+        if rng is None:
+            draws = np.frombuffer(os.urandom(4 * n), dtype="<u4") / 2.0**32
+        else:
+            draws = rng.random(n)
+        chosen |= draws < audit_rate
+    return chosen.nonzero()[0].astype(np.int64)
 
 
 def top_margin(p: np.ndarray) -> np.ndarray:
@@ -127,8 +156,8 @@ def exact_mismatch(service_probs: np.ndarray, reference_probs: np.ndarray) -> np
 class Verdict:
     """Fides' decision on one query."""
 
-    attacked: bool  # score > threshold
-    score: float  # detector logit
+    attacked: bool  # score > threshold, or for an `exact` row: differs from the recomputation
+    score: float  # detector logit (computed for every row; the threshold ignores `exact` rows)
     threshold: float  # calibrated on clean traffic to a target false-positive rate
     service_label: int  # top-1 of the distribution the service returned
     verifier_label: int  # top-1 of the verification model
@@ -185,13 +214,16 @@ class FidesVerifier:
         verdicts_model_digest: str | None = None,
         reference: nn.Module | None = None,
         escalation_margin: float | None = None,
+        audit_rate: float = 0.0,
     ) -> None:
         """`verifier` None makes a client-side instance (a client bundle): it judges
         distributions computed elsewhere and cannot run the verification model itself; it then
         needs `n_classes`, and carries the enclave model digest it was exported with.
 
         `escalation_margin` (with `reference`, the service model, unless client-side) turns on
-        escalation (module docstring); None: every query is judged by the detector."""
+        escalation (module docstring); None: every query is judged by the detector.
+        `audit_rate`: with escalation, the enclave also recomputes each other query with this
+        probability, at random (`escalated_rows`)."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if not 0.0 < log_floor < 1.0:  # also rejects NaN
@@ -218,9 +250,12 @@ class FidesVerifier:
                 raise ValueError("escalation needs the reference (service) model")
             if reference is not None and reference.config["n_classes"] != self.n_classes:
                 raise ValueError("the reference model's classes differ from the verifier's")
-        elif reference is not None:
-            raise ValueError("a reference model without an escalation_margin is never used")
+        elif reference is not None or audit_rate:
+            raise ValueError("a reference model or audits without an escalation_margin")
+        if not 0.0 <= audit_rate < 1.0:  # also rejects NaN
+            raise ValueError(f"audit_rate must lie in [0, 1): {audit_rate!r}")
         self.escalation_margin = None if escalation_margin is None else float(escalation_margin)
+        self.audit_rate = float(audit_rate)
         self.reference = reference.eval() if reference is not None else None
         self._tokenizer: Any = None
 
@@ -271,14 +306,20 @@ class FidesVerifier:
         return top_margin(np.asarray(verifier_probs, np.float32)) <= self.escalation_margin
 
     @torch.no_grad()
-    def recompute(self, x: torch.Tensor, verifier_probs: torch.Tensor) -> Recomputed | None:
-        """The reference model's distribution on the escalated rows of the prepared inputs
-        `x` (None without escalation)."""
+    def recompute(
+        self,
+        x: torch.Tensor,
+        verifier_probs: torch.Tensor,
+        rng: np.random.Generator | None = None,
+    ) -> Recomputed | None:
+        """The reference model's distribution on the escalated and audited rows of the
+        prepared inputs `x`, as the enclave computes it (None without escalation; `rng`: see
+        `escalated_rows`)."""
         if self.escalation_margin is None:
             return None
         if self.reference is None:
             raise ModelFormatError("this bundle has no reference model (a client bundle?)")
-        rows = self.escalates(verifier_probs.numpy()).nonzero()[0].astype(np.int64)
+        rows = escalated_rows(verifier_probs.numpy(), self.escalation_margin, self.audit_rate, rng)
         if not len(rows):
             return Recomputed.none(self.n_classes)
         probs = self.reference(x[torch.from_numpy(rows)]).softmax(1).float()
@@ -298,26 +339,41 @@ class FidesVerifier:
         self, recomputed: Recomputed | None, verifier_probs: np.ndarray
     ) -> Recomputed | None:
         """`recomputed` validated against this bundle's escalation rule and the verifier's
-        distribution (`InvalidInput` if the rows are not exactly the escalated ones or the
-        distributions are malformed): what a client checks of an enclave's answer."""
+        distribution: what a client checks of an enclave's answer. `InvalidInput` unless the
+        rows are increasing row indices of the batch that include every escalated one (and,
+        without audits, no other), with one valid distribution each."""
         if self.escalation_margin is None:
             if recomputed is not None and len(recomputed.rows):
                 raise InvalidInput("recomputed rows from a verifier without escalation")
             return None
         if recomputed is None:
             raise InvalidInput("the verifier escalates but sent no recomputed rows")
-        want = self.escalates(verifier_probs).nonzero()[0]
+        n = len(verifier_probs)
+        want = self.escalates(verifier_probs)
         rows = np.asarray(recomputed.rows)
-        if rows.dtype.kind not in "iu" or rows.shape != want.shape or (rows != want).any():
+        if rows.dtype.kind not in "iu" or rows.ndim != 1:
+            raise InvalidInput("recomputed rows must be a 1-D integer array")
+        if len(rows) and (rows[0] < 0 or rows[-1] >= n or (np.diff(rows) <= 0).any()):
+            raise InvalidInput(f"recomputed rows are not increasing row indices of {n} inputs")
+        chosen = np.zeros(n, bool)
+        chosen[rows] = True
+        missing = (want & ~chosen).nonzero()[0]
+        if len(missing):
             raise InvalidInput(
-                f"recomputed rows {rows.tolist()[:8]} are not the escalated ones "
-                f"{want.tolist()[:8]} (margin <= {self.escalation_margin})"
+                f"escalated rows {missing.tolist()[:8]} were not recomputed "
+                f"(margin <= {self.escalation_margin})"
+            )
+        if not self.audit_rate and (chosen & ~want).any():
+            raise InvalidInput(
+                "recomputed rows that do not escalate, from a verifier that audits none"
             )
         if not len(rows):
             return Recomputed.none(self.n_classes)
-        return Recomputed(
-            want.astype(np.int64), probs_array(recomputed.probs, self.n_classes, n_rows=len(rows))
-        )
+        try:
+            probs = probs_array(recomputed.probs, self.n_classes, n_rows=len(rows))
+        except InvalidInput as exc:
+            raise InvalidInput(f"recomputed distributions: {exc}") from None
+        return Recomputed(rows.astype(np.int64), probs)
 
     def _detect(self, ps: np.ndarray, pv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(divergence features, detector logits) for validated float32 arrays."""
@@ -404,6 +460,7 @@ class FidesVerifier:
             "log_floor": self.log_floor,
             "disagreement_bonus": self.disagreement_bonus,
             "escalation_margin": self.escalation_margin,
+            "audit_rate": self.audit_rate,
             "metadata": self.metadata,
             "nets": {
                 "verifier": save_net(net, path, "verifier"),
@@ -446,6 +503,7 @@ class FidesVerifier:
             "log_floor": self.log_floor,
             "disagreement_bonus": self.disagreement_bonus,
             "escalation_margin": self.escalation_margin,
+            "audit_rate": self.audit_rate,
             "metadata": self.metadata,
             "nets": {name: save_net(getattr(self, name), path, name) for name in _CLIENT_NETS},
         }
@@ -482,6 +540,7 @@ class FidesVerifier:
                 verdicts_model_digest=config.get("verdicts_model_digest") if client else None,
                 reference=nets.get("reference"),
                 escalation_margin=None if margin is None else float(margin),
+                audit_rate=float(config.get("audit_rate", 0.0)) if version >= 4 else 0.0,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFormatError(f"{path / 'fides.json'} is malformed: {exc!r}") from exc
