@@ -41,13 +41,25 @@ def _test_split(tiny: tuple[TaskData, Outcome]) -> tuple[torch.Tensor, torch.Ten
     return x, batched(out.service, x).softmax(1), out.fides.verifier_probs(x)
 
 
+def _recomputed(
+    tiny: tuple[TaskData, Outcome],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, FidesVerifier, Recomputed]:
+    """The test split, its honest and verifier distributions, the bundle, its recomputation."""
+    x, ps, pv = _test_split(tiny)
+    fides = tiny[1].fides
+    rec = fides.recompute(x, pv)
+    assert rec is not None and len(rec.rows)
+    return x, ps, pv, fides, rec
+
+
 def test_the_escalated_fraction_and_its_cost_are_reported(
     tiny_mnist: tuple[TaskData, Outcome],
 ) -> None:
     m = tiny_mnist[1].metrics
     assert m["escalation_margin"] is not None
     assert 0.0 < m["escalated_fraction"] < 0.15  # 5 % of `fides` set the margin; test differs
-    want = m["verifier_macs"] + m["escalated_fraction"] * m["service_macs"]
+    assert m["recomputed_fraction"] == m["escalated_fraction"]  # the tiny setup audits none
+    want = m["verifier_macs"] + m["recomputed_fraction"] * m["service_macs"]
     assert m["verification_macs_per_query"] == pytest.approx(want)
     # the same detector alone, calibrated without escalation, is reported beside it
     alone = m["without_escalation"]
@@ -58,10 +70,7 @@ def test_the_escalated_fraction_and_its_cost_are_reported(
 def test_escalated_rows_are_the_least_sure_and_recompute_the_service(
     tiny_mnist: tuple[TaskData, Outcome],
 ) -> None:
-    x, ps, pv = _test_split(tiny_mnist)
-    fides = tiny_mnist[1].fides
-    rec = fides.recompute(x, pv)
-    assert rec is not None and len(rec.rows)
+    x, ps, pv, fides, rec = _recomputed(tiny_mnist)
     margins = top_margin(pv.numpy())
     assert (margins[rec.rows] <= fides.escalation_margin).all()
     rest = np.setdiff1d(np.arange(len(x)), rec.rows)
@@ -72,9 +81,7 @@ def test_escalated_rows_are_the_least_sure_and_recompute_the_service(
 def test_an_honest_answer_passes_exactly_and_any_attack_on_an_escalated_row_is_caught(
     tiny_mnist: tuple[TaskData, Outcome],
 ) -> None:
-    x, ps, pv = _test_split(tiny_mnist)
-    fides = tiny_mnist[1].fides
-    rec = fides.recompute(x, pv)
+    x, ps, pv, fides, rec = _recomputed(tiny_mnist)
     rows = rec.rows.tolist()
     honest = fides.judge_columns(ps, pv, rec)
     assert [honest.exact[i] for i in rows] == [True] * len(rows)
@@ -114,9 +121,7 @@ def test_the_exact_check_tolerates_rounding_only() -> None:
 def test_recomputed_rows_must_be_exactly_the_escalated_ones(
     tiny_mnist: tuple[TaskData, Outcome],
 ) -> None:
-    x, ps, pv = _test_split(tiny_mnist)
-    fides = tiny_mnist[1].fides
-    rec = fides.recompute(x, pv)
+    x, ps, pv, fides, rec = _recomputed(tiny_mnist)
     with pytest.raises(InvalidInput, match="sent no recomputed rows"):
         fides.judge_columns(ps, pv)  # an escalating verifier's answer must carry them
     with pytest.raises(InvalidInput, match="were not recomputed"):  # a row left out
@@ -141,8 +146,7 @@ def test_recomputed_rows_must_be_exactly_the_escalated_ones(
 def test_bundles_keep_escalation_and_clients_never_get_the_service_weights(
     tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
 ) -> None:
-    x, ps, pv = _test_split(tiny_mnist)
-    fides = tiny_mnist[1].fides
+    x, ps, pv, fides, rec = _recomputed(tiny_mnist)
     full = fides.save(tmp_path / "full")
     assert (full / "reference.safetensors").exists()
     again = FidesVerifier.load(full)
@@ -154,7 +158,7 @@ def test_bundles_keep_escalation_and_clients_never_get_the_service_weights(
     assert not (client / "verifier.safetensors").exists()
     judge = FidesVerifier.load(client)
     assert judge.escalation_margin == fides.escalation_margin and judge.reference is None
-    assert judge.judge(swap_top2(ps), pv, fides.recompute(x, pv)) == want
+    assert judge.judge(swap_top2(ps), pv, rec) == want
     with pytest.raises(ValueError, match="reference"):
         FidesVerifier(
             "image", fides.verifier, fides.detector, fides.reclassifier, 0.0, escalation_margin=0.5
@@ -164,13 +168,11 @@ def test_bundles_keep_escalation_and_clients_never_get_the_service_weights(
 def test_the_enclave_recomputes_what_the_client_checks(
     tiny_mnist: tuple[TaskData, Outcome], tmp_path: Path
 ) -> None:
-    x, ps, pv = _test_split(tiny_mnist)
-    fides = tiny_mnist[1].fides
+    x, ps, pv, fides, want = _recomputed(tiny_mnist)
     path = fides.save(tmp_path / "fides")
     request = encode_request(x, "image")
     pv_enclave, rec = decode_reply(verifier_handler(verifier_bundle(path))(request))
     torch.testing.assert_close(pv_enclave, pv)
-    want = fides.recompute(x, pv)
     assert rec is not None and rec.rows.tolist() == want.rows.tolist()
     np.testing.assert_allclose(rec.probs, want.probs, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(decode_output(verifier_handler(verifier_bundle(path))(request)), pv)
