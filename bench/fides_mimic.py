@@ -75,11 +75,15 @@ def _row(
 ) -> dict[str, Any]:
     """Detection of the answers `ps` (with escalation, the enclave's `recomputed` rows: an
     answer there is checked exactly against the service model's)."""
-    flagged = np.asarray(fides.judge_columns(ps, pv, recomputed).attacked)
+    judged = fides.judge_columns(ps, pv, recomputed)
+    flagged = np.asarray(judged.attacked)
     lo, hi = rate_interval(int(flagged.sum()), len(flagged))
     return {
         "detection": round(float(flagged.mean()), 4),
         "detection_ci95": [round(lo, 4), round(hi, 4)],
+        # flagged by an exact check (escalated or audited rows): proof, not a statistic; an
+        # honest service is never flagged so
+        "flagged_exactly": round(float((flagged & np.asarray(judged.exact)).mean()), 4),
         "answer_accuracy": round(float((ps.argmax(1) == y).mean()), 4),
     }
 
