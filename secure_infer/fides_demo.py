@@ -131,8 +131,16 @@ def run_fides_demo(
                 "only flags and re-classified labels; the verifier's distribution stayed sealed",
                 "verifier_node": judged.quote.verifier_node if judged.quote else None,
                 "distribution_revealed": judged.verifier_probs is not None,
-                "same_verdicts_as_client_judging": [c.attacked for c in judged.checks]
-                == [c.attacked for c in res.checks],
+                # of the rows: the same verdicts as the client judging the same answers, but
+                # for rows either enclave audited at random (checked exactly there)
+                "verdicts_agreement": float(
+                    np.mean(
+                        [
+                            a.attacked == b.attacked
+                            for a, b in zip(judged.checks, res.checks, strict=True)
+                        ]
+                    )
+                ),
                 "latency_ms": round(1000 * judged.timings["total_s"], 2),
                 "provisioned_sealed": {
                     "note": "the client attested the judge's enclave and sent the verifier "
