@@ -618,7 +618,9 @@ def classify_fides(
     probs = decode_probs(reply, n)
     try:
         if pv is not None:
-            judged = checker.fides.judge_columns(probs, pv, recomputed)
+            # pv and recomputed were checked on arrival (a fault there is the verifier's)
+            ps = probs_array(probs, checker.fides.n_classes, n_rows=n)
+            judged = checker.fides.judge_checked(ps, pv, recomputed)
             columns = (
                 judged.attacked,
                 judged.score,

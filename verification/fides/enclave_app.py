@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from safetensors.torch import load, save
 
-from .checks import as_images, as_texts
+from .checks import as_images, as_texts, probs_array
 from .errors import InvalidInput, ModelFormatError
 from .nets import build_net, read_json
 from .verifier import Recomputed, escalated_rows
@@ -355,8 +355,8 @@ def verifier_handler(model: bytes) -> Callable[[bytes], bytes]:
             recomputed = Recomputed(rows.astype(np.int64), ref)
         if len(ps_bytes) != n * c * 4:
             raise InvalidInput(f"service distribution: {len(ps_bytes)} bytes for ({n}, {c})")
-        ps = np.frombuffer(ps_bytes, dtype="<f4").reshape(n, c)
-        verdicts = judge.judge_columns(ps, pv, recomputed)  # validates ps (InvalidInput)
+        ps = probs_array(np.frombuffer(ps_bytes, dtype="<f4").reshape(n, c), c, n_rows=n)
+        verdicts = judge.judge_checked(ps, pv, recomputed)  # pv, recomputed: sealed by us
         out = {"attacked": verdicts.attacked, "reclassified": verdicts.reclassified_label}
         return json.dumps(out, separators=(",", ":")).encode()
 

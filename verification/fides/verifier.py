@@ -122,7 +122,7 @@ def escalated_rows(
     verifier top-1 margin is at most `margin`, and each other query with probability
     `audit_rate` (random audits; drawn from the OS's entropy, which nobody outside the enclave
     can predict, unless `rng` is given: reproducible evaluation only)."""
-    chosen = top_margin(np.asarray(verifier_probs, np.float32)) <= margin
+    chosen = _below_margin(verifier_probs, margin)
     if audit_rate:
         n = len(chosen)
         if rng is None:
@@ -131,6 +131,12 @@ def escalated_rows(
             draws = rng.random(n)
         chosen |= draws < audit_rate
     return chosen.nonzero()[0].astype(np.int64)
+
+
+def _below_margin(verifier_probs: np.ndarray, margin: float) -> np.ndarray:
+    """(N,) bool: the rows whose verifier top-1 margin is at most `margin` (the enclave's and
+    the client's one escalation rule)."""
+    return top_margin(np.asarray(verifier_probs, np.float32)) <= margin
 
 
 def top_margin(p: np.ndarray) -> np.ndarray:
@@ -303,7 +309,7 @@ class FidesVerifier:
         `Recomputed`): the verifier's top-1 margin is at most `escalation_margin`."""
         if self.escalation_margin is None:
             return np.zeros(len(verifier_probs), bool)
-        return top_margin(np.asarray(verifier_probs, np.float32)) <= self.escalation_margin
+        return _below_margin(verifier_probs, self.escalation_margin)
 
     @torch.no_grad()
     def recompute(
@@ -411,7 +417,14 @@ class FidesVerifier:
         networks in torch: ~0.15 ms for one row, ~0.5 ms for 256 on one core."""
         pv = probs_array(verifier_probs, self.n_classes)
         ps = probs_array(service_probs, self.n_classes, n_rows=len(pv))
-        recomputed = self.check_recomputed(recomputed, pv)
+        return self.judge_checked(ps, pv, self.check_recomputed(recomputed, pv))
+
+    def judge_checked(
+        self, ps: np.ndarray, pv: np.ndarray, recomputed: Recomputed | None
+    ) -> Judgement:
+        """`judge_columns` on what its checks already returned: `probs_array` for both
+        distributions and `check_recomputed` (a caller that checks each side where it
+        arrives, to blame the right node, does not pay for the checks twice)."""
         features, score = self._detect(ps, pv)
         flagged = score > self.threshold
         exact = np.zeros(len(ps), bool)
